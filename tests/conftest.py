@@ -1,0 +1,73 @@
+"""Shared helpers: random inputs with the values where sign bugs hide, and
+comparisons of a kernel path against the reference (integer parts exact)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_binconv as jb
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def rand_x(seed, shape, dtype=jnp.float32, zero_frac=0.1):
+    """Normal values with exact zeros and -0.0 sprinkled in (bin(0) = bin(-0.0) = +1)."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(shape).astype(np.float32)
+    u = rng.random(shape)
+    v[u < zero_frac] = 0.0
+    v[(u >= zero_frac) & (u < 1.5 * zero_frac)] = -0.0
+    return jnp.asarray(v).astype(dtype)
+
+
+def rand_vec(seed, n, lo=0.5, hi=1.5, signed=False):
+    rng = np.random.default_rng(seed)
+    v = rng.uniform(lo, hi, n).astype(np.float32)
+    if signed:
+        v *= rng.choice([-1.0, 1.0], n).astype(np.float32)
+    return jnp.asarray(v)
+
+
+INTEGER_KEYS = ("input_bias", "input_scale", "type", "strides", "padding", "dilation",
+                "groups", "pad_value", "dimension_numbers")
+
+
+def run_both(x, w, **kw):
+    """(kernel result, reference result), each under a fresh jit."""
+    ours = jax.jit(functools.partial(jb.binary_conv2d, **kw))(x, w)
+    ref = jax.jit(functools.partial(jb.reference.binary_conv2d, **kw))(x, w)
+    return ours, ref
+
+
+def assert_conv_matches(x, w, **kw):
+    """Integer accumulators exactly equal (XNOR/AND), full results within tolerance."""
+    ctype = jb.options.conv_type(kw.get("type", "xnor"))
+    if ctype != jb.BinaryConvType.BINARY_WEIGHTS:
+        acc_kw = {k: v for k, v in kw.items() if k in INTEGER_KEYS}
+        a, b = run_both(x, w, **acc_kw)
+        a32, b32 = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_array_equal(a32, b32, err_msg=f"integer accumulators differ for {acc_kw}")
+        assert np.all(a32 == np.round(a32))
+    ours, ref = run_both(x, w, **kw)
+    if kw.get("output") == "packed":
+        np.testing.assert_array_equal(np.asarray(ours.words), np.asarray(ref.words))
+        return ours, ref
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    o, r = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
+    if ours.dtype == jnp.float32:
+        rtol = 1e-5
+    else:
+        rtol = 2 * float(jnp.finfo(ours.dtype).eps)
+    # Float accumulations (BINARY_WEIGHTS) may be summed in another order.
+    atol = rtol * max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
+    if ctype == jb.BinaryConvType.BINARY_WEIGHTS:
+        atol *= 8
+    np.testing.assert_allclose(o, r, rtol=rtol, atol=atol, err_msg=str(kw))
+    return ours, ref
+
+

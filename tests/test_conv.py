@@ -1,0 +1,304 @@
+"""The C++ CPU kernel (through the primitive's cpu lowering) against the
+pure-JAX reference over a grid of shapes and options."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_conv_matches, rand_vec, rand_x
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jax_binconv as jb
+
+TYPES = ["binary_weights", "xnor", "and"]
+
+
+def test_cpu_lowering_contains_our_custom_call():
+    """A silent fallback to the reference would make every other test here vacuous."""
+    assert "cpu" in jb.lowering.available, jb.lowering.load_errors.get("_cpu")
+    x = rand_x(0, (1, 6, 6, 8))
+    w = rand_x(1, (3, 3, 8, 4))
+    text = jax.jit(lambda x, w: jb.binary_conv2d(x, w)).lower(x, w).as_text()
+    assert jb.TARGETS["cpu"] in text
+    compiled = jax.jit(lambda x, w: jb.binary_conv2d(x, w)).lower(x, w).compile().as_text()
+    assert jb.TARGETS["cpu"] in compiled
+
+
+def test_reference_override_lowers_without_custom_call():
+    x = rand_x(0, (1, 6, 6, 8))
+    w = rand_x(1, (3, 3, 8, 4))
+    with jb.config.cpu_kernel_override("reference"):
+        text = jax.jit(lambda x, w: jb.binary_conv2d(x, w)).lower(x, w).as_text()
+    assert jb.TARGETS["cpu"] not in text
+
+
+# ---------------------------------------------------------------- the grid
+# One axis varied at a time around a base case, for each type, plus channel
+# counts that straddle word boundaries.
+
+CHANNELS = [1, 3, 31, 33, 65, 130]
+KERNELS = [(1, 1), (3, 3), (5, 5), (1, 3)]
+PADDINGS = ["SAME", "VALID", ((1, 0), (2, 1)), ((0, 2), (0, 0))]
+
+
+def _pad_values(t):
+    return {"binary_weights": [0.0, 0.75, -2.0], "xnor": [0.0, 1.0, -1.0], "and": [0.0, 1.0]}[t]
+
+
+def _case(t, c=33, o=20, k=(3, 3), hw=(9, 8), n=2, seed=0, groups=1, **kw):
+    x = rand_x(seed, (n,) + hw + (c,))
+    w = rand_x(seed + 1, k + (c // groups, o))
+    assert_conv_matches(x, w, type=t, groups=groups, **kw)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("c", CHANNELS)
+def test_channels(t, c):
+    _case(t, c=c, o=7 if c < 64 else 40, seed=c)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("k", KERNELS)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_kernels_and_padding(t, k, padding):
+    _case(t, k=k, padding=padding, seed=hash((k, str(padding))) % 1000)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("strides,dilation", [((2, 2), (1, 1)), ((1, 2), (2, 1)), ((2, 1), (2, 2)),
+                                              ((1, 1), (2, 2))])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_strides_dilation(t, strides, dilation, padding):
+    _case(t, strides=strides, dilation=dilation, padding=padding, hw=(11, 10))
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("pad_value_index", [0, 1, 2])
+@pytest.mark.parametrize("padding", ["SAME", ((2, 1), (0, 3))])
+def test_pad_values(t, pad_value_index, padding):
+    values = _pad_values(t)
+    if pad_value_index >= len(values):
+        pytest.skip(f"type {t} allows only pad values {values}")
+    _case(t, pad_value=values[pad_value_index], padding=padding)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("groups,c,o", [(2, 66, 8), (4, 64, 12), (2, 130, 6), (4, 12, 8)])
+def test_groups(t, groups, c, o):
+    _case(t, c=c, o=o, groups=groups)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "leaky_relu", "sigmoid", "tanh",
+                                        "hard_tanh", "sign"])
+def test_epilogue(t, activation):
+    c, o = 33, 20
+    x = rand_x(3, (2, 7, 7, c))
+    w = rand_x(4, (3, 3, c, o))
+    assert_conv_matches(
+        x, w, type=t, activation=activation, negative_slope=0.2,
+        input_bias=rand_vec(5, c, -0.5, 0.5), input_scale=rand_vec(6, c, 0.5, 1.5, signed=True),
+        output_scale=rand_vec(7, o, 0.01, 0.1, signed=True), output_bias=rand_vec(8, o, -2, 2),
+        beta_scaling=True)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("padding,strides,dilation", [("SAME", 1, 1), ("VALID", 2, 1),
+                                                      (((2, 0), (1, 2)), 1, 2)])
+def test_beta_scaling(t, padding, strides, dilation):
+    _case(t, beta_scaling=True, padding=padding, strides=strides, dilation=dilation,
+          output_scale=0.5)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_scalar_scales_and_biases(t):
+    _case(t, input_bias=0.25, input_scale=-2.0, output_scale=0.125, output_bias=-1.0)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_inputs(t, dtype):
+    c, o = 40, 9
+    x = rand_x(9, (2, 6, 6, c), dtype)
+    w = rand_x(10, (3, 3, c, o))
+    out, _ = assert_conv_matches(x, w, type=t, output_scale=0.05)
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_nchw_oihw(t):
+    c, o = 20, 12
+    x = rand_x(11, (2, c, 7, 9))
+    w = rand_x(12, (o, c, 3, 3))
+    out, _ = assert_conv_matches(x, w, type=t, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                 strides=(2, 1))
+    assert out.shape == (2, o, 4, 9)
+    # Same numbers as the NHWC call.
+    nhwc = jb.binary_conv2d(jnp.transpose(x, (0, 2, 3, 1)), jnp.transpose(w, (2, 3, 1, 0)),
+                            type=t, strides=(2, 1))
+    np.testing.assert_allclose(np.asarray(out), np.transpose(np.asarray(nhwc), (0, 3, 1, 2)),
+                               rtol=1e-6, atol=1e-5)
+
+
+def test_special_values_at_zero_and_clip():
+    """bin(0) = bin(-0.0) = +1; values at +-clip binarize by sign."""
+    c, o = 8, 4
+    vals = np.array([0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, 0.0, -0.0], np.float32)
+    x = jnp.asarray(np.tile(vals, (1, 3, 3, 1)))
+    w = rand_x(13, (1, 1, c, o))
+    for t in TYPES:
+        assert_conv_matches(x, w, type=t, padding="VALID")
+    # Direct check of bin on the zero signs: XNOR with all-+1 weights counts
+    # +1 for 0.0, -0.0, 1, 1e-30 and -1 for -1, -1e-30.
+    y = jb.binary_conv2d(x, jnp.ones((1, 1, c, 1)), type="xnor", padding="VALID")
+    assert float(y[0, 0, 0, 0]) == 6 - 2
+
+
+def test_nan_binarizes_to_plus_one():
+    x = jnp.full((1, 2, 2, 4), jnp.nan)
+    y = jb.binary_conv2d(x, jnp.ones((1, 1, 4, 1)), type="xnor", padding="VALID")
+    np.testing.assert_array_equal(np.asarray(y), 4.0)
+
+
+@pytest.mark.parametrize("t", ["xnor", "and"])
+def test_zero_padding_needs_correction(t):
+    """With pad_value 0, border outputs count fewer taps than interior ones."""
+    c = 64
+    x = jnp.ones((1, 4, 4, c))
+    w = jnp.ones((3, 3, c, 1))
+    y = np.asarray(jb.binary_conv2d(x, w, type=t, padding="SAME"))[0, :, :, 0]
+    assert y[0, 0] == 4 * c and y[0, 1] == 6 * c and y[1, 1] == 9 * c
+    y1 = np.asarray(jb.binary_conv2d(x, w, type=t, padding="SAME", pad_value=1.0))[0, :, :, 0]
+    assert np.all(y1 == 9 * c)
+    if t == "xnor":
+        ym = np.asarray(jb.binary_conv2d(x, w, type=t, padding="SAME", pad_value=-1.0))[0, :, :, 0]
+        assert ym[0, 0] == 4 * c - 5 * c
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_packed_weights_equal_float_weights(t):
+    c, o = 70, 10
+    x = rand_x(14, (2, 6, 6, c))
+    w = rand_x(15, (3, 3, c, o))
+    a = jb.binary_conv2d(x, w, type=t, beta_scaling=True)
+    b = jb.binary_conv2d(x, jb.pack_weights(w), type=t, beta_scaling=True)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # OIHW packing too.
+    p = jb.pack_weights(jnp.transpose(w, (3, 2, 0, 1)), layout="OIHW")
+    np.testing.assert_array_equal(np.asarray(p.words), np.asarray(jb.pack_weights(w).words))
+
+
+@pytest.mark.parametrize("t", ["xnor", "and"])
+@pytest.mark.parametrize("c,groups", [(33, 1), (64, 2), (66, 2), (96, 3)])
+def test_packed_activations_in_and_out(t, c, groups):
+    o = 2 * c
+    x = rand_x(16, (2, 7, 7, c))
+    w = rand_x(17, (3, 3, c, o))
+    scale = rand_vec(18, o, 0.5, 1.0, signed=True)
+    bias = rand_vec(19, o, -3, 3)
+    packed, ref_packed = assert_conv_matches(x, w, type=t, output="packed", output_scale=scale,
+                                             output_bias=bias)
+    assert isinstance(packed, jb.PackedActivations) and packed.channels == o
+    # The packed output is bin(float output).
+    f = jb.binary_conv2d(x, w, type=t, output_scale=scale, output_bias=bias)
+    np.testing.assert_array_equal(np.asarray(jb.pack_activations(f).words), np.asarray(packed.words))
+    # Packed input equals the float input it packs.
+    w2 = rand_x(20, (3, 3, o // groups, 8 * groups))
+    for pv in (0.0, 1.0):
+        assert_conv_matches(packed, w2, type=t, groups=groups, pad_value=pv, beta_scaling=True)
+        via_float = jb.binary_conv2d(jb.unpack_activations(packed), w2, type=t, groups=groups,
+                                     pad_value=pv, beta_scaling=True)
+        direct = jb.binary_conv2d(packed, w2, type=t, groups=groups, pad_value=pv, beta_scaling=True)
+        np.testing.assert_allclose(np.asarray(direct), np.asarray(via_float), rtol=1e-6)
+
+
+def test_trailing_bits_of_packed_input_are_ignored_by_nobody():
+    """Packed words must keep trailing bits 0; pack_activations guarantees it."""
+    x = rand_x(21, (1, 3, 3, 40))
+    p = jb.pack_activations(x)
+    assert np.all((np.asarray(p.words)[..., 1] >> 8) == 0)
+
+
+def test_empty_batch():
+    x = jnp.zeros((0, 5, 5, 8))
+    w = rand_x(22, (3, 3, 8, 4))
+    for t in TYPES:
+        y = jb.binary_conv2d(x, w, type=t)
+        assert y.shape == (0, 5, 5, 4)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_binary_dense(t):
+    k, o = 100, 24
+    x = rand_x(23, (3, 5, k))
+    w = rand_x(24, (k, o))
+    y = jb.binary_dense(x, w, type=t, beta_scaling=True, output_scale=0.1, activation="tanh")
+    r = jb.reference.binary_dense(x, w, type=t, beta_scaling=True, output_scale=0.1,
+                                  activation="tanh")
+    assert y.shape == (3, 5, o)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(r), rtol=1e-5, atol=1e-5)
+    # Against a plain matrix product of the binarized values.
+    xb = jnp.where(x < 0, -1.0, 1.0)
+    wb = jnp.where(w < 0, -1.0, 1.0)
+    if t == "and":
+        xb, wb = (xb + 1) / 2, (wb + 1) / 2
+    if t == "binary_weights":
+        xb = x
+    acc = jnp.einsum("abk,ko->abo", xb, wb, precision="highest")
+    beta = jnp.mean(jnp.abs(x), axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(jnp.tanh(acc * 0.1 * beta)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_large_k_no_overflow():
+    """C = 8192, 3x3: K = 73,728 taps, beyond any 16-bit accumulator."""
+    c = 8192
+    x = jnp.ones((1, 3, 3, c))
+    w = jnp.ones((3, 3, c, 2))
+    y = jb.binary_conv2d(x, w, type="xnor", padding="VALID")
+    np.testing.assert_array_equal(np.asarray(y), 9 * c)
+    xr = rand_x(25, (1, 4, 4, c))
+    wr = rand_x(26, (3, 3, c, 3))
+    assert_conv_matches(xr, wr, type="xnor", padding="SAME")
+
+
+# ---------------------------------------------------------------- fuzzing
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(
+    t=st.sampled_from(TYPES),
+    n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 9),
+    c=st.integers(1, 80), o=st.integers(1, 40),
+    kh=st.integers(1, 4), kw=st.integers(1, 4),
+    sh=st.integers(1, 3), sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2),
+    groups=st.sampled_from([1, 2, 4]),
+    pad=st.one_of(st.sampled_from(["SAME", "VALID"]),
+                  st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),
+                            st.tuples(st.integers(0, 3), st.integers(0, 3)))),
+    pv_index=st.integers(0, 2), beta=st.booleans(),
+    act=st.sampled_from([None, "relu", "tanh", "sign", "leaky_relu"]),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_random_configurations(t, n, h, w, c, o, kh, kw, sh, sw, dh, dw, groups, pad,
+                                          pv_index, beta, act, seed):
+    c = max(groups, c - c % groups)
+    o = max(groups, o - o % groups)
+    eff = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+    if pad == "VALID" and (eff[0] > h or eff[1] > w):
+        return
+    if isinstance(pad, tuple) and (h + sum(pad[0]) < eff[0] or w + sum(pad[1]) < eff[1]):
+        return
+    pv = _pad_values(t)[pv_index % len(_pad_values(t))]
+    x = rand_x(seed, (n, h, w, c))
+    wt = rand_x(seed + 1, (kh, kw, c // groups, o))
+    assert_conv_matches(x, wt, type=t, strides=(sh, sw), dilation=(dh, dw), padding=pad,
+                        groups=groups, pad_value=pv, beta_scaling=beta, activation=act,
+                        output_scale=rand_vec(seed, o, 0.1, 1.0, signed=True),
+                        output_bias=rand_vec(seed + 2, o, -1, 1))

@@ -108,7 +108,7 @@ def _cpu_lowering(ctx, *args, **params):
                            f"did not load: {load_errors.get('_metal_shim')}")
     if choice == "reference":
         return _reference_lowering(ctx, *args, **params)
-    return _kernel_lowering(choice)(ctx, *args, **params)
+    return _kernel_lowering("cpu" if choice == "native" else choice)(ctx, *args, **params)
 
 
 def lowered_kernel_name(platform="cpu"):

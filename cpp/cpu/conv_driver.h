@@ -1,0 +1,577 @@
+// The ISA-independent part of the CPU convolution: input packing, weight
+// re-blocking, padding correction, work split and the fused epilogue. Each
+// kernels_<isa>.cpp includes this with its own compiler flags and a traits
+// class K that supplies the register-tiled inner loops:
+//
+//   K::kP, K::kObw            pixels x output channels of one binary tile
+//   K::kPf, K::kObwf          the same for the float (BINARY_WEIGHTS) tile
+//   K::pack_float_bits(x, ib, is, C, bits, abs_sum_or_null)
+//   K::template bin_tile<AND>(xptrs, tapoff, T, KW64, wblock, raw)
+//   K::float_tile(xptrs, tapoff, T, Cg, wblock, acc)
+//
+// Algorithm (binary types): the input is binarized and packed once per call
+// into 64-bit words along channels, per group, into a spatially padded buffer
+// whose padded pixels hold a constant fill pattern. The inner loop then has no
+// bounds checks: every tap of every output pixel is a fixed offset from the
+// pixel's base pointer (direct convolution). A padded tap contributes the
+// fill value, and border pixels get an integer correction
+// (pad_value - fill) * sum_c bin(w) over their padded taps, computed from
+// per-(o, tap) weight sums instead of branches in the inner loop.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernel_api.h"
+
+// Every ISA's file compiles this header with its own -m flags. Each puts it in
+// its own namespace, so that no inline function compiled with AVX-512 can be
+// merged by the linker into the scalar path (an ODR trap of per-file flags).
+#ifndef BINCONV_ISA_NS
+#error "define BINCONV_ISA_NS (a namespace name unique to the ISA) before including conv_driver.h"
+#endif
+
+namespace binconv {
+namespace cpu {
+namespace BINCONV_ISA_NS {
+
+struct FreeDeleter {
+  void operator()(void* ptr) const { std::free(ptr); }
+};
+template <class T>
+using Buf = std::unique_ptr<T[], FreeDeleter>;
+
+// 64-byte aligned, uninitialized; nullptr when the allocation fails.
+template <class T>
+Buf<T> alloc_buf(int64_t count) {
+  size_t bytes = static_cast<size_t>(count > 0 ? count : 1) * sizeof(T);
+  bytes = (bytes + 63) / 64 * 64;
+  return Buf<T>(static_cast<T*>(std::aligned_alloc(64, bytes)));
+}
+
+inline uint64_t low_mask(int64_t nbits) {
+  return nbits >= 64 ? ~uint64_t{0} : ((uint64_t{1} << nbits) - 1);
+}
+
+// SWAR popcount: the scalar ISA must not assume a popcount instruction.
+inline uint64_t popcount_swar(uint64_t v) {
+  v = v - ((v >> 1) & 0x5555555555555555ull);
+  v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
+  v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0full;
+  return (v * 0x0101010101010101ull) >> 56;
+}
+
+// Bits [start, start + 64) of a bit array of nwords words (zeros beyond).
+inline uint64_t extract64(const uint64_t* src, int64_t nwords, int64_t start) {
+  const int64_t w = start >> 6;
+  const int s = static_cast<int>(start & 63);
+  const uint64_t lo = w < nwords ? src[w] : 0;
+  if (s == 0) return lo;
+  const uint64_t hi = (w + 1 < nwords) ? src[w + 1] : 0;
+  return (lo >> s) | (hi << (64 - s));
+}
+
+// Splits one pixel's channel bits into G groups of KW64 words each; bits past
+// Cg in a group's last word are cleared, so they can never reach a popcount.
+inline void scatter_groups(const uint64_t* bits, int64_t nwords, int64_t G,
+                           int64_t Cg, int64_t KW64, uint64_t* dst) {
+  if (G == 1) {
+    for (int64_t k = 0; k < KW64; ++k) dst[k] = bits[k];
+    dst[KW64 - 1] &= low_mask(Cg - 64 * (KW64 - 1));
+    return;
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t k = 0; k < KW64; ++k) {
+      uint64_t v = extract64(bits, nwords, g * Cg + 64 * k);
+      const int64_t rem = Cg - 64 * k;
+      if (rem < 64) v &= low_mask(rem);
+      dst[g * KW64 + k] = v;
+    }
+  }
+}
+
+// Portable reference pieces that the scalar traits use directly and the
+// vector traits use for remainders.
+inline void pack_float_bits_generic(const float* x, const float* ib, const float* is,
+                                    int64_t C, uint64_t* bits, float* abs_sum) {
+  float s = 0.0f;
+  const int64_t nw = (C + 63) / 64;
+  for (int64_t w = 0; w < nw; ++w) {
+    uint64_t v = 0;
+    const int64_t lim = std::min<int64_t>(64, C - 64 * w);
+    for (int64_t i = 0; i < lim; ++i) {
+      const int64_t c = 64 * w + i;
+      const float xv = (x[c] + ib[c]) * is[c];
+      v |= static_cast<uint64_t>(!(xv < 0.0f)) << i;  // NaN -> 1, as bin()
+      s += std::fabs(xv);
+    }
+    bits[w] = v;
+  }
+  if (abs_sum) *abs_sum = s;
+}
+
+template <int P, int OBW, bool AND>
+inline void bin_tile_generic(const uint64_t* const* xp, const int64_t* tapoff, int64_t T,
+                             int64_t KW64, const uint64_t* w, int32_t* raw) {
+  uint64_t acc[P][OBW] = {};
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t off = tapoff[t];
+    for (int64_t k = 0; k < KW64; ++k) {
+      const uint64_t* wr = w + (t * KW64 + k) * OBW;
+      for (int p = 0; p < P; ++p) {
+        const uint64_t xv = xp[p][off + k];
+        for (int j = 0; j < OBW; ++j)
+          acc[p][j] += popcount_swar(AND ? (xv & wr[j]) : (xv ^ wr[j]));
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < OBW; ++j) raw[p * OBW + j] = static_cast<int32_t>(acc[p][j]);
+}
+
+// Float tile for BINARY_WEIGHTS: each output's sum runs over taps, then
+// channels, in one fixed order (the vector lanes are output channels), so
+// the result does not depend on the thread split or the vector width.
+template <int P, int OBW>
+inline void float_tile_generic(const float* const* xp, const int64_t* tapoff, int64_t T,
+                               int64_t Cg, const float* w, float* out) {
+  float acc[P][OBW];
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < OBW; ++j) acc[p][j] = 0.0f;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t off = tapoff[t];
+    const float* wt = w + t * Cg * OBW;
+    for (int64_t c = 0; c < Cg; ++c) {
+      const float* wr = wt + c * OBW;
+      for (int p = 0; p < P; ++p) {
+        const float xv = xp[p][off + c];
+        for (int j = 0; j < OBW; ++j) acc[p][j] += xv * wr[j];
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int j = 0; j < OBW; ++j) out[p * OBW + j] = acc[p][j];
+}
+
+// Same formula and order as binconv::epilogue (binconv_params.h), written as a
+// fixed-length loop per activation so the compiler vectorizes it.
+template <int OBW, int ACT>
+inline void epilogue_block(const float* acc, const float* os, const float* ob, float beta,
+                           float slope, float* res) {
+  for (int j = 0; j < OBW; ++j) {
+    float z = acc[j] * os[j];
+    z = z * beta;
+    z = z + ob[j];
+    res[j] = apply_activation(z, ACT, slope);
+  }
+}
+
+template <int OBW>
+inline void epilogue_dispatch(int32_t act, const float* acc, const float* os, const float* ob,
+                              float beta, float slope, float* res) {
+  switch (act) {
+    case ACT_RELU: epilogue_block<OBW, ACT_RELU>(acc, os, ob, beta, slope, res); break;
+    case ACT_RELU6: epilogue_block<OBW, ACT_RELU6>(acc, os, ob, beta, slope, res); break;
+    case ACT_LEAKY_RELU: epilogue_block<OBW, ACT_LEAKY_RELU>(acc, os, ob, beta, slope, res); break;
+    case ACT_SIGMOID: epilogue_block<OBW, ACT_SIGMOID>(acc, os, ob, beta, slope, res); break;
+    case ACT_TANH: epilogue_block<OBW, ACT_TANH>(acc, os, ob, beta, slope, res); break;
+    case ACT_HARD_TANH: epilogue_block<OBW, ACT_HARD_TANH>(acc, os, ob, beta, slope, res); break;
+    case ACT_SIGN: epilogue_block<OBW, ACT_SIGN>(acc, os, ob, beta, slope, res); break;
+    default: epilogue_block<OBW, ACT_LINEAR>(acc, os, ob, beta, slope, res); break;
+  }
+}
+
+// Geometry shared by both paths.
+struct Geometry {
+  int64_t N, H, W, C, O, G, Cg, Og, KH, KW, T, Ho, Wo, Hp, Wp, NQ, HoWo;
+  std::vector<uint8_t> row_ok, col_ok;  // output row/col whose taps all lie inside the image
+
+  explicit Geometry(const ConvParams& p)
+      : N(p.n), H(p.h), W(p.w), C(p.c), O(p.o), G(p.groups), Cg(p.cg()), Og(p.og()),
+        KH(p.kh), KW(p.kw), T(p.kh * p.kw), Ho(p.ho()), Wo(p.wo()),
+        Hp(p.h + p.pad_top + p.pad_bottom), Wp(p.w + p.pad_left + p.pad_right),
+        NQ(p.n * p.ho() * p.wo()), HoWo(p.ho() * p.wo()) {
+    row_ok.resize(Ho);
+    col_ok.resize(Wo);
+    for (int64_t yo = 0; yo < Ho; ++yo) {
+      const int64_t y0 = yo * p.stride_h - p.pad_top;
+      row_ok[yo] = y0 >= 0 && y0 + (KH - 1) * p.dil_h < H;
+    }
+    for (int64_t xo = 0; xo < Wo; ++xo) {
+      const int64_t x0 = xo * p.stride_w - p.pad_left;
+      col_ok[xo] = x0 >= 0 && x0 + (KW - 1) * p.dil_w < W;
+    }
+  }
+};
+
+// beta[q] for every output pixel (SPEC section 5): in-image taps only, in
+// tap order, divided by KH*KW.
+inline void compute_beta(const ConvParams& p, const Geometry& g, const float* A, float* beta,
+                         const Executor& ex) {
+  const float inv = 1.0f / static_cast<float>(g.T);
+  (void)inv;
+  ex.parallel_for(g.N * g.Ho, [&](int64_t r) {
+    const int64_t n = r / g.Ho, yo = r % g.Ho;
+    for (int64_t xo = 0; xo < g.Wo; ++xo) {
+      float s = 0.0f;
+      for (int64_t dy = 0; dy < g.KH; ++dy) {
+        const int64_t y = yo * p.stride_h + dy * p.dil_h - p.pad_top;
+        if (y < 0 || y >= g.H) continue;
+        for (int64_t dx = 0; dx < g.KW; ++dx) {
+          const int64_t x = xo * p.stride_w + dx * p.dil_w - p.pad_left;
+          if (x < 0 || x >= g.W) continue;
+          s += A[(n * g.H + y) * g.W + x];
+        }
+      }
+      beta[r * g.Wo + xo] = s / static_cast<float>(g.T);
+    }
+  });
+}
+
+// Work split of the output: items are (chunk of pixel tiles, weight block).
+// Chunks are large enough to reuse a weight block from L1 across many pixels,
+// small enough that every thread gets several items even at N=1.
+inline int64_t tiles_per_chunk(int64_t ntile, int64_t nblocks, int nthreads) {
+  const int64_t want_items = 8 * static_cast<int64_t>(std::max(1, nthreads));
+  const int64_t chunks_wanted = std::max<int64_t>(1, (want_items + nblocks - 1) / nblocks);
+  int64_t tc = std::max<int64_t>(1, ntile / chunks_wanted);
+  return std::min<int64_t>(tc, 32);
+}
+
+template <int OBW>
+inline void store_outputs(const ConvParams& p, const float* res, int64_t q, int64_t o0,
+                          int64_t cnt, void* out) {
+  if (!p.out_packed) {
+    std::memcpy(static_cast<float*>(out) + q * p.o + o0, res, sizeof(float) * cnt);
+    return;
+  }
+  static_assert(OBW <= 32, "packed store assumes at most 32 outputs per block");
+  uint64_t bits = 0;
+  for (int64_t j = 0; j < cnt; ++j) bits |= static_cast<uint64_t>(!(res[j] < 0.0f)) << j;
+  const int64_t ow = p.out_words();
+  uint32_t* dst = static_cast<uint32_t*>(out) + q * ow + (o0 >> 5);
+  bits <<= (o0 & 31);
+  // Blocks of different work items may share a word when O/groups is not a
+  // multiple of 32; OR-ing atomically into the zeroed output keeps that race-free.
+  const uint32_t lo = static_cast<uint32_t>(bits), hi = static_cast<uint32_t>(bits >> 32);
+  if (lo) __atomic_fetch_or(dst, lo, __ATOMIC_RELAXED);
+  if (hi) __atomic_fetch_or(dst + 1, hi, __ATOMIC_RELAXED);
+}
+
+template <class K>
+std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& ex) {
+  const ConvParams& p = call.p;
+  constexpr int P = K::kP;
+  constexpr int OBW = K::kObw;
+  const bool is_and = p.type == AND;
+  const int64_t KW64 = (g.Cg + 63) / 64;
+  const int64_t PS = g.G * KW64;  // words per padded pixel
+  const int64_t nbg = (g.Og + OBW - 1) / OBW;
+  const int64_t NB = g.G * nbg;
+  const int64_t KT = g.T * KW64;
+
+  // Padded pixels hold +1 bits (masked to Cg) when that makes the padding
+  // exact (XNOR pad +1, AND pad 1), else 0 bits; what is left is corrected.
+  const bool fill_ones = p.pad_value > 0.0f;
+  // XNOR: a padded tap adds fill*sum_c bin(w) but should add pad*sum_c bin(w).
+  const int32_t corr_coef =
+      is_and ? 0 : static_cast<int32_t>(p.pad_value) - (fill_ones ? 1 : -1);
+
+  auto xp = alloc_buf<uint64_t>(g.N * g.Hp * g.Wp * PS);
+  auto wr = alloc_buf<uint64_t>(NB * KT * OBW);
+  auto wsum = alloc_buf<int32_t>(g.O * g.T);
+  auto osp = alloc_buf<float>(NB * OBW);
+  auto obp = alloc_buf<float>(NB * OBW);
+  Buf<float> A, beta;
+  if (p.beta_scaling) {
+    A = alloc_buf<float>(g.N * g.H * g.W);
+    beta = alloc_buf<float>(g.NQ);
+    if (!A || !beta) return "out of memory";
+  }
+  if (!xp || !wr || !wsum || !osp || !obp) return "out of memory";
+
+  // Weights: [O, KH, KW, ceil(Cg/32)] uint32 -> [block][tap][word][lane]
+  // uint64, lanes past Og zero; bits past Cg cleared whatever the caller sent.
+  const int64_t W32 = (g.Cg + 31) / 32;
+  std::memset(wr.get(), 0, sizeof(uint64_t) * NB * KT * OBW);
+  for (int64_t o = 0; o < g.O; ++o) {
+    const int64_t gi = o / g.Og, oi = o % g.Og;
+    const int64_t blk = gi * nbg + oi / OBW, lane = oi % OBW;
+    for (int64_t t = 0; t < g.T; ++t) {
+      const uint32_t* src = call.w + (o * g.T + t) * W32;
+      int32_t pop = 0;
+      for (int64_t k = 0; k < KW64; ++k) {
+        uint64_t v = src[2 * k];
+        if (2 * k + 1 < W32) v |= static_cast<uint64_t>(src[2 * k + 1]) << 32;
+        const int64_t rem = g.Cg - 64 * k;
+        if (rem < 64) v &= low_mask(rem);
+        wr[(blk * KT + t * KW64 + k) * OBW + lane] = v;
+        pop += static_cast<int32_t>(popcount_swar(v));
+      }
+      // sum over channels of the product-weight: 2*pop - Cg for XNOR, pop for AND
+      wsum[o * g.T + t] = is_and ? pop : 2 * pop - static_cast<int32_t>(g.Cg);
+    }
+  }
+  for (int64_t blk = 0; blk < NB; ++blk) {
+    const int64_t gi = blk / nbg, b = blk % nbg;
+    for (int j = 0; j < OBW; ++j) {
+      const int64_t oi = b * OBW + j;
+      const bool ok = oi < g.Og;
+      osp[blk * OBW + j] = ok ? call.output_scale[gi * g.Og + oi] : 0.0f;
+      obp[blk * OBW + j] = ok ? call.output_bias[gi * g.Og + oi] : 0.0f;
+    }
+  }
+
+  std::vector<uint64_t> fill(PS);
+  for (int64_t gi = 0; gi < g.G; ++gi)
+    for (int64_t k = 0; k < KW64; ++k)
+      fill[gi * KW64 + k] = fill_ones ? low_mask(g.Cg - 64 * k) : 0;
+
+  // Phase 1: pack the input (one padded row per item) and zero a packed output.
+  const int64_t rows = g.N * g.Hp;
+  const int64_t out_zero = p.out_packed ? g.NQ * p.out_words() : 0;
+  const int64_t xw = p.x_words();
+  ex.parallel_for(rows, [&](int64_t r) {
+    if (out_zero) {
+      const int64_t z0 = out_zero * r / rows, z1 = out_zero * (r + 1) / rows;
+      std::memset(static_cast<uint32_t*>(call.out) + z0, 0, sizeof(uint32_t) * (z1 - z0));
+    }
+    const int64_t n = r / g.Hp, y = r % g.Hp - p.pad_top;
+    uint64_t* row = xp.get() + r * g.Wp * PS;
+    auto put_fill = [&](int64_t xx) { std::memcpy(row + xx * PS, fill.data(), sizeof(uint64_t) * PS); };
+    if (y < 0 || y >= g.H) {
+      for (int64_t xx = 0; xx < g.Wp; ++xx) put_fill(xx);
+      return;
+    }
+    for (int64_t xx = 0; xx < p.pad_left; ++xx) put_fill(xx);
+    for (int64_t xx = p.pad_left + g.W; xx < g.Wp; ++xx) put_fill(xx);
+    const int64_t nw = (g.C + 63) / 64;
+    std::vector<uint64_t> bits(nw + 1);
+    for (int64_t x = 0; x < g.W; ++x) {
+      const int64_t pix = (n * g.H + y) * g.W + x;
+      if (p.x_packed) {
+        const uint32_t* src = static_cast<const uint32_t*>(call.x) + pix * xw;
+        for (int64_t k = 0; k < nw; ++k) {
+          uint64_t v = src[2 * k];
+          if (2 * k + 1 < xw) v |= static_cast<uint64_t>(src[2 * k + 1]) << 32;
+          bits[k] = v;
+        }
+        bits[nw - 1] &= low_mask(g.C - 64 * (nw - 1));
+        if (A) A[pix] = 1.0f;  // |x'| = 1 for packed input
+      } else {
+        float asum = 0.0f;
+        K::pack_float_bits(static_cast<const float*>(call.x) + pix * g.C, call.input_bias,
+                           call.input_scale, g.C, bits.data(), A ? &asum : nullptr);
+        if (A) A[pix] = asum / static_cast<float>(g.C);
+      }
+      scatter_groups(bits.data(), nw, g.G, g.Cg, KW64, row + (p.pad_left + x) * PS);
+    }
+  });
+  if (p.beta_scaling) compute_beta(p, g, A.get(), beta.get(), ex);
+
+  std::vector<int64_t> tapoff(g.T);
+  for (int64_t dy = 0; dy < g.KH; ++dy)
+    for (int64_t dx = 0; dx < g.KW; ++dx)
+      tapoff[dy * g.KW + dx] = ((dy * p.dil_h) * g.Wp + dx * p.dil_w) * PS;
+
+  // Phase 2: the convolution proper.
+  const int64_t ntile = (g.NQ + P - 1) / P;
+  const int64_t tc = tiles_per_chunk(ntile, NB, ex.num_threads());
+  const int64_t nchunk = (ntile + tc - 1) / tc;
+  const int64_t base = g.T * g.Cg;  // XNOR: acc = T*Cg - 2*popcount(xor)
+  ex.parallel_for(nchunk * NB, [&](int64_t item) {
+    const int64_t chunk = item / NB, blk = item % NB;
+    const int64_t gi = blk / nbg, b = blk % nbg;
+    const int64_t o0 = gi * g.Og + b * OBW;
+    const int64_t cnt = std::min<int64_t>(OBW, g.Og - b * OBW);
+    const uint64_t* wblk = wr.get() + blk * KT * OBW;
+    alignas(64) int32_t raw[P * OBW];
+    alignas(64) float acc[OBW];
+    alignas(64) float res[OBW];
+    const uint64_t* ptrs[P];
+    int64_t qs[P];
+    const int64_t t_end = std::min(ntile, (chunk + 1) * tc);
+    for (int64_t tile = chunk * tc; tile < t_end; ++tile) {
+      for (int pp = 0; pp < P; ++pp) {
+        // Past the end, repeat the last pixel: computed, never stored.
+        const int64_t q = std::min(tile * P + pp, g.NQ - 1);
+        qs[pp] = q;
+        const int64_t n = q / g.HoWo, rem = q % g.HoWo;
+        const int64_t yo = rem / g.Wo, xo = rem % g.Wo;
+        ptrs[pp] = xp.get() + ((n * g.Hp + yo * p.stride_h) * g.Wp + xo * p.stride_w) * PS +
+                   gi * KW64;
+      }
+      if (is_and)
+        K::template bin_tile<true>(ptrs, tapoff.data(), g.T, KW64, wblk, raw);
+      else
+        K::template bin_tile<false>(ptrs, tapoff.data(), g.T, KW64, wblk, raw);
+      const int np = static_cast<int>(std::min<int64_t>(P, g.NQ - tile * P));
+      for (int pp = 0; pp < np; ++pp) {
+        const int64_t q = qs[pp];
+        const int32_t* rr = raw + pp * OBW;
+        if (is_and) {
+          for (int j = 0; j < OBW; ++j) acc[j] = static_cast<float>(rr[j]);
+        } else {
+          const int64_t rem = q % g.HoWo;
+          const int64_t yo = rem / g.Wo, xo = rem % g.Wo;
+          if (corr_coef != 0 && !(g.row_ok[yo] && g.col_ok[xo])) {
+            int32_t corr[OBW] = {};
+            for (int64_t dy = 0; dy < g.KH; ++dy) {
+              const int64_t y = yo * p.stride_h + dy * p.dil_h - p.pad_top;
+              for (int64_t dx = 0; dx < g.KW; ++dx) {
+                const int64_t x = xo * p.stride_w + dx * p.dil_w - p.pad_left;
+                if (y >= 0 && y < g.H && x >= 0 && x < g.W) continue;
+                const int64_t t = dy * g.KW + dx;
+                for (int64_t j = 0; j < cnt; ++j) corr[j] += wsum[(o0 + j) * g.T + t];
+              }
+            }
+            for (int j = 0; j < OBW; ++j)
+              acc[j] = static_cast<float>(static_cast<int32_t>(base) - 2 * rr[j] +
+                                          corr_coef * corr[j]);
+          } else {
+            for (int j = 0; j < OBW; ++j)
+              acc[j] = static_cast<float>(static_cast<int32_t>(base) - 2 * rr[j]);
+          }
+        }
+        const float bq = p.beta_scaling ? beta[q] : 1.0f;
+        epilogue_dispatch<OBW>(p.activation, acc, osp.get() + blk * OBW, obp.get() + blk * OBW,
+                               bq, p.negative_slope, res);
+        store_outputs<OBW>(p, res, q, o0, cnt, call.out);
+      }
+    }
+  });
+  return {};
+}
+
+template <class K>
+std::string run_float(const ConvCall& call, const Geometry& g, const Executor& ex) {
+  const ConvParams& p = call.p;
+  constexpr int P = K::kPf;
+  constexpr int OBW = K::kObwf;
+  const int64_t PS = g.C;
+  const int64_t nbg = (g.Og + OBW - 1) / OBW;
+  const int64_t NB = g.G * nbg;
+  const int64_t KT = g.T * g.Cg;
+
+  auto xf = alloc_buf<float>(g.N * g.Hp * g.Wp * PS);
+  auto wf = alloc_buf<float>(NB * KT * OBW);
+  auto osp = alloc_buf<float>(NB * OBW);
+  auto obp = alloc_buf<float>(NB * OBW);
+  Buf<float> A, beta;
+  if (p.beta_scaling) {
+    A = alloc_buf<float>(g.N * g.H * g.W);
+    beta = alloc_buf<float>(g.NQ);
+    if (!A || !beta) return "out of memory";
+  }
+  if (!xf || !wf || !osp || !obp) return "out of memory";
+
+  const int64_t W32 = (g.Cg + 31) / 32;
+  std::fill(wf.get(), wf.get() + NB * KT * OBW, 0.0f);
+  for (int64_t o = 0; o < g.O; ++o) {
+    const int64_t gi = o / g.Og, oi = o % g.Og;
+    const int64_t blk = gi * nbg + oi / OBW, lane = oi % OBW;
+    for (int64_t t = 0; t < g.T; ++t) {
+      const uint32_t* src = call.w + (o * g.T + t) * W32;
+      for (int64_t c = 0; c < g.Cg; ++c) {
+        const bool bit = (src[c >> 5] >> (c & 31)) & 1u;
+        wf[(blk * KT + t * g.Cg + c) * OBW + lane] = bit ? 1.0f : -1.0f;
+      }
+    }
+  }
+  for (int64_t blk = 0; blk < NB; ++blk) {
+    const int64_t gi = blk / nbg, b = blk % nbg;
+    for (int j = 0; j < OBW; ++j) {
+      const int64_t oi = b * OBW + j;
+      const bool ok = oi < g.Og;
+      osp[blk * OBW + j] = ok ? call.output_scale[gi * g.Og + oi] : 0.0f;
+      obp[blk * OBW + j] = ok ? call.output_bias[gi * g.Og + oi] : 0.0f;
+    }
+  }
+
+  // Padded positions hold pad_value itself, so the sum needs no correction.
+  const int64_t rows = g.N * g.Hp;
+  const float* x = static_cast<const float*>(call.x);
+  ex.parallel_for(rows, [&](int64_t r) {
+    const int64_t n = r / g.Hp, y = r % g.Hp - p.pad_top;
+    float* row = xf.get() + r * g.Wp * PS;
+    if (y < 0 || y >= g.H) {
+      std::fill(row, row + g.Wp * PS, p.pad_value);
+      return;
+    }
+    std::fill(row, row + p.pad_left * PS, p.pad_value);
+    std::fill(row + (p.pad_left + g.W) * PS, row + g.Wp * PS, p.pad_value);
+    for (int64_t xx = 0; xx < g.W; ++xx) {
+      const int64_t pix = (n * g.H + y) * g.W + xx;
+      const float* src = x + pix * g.C;
+      float* dst = row + (p.pad_left + xx) * PS;
+      float s = 0.0f;
+      for (int64_t c = 0; c < g.C; ++c) {
+        const float v = (src[c] + call.input_bias[c]) * call.input_scale[c];
+        dst[c] = v;
+        s += std::fabs(v);
+      }
+      if (A) A[pix] = s / static_cast<float>(g.C);
+    }
+  });
+  if (p.beta_scaling) compute_beta(p, g, A.get(), beta.get(), ex);
+
+  std::vector<int64_t> tapoff(g.T);
+  for (int64_t dy = 0; dy < g.KH; ++dy)
+    for (int64_t dx = 0; dx < g.KW; ++dx)
+      tapoff[dy * g.KW + dx] = ((dy * p.dil_h) * g.Wp + dx * p.dil_w) * PS;
+
+  const int64_t ntile = (g.NQ + P - 1) / P;
+  const int64_t tc = tiles_per_chunk(ntile, NB, ex.num_threads());
+  const int64_t nchunk = (ntile + tc - 1) / tc;
+  ex.parallel_for(nchunk * NB, [&](int64_t item) {
+    const int64_t chunk = item / NB, blk = item % NB;
+    const int64_t gi = blk / nbg, b = blk % nbg;
+    const int64_t o0 = gi * g.Og + b * OBW;
+    const int64_t cnt = std::min<int64_t>(OBW, g.Og - b * OBW);
+    const float* wblk = wf.get() + blk * KT * OBW;
+    alignas(64) float acc[P * OBW];
+    alignas(64) float res[OBW];
+    const float* ptrs[P];
+    int64_t qs[P];
+    const int64_t t_end = std::min(ntile, (chunk + 1) * tc);
+    for (int64_t tile = chunk * tc; tile < t_end; ++tile) {
+      for (int pp = 0; pp < P; ++pp) {
+        const int64_t q = std::min(tile * P + pp, g.NQ - 1);
+        qs[pp] = q;
+        const int64_t n = q / g.HoWo, rem = q % g.HoWo;
+        const int64_t yo = rem / g.Wo, xo = rem % g.Wo;
+        ptrs[pp] = xf.get() + ((n * g.Hp + yo * p.stride_h) * g.Wp + xo * p.stride_w) * PS +
+                   gi * g.Cg;
+      }
+      K::float_tile(ptrs, tapoff.data(), g.T, g.Cg, wblk, acc);
+      const int np = static_cast<int>(std::min<int64_t>(P, g.NQ - tile * P));
+      for (int pp = 0; pp < np; ++pp) {
+        const int64_t q = qs[pp];
+        const float bq = p.beta_scaling ? beta[q] : 1.0f;
+        epilogue_dispatch<OBW>(p.activation, acc + pp * OBW, osp.get() + blk * OBW,
+                               obp.get() + blk * OBW, bq, p.negative_slope, res);
+        store_outputs<OBW>(p, res, q, o0, cnt, call.out);
+      }
+    }
+  });
+  return {};
+}
+
+template <class K>
+std::string run_conv(const ConvCall& call, const Executor& ex) {
+  const Geometry g(call.p);
+  if (g.NQ == 0 || g.O == 0) return {};
+  if (call.p.type == BINARY_WEIGHTS) return run_float<K>(call, g, ex);
+  return run_binary<K>(call, g, ex);
+}
+
+}  // namespace BINCONV_ISA_NS
+namespace detail = BINCONV_ISA_NS;
+}  // namespace cpu
+}  // namespace binconv

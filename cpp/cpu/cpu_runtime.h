@@ -1,0 +1,28 @@
+// Process-wide state of the CPU backend shared by the FFI handler and the
+// Python module: which ISA runs, and an optional cap on threads.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kernel_api.h"
+
+namespace binconv {
+namespace cpu {
+
+const char* isa_name(Isa isa);
+bool isa_from_name(const std::string& name, Isa* isa);
+std::vector<Isa> available_isas();  // what this CPU and OS can run, worst first
+Isa best_isa();
+Isa current_isa();
+// False (and no change) when the ISA cannot run here.
+bool set_current_isa(Isa isa);
+// 0: use every thread of XLA's intra-op pool; n > 0: use at most n threads.
+int max_threads();
+void set_max_threads(int n);
+
+// The typed XLA FFI handler (api_version 1) behind jax_binconv_conv2d_cpu_v1.
+void* conv2d_handler_address();
+
+}  // namespace cpu
+}  // namespace binconv

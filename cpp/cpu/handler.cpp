@@ -1,0 +1,430 @@
+// The XLA FFI handler jax_binconv_conv2d_cpu_v1 (contract: docs/ffi.md):
+// checks every operand against the attributes, then runs the kernel of the
+// currently selected ISA on XLA's intra-op thread pool.
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "cpu_runtime.h"
+#include "kernel_api.h"
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__APPLE__) && defined(JAX_BINCONV_HAVE_METAL)
+#include "metal_dispatch.h"
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace binconv {
+namespace cpu {
+
+// ---------------------------------------------------------------- ISA state
+
+namespace {
+
+#if defined(__x86_64__)
+// CPUID says what the core has; XCR0 says whether the OS saves the wider
+// registers on a context switch. Both are needed before running AVX code.
+uint64_t read_xcr0() {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
+  if (!(ecx & (1u << 27))) return 0;  // OSXSAVE
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+#endif
+
+bool isa_runs(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return true;
+#if defined(__x86_64__)
+    case Isa::kAvx2: {
+      __builtin_cpu_init();
+      const uint64_t xcr0 = read_xcr0();
+      return __builtin_cpu_supports("avx2") && (xcr0 & 0x6) == 0x6;
+    }
+    case Isa::kAvx512: {
+      __builtin_cpu_init();
+      const uint64_t xcr0 = read_xcr0();
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vpopcntdq") &&
+             (xcr0 & 0xe6) == 0xe6;  // SSE, AVX, opmask, ZMM0-15 upper, ZMM16-31
+    }
+#endif
+#if defined(__aarch64__)
+    case Isa::kNeon: return true;  // Advanced SIMD is mandatory on AArch64
+#endif
+    default: return false;
+  }
+}
+
+Isa initial_isa() {
+  const char* env = std::getenv("JAX_BINCONV_CPU_ISA");
+  if (env && *env) {
+    Isa want;
+    if (isa_from_name(env, &want) && isa_runs(want)) return want;
+    std::fprintf(stderr,
+                 "jax_binconv: JAX_BINCONV_CPU_ISA=%s is unknown or not supported by this CPU; "
+                 "using %s\n",
+                 env, isa_name(best_isa()));
+  }
+  return best_isa();
+}
+
+std::atomic<int>& isa_state() {
+  static std::atomic<int> state{static_cast<int>(initial_isa())};
+  return state;
+}
+
+int initial_threads() {
+  const char* env = std::getenv("JAX_BINCONV_CPU_THREADS");
+  if (!env || !*env) return 0;
+  const int n = std::atoi(env);
+  return n > 0 ? n : 0;
+}
+
+std::atomic<int>& threads_state() {
+  static std::atomic<int> state{initial_threads()};
+  return state;
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+    case Isa::kNeon: return "neon";
+  }
+  return "?";
+}
+
+bool isa_from_name(const std::string& name, Isa* isa) {
+  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+    if (name == isa_name(i)) {
+      *isa = i;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::vector<Isa> available_isas() {
+  std::vector<Isa> out;
+  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon})
+    if (isa_runs(i)) out.push_back(i);
+  return out;
+}
+
+Isa best_isa() { return available_isas().back(); }
+Isa current_isa() { return static_cast<Isa>(isa_state().load(std::memory_order_relaxed)); }
+
+bool set_current_isa(Isa isa) {
+  if (!isa_runs(isa)) return false;
+  isa_state().store(static_cast<int>(isa), std::memory_order_relaxed);
+  return true;
+}
+
+int max_threads() { return threads_state().load(std::memory_order_relaxed); }
+void set_max_threads(int n) { threads_state().store(n > 0 ? n : 0, std::memory_order_relaxed); }
+
+// ------------------------------------------------------------ thread pool
+
+namespace {
+
+// parallel_for on XLA's intra-op pool. The calling thread works too; helpers
+// take items from a shared counter. The caller waits for items, not for
+// helpers, so a helper the pool starts late (or never) cannot block it: the
+// shared state outlives the call and a late helper finds no work left.
+class PoolExecutor final : public Executor {
+ public:
+  PoolExecutor(ffi::ThreadPool* pool, int threads) : pool_(pool), threads_(threads) {}
+  int num_threads() const override { return threads_; }
+
+  void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) const override {
+    if (n <= 0) return;
+    const int64_t helpers = std::min<int64_t>(threads_, n) - 1;
+    if (helpers <= 0 || pool_ == nullptr) {
+      for (int64_t i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    struct State {
+      std::atomic<int64_t> next{0};
+      std::atomic<int64_t> done{0};
+      int64_t n = 0;
+      const std::function<void(int64_t)>* fn = nullptr;
+      std::mutex mu;
+      std::condition_variable cv;
+      void work() {
+        for (;;) {
+          const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+          if (i >= n) return;
+          (*fn)(i);
+          if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
+            std::lock_guard<std::mutex> lock(mu);
+            cv.notify_all();
+          }
+        }
+      }
+    };
+    auto st = std::make_shared<State>();
+    st->n = n;
+    st->fn = &fn;
+    for (int64_t h = 0; h < helpers; ++h) pool_->Schedule([st] { st->work(); });
+    st->work();
+    // The last items usually finish within microseconds: spin briefly before
+    // sleeping, since a futex wake costs about as much as a small layer.
+    for (int spin = 0; spin < 20000; ++spin) {
+      if (st->done.load(std::memory_order_acquire) == n) return;
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+    std::unique_lock<std::mutex> lock(st->mu);
+    st->cv.wait(lock, [&] { return st->done.load(std::memory_order_acquire) == n; });
+  }
+
+ private:
+  ffi::ThreadPool* pool_;
+  int threads_;
+};
+
+// ---------------------------------------------------------------- handler
+
+std::string dims_str(ffi::AnyBuffer::Dimensions d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(d[i]);
+  }
+  return s + "]";
+}
+
+const char* dtype_str(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32: return "float32";
+    case ffi::DataType::U32: return "uint32";
+    case ffi::DataType::F16: return "float16";
+    case ffi::DataType::BF16: return "bfloat16";
+    case ffi::DataType::F64: return "float64";
+    case ffi::DataType::S32: return "int32";
+    default: return "another dtype";
+  }
+}
+
+ffi::Error invalid(const std::string& msg) {
+  return ffi::Error::InvalidArgument("jax_binconv_conv2d_cpu_v1: " + msg);
+}
+
+ffi::Error check_vector(const char* name, const ffi::AnyBuffer& b, int64_t len) {
+  if (b.element_type() != ffi::DataType::F32 || b.dimensions().size() != 1 ||
+      b.dimensions()[0] != len)
+    return invalid(std::string(name) + " must be float32 [" + std::to_string(len) + "], got " +
+                   dtype_str(b.element_type()) + " " + dims_str(b.dimensions()));
+  return ffi::Error::Success();
+}
+
+ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                     ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
+                     ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
+                     ffi::Result<ffi::AnyBuffer> out, int32_t conv_type, int64_t in_channels,
+                     int64_t stride_h, int64_t stride_w, int64_t dilation_h, int64_t dilation_w,
+                     int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
+                     int64_t groups, float pad_value, bool beta_scaling, int32_t activation,
+                     float negative_slope) {
+  ConvParams p;
+  if (conv_type < BINARY_WEIGHTS || conv_type > AND)
+    return invalid("conv_type must be 0 (BINARY_WEIGHTS), 1 (XNOR) or 2 (AND), got " +
+                   std::to_string(conv_type));
+  if (activation < 0 || activation >= kNumActivations)
+    return invalid("activation must be in [0, " + std::to_string(kNumActivations) + "), got " +
+                   std::to_string(activation));
+  if (stride_h < 1 || stride_w < 1 || dilation_h < 1 || dilation_w < 1)
+    return invalid("strides and dilations must be >= 1");
+  if (pad_top < 0 || pad_bottom < 0 || pad_left < 0 || pad_right < 0)
+    return invalid("padding must be >= 0");
+  if (in_channels < 1) return invalid("in_channels must be >= 1, got " + std::to_string(in_channels));
+  if (groups < 1 || in_channels % groups != 0)
+    return invalid("groups (" + std::to_string(groups) + ") must divide in_channels (" +
+                   std::to_string(in_channels) + ")");
+  if (!std::isfinite(pad_value)) return invalid("pad_value must be finite");
+  if (conv_type == XNOR && !(pad_value == 0.0f || pad_value == 1.0f || pad_value == -1.0f))
+    return invalid("XNOR allows pad_value -1, 0 or +1, got " + std::to_string(pad_value));
+  if (conv_type == AND && !(pad_value == 0.0f || pad_value == 1.0f))
+    return invalid("AND allows pad_value 0 or 1, got " + std::to_string(pad_value));
+
+  p.type = conv_type;
+  p.c = in_channels;
+  p.stride_h = stride_h;
+  p.stride_w = stride_w;
+  p.dil_h = dilation_h;
+  p.dil_w = dilation_w;
+  p.pad_top = pad_top;
+  p.pad_bottom = pad_bottom;
+  p.pad_left = pad_left;
+  p.pad_right = pad_right;
+  p.groups = groups;
+  p.pad_value = pad_value;
+  p.beta_scaling = beta_scaling;
+  p.activation = activation;
+  p.negative_slope = negative_slope;
+
+  // x: F32 [..., H, W, C] or U32 [..., H, W, ceil(C/32)]
+  const auto xd = x.dimensions();
+  if (x.element_type() == ffi::DataType::F32) {
+    p.x_packed = false;
+  } else if (x.element_type() == ffi::DataType::U32) {
+    p.x_packed = true;
+  } else {
+    return invalid(std::string("x must be float32 or uint32 (packed), got ") +
+                   dtype_str(x.element_type()));
+  }
+  if (xd.size() < 4) return invalid("x must have rank >= 4, got " + dims_str(xd));
+  const size_t xr = xd.size();
+  int64_t n = 1;
+  for (size_t i = 0; i + 3 < xr; ++i) n *= xd[i];
+  p.n = n;
+  p.h = xd[xr - 3];
+  p.w = xd[xr - 2];
+  const int64_t want_xc = p.x_packed ? packed_words(in_channels) : in_channels;
+  if (xd[xr - 1] != want_xc)
+    return invalid("x's last dim must be " + std::to_string(want_xc) +
+                   (p.x_packed ? " (packed words of in_channels)" : " (in_channels)") + ", got " +
+                   dims_str(xd));
+  if (p.x_packed && conv_type == BINARY_WEIGHTS)
+    return invalid("packed x needs conv_type XNOR or AND");
+
+  // w: U32 [O, KH, KW, ceil(Cg/32)]
+  const auto wd = w.dimensions();
+  if (w.element_type() != ffi::DataType::U32 || wd.size() != 4)
+    return invalid(std::string("w must be uint32 [O, KH, KW, ceil(Cg/32)], got ") +
+                   dtype_str(w.element_type()) + " " + dims_str(wd));
+  p.o = wd[0];
+  p.kh = wd[1];
+  p.kw = wd[2];
+  if (p.o < 1 || p.kh < 1 || p.kw < 1) return invalid("w has an empty dim: " + dims_str(wd));
+  if (p.o % groups != 0)
+    return invalid("groups (" + std::to_string(groups) + ") must divide O (" +
+                   std::to_string(p.o) + ")");
+  if (wd[3] != packed_words(p.cg()))
+    return invalid("w's last dim must be ceil(Cg/32) = " + std::to_string(packed_words(p.cg())) +
+                   ", got " + dims_str(wd));
+  // Accumulators are int32 and exact only while T*Cg fits.
+  if (p.kh * p.kw * p.cg() >= (int64_t{1} << 30))
+    return invalid("KH*KW*Cg is too large for the kernel's accumulators");
+
+  if (auto e = check_vector("input_bias", input_bias, p.c); e.failure()) return e;
+  if (auto e = check_vector("input_scale", input_scale, p.c); e.failure()) return e;
+  if (auto e = check_vector("output_scale", output_scale, p.o); e.failure()) return e;
+  if (auto e = check_vector("output_bias", output_bias, p.o); e.failure()) return e;
+
+  if (p.h + pad_top + pad_bottom < p.eff_kh() || p.w + pad_left + pad_right < p.eff_kw())
+    return invalid("the padded input is smaller than the dilated kernel (empty output)");
+  const int64_t ho = p.ho(), wo = p.wo();
+
+  // result: F32 [..., Ho, Wo, O] or U32 [..., Ho, Wo, ceil(O/32)]
+  const auto od = out->dimensions();
+  if (out->element_type() == ffi::DataType::F32) {
+    p.out_packed = false;
+  } else if (out->element_type() == ffi::DataType::U32) {
+    p.out_packed = true;
+  } else {
+    return invalid(std::string("the result must be float32 or uint32 (packed), got ") +
+                   dtype_str(out->element_type()));
+  }
+  bool ok = od.size() == xr;
+  for (size_t i = 0; ok && i + 3 < xr; ++i) ok = od[i] == xd[i];
+  const int64_t want_oc = p.out_packed ? packed_words(p.o) : p.o;
+  ok = ok && od[xr - 3] == ho && od[xr - 2] == wo && od[xr - 1] == want_oc;
+  if (!ok) {
+    std::string want = "[";
+    for (size_t i = 0; i + 3 < xr; ++i) want += std::to_string(xd[i]) + ", ";
+    want += std::to_string(ho) + ", " + std::to_string(wo) + ", " + std::to_string(want_oc) + "]";
+    return invalid("the result must have shape " + want + ", got " + dims_str(od));
+  }
+
+  if (n == 0) return ffi::Error::Success();
+
+  ConvCall call;
+  call.p = p;
+  call.x = x.untyped_data();
+  call.w = static_cast<const uint32_t*>(w.untyped_data());
+  call.input_bias = static_cast<const float*>(input_bias.untyped_data());
+  call.input_scale = static_cast<const float*>(input_scale.untyped_data());
+  call.output_scale = static_cast<const float*>(output_scale.untyped_data());
+  call.output_bias = static_cast<const float*>(output_bias.untyped_data());
+  call.out = out->untyped_data();
+
+#if defined(__APPLE__) && defined(JAX_BINCONV_HAVE_METAL)
+  {
+    std::string err;
+    if (metal_try_conv2d(p, call.x, call.w, call.input_bias, call.input_scale, call.output_scale,
+                         call.output_bias, call.out, &err)) {
+      if (!err.empty()) return ffi::Error::Internal("jax_binconv Metal kernel failed: " + err);
+      return ffi::Error::Success();
+    }
+  }
+#endif
+
+  int threads = static_cast<int>(std::max<int64_t>(1, pool.num_threads()));
+  if (const int cap = max_threads(); cap > 0) threads = cap;
+  PoolExecutor ex(&pool, threads);
+
+  std::string err;
+  switch (current_isa()) {
+#if defined(__x86_64__)
+    case Isa::kAvx512: err = conv2d_avx512(call, ex); break;
+    case Isa::kAvx2: err = conv2d_avx2(call, ex); break;
+#endif
+#if defined(__aarch64__)
+    case Isa::kNeon: err = conv2d_neon(call, ex); break;
+#endif
+    default: err = conv2d_scalar(call, ex); break;
+  }
+  if (!err.empty()) return ffi::Error::Internal("jax_binconv_conv2d_cpu_v1: " + err);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxBinconvConv2dCpuV1, Conv2dCpu,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // w
+                                  .Arg<ffi::AnyBuffer>()  // input_bias
+                                  .Arg<ffi::AnyBuffer>()  // input_scale
+                                  .Arg<ffi::AnyBuffer>()  // output_scale
+                                  .Arg<ffi::AnyBuffer>()  // output_bias
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("conv_type")
+                                  .Attr<int64_t>("in_channels")
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("dilation_h")
+                                  .Attr<int64_t>("dilation_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right")
+                                  .Attr<int64_t>("groups")
+                                  .Attr<float>("pad_value")
+                                  .Attr<bool>("beta_scaling")
+                                  .Attr<int32_t>("activation")
+                                  .Attr<float>("negative_slope"));
+
+void* conv2d_handler_address() { return reinterpret_cast<void*>(JaxBinconvConv2dCpuV1); }
+
+}  // namespace cpu
+}  // namespace binconv

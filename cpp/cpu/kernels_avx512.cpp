@@ -1,0 +1,140 @@
+// AVX-512 kernels (F + BW + DQ + VPOPCNTDQ), built with their own -m flags and
+// run only when the CPU and the OS support them (see handler.cpp).
+//
+// Binary tile: 6 output pixels x 32 output channels. The 32 channels' weight
+// words for one (tap, word) sit in 4 zmm registers (8 x 64-bit lanes each);
+// each pixel's input word is broadcast once and XOR/AND-ed against all 4, then
+// VPOPCNTQ and a 64-bit add into one of 24 register accumulators. Per input
+// word that is 3 vector ops for 512 binary MACs, with 10 loads per 72 ops.
+#include <immintrin.h>
+
+#define BINCONV_ISA_NS isa_avx512
+#include "conv_driver.h"
+
+namespace binconv {
+namespace cpu {
+namespace {
+
+struct Avx512Traits {
+  static constexpr int kP = 6;
+  static constexpr int kObw = 32;
+  static constexpr int kPf = 6;
+  static constexpr int kObwf = 32;
+
+  static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
+                              uint64_t* bits, float* abs_sum) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    __m512 s = zero;
+    const int64_t nw = (C + 63) / 64;
+    for (int64_t w = 0; w < nw; ++w) {
+      uint64_t v = 0;
+      for (int h = 0; h < 4; ++h) {
+        const int64_t c = 64 * w + 16 * h;
+        if (c >= C) break;
+        const int64_t rem = C - c;
+        const __mmask16 m = rem >= 16 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + c);
+        xv = _mm512_mul_ps(_mm512_add_ps(xv, _mm512_maskz_loadu_ps(m, ib + c)),
+                           _mm512_maskz_loadu_ps(m, is + c));
+        // "not less than 0", unordered true: bin() gives +1 for 0, -0.0 and NaN.
+        const __mmask16 pos = _mm512_mask_cmp_ps_mask(m, xv, zero, _CMP_NLT_UQ);
+        v |= static_cast<uint64_t>(pos) << (16 * h);
+        if (abs_sum) s = _mm512_add_ps(s, _mm512_and_ps(xv, absmask));
+      }
+      bits[w] = v;
+    }
+    if (abs_sum) *abs_sum = _mm512_reduce_add_ps(s);
+  }
+
+  template <bool AND>
+  static inline __m512i op(__m512i a, __m512i b) {
+    return AND ? _mm512_and_si512(a, b) : _mm512_xor_si512(a, b);
+  }
+
+  template <bool AND>
+  static void bin_tile(const uint64_t* const* xp, const int64_t* tapoff, int64_t T, int64_t KW64,
+                       const uint64_t* w, int32_t* raw) {
+    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
+    __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    __m512i a40 = a00, a41 = a00, a42 = a00, a43 = a00;
+    __m512i a50 = a00, a51 = a00, a52 = a00, a53 = a00;
+    const uint64_t *x0 = xp[0], *x1 = xp[1], *x2 = xp[2], *x3 = xp[3], *x4 = xp[4], *x5 = xp[5];
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t off = tapoff[t];
+      const uint64_t *y0 = x0 + off, *y1 = x1 + off, *y2 = x2 + off, *y3 = x3 + off,
+                     *y4 = x4 + off, *y5 = x5 + off;
+      for (int64_t k = 0; k < KW64; ++k) {
+        const __m512i w0 = _mm512_load_si512(w);
+        const __m512i w1 = _mm512_load_si512(w + 8);
+        const __m512i w2 = _mm512_load_si512(w + 16);
+        const __m512i w3 = _mm512_load_si512(w + 24);
+        w += 32;
+#define BINCONV_ROW(P, Y)                                                           \
+  {                                                                                 \
+    const __m512i xb = _mm512_set1_epi64(static_cast<long long>(Y[k]));           \
+    a##P##0 = _mm512_add_epi64(a##P##0, _mm512_popcnt_epi64(op<AND>(xb, w0)));      \
+    a##P##1 = _mm512_add_epi64(a##P##1, _mm512_popcnt_epi64(op<AND>(xb, w1)));      \
+    a##P##2 = _mm512_add_epi64(a##P##2, _mm512_popcnt_epi64(op<AND>(xb, w2)));      \
+    a##P##3 = _mm512_add_epi64(a##P##3, _mm512_popcnt_epi64(op<AND>(xb, w3)));      \
+  }
+        BINCONV_ROW(0, y0)
+        BINCONV_ROW(1, y1)
+        BINCONV_ROW(2, y2)
+        BINCONV_ROW(3, y3)
+        BINCONV_ROW(4, y4)
+        BINCONV_ROW(5, y5)
+#undef BINCONV_ROW
+      }
+    }
+#define BINCONV_STORE(P)                                                                     \
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 0), _mm512_cvtepi64_epi32(a##P##0));  \
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 8), _mm512_cvtepi64_epi32(a##P##1));  \
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 16), _mm512_cvtepi64_epi32(a##P##2)); \
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 24), _mm512_cvtepi64_epi32(a##P##3));
+    BINCONV_STORE(0)
+    BINCONV_STORE(1)
+    BINCONV_STORE(2)
+    BINCONV_STORE(3)
+    BINCONV_STORE(4)
+    BINCONV_STORE(5)
+#undef BINCONV_STORE
+  }
+
+  // BINARY_WEIGHTS: x * (+-1) is exact, so mul+add here rounds exactly like the
+  // scalar path's loop; lanes are output channels, channel order is fixed.
+  static void float_tile(const float* const* xp, const int64_t* tapoff, int64_t T, int64_t Cg,
+                         const float* w, float* acc) {
+    __m512 c[kPf][2];
+    for (int p = 0; p < kPf; ++p) c[p][0] = c[p][1] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t off = tapoff[t];
+      const float* wt = w + t * Cg * kObwf;
+      for (int64_t ch = 0; ch < Cg; ++ch) {
+        const __m512 w0 = _mm512_load_ps(wt + ch * kObwf);
+        const __m512 w1 = _mm512_load_ps(wt + ch * kObwf + 16);
+#pragma GCC unroll 8
+        for (int p = 0; p < kPf; ++p) {
+          const __m512 xb = _mm512_set1_ps(xp[p][off + ch]);
+          c[p][0] = _mm512_add_ps(c[p][0], _mm512_mul_ps(xb, w0));
+          c[p][1] = _mm512_add_ps(c[p][1], _mm512_mul_ps(xb, w1));
+        }
+      }
+    }
+    for (int p = 0; p < kPf; ++p) {
+      _mm512_storeu_ps(acc + p * kObwf, c[p][0]);
+      _mm512_storeu_ps(acc + p * kObwf + 16, c[p][1]);
+    }
+  }
+};
+
+}  // namespace
+
+std::string conv2d_avx512(const ConvCall& call, const Executor& ex) {
+  return detail::run_conv<Avx512Traits>(call, ex);
+}
+
+}  // namespace cpu
+}  // namespace binconv

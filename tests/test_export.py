@@ -1,0 +1,68 @@
+"""jax.export round trip: serialize a function using binary_conv2d, then load
+and call it in a fresh process that only imports jax_binconv."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import rand_x
+
+import jax_binconv as jb
+
+pytest.importorskip("flatbuffers", reason="jax.export serialization needs the flatbuffers package")
+
+
+def _model(x, w1, w2):
+    y = jb.binary_conv2d(x, w1, type="xnor", beta_scaling=True, activation="relu",
+                         output_scale=0.1)
+    p = jb.binary_conv2d(y, w2, type="xnor", output="packed")
+    return jb.binary_conv2d(p, w2[:, :, :, :8].transpose(0, 1, 3, 2)[:, :, :8, :], type="and")
+
+
+def test_export_round_trip_in_fresh_process(tmp_path):
+    x = rand_x(0, (2, 8, 8, 16))
+    w1 = rand_x(1, (3, 3, 16, 8))
+    w2 = rand_x(2, (3, 3, 8, 8))
+    disabled = [jax.export.DisabledSafetyCheck.custom_call(t) for t in jb.TARGETS.values()]
+    exp = jax.export.export(jax.jit(_model), disabled_checks=disabled)(x, w1, w2)
+    assert jb.TARGETS["cpu"] in exp.mlir_module()
+    blob = tmp_path / "model.bin"
+    blob.write_bytes(exp.serialize())
+    np.savez(tmp_path / "inputs.npz", x=np.asarray(x), w1=np.asarray(w1), w2=np.asarray(w2))
+    expected = np.asarray(jax.jit(_model)(x, w1, w2))
+    script = textwrap.dedent(f"""
+        import numpy as np, jax
+        import jax_binconv  # registers the FFI targets
+        exp = jax.export.deserialize(open({str(blob)!r}, "rb").read())
+        a = np.load({str(tmp_path / 'inputs.npz')!r})
+        np.save({str(tmp_path / 'out.npy')!r}, np.asarray(exp.call(a["x"], a["w1"], a["w2"])))
+    """)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(jb.__file__)),
+                                         env.get("PYTHONPATH", "")])
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_exported_call_without_import_fails_loudly(tmp_path):
+    """Without importing jax_binconv the target is unknown: an error, not a wrong answer."""
+    x = rand_x(0, (1, 6, 6, 8))
+    w = rand_x(1, (3, 3, 8, 4))
+    disabled = [jax.export.DisabledSafetyCheck.custom_call(t) for t in jb.TARGETS.values()]
+    exp = jax.export.export(jax.jit(lambda x, w: jb.binary_conv2d(x, w)),
+                            disabled_checks=disabled)(x, w)
+    blob = tmp_path / "m.bin"
+    blob.write_bytes(exp.serialize())
+    script = (f"import jax, numpy as np; e = jax.export.deserialize(open({str(blob)!r}, 'rb').read());"
+              "e.call(np.ones((1, 6, 6, 8), np.float32), np.ones((3, 3, 8, 4), np.float32))")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       cwd=str(tmp_path))
+    assert r.returncode != 0
+    assert "jax_binconv_conv2d_cpu_v1" in (r.stderr + r.stdout)

@@ -1,0 +1,325 @@
+"""The Metal kernel source (metal/binconv.metal), compiled as C++ through
+metal/host_shim.h and run by the shim's threadgroup/barrier emulator, against
+the pure-JAX reference over the reference grid: integer parts exactly,
+float results within the SPEC tolerance.
+
+Every case is one jit holding both the shim call and the reference (one
+compile per case): the shim executes every GPU lane as a fiber, so the
+spatial sizes here stay small.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import rand_vec, rand_x
+
+import jax_binconv as jb
+
+pytestmark = pytest.mark.skipif(
+    "metal_shim" not in jb.lowering.available,
+    reason=f"jax_binconv._metal_shim not built: {jb.lowering.load_errors.get('_metal_shim')}")
+
+TARGET = "jax_binconv_conv2d_metalshim_v1"
+TYPES = ["binary_weights", "xnor", "and"]
+ACTIVATIONS = [None, "relu", "relu6", "leaky_relu", "sigmoid", "tanh", "hard_tanh", "sign"]
+INTEGER_KEYS = ("input_bias", "input_scale", "type", "strides", "padding", "dilation", "groups",
+                "pad_value", "dimension_numbers")
+METAL_DIR = Path(__file__).resolve().parent.parent / "metal"
+
+
+def _words(v):
+    return np.asarray(v.words if isinstance(v, jb.PackedActivations) else v)
+
+
+def check(x, w, **kw):
+    """Shim result vs reference for one configuration; returns the shim result."""
+    bits = jb.options.conv_type(kw.get("type", "xnor")) != jb.BinaryConvType.BINARY_WEIGHTS
+    acc_kw = {k: v for k, v in kw.items() if k in INTEGER_KEYS}
+
+    def both(x, w):
+        out = [jb.binary_conv2d(x, w, **kw), jb.reference.binary_conv2d(x, w, **kw)]
+        if bits:  # the bare accumulator, before any float epilogue
+            out += [jb.binary_conv2d(x, w, **acc_kw), jb.reference.binary_conv2d(x, w, **acc_kw)]
+        if kw.get("output") == "packed":  # the float result the packed bits come from
+            fkw = dict(kw, output="float")
+            out += [jb.reference.binary_conv2d(x, w, **fkw)]
+        return out
+
+    with jb.config.cpu_kernel_override("metal_shim"):
+        f = jax.jit(both)
+        assert TARGET in f.lower(x, w).as_text(), "the call did not lower to the Metal shim"
+        res = f(x, w)
+    ours, ref = res[0], res[1]
+    if bits:
+        a, b = np.asarray(res[2], np.float32), np.asarray(res[3], np.float32)
+        np.testing.assert_array_equal(a, b, err_msg=f"integer accumulators differ: {acc_kw}")
+        assert np.all(a == np.round(a))
+    if kw.get("output") == "packed":
+        ow, rw = _words(ours), _words(ref)
+        assert ow.shape == rw.shape and ow.dtype == np.uint32
+        if bits:
+            np.testing.assert_array_equal(ow, rw, err_msg=str(kw))
+        else:
+            # A float sum in another order may flip the sign of a result
+            # within rounding of zero; anything else must agree.
+            rf = np.asarray(res[-1], np.float32)
+            diff = np.unpackbits((ow ^ rw).view(np.uint8), bitorder="little").reshape(
+                ow.shape + (32,)).reshape(ow.shape[:-1] + (-1,))[..., :rf.shape[-1]]
+            assert np.all(np.abs(rf[diff.astype(bool)]) < 1e-4 * max(1.0, np.abs(rf).max())), kw
+        return ours
+    o, r = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
+    assert o.shape == r.shape and ours.dtype == ref.dtype
+    scale = max(1.0, float(np.nanmax(np.abs(r)))) if r.size else 1.0
+    atol = 1e-5 * scale * (8 if not bits else 1)
+    np.testing.assert_allclose(o, r, rtol=1e-5, atol=atol, err_msg=str(kw))
+    return ours
+
+
+def case(t, c=33, o=20, k=(3, 3), hw=(6, 5), n=2, seed=0, groups=1, **kw):
+    x = rand_x(seed, (n,) + hw + (c,))
+    w = rand_x(seed + 1, k + (c // groups, o))
+    return check(x, w, type=t, groups=groups, **kw)
+
+
+def pad_values(t):
+    return {"binary_weights": [0.0, 0.75, -2.0], "xnor": [0.0, 1.0, -1.0], "and": [0.0, 1.0]}[t]
+
+
+# ------------------------------------------------------------------ the grid
+# One axis at a time around a base case, for each type.
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("c", [1, 3, 31, 33, 65, 130])
+def test_channels(t, c):
+    case(t, c=c, o=7 if c < 64 else 36, seed=c)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("k", [(1, 1), (3, 3), (5, 5), (1, 3)])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((1, 0), (2, 1))])
+def test_kernels_and_padding(t, k, padding):
+    case(t, k=k, padding=padding, hw=(6, 6), seed=k[0] * 10 + k[1])
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("strides,dilation", [((2, 2), (1, 1)), ((1, 2), (2, 1)),
+                                              ((2, 1), (2, 2)), ((1, 1), (2, 2))])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((0, 2), (1, 0))])
+def test_strides_dilation(t, strides, dilation, padding):
+    case(t, strides=strides, dilation=dilation, padding=padding, hw=(7, 6))
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.parametrize("padding", ["SAME", ((2, 1), (0, 3))])
+def test_pad_values(t, index, padding):
+    values = pad_values(t)
+    if index >= len(values):
+        pytest.skip(f"{t} allows only pad values {values}")
+    case(t, pad_value=values[index], padding=padding, dilation=(1, 2))
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("groups,c,o", [(2, 66, 8), (4, 64, 12), (2, 130, 6), (4, 12, 8),
+                                        (2, 6, 70)])
+def test_groups(t, groups, c, o):
+    case(t, c=c, o=o, groups=groups, beta_scaling=True)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_epilogue(t, activation):
+    c, o = 33, 20
+    case(t, c=c, o=o, seed=3, activation=activation, negative_slope=0.2, beta_scaling=True,
+         input_bias=rand_vec(5, c, -0.5, 0.5), input_scale=rand_vec(6, c, 0.5, 1.5, signed=True),
+         output_scale=rand_vec(7, o, 0.01, 0.1, signed=True), output_bias=rand_vec(8, o, -2, 2))
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("padding,strides,dilation", [("SAME", 1, 1), ("VALID", 2, 1),
+                                                      (((2, 0), (1, 2)), 1, 2)])
+def test_beta_scaling(t, padding, strides, dilation):
+    case(t, beta_scaling=True, padding=padding, strides=strides, dilation=dilation,
+         output_scale=0.5, input_bias=0.1, input_scale=-1.5)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_scalar_scales_and_biases(t):
+    case(t, input_bias=0.25, input_scale=-2.0, output_scale=0.125, output_bias=-1.0)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_nchw_and_low_precision(t):
+    x = rand_x(11, (2, 20, 5, 6), jnp.bfloat16)
+    w = rand_x(12, (12, 20, 3, 3))
+    out = check(x.astype(jnp.float32), w, type=t, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                strides=(2, 1))
+    assert out.shape == (2, 12, 3, 6)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("groups,o", [(1, 40), (2, 64), (2, 6), (4, 36)])
+def test_packed_output(t, groups, o):
+    """Packed results, including words shared by two groups (og % 32 != 0)."""
+    c = 8 * groups
+    out = case(t, c=c, o=o, groups=groups, output="packed", seed=o,
+               output_scale=rand_vec(18, o, 0.5, 1.0, signed=True),
+               output_bias=rand_vec(19, o, -3, 3))
+    assert isinstance(out, jb.PackedActivations) and out.channels == o
+    words = np.asarray(out.words)
+    if o % 32:
+        assert np.all(words[..., -1] >> (o % 32) == 0), "trailing bits of packed output must be 0"
+
+
+@pytest.mark.parametrize("t", ["xnor", "and"])
+@pytest.mark.parametrize("c,groups", [(33, 1), (64, 2), (96, 3), (130, 1)])
+@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+def test_packed_input(t, c, groups, pad_value):
+    x = jb.pack_activations(rand_x(16 + c, (2, 5, 6, c)))
+    w = rand_x(17, (3, 3, c // groups, 4 * groups))
+    check(x, w, type=t, groups=groups, pad_value=pad_value, beta_scaling=True,
+          output_scale=rand_vec(18, 4 * groups, 0.5, 1.0, signed=True))
+    check(x, w, type=t, groups=groups, pad_value=pad_value, output="packed", strides=2)
+
+
+def test_packed_input_trailing_bits_are_ignored():
+    """SPEC section 7: garbage in the trailing bits of a word changes nothing."""
+    c = 40
+    x = jb.pack_activations(rand_x(30, (1, 4, 4, c)))
+    dirty = jb.PackedActivations(x.words | jnp.uint32(0xFFFFFF00) * (jnp.arange(2) == 1),
+                                 c)
+    w = rand_x(31, (3, 3, c, 5))
+    with jb.config.cpu_kernel_override("metal_shim"):
+        for t in ("xnor", "and"):
+            f = jax.jit(lambda x, w: jb.binary_conv2d(x, w, type=t, pad_value=1.0))
+            np.testing.assert_array_equal(np.asarray(f(dirty, w)), np.asarray(f(x, w)))
+
+
+def test_special_values():
+    """bin(0) = bin(-0.0) = bin(NaN) = +1, through the shim."""
+    vals = np.array([0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, np.nan, -0.0], np.float32)
+    x = jnp.asarray(np.tile(vals, (1, 3, 3, 1)))
+    with jb.config.cpu_kernel_override("metal_shim"):
+        y = jax.jit(lambda x: jb.binary_conv2d(x, jnp.ones((1, 1, 8, 1)), type="xnor",
+                                               padding="VALID"))(x)
+    assert float(y[0, 0, 0, 0]) == 6 - 2
+    xf = jnp.where(jnp.isnan(x), 2.0, x)  # NaN elsewhere makes beta/BW NaN: compare finite parts
+    for t in TYPES:
+        check(xf, rand_x(13, (1, 1, 8, 4)), type=t, padding="VALID")
+
+
+def test_large_k_no_overflow():
+    c = 8192
+    check(rand_x(25, (1, 3, 3, c)), rand_x(26, (3, 3, c, 3)), type="xnor", padding="SAME")
+
+
+@pytest.mark.parametrize("lanes", ["1", "7", "32", "256"])
+def test_any_threadgroup_size(lanes, monkeypatch):
+    """The macOS host lowers the lane count when a pipeline allows fewer
+    threads: the kernels' tiling must not depend on it."""
+    monkeypatch.setenv("JAX_BINCONV_METAL_SHIM_LANES", lanes)
+    case("xnor", c=65, o=40, hw=(5, 7), beta_scaling=True, seed=int(lanes))
+    case("binary_weights", c=33, o=33, hw=(4, 3), pad_value=0.5, seed=int(lanes))
+
+
+def test_empty_batch():
+    with jb.config.cpu_kernel_override("metal_shim"):
+        y = jax.jit(lambda x, w: jb.binary_conv2d(x, w))(jnp.zeros((0, 5, 5, 8)),
+                                                        rand_x(22, (3, 3, 8, 4)))
+    assert y.shape == (0, 5, 5, 4)
+
+
+def test_vmap_leading_batch_dims():
+    x = rand_x(40, (3, 2, 4, 4, 10))
+    w = rand_x(41, (3, 3, 10, 6))
+    with jb.config.cpu_kernel_override("metal_shim"):
+        y = jax.jit(jax.vmap(lambda x: jb.binary_conv2d(x, w)))(x)
+    r = jax.vmap(lambda x: jb.reference.binary_conv2d(x, w))(x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(r))
+
+
+# ------------------------------------------- the handler rejects bad calls
+
+def _ffi(x, w, *, c, out_shape=None, out_dtype=jnp.float32, o=None, **attrs):
+    o = o if o is not None else w.shape[0]
+    a = dict(conv_type=np.int32(1), in_channels=c, stride_h=1, stride_w=1, dilation_h=1,
+             dilation_w=1, pad_top=0, pad_bottom=0, pad_left=0, pad_right=0, groups=1,
+             pad_value=np.float32(0), beta_scaling=False, activation=np.int32(0),
+             negative_slope=np.float32(0))
+    a.update(attrs)
+    if out_shape is None:
+        out_shape = x.shape[:-3] + (x.shape[-3] - w.shape[1] + 1, x.shape[-2] - w.shape[2] + 1, o)
+    vec = lambda n: jnp.ones((n,), jnp.float32)  # noqa: E731
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(out_shape, out_dtype))
+    return jax.jit(lambda x, w: call(x, w, vec(c), vec(c), vec(o), vec(o), **a))(x, w)
+
+
+def test_direct_call_matches_contract():
+    x = jnp.ones((1, 4, 4, 40), jnp.float32)
+    w = jnp.full((3, 3, 3, 2), 0xFFFFFFFF, jnp.uint32)  # O=3, 3x3, 2 words (40 channels)
+    y = _ffi(x, w, c=40)
+    # Trailing weight bits are set here on purpose: only 40 channels count.
+    np.testing.assert_array_equal(np.asarray(y), 9 * 40)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(w_words=3),                      # w's last dim != ceil(Cg/32)
+    dict(conv_type=np.int32(7)),
+    dict(activation=np.int32(99)),
+    dict(pad_value=np.float32(0.5)),      # XNOR allows only -1, 0, 1
+    dict(conv_type=np.int32(2), pad_value=np.float32(-1)),
+    dict(stride_h=0),
+    dict(groups=3),                       # does not divide 40
+    dict(pad_top=-1),
+    dict(in_channels=41),                 # x's last dim disagrees
+    dict(out_shape=(1, 2, 2, 4)),         # wrong result shape
+    dict(out_dtype=jnp.int32),
+    dict(dilation_w=2),                   # dilated kernel larger than the input
+])
+def test_bad_calls_return_errors(bad):
+    bad = dict(bad)
+    x = jnp.ones((1, 4, 4, 40), jnp.float32)
+    w = jnp.zeros((3, 3, 3, bad.pop("w_words", 2)), jnp.uint32)
+    c = bad.pop("in_channels", 40)
+    with pytest.raises(Exception, match="metalshim"):
+        np.asarray(_ffi(x, w, c=c, **bad))
+
+
+# ------------------------------------------------ the kernel source itself
+
+def test_source_keeps_to_what_the_shim_emulates():
+    """host_shim.h maps `threadgroup` to per-threadgroup static storage: that
+    is only faithful for arrays declared in a kernel body, never for
+    threadgroup pointers, references or parameters."""
+    src = (METAL_DIR / "binconv.metal").read_text()
+    code = re.sub(r"//[^\n]*", "", src)
+    for m in re.finditer(r"\bthreadgroup\s+([^;]*);", code):
+        decl = m.group(1)
+        assert re.fullmatch(r"\s*\w+\s+\w+\s*\[[^\]]+\]\s*", decl), \
+            f"threadgroup declaration the shim cannot emulate: {decl!r}"
+    assert "[[threadgroup(" not in code
+
+
+def test_embedded_source_is_self_contained():
+    """The host's run-time fallback compiles this string without include paths."""
+    src = jb.lowering.available["metal_shim"].embedded_metal_source()
+    assert "#include \"" not in src and "struct BinconvArgs" in src
+    for name in ("binconv_pack_input", "binconv_mean_abs", "binconv_conv_bits",
+                 "binconv_conv_float"):
+        assert f"kernel void {name}(" in src
+    # And every kernel the dispatch plan names exists in the source.
+    plan = (METAL_DIR / "binconv_plan.h").read_text()
+    for name in re.findall(r'return "(binconv_\w+)";', plan):
+        assert f"kernel void {name}(" in src
+
+
+def test_registered_target_name():
+    assert set(jb.lowering.available["metal_shim"].registrations()) == {TARGET}
+    assert os.path.basename(jb.lowering.available["metal_shim"].__file__).startswith("_metal_shim")

@@ -1,0 +1,902 @@
+// Device code of the CUDA backend (no XLA or Python headers here).
+//
+// One call runs two kernels on the caller's stream:
+//  1. prep_kernel: binarizes and packs float x into uint32 words (fused with
+//     input bias/scale, the per-pixel popcount and the beta image A), or, for
+//     packed x, only the popcount image; and, in other blocks of the same
+//     launch, masks/re-lays out the weights and builds per-output-channel
+//     2-D prefix sums of the weight popcounts (for the zero-padding
+//     correction). BINARY_WEIGHTS uses it only for the beta image.
+//  2. gemm_b1_kernel (XNOR/AND): an implicit GEMM on the 1-bit tensor cores,
+//     rows = output pixels, columns = output channels of one group,
+//     K = taps x channel words; or bw_kernel (BINARY_WEIGHTS) on CUDA cores.
+//     Both end in the same fused epilogue (binconv::epilogue), float or
+//     packed output.
+//
+// Exactness of the popcount path. The MMA only computes
+// P = sum over taps of popc(x AND w), with padded taps loaded as zero words.
+// For a row whose valid-tap box holds V of the T taps,
+//   XNOR: acc = sum_valid (Cg - 2 popc(x XOR w)) + pv * sum_pad (2 popc(w) - Cg)
+//             = 4P - 2 X1 + V Cg - pv (T - V) Cg - 2 W1all + (2 + 2pv) W1pad
+//   AND:  acc = P + pv * W1pad
+// with X1 = sum over valid taps of popc(x) (popcount image), W1all the
+// popcount of all of o's weights and W1pad = W1all - W1valid, W1valid a box
+// sum read from the prefix table. popc(a XOR b) = popc a + popc b - 2 popc(a AND b)
+// is why Hopper's emulated XOR MMA is never needed.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "binconv_kernels.h"
+#include "binconv_params.h"
+
+namespace binconv {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kBK = 32;         // K words (1024 bits) per pipeline stage
+constexpr int kLds = kBK + 4;   // row pitch in words: +4 makes ldmatrix rows hit distinct banks
+constexpr unsigned kFull = 0xffffffffu;
+
+// ---------------------------------------------------------------- arguments
+
+struct PrepArgs {
+  // input section
+  int mode_x;  // 0 nothing, 1 pack float x, 2 popcount image of packed x
+  const float* x;
+  const float* ib;
+  const float* is;
+  const uint32_t* xpk;  // packed x (mode 2)
+  uint32_t* xp;         // packed output (mode 1), may be null
+  int* popc;            // [NHW, G], may be null
+  float* aimg;          // [NHW], may be null
+  long long nhw;
+  int c, g, cg, wg;
+  int xblocks;
+  // weight section
+  int wblocks;
+  const uint32_t* w;
+  uint32_t* ws;  // [G, OgPad, Kpad]
+  int* pre;      // [(KH+1)*(KW+1), O]
+  int o, og, ogpad, t, k, kpad, kh, kw;
+};
+
+struct EpiArgs {
+  const int* popc;
+  const float* aimg;
+  const int* pre;
+  const float* osc;
+  const float* obias;
+  void* out;
+  long long m;  // N*Ho*Wo
+  int h, w, c, o, g, cg, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, t;
+  int type, pv, beta, x_packed, act, out_packed, out_atomic, out_vec2;
+  float slope, pvf;
+};
+
+struct GemmArgs {
+  EpiArgs e;
+  const uint32_t* xp;  // packed x, pixel pitch ps words, group g at g*wg
+  const uint32_t* ws;
+  int wg, ps, k, kpad, ogpad;
+  // per-stage advance of the K position (kBK words): dt taps + dj words
+  int dt, dj, dt_y, dt_x;
+};
+
+struct BwArgs {
+  EpiArgs e;
+  const float* x;
+  const float* ib;
+  const float* is;
+  const uint32_t* w;
+  int wg;
+};
+
+// ------------------------------------------------------------- small helpers
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+  // src-size 0 zero-fills the destination: padded taps and rows past the end
+  // become zero words without a branch around the copy.
+  const int n = valid ? BYTES : 0;
+  if constexpr (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)),
+                 "l"(src), "r"(n));
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_u32(dst)),
+                 "l"(src), "n"(BYTES), "r"(n));
+  }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void mma_b1_and(int (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                           uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+__host__ __device__ __forceinline__ uint32_t last_word_mask(int bits) {
+  return (bits % 32 == 0) ? 0xffffffffu : ((1u << (bits % 32)) - 1u);
+}
+
+// Valid-tap box of an output pixel: dy in [a, b), dx in [c, d). The in-image
+// taps of a window always form such a box, since tap positions are monotone
+// in dy and dx.
+struct Box {
+  int a, b, c, d;
+};
+__device__ __forceinline__ void tap_range(int i0, int size, int k, int dil, int& lo, int& hi) {
+  lo = i0 >= 0 ? 0 : (-i0 + dil - 1) / dil;
+  hi = (size - 1 - i0) >= 0 ? (size - 1 - i0) / dil + 1 : 0;
+  lo = min(lo, k);
+  hi = max(min(hi, k), lo);
+}
+
+// Per output row (pixel): everything the epilogue needs besides the MMA sum.
+struct RowData {
+  long long m;
+  bool valid;
+  bool border;  // some taps fall in the padding
+  Box box;
+  int rowconst;  // XNOR: V Cg - pv (T - V) Cg - 2 X1
+  float beta;
+};
+
+// Computes a row's data; the `nsplit` lanes that share the row (consecutive
+// lanes, nsplit a power of two) split the tap loop and reduce with shuffles,
+// so every lane of the warp must call it.
+template <int NSPLIT>
+__device__ __forceinline__ RowData row_data(const EpiArgs& e, long long m, int gidx, int part) {
+  RowData r;
+  r.m = m;
+  r.valid = m < e.m;
+  long long mm = r.valid ? m : 0;
+  const long long hw = (long long)e.ho * e.wo;
+  const int n = (int)(mm / hw);
+  const int rem = (int)(mm - (long long)n * hw);
+  const int yo = rem / e.wo, xo = rem - (rem / e.wo) * e.wo;
+  const int iy0 = yo * e.sh - e.pt, ix0 = xo * e.sw - e.pl;
+  tap_range(iy0, e.h, e.kh, e.dh, r.box.a, r.box.b);
+  tap_range(ix0, e.w, e.kw, e.dw, r.box.c, r.box.d);
+  const int bw = r.box.d - r.box.c;
+  const int v = (r.box.b - r.box.a) * bw;
+  r.border = v < e.t;
+  const bool need_x1 = e.type == XNOR;
+  const bool need_a = e.beta && !e.x_packed;
+  int x1 = 0;
+  float asum = 0.0f;
+  if (need_x1 || need_a) {
+    const long long pix0 = (long long)n * e.h * e.w;
+    for (int i = part; i < v; i += NSPLIT) {
+      const int dy = r.box.a + i / bw, dx = r.box.c + i % bw;
+      const long long pix = pix0 + (long long)(iy0 + dy * e.dh) * e.w + (ix0 + dx * e.dw);
+      if (need_x1) x1 += e.popc[pix * e.g + gidx];
+      if (need_a) asum += e.aimg[pix];
+    }
+  }
+#pragma unroll
+  for (int s = 1; s < NSPLIT; s <<= 1) {
+    x1 += __shfl_xor_sync(kFull, x1, s);
+    asum += __shfl_xor_sync(kFull, asum, s);
+  }
+  r.rowconst = v * e.cg - e.pv * (e.t - v) * e.cg - 2 * x1;
+  if (!e.beta) {
+    r.beta = 1.0f;
+  } else if (e.x_packed) {
+    r.beta = (float)v / (float)e.t;  // |x'| = 1 for packed activations
+  } else {
+    r.beta = asum / (float)e.t;
+  }
+  return r;
+}
+
+// Integer accumulator of output channel gO (global index) from the MMA sum.
+__device__ __forceinline__ int finish_acc(const EpiArgs& e, const RowData& r, int p, int go) {
+  const int kw1 = e.kw + 1;
+  const int* pre = e.pre;
+  const long long O = e.o;
+  const int w1all = pre[(long long)(e.kh * kw1 + e.kw) * O + go];
+  int w1pad = 0;
+  if (r.border) {
+    const int w1v = pre[(long long)(r.box.b * kw1 + r.box.d) * O + go] -
+                    pre[(long long)(r.box.a * kw1 + r.box.d) * O + go] -
+                    pre[(long long)(r.box.b * kw1 + r.box.c) * O + go] +
+                    pre[(long long)(r.box.a * kw1 + r.box.c) * O + go];
+    w1pad = w1all - w1v;
+  }
+  if (e.type == XNOR) return 4 * p + r.rowconst - 2 * w1all + (2 + 2 * e.pv) * w1pad;
+  return p + e.pv * w1pad;  // AND
+}
+
+// ------------------------------------------------------------------- prep
+
+__global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
+  extern __shared__ int spw_all[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if ((int)blockIdx.x < a.wblocks) {
+    // Weights: one warp per (padded) output row. Masks trailing bits (so
+    // that garbage there cannot reach a popcount), pads K to the stage
+    // size and O to the tile (so the GEMM's B loads need no bounds checks),
+    // and writes the 2-D prefix sums of per-tap popcounts.
+    const int row = blockIdx.x * (kThreads / 32) + warp;
+    if (row >= a.g * a.ogpad) return;
+    int* spw = spw_all + warp * a.t;
+    const int grp = row / a.ogpad, ol = row - grp * a.ogpad;
+    const bool real = ol < a.og;
+    const long long go = (long long)grp * a.og + ol;
+    const uint32_t lmask = last_word_mask(a.cg);
+    for (int t = lane; t < a.t; t += 32) spw[t] = 0;
+    __syncwarp();
+    for (int k = lane; k < a.kpad; k += 32) {
+      uint32_t word = 0;
+      if (real && k < a.k) {
+        const int t = k / a.wg, j = k - t * a.wg;
+        word = a.w[go * a.k + k];
+        if (j == a.wg - 1) word &= lmask;
+        atomicAdd(&spw[t], __popc(word));
+      }
+      a.ws[(long long)row * a.kpad + k] = word;
+    }
+    __syncwarp();
+    if (!real) return;
+    const int kw1 = a.kw + 1;
+    for (int e = lane; e < (a.kh + 1) * kw1; e += 32) {
+      const int ey = e / kw1, ex = e - ey * kw1;
+      int s = 0;
+      for (int dy = 0; dy < ey; ++dy)
+        for (int dx = 0; dx < ex; ++dx) s += spw[dy * a.kw + dx];
+      a.pre[(long long)e * a.o + go] = s;
+    }
+    return;
+  }
+  const int bid = blockIdx.x - a.wblocks;
+  if (a.mode_x == 1) {
+    // One warp per pixel: lane i reads channel 32j+i (coalesced), the ballot
+    // is the packed word. Four words in flight per iteration.
+    const long long pix = (long long)bid * (kThreads / 32) + warp;
+    if (pix >= a.nhw) return;
+    const float* xrow = a.x + pix * a.c;
+    const int gw = a.g * a.wg;
+    float asum = 0.0f;
+    int pc = 0;
+    for (int q0 = 0; q0 < gw; q0 += 4) {
+      float v[4];
+      int ch[4];
+      bool ok[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int q = q0 + u;
+        const int grp = q / a.wg, j = q - grp * a.wg;
+        const int cl = j * 32 + lane;
+        ok[u] = q < gw && cl < a.cg;
+        ch[u] = grp * a.cg + cl;
+        v[u] = ok[u] ? __ldg(xrow + ch[u]) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int q = q0 + u;
+        if (q >= gw) break;
+        bool bit = false;
+        if (ok[u]) {
+          const float xv = (v[u] + __ldg(a.ib + ch[u])) * __ldg(a.is + ch[u]);
+          bit = bin_bit(xv) != 0;
+          asum += fabsf(xv);
+        }
+        const uint32_t word = __ballot_sync(kFull, bit);
+        if (lane == 0) {
+          if (a.xp) a.xp[pix * gw + q] = word;
+          pc += __popc(word);
+          const int grp = q / a.wg;
+          if (q - grp * a.wg == a.wg - 1) {
+            if (a.popc) a.popc[pix * a.g + grp] = pc;
+            pc = 0;
+          }
+        }
+      }
+    }
+    if (a.aimg) {
+#pragma unroll
+      for (int s = 16; s > 0; s >>= 1) asum += __shfl_xor_sync(kFull, asum, s);
+      if (lane == 0) a.aimg[pix] = asum / (float)a.c;
+    }
+  } else if (a.mode_x == 2) {
+    const long long idx = (long long)bid * kThreads + threadIdx.x;
+    if (idx >= a.nhw * a.g) return;
+    const long long pix = idx / a.g;
+    const int grp = (int)(idx - pix * a.g);
+    const uint32_t* src = a.xpk + pix * (long long)(a.g * a.wg) + grp * a.wg;
+    const uint32_t lmask = last_word_mask(a.cg);
+    int s = 0;
+    for (int j = 0; j < a.wg; ++j) s += __popc(src[j] & (j == a.wg - 1 ? lmask : 0xffffffffu));
+    a.popc[idx] = s;
+  }
+}
+
+// ---------------------------------------------------------- output storing
+
+// Packed output: `bits` holds this lane's bits of the 32-channel word that
+// starts at global channel `word_c0` (a multiple of 32). Lanes that share the
+// word OR-reduce over `span` consecutive lanes; the first writes it.
+template <int SPAN>
+__device__ __forceinline__ void store_packed_word(const EpiArgs& e, long long m, uint32_t bits,
+                                                  long long word_c0, bool lead, bool any) {
+#pragma unroll
+  for (int s = 1; s < SPAN; s <<= 1) bits |= __shfl_xor_sync(kFull, bits, s);
+  if (lead && any) {
+    const long long ow = (e.o + 31) / 32;
+    static_cast<uint32_t*>(e.out)[m * ow + word_c0 / 32] = bits;
+  }
+}
+
+// Group boundaries inside a 32-channel word (groups > 1 and Og % 32 != 0):
+// several tiles own bits of one word, so bits are OR-ed atomically into the
+// zeroed output.
+__device__ __forceinline__ void store_packed_bit_atomic(const EpiArgs& e, long long m, int go,
+                                                        float val) {
+  if (bin_bit(val)) {
+    const long long ow = (e.o + 31) / 32;
+    atomicOr(static_cast<uint32_t*>(e.out) + m * ow + go / 32, 1u << (go % 32));
+  }
+}
+
+// ------------------------------------------------------------ b1 GEMM
+
+// Block tile BM x BN (BM = 64 * warps along M), warp tile 64 x 32: 4 m16 x
+// 4 n8 MMA tiles per warp and K step. VEC: words per cp.async of the
+// implicit-GEMM A operand (a tap's words never straddle a chunk: Wg % VEC == 0).
+template <int BN, int VEC>
+struct GemmCfg {
+  static constexpr int kWarpsN = BN / 32;
+  static constexpr int kWarpsM = (kThreads / 32) / kWarpsN;
+  static constexpr int kBM = 64 * kWarpsM;
+  static constexpr int kStages = (kBM + BN) > 256 ? 2 : 3;
+  static constexpr int kStageWords = (kBM + BN) * kLds;
+  static constexpr int kSmemBytes = kStages * kStageWords * 4 + kBM * 16;
+  static constexpr int kCpr = kBK / VEC;          // A chunks per row and stage
+  static constexpr int kRowStep = kThreads / kCpr;
+  static constexpr int kAPerThread = kBM / kRowStep;
+  static constexpr int kBPerThread = BN * (kBK / 4) / kThreads;
+};
+
+struct SRow {
+  long long pixbase;
+  int iy0, ix0;
+};
+
+template <int BN, int VEC>
+__global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
+  using Cfg = GemmCfg<BN, VEC>;
+  constexpr int BM = Cfg::kBM;
+  extern __shared__ __align__(16) uint32_t smem[];
+  SRow* srow = reinterpret_cast<SRow*>(smem + Cfg::kStages * Cfg::kStageWords);
+  const EpiArgs& e = a.e;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gidx = blockIdx.z;
+  const long long m0 = (long long)blockIdx.x * BM;
+  const int n0 = blockIdx.y * BN;
+
+  for (int r = tid; r < BM; r += kThreads) {
+    const long long m = m0 + r;
+    SRow s;
+    if (m < e.m) {
+      const long long hw = (long long)e.ho * e.wo;
+      const long long n = m / hw;
+      const int rem = (int)(m - n * hw);
+      const int yo = rem / e.wo, xo = rem - yo * e.wo;
+      s.pixbase = n * e.h * e.w;
+      s.iy0 = yo * e.sh - e.pt;
+      s.ix0 = xo * e.sw - e.pl;
+    } else {
+      s.pixbase = 0;
+      s.iy0 = -(1 << 30);  // every tap out of the image: zero rows
+      s.ix0 = 0;
+    }
+    srow[r] = s;
+  }
+  __syncthreads();
+
+  // The thread's fixed word column of the A tile and its K position, advanced
+  // incrementally per stage (no divisions in the loop).
+  const int q = tid % Cfg::kCpr;
+  int kidx = q * VEC;
+  int tap = kidx / a.wg, j = kidx - tap * a.wg;
+  int dy = tap / e.kw, dx = tap - dy * e.kw;
+  const uint32_t* xg = a.xp + (long long)gidx * a.wg;
+  const uint32_t* wsg = a.ws + ((long long)gidx * a.ogpad + n0) * a.kpad;
+
+  auto load_stage = [&](int slot, int kt) {
+    uint32_t* sa = smem + slot * Cfg::kStageWords;
+    uint32_t* sb = sa + BM * kLds;
+    const bool kvalid = tap < e.t;
+    const int oy = dy * e.dh, ox = dx * e.dw;
+#pragma unroll
+    for (int i = 0; i < Cfg::kAPerThread; ++i) {
+      const int r = tid / Cfg::kCpr + i * Cfg::kRowStep;
+      const SRow s = srow[r];
+      const int iy = s.iy0 + oy, ix = s.ix0 + ox;
+      const bool ok = kvalid && (unsigned)iy < (unsigned)e.h && (unsigned)ix < (unsigned)e.w;
+      const uint32_t* src =
+          ok ? xg + (s.pixbase + (long long)iy * e.w + ix) * a.ps + j : a.xp;
+      cp_async<VEC * 4>(sa + r * kLds + q * VEC, src, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < Cfg::kBPerThread; ++i) {
+      const int r = tid / 8 + i * (kThreads / 8);
+      const int c4 = (tid % 8) * 4;
+      cp_async<16>(sb + r * kLds + c4, wsg + (long long)r * a.kpad + kt * kBK + c4, true);
+    }
+    // advance the K position by kBK words
+    j += a.dj;
+    tap += a.dt;
+    dy += a.dt_y;
+    dx += a.dt_x;
+    if (dx >= e.kw) { dx -= e.kw; ++dy; }
+    if (j >= a.wg) {
+      j -= a.wg;
+      ++tap;
+      if (++dx >= e.kw) { dx = 0; ++dy; }
+    }
+  };
+
+  int acc[4][4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][n][r] = 0;
+
+  const int nk = a.kpad / kBK;
+  constexpr int S = Cfg::kStages;
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) {
+    if (s < nk) load_stage(s, s);
+    cp_async_commit();
+  }
+
+  const int wm = (warp / Cfg::kWarpsN) * 64;
+  const int wn = (warp % Cfg::kWarpsN) * 32;
+  // ldmatrix lane roles: A x4 = {rows 0-7, rows 8-15} x {words 0-3, 4-7};
+  // B x4 = {n 0-7 words 0-3, n 0-7 words 4-7, n 8-15 words 0-3, n 8-15 words 4-7}.
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_word = (lane >> 4) * 4;
+  const int b_row = (lane & 7) + (lane >> 4) * 8, b_word = ((lane >> 3) & 1) * 4;
+
+  for (int kt = 0; kt < nk; ++kt) {
+    cp_async_wait<S - 2>();
+    __syncthreads();
+    if (kt + S - 1 < nk) load_stage((kt + S - 1) % S, kt + S - 1);
+    cp_async_commit();
+    const uint32_t* sa = smem + (kt % S) * Cfg::kStageWords;
+    const uint32_t* sb = sa + BM * kLds;
+#pragma unroll
+    for (int ks = 0; ks < kBK / 8; ++ks) {
+      if (kt * kBK + ks * 8 >= a.k) break;  // all-zero K steps of the last stage
+      uint32_t af[4][4], bf[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt)
+        ldmatrix_x4(af[mt], sa + (wm + mt * 16 + a_row) * kLds + ks * 8 + a_word);
+#pragma unroll
+      for (int np = 0; np < 2; ++np)
+        ldmatrix_x4(bf[np], sb + (wn + np * 16 + b_row) * kLds + ks * 8 + b_word);
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+          mma_b1_and(acc[mt][nt], af[mt], bf[nt >> 1][(nt & 1) * 2], bf[nt >> 1][(nt & 1) * 2 + 1]);
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue. Accumulator (mt, nt, r): row wm + 16mt + lane/4 + 8(r/2),
+  // column wn + 8nt + 2(lane%4) + r%2.
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const long long m = m0 + wm + mt * 16 + gq + 8 * h;
+      const RowData rd = row_data<4>(e, m, gidx, tq);
+      uint32_t bits = 0;
+      bool any = false;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int o = n0 + wn + nt * 8 + 2 * tq;
+        float val[2];
+        bool ok[2];
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          ok[jj] = rd.valid && (o + jj) < e.og;
+          val[jj] = 0.0f;
+          if (ok[jj]) {
+            const int go = gidx * e.og + o + jj;
+            const int accv = finish_acc(e, rd, acc[mt][nt][h * 2 + jj], go);
+            val[jj] = epilogue((float)accv, __ldg(e.osc + go), rd.beta, __ldg(e.obias + go),
+                               e.act, e.slope);
+          }
+        }
+        const int go0 = gidx * e.og + o;
+        if (!e.out_packed) {
+          float* out = static_cast<float*>(e.out) + m * e.o + go0;
+          if (e.out_vec2 && ok[0]) {
+            *reinterpret_cast<float2*>(out) = make_float2(val[0], val[1]);
+          } else {
+            if (ok[0]) out[0] = val[0];
+            if (ok[1]) out[1] = val[1];
+          }
+        } else if (e.out_atomic) {
+          if (ok[0]) store_packed_bit_atomic(e, m, go0, val[0]);
+          if (ok[1]) store_packed_bit_atomic(e, m, go0 + 1, val[1]);
+        } else {
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj)
+            if (ok[jj]) {
+              bits |= bin_bit(val[jj]) << (nt * 8 + 2 * tq + jj);
+              any = true;
+            }
+        }
+      }
+      if (e.out_packed && !e.out_atomic) {
+        // any: whether this word exists at all (column inside Og).
+        const bool word_exists = rd.valid && (n0 + wn) < e.og;
+        store_packed_word<4>(e, m, bits, (long long)gidx * e.og + n0 + wn, tq == 0, word_exists);
+        (void)any;
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------- BINARY_WEIGHTS
+
+// x' (float) times +-1 weights on CUDA cores. Products are exact (x' * +-1),
+// sums are kept in double so the result is the exact sum rounded once.
+constexpr int kBwBM = 64, kBwBN = 64, kBwKC = 32, kBwLd = 65;
+
+__global__ void __launch_bounds__(kThreads) bw_kernel(BwArgs a) {
+  __shared__ float as[kBwKC * kBwLd];
+  __shared__ float bs[kBwKC * kBwLd];
+  __shared__ SRow srow[kBwBM];
+  const EpiArgs& e = a.e;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int gidx = blockIdx.z;
+  const long long m0 = (long long)blockIdx.x * kBwBM;
+  const int n0 = blockIdx.y * kBwBN;
+  for (int r = tid; r < kBwBM; r += kThreads) {
+    const long long m = m0 + r;
+    SRow s;
+    if (m < e.m) {
+      const long long hw = (long long)e.ho * e.wo;
+      const long long n = m / hw;
+      const int rem = (int)(m - n * hw);
+      const int yo = rem / e.wo, xo = rem - yo * e.wo;
+      s.pixbase = n * e.h * e.w;
+      s.iy0 = yo * e.sh - e.pt;
+      s.ix0 = xo * e.sw - e.pl;
+    } else {
+      s.pixbase = -1;
+      s.iy0 = 0;
+      s.ix0 = 0;
+    }
+    srow[r] = s;
+  }
+  const int tx = tid % 16, ty = tid / 16;
+  double acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) acc[i][jj] = 0.0;
+  __syncthreads();
+
+  for (int t = 0; t < e.t; ++t) {
+    const int dy = t / e.kw, dx = t - dy * e.kw;
+    for (int c0 = 0; c0 < e.cg; c0 += kBwKC) {
+#pragma unroll
+      for (int i = 0; i < kBwBM * kBwKC / kThreads; ++i) {
+        const int el = tid + i * kThreads;
+        const int r = el / kBwKC, cl = el % kBwKC;
+        const SRow s = srow[r];
+        const int cc = c0 + cl;
+        float v = 0.0f;
+        if (s.pixbase >= 0 && cc < e.cg) {
+          const int iy = s.iy0 + dy * e.dh, ix = s.ix0 + dx * e.dw;
+          if ((unsigned)iy < (unsigned)e.h && (unsigned)ix < (unsigned)e.w) {
+            const int ch = gidx * e.cg + cc;
+            const float xv = __ldg(a.x + (s.pixbase + (long long)iy * e.w + ix) * e.c + ch);
+            v = (xv + __ldg(a.ib + ch)) * __ldg(a.is + ch);
+          } else {
+            v = e.pvf;
+          }
+        }
+        as[cl * kBwLd + r] = v;
+      }
+#pragma unroll
+      for (int i = 0; i < kBwBN * kBwKC / kThreads; ++i) {
+        const int el = tid + i * kThreads;
+        const int col = el / kBwKC, cl = el % kBwKC;
+        const int o = n0 + col, cc = c0 + cl;
+        float v = 0.0f;
+        if (o < e.og && cc < e.cg) {
+          const long long go = (long long)gidx * e.og + o;
+          const uint32_t word = __ldg(a.w + (go * e.t + t) * a.wg + cc / 32);
+          v = ((word >> (cc % 32)) & 1u) ? 1.0f : -1.0f;
+        }
+        bs[cl * kBwLd + col] = v;
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int k = 0; k < kBwKC; ++k) {
+        float av[4], bv[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) av[i] = as[k * kBwLd + ty * 4 + i];
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) bv[jj] = bs[k * kBwLd + tx * 4 + jj];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int jj = 0; jj < 4; ++jj) acc[i][jj] += (double)(av[i] * bv[jj]);
+      }
+      __syncthreads();
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const long long m = m0 + ty * 4 + i;
+    const RowData rd = row_data<1>(e, m, gidx, 0);
+    uint32_t bits = 0;
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      const int o = n0 + tx * 4 + jj;
+      if (!(rd.valid && o < e.og)) continue;
+      const int go = gidx * e.og + o;
+      const float val = epilogue((float)acc[i][jj], __ldg(e.osc + go), rd.beta,
+                                 __ldg(e.obias + go), e.act, e.slope);
+      if (!e.out_packed) {
+        static_cast<float*>(e.out)[m * e.o + go] = val;
+      } else if (e.out_atomic) {
+        store_packed_bit_atomic(e, m, go, val);
+      } else {
+        bits |= bin_bit(val) << ((tx % 8) * 4 + jj);
+      }
+    }
+    if (e.out_packed && !e.out_atomic) {
+      const int wc = n0 + (tx / 8) * 32;
+      store_packed_word<8>(e, m, bits, (long long)gidx * e.og + wc, (tx % 8) == 0,
+                           rd.valid && wc < e.og);
+    }
+  }
+  (void)lane;
+}
+
+// ------------------------------------------------------------- host side
+
+struct Plan {
+  bool binary;
+  long long nhw, m;
+  int g, cg, og, wg, t, k, kpad, ogpad, bn, vec;
+  size_t off_xp, off_popc, off_a, off_ws, off_pre, total;
+};
+
+size_t align256(size_t v) { return (v + 255) & ~size_t(255); }
+
+Plan make_plan(const ConvParams& p) {
+  Plan pl{};
+  pl.binary = p.type != BINARY_WEIGHTS;
+  pl.nhw = p.n * p.h * p.w;
+  pl.m = p.n * p.ho() * p.wo();
+  pl.g = (int)p.groups;
+  pl.cg = (int)p.cg();
+  pl.og = (int)p.og();
+  pl.wg = (int)p.w_words();
+  pl.t = (int)(p.kh * p.kw);
+  pl.k = pl.t * pl.wg;
+  pl.kpad = (pl.k + kBK - 1) / kBK * kBK;
+  pl.bn = pl.og <= 64 ? 64 : 128;
+  pl.ogpad = (pl.og + pl.bn - 1) / pl.bn * pl.bn;
+  pl.vec = pl.wg % 4 == 0 ? 4 : (pl.wg % 2 == 0 ? 2 : 1);
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    size_t at = off;
+    off = align256(off + bytes);
+    return at;
+  };
+  const size_t none = ~size_t(0);
+  pl.off_xp = pl.off_popc = pl.off_a = pl.off_ws = pl.off_pre = none;
+  if (pl.binary) {
+    if (!p.x_packed) pl.off_xp = take(sizeof(uint32_t) * pl.nhw * pl.g * pl.wg);
+    if (p.type == XNOR) pl.off_popc = take(sizeof(int) * pl.nhw * pl.g);
+    pl.off_ws = take(sizeof(uint32_t) * (size_t)pl.g * pl.ogpad * pl.kpad);
+    pl.off_pre = take(sizeof(int) * (size_t)(p.kh + 1) * (p.kw + 1) * p.o);
+  }
+  if (p.beta_scaling && !p.x_packed) pl.off_a = take(sizeof(float) * pl.nhw);
+  pl.total = off;
+  return pl;
+}
+
+template <typename T>
+T* at(void* base, size_t off) {
+  return off == ~size_t(0) ? nullptr : reinterpret_cast<T*>(static_cast<char*>(base) + off);
+}
+
+template <int BN, int VEC>
+cudaError_t launch_gemm(const GemmArgs& ga, const Plan& pl, cudaStream_t stream) {
+  using Cfg = GemmCfg<BN, VEC>;
+  static_assert(Cfg::kAPerThread * Cfg::kRowStep == Cfg::kBM, "A tile mapping");
+  cudaError_t err = cudaFuncSetAttribute(gemm_b1_kernel<BN, VEC>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         Cfg::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const long long mt = (pl.m + Cfg::kBM - 1) / Cfg::kBM;
+  dim3 grid((unsigned)mt, (unsigned)(pl.ogpad / BN), (unsigned)pl.g);
+  gemm_b1_kernel<BN, VEC><<<grid, kThreads, Cfg::kSmemBytes, stream>>>(ga);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+size_t scratch_bytes(const ConvParams& p) { return make_plan(p).total; }
+
+cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch,
+                        cudaStream_t stream) {
+  const Plan pl = make_plan(p);
+  const long long ho = p.ho(), wo = p.wo();
+  if (pl.m == 0 || p.o == 0) return cudaSuccess;
+  cudaError_t err = cudaGetLastError();  // do not report an unrelated earlier error as ours
+  (void)err;
+
+  int* popc = at<int>(scratch, pl.off_popc);
+  float* aimg = at<float>(scratch, pl.off_a);
+  int* pre = at<int>(scratch, pl.off_pre);
+  EpiArgs e{};
+  e.popc = popc;
+  e.aimg = aimg;
+  e.pre = pre;
+  e.osc = b.output_scale;
+  e.obias = b.output_bias;
+  e.out = b.out;
+  e.m = pl.m;
+  e.h = (int)p.h;
+  e.w = (int)p.w;
+  e.c = (int)p.c;
+  e.o = (int)p.o;
+  e.g = pl.g;
+  e.cg = pl.cg;
+  e.og = pl.og;
+  e.kh = (int)p.kh;
+  e.kw = (int)p.kw;
+  e.sh = (int)p.stride_h;
+  e.sw = (int)p.stride_w;
+  e.dh = (int)p.dil_h;
+  e.dw = (int)p.dil_w;
+  e.pt = (int)p.pad_top;
+  e.pl = (int)p.pad_left;
+  e.ho = (int)ho;
+  e.wo = (int)wo;
+  e.t = pl.t;
+  e.type = p.type;
+  e.pv = (int)p.pad_value;
+  e.pvf = p.pad_value;
+  e.beta = p.beta_scaling ? 1 : 0;
+  e.x_packed = p.x_packed ? 1 : 0;
+  e.act = p.activation;
+  e.slope = p.negative_slope;
+  e.out_packed = p.out_packed ? 1 : 0;
+  e.out_atomic = (p.out_packed && pl.g > 1 && pl.og % 32 != 0) ? 1 : 0;
+  e.out_vec2 = (p.o % 2 == 0 && pl.og % 2 == 0) ? 1 : 0;
+
+  if (e.out_atomic) {
+    const size_t bytes = sizeof(uint32_t) * pl.m * p.out_words();
+    err = cudaMemsetAsync(b.out, 0, bytes, stream);
+    if (err != cudaSuccess) return err;
+  }
+
+  // ---- prep
+  PrepArgs pa{};
+  pa.nhw = pl.nhw;
+  pa.c = (int)p.c;
+  pa.g = pl.g;
+  pa.cg = pl.cg;
+  pa.wg = pl.wg;
+  pa.w = b.w;
+  pa.ws = at<uint32_t>(scratch, pl.off_ws);
+  pa.pre = pre;
+  pa.o = (int)p.o;
+  pa.og = pl.og;
+  pa.ogpad = pl.ogpad;
+  pa.t = pl.t;
+  pa.k = pl.k;
+  pa.kpad = pl.kpad;
+  pa.kh = (int)p.kh;
+  pa.kw = (int)p.kw;
+  pa.wblocks = pl.binary ? (int)((pl.g * (long long)pl.ogpad + 7) / 8) : 0;
+  const int warps_per_block = kThreads / 32;
+  if (!p.x_packed && (pl.binary || p.beta_scaling)) {
+    pa.mode_x = 1;
+    pa.x = static_cast<const float*>(b.x);
+    pa.ib = b.input_bias;
+    pa.is = b.input_scale;
+    pa.xp = at<uint32_t>(scratch, pl.off_xp);
+    pa.popc = popc;
+    pa.aimg = aimg;
+    pa.xblocks = (int)((pl.nhw + warps_per_block - 1) / warps_per_block);
+  } else if (p.x_packed && p.type == XNOR) {
+    pa.mode_x = 2;
+    pa.xpk = static_cast<const uint32_t*>(b.x);
+    pa.popc = popc;
+    pa.xblocks = (int)((pl.nhw * pl.g + kThreads - 1) / kThreads);
+  }
+  const long long prep_blocks = (long long)pa.wblocks + (pa.mode_x ? pa.xblocks : 0);
+  if (prep_blocks > 0) {
+    const size_t smem = sizeof(int) * warps_per_block * pl.t;
+    if (smem > 48 * 1024) {
+      err = cudaFuncSetAttribute(prep_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)smem);
+      if (err != cudaSuccess) return err;
+    }
+    prep_kernel<<<(unsigned)prep_blocks, kThreads, smem, stream>>>(pa);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+
+  // ---- main kernel
+  if (!pl.binary) {
+    BwArgs ba{};
+    ba.e = e;
+    ba.x = static_cast<const float*>(b.x);
+    ba.ib = b.input_bias;
+    ba.is = b.input_scale;
+    ba.w = b.w;
+    ba.wg = pl.wg;
+    dim3 grid((unsigned)((pl.m + kBwBM - 1) / kBwBM), (unsigned)((pl.og + kBwBN - 1) / kBwBN),
+              (unsigned)pl.g);
+    bw_kernel<<<grid, kThreads, 0, stream>>>(ba);
+    return cudaGetLastError();
+  }
+
+  GemmArgs ga{};
+  ga.e = e;
+  ga.xp = p.x_packed ? static_cast<const uint32_t*>(b.x) : at<uint32_t>(scratch, pl.off_xp);
+  ga.ws = pa.ws;
+  ga.wg = pl.wg;
+  ga.ps = pl.g * pl.wg;
+  ga.k = pl.k;
+  ga.kpad = pl.kpad;
+  ga.ogpad = pl.ogpad;
+  ga.dt = kBK / pl.wg;
+  ga.dj = kBK % pl.wg;
+  ga.dt_y = ga.dt / (int)p.kw;
+  ga.dt_x = ga.dt % (int)p.kw;
+  int vec = pl.vec;
+  if (reinterpret_cast<uintptr_t>(ga.xp) % (4 * vec) != 0) vec = 1;
+  if (pl.bn == 64) {
+    if (vec == 4) return launch_gemm<64, 4>(ga, pl, stream);
+    if (vec == 2) return launch_gemm<64, 2>(ga, pl, stream);
+    return launch_gemm<64, 1>(ga, pl, stream);
+  }
+  if (vec == 4) return launch_gemm<128, 4>(ga, pl, stream);
+  if (vec == 2) return launch_gemm<128, 2>(ga, pl, stream);
+  return launch_gemm<128, 1>(ga, pl, stream);
+}
+
+}  // namespace cuda
+}  // namespace binconv

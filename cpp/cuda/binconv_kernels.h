@@ -1,0 +1,42 @@
+// Host-side interface of the CUDA kernels. Plain C++ plus the CUDA runtime
+// types: both nvcc (binconv_kernels.cu) and the host compiler (the FFI
+// handler) read it, and it never sees XLA or Python headers.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "binconv_params.h"
+
+namespace binconv {
+namespace cuda {
+
+// Device pointers of one call. Operands are the FFI buffers (docs/ffi.md);
+// x is float or packed words depending on p.x_packed; out is float or packed
+// words depending on p.out_packed.
+struct ConvBuffers {
+  const void* x = nullptr;
+  const uint32_t* w = nullptr;  // [O, KH, KW, ceil(Cg/32)]
+  const float* input_bias = nullptr;
+  const float* input_scale = nullptr;
+  const float* output_scale = nullptr;
+  const float* output_bias = nullptr;
+  void* out = nullptr;
+};
+
+// Device scratch needed by launch_conv for these parameters (bytes); the
+// handler allocates it from XLA's scratch allocator.
+size_t scratch_bytes(const ConvParams& p);
+
+// Enqueues the whole convolution on `stream`. `scratch` holds
+// scratch_bytes(p) bytes, aligned to 256. Returns the first CUDA error
+// (launch configuration or an earlier asynchronous fault); kernels run
+// asynchronously, so a fault inside them surfaces at a later sync.
+// `p` must already be validated (the handler does it).
+cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch,
+                        cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace binconv

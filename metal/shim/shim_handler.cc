@@ -5,6 +5,7 @@
 // comes back as ffi::Error::InvalidArgument; nothing aborts.
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -163,9 +164,17 @@ ffi::Error conv2d_impl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer input_
 
   if (p.n == 0) return ffi::Error::Success();
 
+  // Test hook: the macOS host lowers the lane count when a pipeline cannot
+  // run 64 threads per threadgroup; the kernels must be right for any count.
+  uint32_t lanes = metal_plan::kDefaultLanes;
+  if (const char* env = std::getenv("JAX_BINCONV_METAL_SHIM_LANES")) {
+    const long v = std::strtol(env, nullptr, 10);
+    if (v < 1 || v > 1024) return invalid("JAX_BINCONV_METAL_SHIM_LANES must be in [1, 1024]");
+    lanes = static_cast<uint32_t>(v);
+  }
   metal_plan::Plan plan;
   std::string why;
-  if (!metal_plan::make_plan(p, metal_plan::kDefaultLanes, &plan, &why)) return invalid(why);
+  if (!metal_plan::make_plan(p, lanes, &plan, &why)) return invalid(why);
 
   // The operands were checked above; the plan's byte counts must agree.
   void* const operand[] = {x.untyped_data(), w.untyped_data(), input_bias.untyped_data(),

@@ -108,13 +108,13 @@ inline void store_block(thread const float* z, uint o_base, uint o_count,
     const uint bit = bin_bit(z[oo]) << (o % 32u);
     if (o / 32u == word0) lo |= bit; else hi |= bit;
   }
-  device atomic_uint* row = out_bits + pix * a.out_words;
+  const uint w0 = pix * a.out_words + word0;
   if (a.out_atomic == 0u) {
     // o_base is a multiple of 32 here and the block owns the whole word.
-    atomic_store_explicit(row + word0, lo, memory_order_relaxed);
+    atomic_store_explicit(&out_bits[w0], lo, memory_order_relaxed);
   } else {
-    if (lo != 0u) atomic_fetch_or_explicit(row + word0, lo, memory_order_relaxed);
-    if (hi != 0u) atomic_fetch_or_explicit(row + word0 + 1u, hi, memory_order_relaxed);
+    if (lo != 0u) atomic_fetch_or_explicit(&out_bits[w0], lo, memory_order_relaxed);
+    if (hi != 0u) atomic_fetch_or_explicit(&out_bits[w0 + 1u], hi, memory_order_relaxed);
   }
 }
 
@@ -182,8 +182,12 @@ kernel void binconv_conv_bits(device const uint* xpk [[buffer(0)]],
                               constant BinconvArgs& a [[buffer(7)]],
                               uint2 tg_pos [[threadgroup_position_in_grid]],
                               uint lane [[thread_index_in_threadgroup]],
-                              uint lanes [[threads_per_threadgroup]]) {
+                              uint2 tg_size [[threads_per_threadgroup]]) {
   threadgroup uint tile_w[BINCONV_OUT_BLOCK * BINCONV_K_TILE];
+
+  // 1-D threadgroups. tg_size is uint2 because MSL wants the grid
+  // attributes of one kernel to have the same number of components.
+  const uint lanes = tg_size.x;
 
   const uint pix = tg_pos.x * lanes + lane;
   const bool active = pix < a.out_pixels;
@@ -288,8 +292,12 @@ kernel void binconv_conv_float(device const float* x [[buffer(0)]],
                                constant BinconvArgs& a [[buffer(9)]],
                                uint2 tg_pos [[threadgroup_position_in_grid]],
                                uint lane [[thread_index_in_threadgroup]],
-                               uint lanes [[threads_per_threadgroup]]) {
+                               uint2 tg_size [[threads_per_threadgroup]]) {
   threadgroup uint tile_w[BINCONV_OUT_BLOCK * BINCONV_K_TILE];
+
+  // 1-D threadgroups. tg_size is uint2 because MSL wants the grid
+  // attributes of one kernel to have the same number of components.
+  const uint lanes = tg_size.x;
 
   const uint pix = tg_pos.x * lanes + lane;
   const bool active = pix < a.out_pixels;

@@ -34,7 +34,7 @@ void run_conv_bits(void* const* b, const LaneIds& id) {
                     bind<const float>(b, 2), bind<const float>(b, 3), bind<const float>(b, 4),
                     bind<float>(b, 5), bind<metal::atomic_uint>(b, 6), args_at(b, 7),
                     metal::uint2(id.group_pos[0], id.group_pos[1]),
-                    id.lane_index, id.group_size[0]);
+                    id.lane_index, metal::uint2(id.group_size[0], id.group_size[1]));
 }
 
 void run_conv_float(void* const* b, const LaneIds& id) {
@@ -43,7 +43,7 @@ void run_conv_float(void* const* b, const LaneIds& id) {
                      bind<const float>(b, 5), bind<const float>(b, 6), bind<float>(b, 7),
                      bind<metal::atomic_uint>(b, 8), args_at(b, 9),
                      metal::uint2(id.group_pos[0], id.group_pos[1]),
-                     id.lane_index, id.group_size[0]);
+                     id.lane_index, metal::uint2(id.group_size[0], id.group_size[1]));
 }
 
 const binconv::metal_shim::KernelInfo kKernels[] = {

@@ -55,6 +55,42 @@ Buf<T> alloc_buf(int64_t count) {
   return Buf<T>(static_cast<T*>(std::aligned_alloc(64, bytes)));
 }
 
+// Per-thread scratch memory reused across calls: large fresh allocations are
+// mmap-ed and page-faulted on every call, which costs as much as a small
+// layer. Holds the packed input and re-blocked weights of the running call.
+class Arena {
+ public:
+  // Carves `count` Ts (64-byte aligned) from a reservation of `bytes` total.
+  bool reserve(size_t bytes) {
+    if (bytes > cap_) {
+      mem_.reset(static_cast<unsigned char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+      cap_ = mem_ ? bytes : 0;
+      if (!mem_) return false;
+    }
+    used_ = 0;
+    return true;
+  }
+  template <class T>
+  T* take(int64_t count) {
+    T* ptr = reinterpret_cast<T*>(mem_.get() + used_);
+    used_ += bytes_for<T>(count);
+    return ptr;
+  }
+  template <class T>
+  static size_t bytes_for(int64_t count) {
+    return (static_cast<size_t>(count > 0 ? count : 1) * sizeof(T) + 63) / 64 * 64;
+  }
+
+ private:
+  Buf<unsigned char> mem_;
+  size_t cap_ = 0, used_ = 0;
+};
+
+inline Arena& thread_arena() {
+  thread_local Arena arena;
+  return arena;
+}
+
 inline uint64_t low_mask(int64_t nbits) {
   return nbits >= 64 ? ~uint64_t{0} : ((uint64_t{1} << nbits) - 1);
 }
@@ -283,50 +319,55 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   const int32_t corr_coef =
       is_and ? 0 : static_cast<int32_t>(p.pad_value) - (fill_ones ? 1 : -1);
 
-  auto xp = alloc_buf<uint64_t>(g.N * g.Hp * g.Wp * PS);
-  auto wr = alloc_buf<uint64_t>(NB * KT * OBW);
-  auto wsum = alloc_buf<int32_t>(g.O * g.T);
-  auto osp = alloc_buf<float>(NB * OBW);
-  auto obp = alloc_buf<float>(NB * OBW);
-  Buf<float> A, beta;
-  if (p.beta_scaling) {
-    A = alloc_buf<float>(g.N * g.H * g.W);
-    beta = alloc_buf<float>(g.NQ);
-    if (!A || !beta) return "out of memory";
-  }
-  if (!xp || !wr || !wsum || !osp || !obp) return "out of memory";
+  const int64_t xp_n = g.N * g.Hp * g.Wp * PS, wr_n = NB * KT * OBW;
+  const int64_t ab_n = p.beta_scaling ? g.N * g.H * g.W : 0, beta_n = p.beta_scaling ? g.NQ : 0;
+  Arena& arena = thread_arena();
+  if (!arena.reserve(Arena::bytes_for<uint64_t>(xp_n) + Arena::bytes_for<uint64_t>(wr_n) +
+                     Arena::bytes_for<int32_t>(g.O * g.T) + 2 * Arena::bytes_for<float>(NB * OBW) +
+                     Arena::bytes_for<float>(ab_n) + Arena::bytes_for<float>(beta_n)))
+    return "out of memory";
+  uint64_t* const xp = arena.take<uint64_t>(xp_n);
+  uint64_t* const wr = arena.take<uint64_t>(wr_n);
+  int32_t* const wsum = arena.take<int32_t>(g.O * g.T);
+  float* const osp = arena.take<float>(NB * OBW);
+  float* const obp = arena.take<float>(NB * OBW);
+  float* const A = p.beta_scaling ? arena.take<float>(ab_n) : nullptr;
+  float* const beta = p.beta_scaling ? arena.take<float>(beta_n) : nullptr;
+  const bool need_wsum = corr_coef != 0;
 
   // Weights: [O, KH, KW, ceil(Cg/32)] uint32 -> [block][tap][word][lane]
   // uint64, lanes past Og zero; bits past Cg cleared whatever the caller sent.
+  // One work item per block, run in phase 1 beside the input packing.
   const int64_t W32 = (g.Cg + 31) / 32;
-  std::memset(wr.get(), 0, sizeof(uint64_t) * NB * KT * OBW);
-  for (int64_t o = 0; o < g.O; ++o) {
-    const int64_t gi = o / g.Og, oi = o % g.Og;
-    const int64_t blk = gi * nbg + oi / OBW, lane = oi % OBW;
-    for (int64_t t = 0; t < g.T; ++t) {
-      const uint32_t* src = call.w + (o * g.T + t) * W32;
-      int32_t pop = 0;
-      for (int64_t k = 0; k < KW64; ++k) {
-        uint64_t v = src[2 * k];
-        if (2 * k + 1 < W32) v |= static_cast<uint64_t>(src[2 * k + 1]) << 32;
-        const int64_t rem = g.Cg - 64 * k;
-        if (rem < 64) v &= low_mask(rem);
-        wr[(blk * KT + t * KW64 + k) * OBW + lane] = v;
-        pop += static_cast<int32_t>(popcount_swar(v));
-      }
-      // sum over channels of the product-weight: 2*pop - Cg for XNOR, pop for AND
-      wsum[o * g.T + t] = is_and ? pop : 2 * pop - static_cast<int32_t>(g.Cg);
-    }
-  }
-  for (int64_t blk = 0; blk < NB; ++blk) {
+  auto repack_block = [&](int64_t blk) {
     const int64_t gi = blk / nbg, b = blk % nbg;
-    for (int j = 0; j < OBW; ++j) {
-      const int64_t oi = b * OBW + j;
-      const bool ok = oi < g.Og;
-      osp[blk * OBW + j] = ok ? call.output_scale[gi * g.Og + oi] : 0.0f;
-      obp[blk * OBW + j] = ok ? call.output_bias[gi * g.Og + oi] : 0.0f;
+    uint64_t* dst = wr + blk * KT * OBW;
+    for (int lane = 0; lane < OBW; ++lane) {
+      const int64_t oi = b * OBW + lane;
+      const bool valid = oi < g.Og;
+      const int64_t o = gi * g.Og + oi;
+      osp[blk * OBW + lane] = valid ? call.output_scale[o] : 0.0f;
+      obp[blk * OBW + lane] = valid ? call.output_bias[o] : 0.0f;
+      if (!valid) {
+        for (int64_t tk = 0; tk < KT; ++tk) dst[tk * OBW + lane] = 0;
+        continue;
+      }
+      for (int64_t t = 0; t < g.T; ++t) {
+        const uint32_t* src = call.w + (o * g.T + t) * W32;
+        int32_t pop = 0;
+        for (int64_t k = 0; k < KW64; ++k) {
+          uint64_t v = src[2 * k];
+          if (2 * k + 1 < W32) v |= static_cast<uint64_t>(src[2 * k + 1]) << 32;
+          const int64_t rem = g.Cg - 64 * k;
+          if (rem < 64) v &= low_mask(rem);
+          dst[(t * KW64 + k) * OBW + lane] = v;
+          if (need_wsum) pop += static_cast<int32_t>(K::popcount64(v));
+        }
+        // sum over channels of the product-weight: 2*pop - Cg for XNOR, pop for AND
+        if (need_wsum) wsum[o * g.T + t] = is_and ? pop : 2 * pop - static_cast<int32_t>(g.Cg);
+      }
     }
-  }
+  };
 
   std::vector<uint64_t> fill(PS);
   for (int64_t gi = 0; gi < g.G; ++gi)
@@ -337,13 +378,18 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   const int64_t rows = g.N * g.Hp;
   const int64_t out_zero = p.out_packed ? g.NQ * p.out_words() : 0;
   const int64_t xw = p.x_words();
-  ex.parallel_for(rows, [&](int64_t r) {
+  ex.parallel_for(NB + rows, [&](int64_t item) {
+    if (item < NB) {
+      repack_block(item);
+      return;
+    }
+    const int64_t r = item - NB;
     if (out_zero) {
       const int64_t z0 = out_zero * r / rows, z1 = out_zero * (r + 1) / rows;
       std::memset(static_cast<uint32_t*>(call.out) + z0, 0, sizeof(uint32_t) * (z1 - z0));
     }
     const int64_t n = r / g.Hp, y = r % g.Hp - p.pad_top;
-    uint64_t* row = xp.get() + r * g.Wp * PS;
+    uint64_t* row = xp + r * g.Wp * PS;
     auto put_fill = [&](int64_t xx) { std::memcpy(row + xx * PS, fill.data(), sizeof(uint64_t) * PS); };
     if (y < 0 || y >= g.H) {
       for (int64_t xx = 0; xx < g.Wp; ++xx) put_fill(xx);
@@ -373,7 +419,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       scatter_groups(bits.data(), nw, g.G, g.Cg, KW64, row + (p.pad_left + x) * PS);
     }
   });
-  if (p.beta_scaling) compute_beta(p, g, A.get(), beta.get(), ex);
+  if (p.beta_scaling) compute_beta(p, g, A, beta, ex);
 
   std::vector<int64_t> tapoff(g.T);
   for (int64_t dy = 0; dy < g.KH; ++dy)
@@ -390,7 +436,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const int64_t gi = blk / nbg, b = blk % nbg;
     const int64_t o0 = gi * g.Og + b * OBW;
     const int64_t cnt = std::min<int64_t>(OBW, g.Og - b * OBW);
-    const uint64_t* wblk = wr.get() + blk * KT * OBW;
+    const uint64_t* wblk = wr + blk * KT * OBW;
     alignas(64) int32_t raw[P * OBW];
     alignas(64) float acc[OBW];
     alignas(64) float res[OBW];
@@ -404,7 +450,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
         qs[pp] = q;
         const int64_t n = q / g.HoWo, rem = q % g.HoWo;
         const int64_t yo = rem / g.Wo, xo = rem % g.Wo;
-        ptrs[pp] = xp.get() + ((n * g.Hp + yo * p.stride_h) * g.Wp + xo * p.stride_w) * PS +
+        ptrs[pp] = xp + ((n * g.Hp + yo * p.stride_h) * g.Wp + xo * p.stride_w) * PS +
                    gi * KW64;
       }
       if (is_and)
@@ -440,7 +486,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
           }
         }
         const float bq = p.beta_scaling ? beta[q] : 1.0f;
-        epilogue_dispatch<OBW>(p.activation, acc, osp.get() + blk * OBW, obp.get() + blk * OBW,
+        epilogue_dispatch<OBW>(p.activation, acc, osp + blk * OBW, obp + blk * OBW,
                                bq, p.negative_slope, res);
         store_outputs<OBW>(p, res, q, o0, cnt, call.out);
       }

@@ -21,6 +21,11 @@ bool set_current_isa(Isa isa);
 int max_threads();
 void set_max_threads(int n);
 
+// Diagnostics of the last call: threads that ran work items in its last
+// parallel phase, and the size of XLA's intra-op pool it was given.
+int last_call_workers();
+int last_call_pool_threads();
+
 // The typed XLA FFI handler (api_version 1) behind jax_binconv_conv2d_cpu_v1.
 void* conv2d_handler_address();
 

@@ -2,6 +2,7 @@
 // checks every operand against the attributes, then runs the kernel of the
 // currently selected ISA on XLA's intra-op thread pool.
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
@@ -147,6 +148,10 @@ namespace {
 // take items from a shared counter. The caller waits for items, not for
 // helpers, so a helper the pool starts late (or never) cannot block it: the
 // shared state outlives the call and a late helper finds no work left.
+// Threads that ran at least one item of the last parallel_for (diagnostics).
+std::atomic<int> last_workers_{0};
+std::atomic<int> last_pool_threads_{0};
+
 class PoolExecutor final : public Executor {
  public:
   PoolExecutor(ffi::ThreadPool* pool, int threads) : pool_(pool), threads_(threads) {}
@@ -157,6 +162,7 @@ class PoolExecutor final : public Executor {
     const int64_t helpers = std::min<int64_t>(threads_, n) - 1;
     if (helpers <= 0 || pool_ == nullptr) {
       for (int64_t i = 0; i < n; ++i) fn(i);
+      last_workers_.store(1, std::memory_order_relaxed);
       return;
     }
     struct State {
@@ -166,10 +172,16 @@ class PoolExecutor final : public Executor {
       const std::function<void(int64_t)>* fn = nullptr;
       std::mutex mu;
       std::condition_variable cv;
+      std::atomic<int> workers{0};
       void work() {
+        bool counted = false;
         for (;;) {
           const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
           if (i >= n) return;
+          if (!counted) {
+            counted = true;
+            workers.fetch_add(1, std::memory_order_relaxed);
+          }
           (*fn)(i);
           if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
             std::lock_guard<std::mutex> lock(mu);
@@ -181,18 +193,31 @@ class PoolExecutor final : public Executor {
     auto st = std::make_shared<State>();
     st->n = n;
     st->fn = &fn;
-    for (int64_t h = 0; h < helpers; ++h) pool_->Schedule([st] { st->work(); });
+    static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t h = 0; h < helpers; ++h)
+      pool_->Schedule([st, t0] {
+        if (dbg)
+          std::fprintf(stderr, "helper start +%.1f us, next=%ld/%ld\n",
+                       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count(),
+                       (long)st->next.load(), (long)st->n);
+        st->work();
+      });
     st->work();
     // The last items usually finish within microseconds: spin briefly before
     // sleeping, since a futex wake costs about as much as a small layer.
     for (int spin = 0; spin < 20000; ++spin) {
-      if (st->done.load(std::memory_order_acquire) == n) return;
+      if (st->done.load(std::memory_order_acquire) == n) {
+        last_workers_.store(st->workers.load(), std::memory_order_relaxed);
+        return;
+      }
 #if defined(__x86_64__)
       __builtin_ia32_pause();
 #endif
     }
     std::unique_lock<std::mutex> lock(st->mu);
     st->cv.wait(lock, [&] { return st->done.load(std::memory_order_acquire) == n; });
+    last_workers_.store(st->workers.load(), std::memory_order_relaxed);
   }
 
  private:
@@ -378,6 +403,7 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
 #endif
 
   int threads = static_cast<int>(std::max<int64_t>(1, pool.num_threads()));
+  last_pool_threads_.store(threads, std::memory_order_relaxed);
   if (const int cap = max_threads(); cap > 0) threads = cap;
   PoolExecutor ex(&pool, threads);
 
@@ -423,6 +449,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxBinconvConv2dCpuV1, Conv2dCpu,
                                   .Attr<bool>("beta_scaling")
                                   .Attr<int32_t>("activation")
                                   .Attr<float>("negative_slope"));
+
+int last_call_workers() { return last_workers_.load(std::memory_order_relaxed); }
+int last_call_pool_threads() { return last_pool_threads_.load(std::memory_order_relaxed); }
 
 void* conv2d_handler_address() { return reinterpret_cast<void*>(JaxBinconvConv2dCpuV1); }
 

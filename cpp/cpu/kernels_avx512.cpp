@@ -21,6 +21,8 @@ struct Avx512Traits {
   static constexpr int kPf = 6;
   static constexpr int kObwf = 32;
 
+  static uint64_t popcount64(uint64_t v) { return static_cast<uint64_t>(__builtin_popcountll(v)); }
+
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {
     const __m512 zero = _mm512_setzero_ps();

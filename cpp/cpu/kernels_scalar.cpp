@@ -13,6 +13,8 @@ struct ScalarTraits {
   static constexpr int kPf = 4;
   static constexpr int kObwf = 8;
 
+  static uint64_t popcount64(uint64_t v) { return detail::popcount_swar(v); }
+
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {
     detail::pack_float_bits_generic(x, ib, is, C, bits, abs_sum);

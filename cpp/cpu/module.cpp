@@ -33,6 +33,13 @@ PYBIND11_MODULE(_cpu, m) {
     if (!set_current_isa(isa))
       throw py::value_error("ISA '" + name + "' is not supported by this CPU/OS");
   }, py::arg("name"), "Select the kernel ISA for subsequent calls (process-wide).");
+  m.def("last_call_stats", [] {
+    py::dict d;
+    d["workers"] = last_call_workers();
+    d["pool_threads"] = last_call_pool_threads();
+    return d;
+  }, "Diagnostics of the last call: threads that ran work items in its last phase, and the "
+     "size of XLA's intra-op pool.");
   m.def("get_num_threads", &max_threads, "Thread cap (0: all threads of XLA's intra-op pool).");
   m.def("set_num_threads", &set_max_threads, py::arg("n"),
         "Cap the threads a call uses (0: all of XLA's intra-op pool). Results do not depend on it.");

@@ -13,6 +13,7 @@ converted back), weights packed to ``uint32 [O, KH, KW, ceil(Cg/32)]``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import mlir
 
-from . import config, packing, reference
+from . import _compat, config, packing, reference, sharding
 from .primitive import binary_conv2d_p, geometry
 
 TARGET_VERSION = 1
@@ -90,10 +91,22 @@ def call_kernel(target, x, w, ib, isc, osc, ob, *, conv_type, strides, padding,
     return out if output == "packed" else out.astype(out_dtype)
 
 
+# One callable per target, so that cached partitioned wrappers are shared.
+_CALLS = {key: functools.partial(call_kernel, target) for key, target in TARGETS.items()}
+
+
 def _kernel_lowering(key):
-    target = TARGETS[key]
-    return mlir.lower_fun(lambda *args, **params: call_kernel(target, *args, **params),
-                          multiple_results=False)
+    """Lower to the kernel call, wrapped so the SPMD partitioner keeps batch and
+    output-channel shardings (see :mod:`jax_binconv.sharding`)."""
+
+    def rule(ctx, *args, **params):
+        x_aval, w_aval = ctx.avals_in[0], ctx.avals_in[1]
+        cp = sharding.partitioned_kernel_call(
+            _CALLS[key], tuple(sorted(params.items())), x_aval.ndim,
+            w_aval.dtype == jnp.uint32, x_aval.dtype == jnp.uint32)
+        return mlir.lower_fun(lambda *a: cp(*a), multiple_results=False)(ctx, *args)
+
+    return rule
 
 
 _reference_lowering = mlir.lower_fun(reference.conv_canonical, multiple_results=False)
@@ -128,6 +141,7 @@ if "cpu" not in available:
         f"({load_errors.get('_cpu')}); CPU calls use the slow pure-JAX reference.",
         RuntimeWarning, stacklevel=2)
 
+_compat.require_devices_during_lowering(binary_conv2d_p)
 mlir.register_lowering(binary_conv2d_p, _reference_lowering)
 mlir.register_lowering(binary_conv2d_p, _cpu_lowering, platform="cpu")
 if "cuda" in available:

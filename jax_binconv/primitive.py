@@ -51,7 +51,11 @@ def _abstract_eval(x, w, ib, isc, osc, ob, **params):
         shape, dtype = x.shape[:-3] + (ho, wo, packing.num_words(o)), jnp.uint32
     else:
         shape, dtype = x.shape[:-3] + (ho, wo, o), params["out_dtype"]
-    return jax.core.ShapedArray(shape, dtype)
+    from .sharding import output_sharding
+    sh = output_sharding(x, w, params)
+    if sh is None:
+        return jax.core.ShapedArray(shape, dtype)
+    return jax.core.ShapedArray(shape, dtype, sharding=sh)
 
 
 binary_conv2d_p.def_abstract_eval(_abstract_eval)
@@ -76,12 +80,12 @@ binary_conv2d_p.def_impl(_impl)
 # ---------------------------------------------------------------- JVP
 
 
-def _conv_nhwc(lhs, rhs, params, padding):
+def _conv_nhwc(lhs, rhs, params, padding, out_sharding):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides=params["strides"], padding=padding,
         rhs_dilation=params["dilation"], dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=params["groups"], precision=lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32)
+        preferred_element_type=jnp.float32, out_sharding=out_sharding)
 
 
 def _is_zero(t):
@@ -109,6 +113,8 @@ def _jvp(primals, tangents, **params):
                                jnp.ones_like(isc) if x_packed else isc,
                                jnp.ones((o,), jnp.float32), jnp.zeros((o,), jnp.float32),
                                **acc_params)
+    from .sharding import explicit_conv_shardings
+    out_sh, beta_sh = explicit_conv_shardings(jax.typeof(x), jax.typeof(w), params)
     acc, lead = reference.flatten_batch(acc)
     xf, _ = reference.flatten_batch(x)
     kh, kw, _, _, _ = geometry(x.shape, w.shape, w.dtype == jnp.uint32, params)
@@ -142,14 +148,14 @@ def _jvp(primals, tangents, **params):
         else:
             g = surrogate_grad(xp, *params["input_estimator"])
             dxb = g * dxp * (0.5 if ctype == BinaryConvType.AND else 1.0)
-        dacc = _conv_nhwc(dxb, wb, params, ((t, b), (l, r)))
+        dacc = _conv_nhwc(dxb, wb, params, ((t, b), (l, r)), out_sh)
     if not w_packed and not _is_zero(dw):
         wf = w.astype(jnp.float32)
         g = surrogate_grad(wf, *params["weight_estimator"])
         dwb = g * dw.astype(jnp.float32) * (0.5 if ctype == BinaryConvType.AND else 1.0)
         xpad = jnp.pad(xb, ((0, 0), (t, b), (l, r), (0, 0)),
                        constant_values=np.float32(params["pad_value"]))
-        term = _conv_nhwc(xpad, dwb, params, "VALID")
+        term = _conv_nhwc(xpad, dwb, params, "VALID", out_sh)
         dacc = term if dacc is None else dacc + term
 
     # beta and its tangent.
@@ -158,7 +164,8 @@ def _jvp(primals, tangents, **params):
         def beta_fn(xprime):
             a = jnp.mean(jnp.abs(xprime), axis=-1, keepdims=True)
             return reference.beta_image(a, kernel_size=(kh, kw), strides=params["strides"],
-                                        padding=params["padding"], dilation=params["dilation"])
+                                        padding=params["padding"], dilation=params["dilation"],
+                                        out_sharding=beta_sh)
         if x_packed:
             beta = beta_fn(jnp.ones(xf.shape[:-1] + (1,), jnp.float32))
         elif dxp is None:

@@ -103,7 +103,7 @@ def accumulate(xb, wb, *, strides, padding, dilation, groups, pad_value):
     )
 
 
-def beta_image(absmean, *, kernel_size, strides, padding, dilation):
+def beta_image(absmean, *, kernel_size, strides, padding, dilation, out_sharding=None):
     """SPEC section 5: average over the convolution's taps of ``A``, padded taps 0.
 
     ``absmean`` is ``A = mean_c |x'|`` as ``[N, H, W, 1]``.
@@ -119,6 +119,7 @@ def beta_image(absmean, *, kernel_size, strides, padding, dilation):
         rhs_dilation=dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         precision=_HIGHEST,
+        out_sharding=out_sharding,
     )
     return s / np.float32(kh * kw)
 

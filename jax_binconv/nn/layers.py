@@ -284,7 +284,7 @@ class MaxPool(nnx.Module):
             return PackedActivations(words, x.channels)
         x = jnp.asarray(x)
         dims, strides, pads = self._pads(x.shape)
-        return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, dims, strides, pads)
+        return lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads)
 
 
 # ---------------------------------------------------------------- helpers

@@ -752,7 +752,70 @@ cudaError_t launch_gemm(const GemmArgs& ga, const Plan& pl, cudaStream_t stream)
   return cudaGetLastError();
 }
 
+// Independent accumulators so that each warp keeps the tensor core busy
+// instead of waiting on its own previous MMA.
+__global__ void __launch_bounds__(128) mma_rate_kernel(int iters, int* sink) {
+  uint32_t a[4] = {threadIdx.x * 0x9E3779B9u, threadIdx.x ^ 0x55555555u, 0xCCCCCCCCu,
+                   threadIdx.x * 7u};
+  const uint32_t b0 = blockIdx.x * 0x85EBCA6Bu, b1 = ~b0;
+  int d[8][4] = {};
+  for (int i = 0; i < iters; ++i) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) mma_b1_and(d[k], a, b0, b1);
+  }
+  int s = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) s += d[k][0] + d[k][1] + d[k][2] + d[k][3];
+  if (s == 0x7fffffff) *sink = s;  // keeps the MMAs alive; practically never stores
+}
+
 }  // namespace
+
+cudaError_t measure_ceilings(Ceilings* out, size_t copy_bytes) {
+  cudaError_t err;
+  int dev = 0, sms = 0;
+  if ((err = cudaGetDevice(&dev)) != cudaSuccess) return err;
+  if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess)
+    return err;
+  int* sink = nullptr;
+  void *src = nullptr, *dst = nullptr;
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  float ms = 0;
+  auto cleanup = [&]() {
+    cudaFree(sink);
+    cudaFree(src);
+    cudaFree(dst);
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+  };
+  if ((err = cudaMalloc(&sink, sizeof(int))) != cudaSuccess) return cleanup(), err;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  const int blocks = sms * 8, iters = 4096;
+  mma_rate_kernel<<<blocks, 128>>>(16, sink);  // warm-up
+  cudaEventRecord(e0);
+  mma_rate_kernel<<<blocks, 128>>>(iters, sink);
+  cudaEventRecord(e1);
+  if ((err = cudaEventSynchronize(e1)) != cudaSuccess) return cleanup(), err;
+  if ((err = cudaGetLastError()) != cudaSuccess) return cleanup(), err;
+  cudaEventElapsedTime(&ms, e0, e1);
+  const double mmas = double(blocks) * 4 /*warps*/ * iters * 8;
+  out->mma_macs_per_s = mmas * 16 * 8 * 256 / (ms * 1e-3);
+
+  if ((err = cudaMalloc(&src, copy_bytes)) != cudaSuccess) return cleanup(), err;
+  if ((err = cudaMalloc(&dst, copy_bytes)) != cudaSuccess) return cleanup(), err;
+  cudaMemset(src, 1, copy_bytes);
+  cudaMemcpy(dst, src, copy_bytes, cudaMemcpyDeviceToDevice);  // warm-up
+  const int reps = 10;
+  cudaEventRecord(e0);
+  for (int i = 0; i < reps; ++i) cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice);
+  cudaEventRecord(e1);
+  if ((err = cudaEventSynchronize(e1)) != cudaSuccess) return cleanup(), err;
+  cudaEventElapsedTime(&ms, e0, e1);
+  out->copy_bytes_per_s = 2.0 * copy_bytes * reps / (ms * 1e-3);
+  cleanup();
+  return cudaGetLastError();
+}
 
 size_t scratch_bytes(const ConvParams& p) { return make_plan(p).total; }
 

@@ -38,5 +38,15 @@ size_t scratch_bytes(const ConvParams& p);
 cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch,
                         cudaStream_t stream);
 
+// Ceilings for benchmarks/gpu.py, measured on the current device: the issue
+// rate of the b1 MMA (binary MACs per second, many warps each issuing
+// independent m16n8k256 AND+POPC MMAs) and device-to-device copy bandwidth
+// (bytes read + bytes written per second, cudaMemcpy of `copy_bytes`).
+struct Ceilings {
+  double mma_macs_per_s = 0;
+  double copy_bytes_per_s = 0;
+};
+cudaError_t measure_ceilings(Ceilings* out, size_t copy_bytes);
+
 }  // namespace cuda
 }  // namespace binconv

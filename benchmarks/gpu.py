@@ -1,0 +1,160 @@
+"""GPU benchmark of jax_binconv's CUDA kernel (method: ../shared/BENCH.md).
+
+    python benchmarks/gpu.py [--layers L1,L2] [--batches 1,64,256] [--reps 20]
+
+Layers L1-L7 at N = 1, 64, 256; ours with float32 input/output and with
+packed input/output (XNOR, packed weights); baselines cuDNN bfloat16 and
+float32 through ``lax.conv_general_dilated`` in the same process. Each timed
+call runs the layer many times inside one jit (``lax.fori_loop``), so Python
+dispatch is not what is measured; per-application times are reported (min
+and median over the repetitions). Ceilings come from our own
+micro-benchmarks on the same device (``jax_binconv._cuda.measure_ceilings``):
+the b1 tensor-core MMA rate and the device-to-device copy bandwidth; the
+memory floor of a layer is (bytes of x read + bytes of the result written)
+over that bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import jax_binconv as jb
+
+LAYERS = {  # id: (H, W, C, O, k, stride)
+    "L1": (56, 56, 64, 64, 3, 1),
+    "L2": (28, 28, 128, 128, 3, 1),
+    "L3": (14, 14, 256, 256, 3, 1),
+    "L4": (7, 7, 512, 512, 3, 1),
+    "L5": (56, 56, 64, 128, 3, 2),
+    "L6": (28, 28, 256, 256, 1, 1),
+    "L7": (56, 56, 256, 256, 3, 1),
+}
+
+
+def _timed_loop(apply, inner):
+    """jit of `inner` applications of `apply(x)`.
+
+    The optimization barrier ties x to the loop carry, so XLA cannot hoist
+    the loop-invariant convolution out of the loop; one output element is
+    folded into the carry so the result is used. Neither costs memory traffic.
+    """
+
+    def body(_, carry):
+        xx, wt, acc = carry
+        xx, acc = lax.optimization_barrier((xx, acc))
+        y = apply(xx, wt)
+        y = y.words if isinstance(y, jb.PackedActivations) else y
+        return xx, wt, acc + y.reshape(-1)[0].astype(jnp.float32)
+
+    @jax.jit
+    def run(xx, wt):
+        return lax.fori_loop(0, inner, body, (xx, wt, jnp.float32(0)))[2]
+
+    return run
+
+
+def bench(apply, x, wt, reps, target_ms=4.0):
+    """(min, median) ms per application of apply(x, wt)."""
+    inner = 8
+    run = _timed_loop(apply, inner)
+    run(x, wt).block_until_ready()
+    t0 = time.perf_counter()
+    run(x, wt).block_until_ready()
+    per = (time.perf_counter() - t0) * 1e3 / inner
+    # One re-calibration so that each repetition lasts about target_ms.
+    inner = int(max(4, min(5000, target_ms / max(per, 1e-4))))
+    run = _timed_loop(apply, inner)
+    run(x, wt).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run(x, wt).block_until_ready()
+        times.append((time.perf_counter() - t0) * 1e3 / inner)
+    return min(times), statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--batches", default="1,64,256")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--type", default="xnor")
+    args = ap.parse_args(argv)
+
+    gpu = jax.devices("gpu")[0]
+    if "cuda" not in jb.lowering.available:
+        sys.exit(f"jax_binconv._cuda not available: {jb.lowering.load_errors.get('_cuda')}")
+    from jax_binconv import _cuda
+
+    print(f"device: {gpu.device_kind}; jax {jax.__version__}")
+    ceil = _cuda.measure_ceilings(1 << 30)
+    mma_rate, copy_bw = ceil["mma_macs_per_s"], ceil["copy_bytes_per_s"]
+    print(f"ceilings: b1 MMA {mma_rate:.3e} binary MAC/s; copy {copy_bw / 1e9:.0f} GB/s "
+          "(read + write)")
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in args.layers.split(","):
+        h, w, c, o, k, s = LAYERS[name]
+        pad = "SAME"
+        for n in [int(b) for b in args.batches.split(",")]:
+            x = jax.device_put(rng.standard_normal((n, h, w, c), np.float32), gpu)
+            wf = rng.standard_normal((k, k, c, o)).astype(np.float32) / np.sqrt(k * k * c)
+            wpk = jax.device_put(jb.pack_weights(wf), gpu)
+            xp = jax.device_put(jb.pack_activations(x), gpu)
+            ho, wo = -(-h // s), -(-w // s)
+            macs = n * ho * wo * o * k * k * c
+
+            def ours_f(xx, wt, s=s):
+                return jb.binary_conv2d(xx, wt, type=args.type, strides=s, padding=pad)
+
+            def ours_p(words, wt, s=s, c=c):
+                return jb.binary_conv2d(jb.PackedActivations(words, c), wt, type=args.type,
+                                        strides=s, padding=pad, output="packed")
+
+            def cudnn(xx, wl, s=s):
+                return lax.conv_general_dilated(xx, wl, (s, s), pad,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+            w16 = jax.device_put(jnp.asarray(wf, jnp.bfloat16), gpu)
+            w32 = jax.device_put(jnp.asarray(wf), gpu)
+            x16 = x.astype(jnp.bfloat16)
+            t_of = bench(ours_f, x, wpk, args.reps)
+            t_op = bench(ours_p, xp.words, wpk, args.reps)
+            t_16 = bench(cudnn, x16, w16, args.reps)
+            t_32 = bench(cudnn, x, w32, args.reps)
+            bytes_f = 4 * (n * h * w * c + n * ho * wo * o)
+            bytes_p = 4 * (n * h * w * -(-c // 32) + n * ho * wo * -(-o // 32))
+            for io, t, nbytes in (("float", t_of, bytes_f), ("packed", t_op, bytes_p)):
+                ms = t[0]
+                rows.append(dict(
+                    layer=name, n=n, io=io, ours=ms, ours_med=t[1], bf16=t_16[0], f32=t_32[0],
+                    tmacs=macs / (ms * 1e-3) / 1e12, pct_mma=100 * macs / (ms * 1e-3) / mma_rate,
+                    pct_mem=100 * (nbytes / copy_bw) / (ms * 1e-3)))
+            r = rows[-2:]
+            print(f"  {name} N={n}: float {r[0]['ours']:.4f} ms, packed {r[1]['ours']:.4f} ms, "
+                  f"bf16 {t_16[0]:.4f} ms, f32 {t_32[0]:.4f} ms", flush=True)
+
+    print()
+    print(f"{'layer':5} {'N':>4} {'io':6} {'ours ms':>9} {'(med)':>9} {'bf16 ms':>9} "
+          f"{'f32 ms':>9} {'x bf16':>7} {'x f32':>7} {'TMAC/s':>8} {'%MMA':>6} {'%memfl':>7}")
+    for r in rows:
+        print(f"{r['layer']:5} {r['n']:4d} {r['io']:6} {r['ours']:9.4f} {r['ours_med']:9.4f} "
+              f"{r['bf16']:9.4f} {r['f32']:9.4f} {r['bf16'] / r['ours']:7.2f} "
+              f"{r['f32'] / r['ours']:7.2f} {r['tmacs']:8.1f} {r['pct_mma']:6.1f} "
+              f"{r['pct_mem']:7.1f}")
+    print(f"\n%MMA: of the measured b1 MMA rate {mma_rate:.3e} MAC/s; %memfl: memory floor "
+          f"(x read + result written at {copy_bw / 1e9:.0f} GB/s) over our time (100 = at floor). "
+          "Times: min over repetitions, per application.")
+
+
+if __name__ == "__main__":
+    main()

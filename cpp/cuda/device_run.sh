@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One device-machine session: build, then the stages named in $@ (smoke,
+# test, sanitize, bench). Logs go to $OUT (the device tool brings them back).
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/../.."
+t0=$SECONDS
+stamp() { echo "=== [$((SECONDS - t0)) s] $*"; }
+
+stamp "device"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$OUT/device.txt"
+python3 -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -1 | tee -a "$OUT/device.txt"
+
+stamp "build"
+if ! JAX_BINCONV_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+  echo "pip install failed (tail below); building with CMake directly"
+  tail -30 "$OUT/build.log"
+  cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DJAX_BINCONV_CUDA=ON \
+    -DJAX_BINCONV_METAL_SHIM=OFF -DPython_EXECUTABLE="$(command -v python3)" \
+    -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" >>"$OUT/build.log" 2>&1 &&
+    cmake --build build/gpu -j16 >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  cp build/gpu/cpp/cuda/_cuda*.so build/gpu/cpp/cpu/_cpu*.so jax_binconv/ 2>/dev/null
+  export PYTHONPATH=$PWD
+fi
+grep -iE "warning|spill" "$OUT/build.log" | grep -i cuda | head -20
+python3 -c "import jax_binconv as jb; print('available:', sorted(jb.lowering.available), jb.lowering.load_errors)"
+
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+for stage in "$@"; do
+  case "$stage" in
+    smoke)
+      stamp smoke
+      timeout 120 python3 -m pytest tests/test_gpu.py -q -x -k "lowering or big_layer or test_channels" 2>&1 | tail -30
+      ;;
+    test)
+      stamp test
+      timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/test_gpu.py -q -n 8 -rs --timeout 240 \
+        --junitxml="$OUT/junit.xml" >"$OUT/test.log" 2>&1
+      echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/test.log" | tail -3
+      grep -E "^(FAILED|ERROR)" "$OUT/test.log" | head -40
+      ;;
+    sanitize)
+      sel="big_layer or packed_in_and_out and 64-128-2 or test_groups and 2-66 or pad_values and 256 or lowering or tiny or trailing or large_k"
+      for tool in memcheck racecheck; do
+        stamp "sanitize $tool"
+        XLA_PYTHON_CLIENT_ALLOCATOR=platform timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool $tool \
+          --kernel-name kns=binconv --print-limit 20 \
+          python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$sel" >"$OUT/sanitize_$tool.log" 2>&1
+        echo "$tool rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|Invalid|Race|hazard" "$OUT/sanitize_$tool.log" | tail -8
+      done
+      ;;
+    bench)
+      stamp bench
+      timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
+      ;;
+  esac
+done
+stamp done

@@ -1,0 +1,378 @@
+"""The CUDA kernel (target jax_binconv_conv2d_cuda_v1) against the pure-JAX
+reference evaluated on the CPU, over the same grid as the CPU kernel.
+
+Skipped, with the reason, where there is no GPU or jax_binconv._cuda did not
+build. Ours runs on the GPU (operands committed there); the reference runs
+on the CPU, so a CUDA bug cannot hide in both sides. Integer accumulators of
+XNOR/AND must be equal exactly; full results within 1e-5 relative.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import INTEGER_KEYS, rand_vec, rand_x
+
+import jax_binconv as jb
+
+
+def _gpu_or_reason():
+    try:
+        devs = jax.devices("gpu")
+    except RuntimeError as e:
+        return None, f"no GPU visible to JAX ({e})"
+    if not devs:
+        return None, "no GPU visible to JAX"
+    if "cuda" not in jb.lowering.available:
+        return None, ("jax_binconv._cuda did not load: "
+                      f"{jb.lowering.load_errors.get('_cuda', 'not built')}")
+    return devs[0], None
+
+
+GPU, _REASON = _gpu_or_reason()
+CPU = jax.devices("cpu")[0]
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(GPU is None, reason=_REASON or "")]
+
+TYPES = ["binary_weights", "xnor", "and"]
+
+
+def _np(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def _ours(x, w, **kw):
+    f = jax.jit(functools.partial(jb.binary_conv2d, **kw))
+    return f(jax.device_put(x, GPU), jax.device_put(w, GPU))
+
+
+def _ref(x, w, **kw):
+    kw = {k: (np.asarray(v) if isinstance(v, jax.Array) else v) for k, v in kw.items()}
+    f = jax.jit(functools.partial(jb.reference.binary_conv2d, **kw))
+    return f(jax.device_put(_np(x), CPU), jax.device_put(_np(w), CPU))
+
+
+def _words(y):
+    return np.asarray(y.words if isinstance(y, jb.PackedActivations) else y)
+
+
+def check(x, w, **kw):
+    """Integer parts exact (XNOR/AND), results within tolerance, packed words equal."""
+    kw = {k: (np.asarray(v) if isinstance(v, jax.Array) else v) for k, v in kw.items()}
+    ctype = jb.options.conv_type(kw.get("type", "xnor"))
+    if ctype != jb.BinaryConvType.BINARY_WEIGHTS:
+        ikw = {k: v for k, v in kw.items() if k in INTEGER_KEYS}
+        a = np.asarray(_ours(x, w, **ikw), np.float32)
+        b = np.asarray(_ref(x, w, **ikw), np.float32)
+        np.testing.assert_array_equal(a, b, err_msg=f"integer accumulators differ for {ikw}")
+    ours, ref = _ours(x, w, **kw), _ref(x, w, **kw)
+    if kw.get("output") == "packed":
+        np.testing.assert_array_equal(_words(ours), _words(ref), err_msg=str(kw))
+        return ours, ref
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype
+    o, r = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
+    rtol = 1e-5 if ours.dtype == jnp.float32 else 2 * float(jnp.finfo(ours.dtype).eps)
+    atol = rtol * max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
+    if ctype == jb.BinaryConvType.BINARY_WEIGHTS:
+        atol *= 8  # float sums in another order
+    np.testing.assert_allclose(o, r, rtol=rtol, atol=atol, err_msg=str(kw))
+    return ours, ref
+
+
+def _case(t, c=33, o=20, k=(3, 3), hw=(9, 8), n=2, seed=0, groups=1, **kw):
+    x = np.asarray(rand_x(seed, (n,) + hw + (c,)))
+    w = np.asarray(rand_x(seed + 1, k + (c // groups, o)))
+    return check(x, w, type=t, groups=groups, **kw)
+
+
+def _pad_values(t):
+    return {"binary_weights": [0.0, 0.75, -2.0], "xnor": [0.0, 1.0, -1.0], "and": [0.0, 1.0]}[t]
+
+
+# ------------------------------------------------------------ lowering
+
+
+def test_cuda_lowering_contains_our_custom_call():
+    """A silent fallback to the reference would make every other test vacuous."""
+    x = jax.device_put(np.asarray(rand_x(0, (1, 6, 6, 8))), GPU)
+    w = jax.device_put(np.asarray(rand_x(1, (3, 3, 8, 4))), GPU)
+    lowered = jax.jit(lambda x, w: jb.binary_conv2d(x, w)).lower(x, w)
+    assert jb.TARGETS["cuda"] in lowered.as_text()
+    assert jb.TARGETS["cuda"] in lowered.compile().as_text()
+
+
+# ------------------------------------------------------------ the grid
+
+CHANNELS = [1, 3, 31, 33, 65, 130]
+KERNELS = [(1, 1), (3, 3), (5, 5), (1, 3)]
+PADDINGS = ["SAME", "VALID", ((1, 0), (2, 1)), ((0, 2), (0, 0)), ((3, 3), (4, 0))]
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("c", CHANNELS)
+def test_channels(t, c):
+    _case(t, c=c, o=7 if c < 64 else 40, seed=c)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("k", KERNELS)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_kernels_and_padding(t, k, padding):
+    _case(t, k=k, padding=padding, seed=len(str(padding)) + 7 * k[0] + k[1])
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("strides,dilation", [((2, 2), (1, 1)), ((1, 2), (2, 1)),
+                                              ((2, 1), (2, 2)), ((1, 1), (2, 2))])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 1), (0, 3))])
+def test_strides_dilation(t, strides, dilation, padding):
+    _case(t, strides=strides, dilation=dilation, padding=padding, hw=(11, 10))
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("pv_index", [0, 1, 2])
+@pytest.mark.parametrize("padding", ["SAME", ((2, 1), (0, 3)), ((4, 4), (4, 4))])
+@pytest.mark.parametrize("c", [33, 256])
+def test_pad_values(t, pv_index, padding, c):
+    values = _pad_values(t)
+    if pv_index >= len(values):
+        pytest.skip(f"type {t} allows only pad values {values}")
+    _case(t, c=c, o=40, pad_value=values[pv_index], padding=padding, seed=pv_index + c)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("groups,c,o", [(2, 66, 8), (4, 64, 12), (2, 130, 6), (4, 12, 8),
+                                        (2, 256, 256), (4, 128, 100)])
+def test_groups(t, groups, c, o):
+    _case(t, c=c, o=o, groups=groups, seed=groups * c + o)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "leaky_relu", "sigmoid", "tanh",
+                                        "hard_tanh", "sign"])
+def test_epilogue(t, activation):
+    c, o = 33, 20
+    x = np.asarray(rand_x(3, (2, 7, 7, c)))
+    w = np.asarray(rand_x(4, (3, 3, c, o)))
+    check(x, w, type=t, activation=activation, negative_slope=0.2,
+          input_bias=rand_vec(5, c, -0.5, 0.5), input_scale=rand_vec(6, c, 0.5, 1.5, signed=True),
+          output_scale=rand_vec(7, o, 0.01, 0.1, signed=True), output_bias=rand_vec(8, o, -2, 2),
+          beta_scaling=True)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("padding,strides,dilation", [("SAME", 1, 1), ("VALID", 2, 1),
+                                                      (((2, 0), (1, 2)), 1, 2)])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_beta_scaling(t, padding, strides, dilation, groups):
+    _case(t, c=64, o=32, beta_scaling=True, padding=padding, strides=strides, dilation=dilation,
+          output_scale=0.5, groups=groups)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_scalar_scales_and_biases(t):
+    _case(t, input_bias=0.25, input_scale=-2.0, output_scale=0.125, output_bias=-1.0)
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_inputs(t, dtype):
+    c, o = 40, 9
+    x = rand_x(9, (2, 6, 6, c), dtype)
+    w = np.asarray(rand_x(10, (3, 3, c, o)))
+    out, _ = check(x, w, type=t, output_scale=0.05)
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_nchw_oihw(t):
+    c, o = 20, 12
+    x = np.asarray(rand_x(11, (2, c, 7, 9)))
+    w = np.asarray(rand_x(12, (o, c, 3, 3)))
+    out, _ = check(x, w, type=t, dimension_numbers=("NCHW", "OIHW", "NCHW"), strides=(2, 1))
+    assert out.shape == (2, o, 4, 9)
+
+
+@pytest.mark.parametrize("t", ["xnor", "and"])
+@pytest.mark.parametrize("c,o,groups", [(33, 66, 1), (64, 128, 2), (66, 132, 2), (96, 192, 3),
+                                        (256, 100, 1), (64, 40, 4)])
+@pytest.mark.parametrize("pv_index", [0, 1])
+def test_packed_in_and_out(t, c, o, groups, pv_index):
+    pv = _pad_values(t)[pv_index]
+    x = np.asarray(rand_x(16 + c, (2, 7, 7, c)))
+    w = np.asarray(rand_x(17 + o, (3, 3, c // groups, o)))
+    scale = rand_vec(18, o, 0.5, 1.0, signed=True)
+    bias = rand_vec(19, o, -3, 3)
+    packed, _ = check(x, w, type=t, output="packed", output_scale=scale, output_bias=bias,
+                      groups=groups, pad_value=pv)
+    assert isinstance(packed, jb.PackedActivations) and packed.channels == o
+    # packed input (groups over the packed channels as Python allows them)
+    g2 = groups if (o // groups) % 32 == 0 else 1
+    w2 = np.asarray(rand_x(20, (3, 3, o // g2, 8 * g2)))
+    check(_np(packed), w2, type=t, groups=g2, pad_value=pv, beta_scaling=True)
+    check(_np(packed), w2, type=t, groups=g2, pad_value=pv, output="packed",
+          output_scale=rand_vec(21, 8 * g2, -1, 1))
+
+
+@pytest.mark.parametrize("t", ["xnor", "and"])
+def test_packed_chain(t):
+    """float -> packed -> packed -> float, three layers, against the reference chain."""
+    x = np.asarray(rand_x(30, (3, 12, 12, 48)))
+    ws = [np.asarray(rand_x(31 + i, s)) for i, s in
+          enumerate([(3, 3, 48, 64), (3, 3, 64, 96), (1, 3, 96, 40)])]
+    sc = [rand_vec(40 + i, s[-1], -1, 1) for i, s in enumerate([(64,), (96,), (40,)])]
+
+    def chain(conv, x, w0, w1, w2):
+        h = conv(x, w0, type=t, output="packed", output_bias=sc[0])
+        h = conv(h, w1, type=t, output="packed", strides=2, output_bias=sc[1])
+        return conv(h, w2, type=t, padding="VALID", beta_scaling=True, output_scale=sc[2])
+
+    ours = jax.jit(functools.partial(chain, jb.binary_conv2d))(
+        *jax.device_put([x] + ws, GPU))
+    ref = jax.jit(functools.partial(chain, jb.reference.binary_conv2d))(
+        *jax.device_put([x] + ws, CPU))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ edge cases
+
+
+def test_special_values():
+    vals = np.array([0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, np.nan, -np.inf], np.float32)
+    x = np.tile(vals, (1, 3, 3, 1))
+    w = np.asarray(rand_x(13, (1, 1, 8, 4)))
+    for t in ["xnor", "and"]:
+        check(x, w, type=t, padding="VALID")
+    y = _ours(x, np.ones((1, 1, 8, 1), np.float32), type="xnor", padding="VALID")
+    # +1: 0, -0, 1, 1e-30, nan; -1: -1, -1e-30, -inf
+    assert float(y[0, 0, 0, 0]) == 5 - 3
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_empty_batch(t):
+    x = np.zeros((0, 5, 5, 8), np.float32)
+    w = np.asarray(rand_x(22, (3, 3, 8, 4)))
+    y = _ours(x, w, type=t)
+    assert y.shape == (0, 5, 5, 4)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_tiny_shapes(t):
+    _case(t, c=1, o=1, hw=(1, 1), n=1, k=(1, 1))
+    _case(t, c=2, o=3, hw=(1, 2), n=1, k=(3, 3), padding="SAME")
+    _case(t, c=5, o=2, hw=(2, 1), n=3, k=(2, 1), padding="VALID")
+
+
+def test_extra_batch_dims():
+    x = np.asarray(rand_x(50, (2, 3, 5, 5, 40)))
+    w = np.asarray(rand_x(51, (3, 3, 40, 16)))
+    ours = np.asarray(_ours(x.reshape(6, 5, 5, 40), w))
+    both = jax.jit(jax.vmap(lambda xi: jb.binary_conv2d(xi, jnp.asarray(w))))(
+        jax.device_put(x, GPU))
+    np.testing.assert_array_equal(np.asarray(both).reshape(ours.shape), ours)
+
+
+@pytest.mark.parametrize("t", ["xnor", "and"])
+def test_large_k_no_overflow(t):
+    c = 8192
+    x = np.ones((1, 3, 3, c), np.float32)
+    w = np.ones((3, 3, c, 2), np.float32)
+    y = _ours(x, w, type=t, padding="VALID")
+    np.testing.assert_array_equal(np.asarray(y), 9 * c)
+    check(np.asarray(rand_x(25, (2, 4, 4, c))), np.asarray(rand_x(26, (3, 3, c, 3))), type=t,
+          padding="SAME")
+
+
+def test_big_layer_matches():
+    """A full-size tile grid: several M and N blocks, border and interior rows."""
+    x = np.asarray(rand_x(60, (4, 28, 28, 128)))
+    w = np.asarray(rand_x(61, (3, 3, 128, 256)))
+    for t in ["xnor", "and"]:
+        check(x, w, type=t)
+        check(x, w, type=t, output="packed", output_bias=rand_vec(62, 256, -5, 5))
+
+
+def test_trailing_garbage_bits_do_not_change_results():
+    """SPEC 7: no kernel may let trailing bits change a result (ffi_call directly)."""
+    c, o = 40, 16
+    x = np.asarray(rand_x(70, (2, 6, 6, c)))
+    w = np.asarray(rand_x(71, (3, 3, c, o)))
+    px = np.asarray(jb.pack_activations(x).words)
+    pw = np.asarray(jb.pack_weights(w).words)
+    dirty_x = px.copy()
+    dirty_x[..., -1] |= np.uint32(0xFFFFFF00)  # channels 40..63 do not exist
+    dirty_w = pw.copy()
+    dirty_w[..., -1] |= np.uint32(0xFFFFFF00)
+    for conv_type in (1, 2):
+        outs = [np.asarray(_ffi(xx, ww, c, conv_type)) for xx, ww in
+                [(px, pw), (dirty_x, pw), (px, dirty_w), (dirty_x, dirty_w)]]
+        for other in outs[1:]:
+            np.testing.assert_array_equal(outs[0], other)
+
+
+def _ffi(x, w, c, conv_type, pad=1, pad_value=0.0, result_dtype=jnp.float32, **over):
+    o, kh, kw, _ = w.shape
+    n, h, wd = x.shape[:3]
+    ho, wo = h + 2 * pad - kh + 1, wd + 2 * pad - kw + 1
+    out_c = o if result_dtype == jnp.float32 else -(-o // 32)
+    attrs = dict(conv_type=np.int32(conv_type), in_channels=c, stride_h=1, stride_w=1,
+                 dilation_h=1, dilation_w=1, pad_top=pad, pad_bottom=pad, pad_left=pad,
+                 pad_right=pad, groups=1, pad_value=np.float32(pad_value), beta_scaling=False,
+                 activation=np.int32(0), negative_slope=np.float32(0))
+    attrs.update(over)
+    call = jax.ffi.ffi_call(jb.TARGETS["cuda"],
+                            jax.ShapeDtypeStruct((n, ho, wo, out_c), result_dtype))
+    args = [x, w, np.zeros(c, np.float32), np.ones(c, np.float32), np.ones(o, np.float32),
+            np.zeros(o, np.float32)]
+    return jax.jit(lambda *a: call(*a, **attrs))(*jax.device_put(args, GPU))
+
+
+def test_handler_rejects_bad_attributes():
+    """Bad attributes come back as errors, not crashes."""
+    c, o = 40, 16
+    px = np.asarray(jb.pack_activations(np.asarray(rand_x(72, (1, 5, 5, c)))).words)
+    pw = np.asarray(jb.pack_weights(np.asarray(rand_x(73, (3, 3, c, o)))).words)
+    for over in [dict(pad_value=np.float32(0.5)), dict(conv_type=np.int32(7)),
+                 dict(conv_type=np.int32(0)), dict(in_channels=70), dict(groups=3),
+                 dict(activation=np.int32(99))]:
+        with pytest.raises(Exception, match="jax_binconv_conv2d_cuda_v1"):
+            np.asarray(_ffi(px, pw, c, 1, **over))
+    # and the device is still fine afterwards
+    np.asarray(_ffi(px, pw, c, 1))
+
+
+# ------------------------------------------------------------ gradients
+
+
+def _loss(conv, **static):
+    def f(x, w, p):
+        y = conv(x, w, **p, **static)
+        return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)))
+    return f
+
+
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("est", ["ste", "approx_sign"])
+def test_grad_under_jit_on_gpu(t, est):
+    c, o = 12, 8
+    x = np.asarray(rand_x(80, (2, 6, 5, c))) * 0.8
+    w = np.asarray(rand_x(81, (3, 3, c, o))) * 0.8
+    p = dict(input_bias=np.asarray(rand_vec(82, c, -0.2, 0.2)),
+             input_scale=np.asarray(rand_vec(83, c, 0.5, 1.5, signed=True)),
+             output_scale=np.asarray(rand_vec(84, o, 0.05, 0.2, signed=True)),
+             output_bias=np.asarray(rand_vec(85, o, -0.5, 0.5)))
+    static = dict(type=t, input_estimator=est, weight_estimator=est, beta_scaling=True,
+                  activation="tanh", padding=((1, 0), (0, 2)),
+                  pad_value={"binary_weights": 0.5, "xnor": -1.0, "and": 1.0}[t])
+    gfun = jax.jit(jax.grad(_loss(jb.binary_conv2d, **static), argnums=(0, 1, 2)))
+    assert jb.TARGETS["cuda"] in gfun.lower(*jax.device_put((x, w, p), GPU)).as_text()
+    g = gfun(*jax.device_put((x, w, p), GPU))
+    r = jax.jit(jax.grad(_loss(jb.reference.binary_conv2d, **static), argnums=(0, 1, 2)))(
+        *jax.device_put((x, w, p), CPU))
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(r)):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(b).max())))

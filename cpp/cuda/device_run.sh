@@ -14,15 +14,21 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -1 | tee -a "$OUT/device.txt"
 
 stamp "build"
-if ! JAX_BINCONV_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
-  echo "pip install failed (tail below); building with CMake directly"
-  tail -30 "$OUT/build.log"
+cmake_build() {
   cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DJAX_BINCONV_CUDA=ON \
     -DJAX_BINCONV_METAL_SHIM=OFF -DPython_EXECUTABLE="$(command -v python3)" \
     -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" >>"$OUT/build.log" 2>&1 &&
     cmake --build build/gpu -j16 >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-  cp build/gpu/cpp/cuda/_cuda*.so build/gpu/cpp/cpu/_cpu*.so jax_binconv/ 2>/dev/null
-  export PYTHONPATH=$PWD
+  cp build/gpu/cpp/cuda/_cuda*.so build/gpu/cpp/cpu/_cpu*.so jax_binconv/
+}
+if JAX_BINCONV_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16 python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+  echo "pip install -e . OK"
+else
+  echo "pip install failed:"; tail -30 "$OUT/build.log"
+fi
+if ! python3 -c "import jax_binconv._cuda" 2>>"$OUT/build.log"; then
+  echo "jax_binconv._cuda not importable from the tree after pip; building with CMake"
+  cmake_build
 fi
 grep -iE "warning|spill" "$OUT/build.log" | grep -i cuda | head -20
 python3 -c "import jax_binconv as jb; print('available:', sorted(jb.lowering.available), jb.lowering.load_errors)"

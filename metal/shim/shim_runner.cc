@@ -15,6 +15,13 @@
 // (host_shim.h): one object per OS thread, shared by the fibers of the
 // threadgroup running there. The runner keeps everything per OS thread, so
 // concurrent XLA calls on several threads do not interfere.
+#if defined(__APPLE__)
+// macOS keeps the (deprecated) ucontext routines behind _XOPEN_SOURCE;
+// _DARWIN_C_SOURCE keeps the rest of libc visible.
+#define _XOPEN_SOURCE 700
+#define _DARWIN_C_SOURCE
+#pragma clang diagnostic ignored "-Wdeprecated-declarations"
+#endif
 #include <ucontext.h>
 
 #include <cstdint>

@@ -25,6 +25,7 @@
 // is why Hopper's emulated XOR MMA is never needed.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "binconv_kernels.h"
@@ -72,6 +73,7 @@ struct EpiArgs {
   long long m;  // N*Ho*Wo
   int h, w, c, o, g, cg, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, t;
   int type, pv, beta, x_packed, act, out_packed, out_atomic, out_vec2;
+  int pad_corr;  // the padded-tap weight term has a nonzero coefficient
   float slope, pvf;
 };
 
@@ -217,7 +219,7 @@ __device__ __forceinline__ int finish_acc(const EpiArgs& e, const RowData& r, in
   const long long O = e.o;
   const int w1all = pre[(long long)(e.kh * kw1 + e.kw) * O + go];
   int w1pad = 0;
-  if (r.border) {
+  if (r.border && e.pad_corr) {
     const int w1v = pre[(long long)(r.box.b * kw1 + r.box.d) * O + go] -
                     pre[(long long)(r.box.a * kw1 + r.box.d) * O + go] -
                     pre[(long long)(r.box.b * kw1 + r.box.c) * O + go] +
@@ -742,10 +744,19 @@ template <int BN, int VEC>
 cudaError_t launch_gemm(const GemmArgs& ga, const Plan& pl, cudaStream_t stream) {
   using Cfg = GemmCfg<BN, VEC>;
   static_assert(Cfg::kAPerThread * Cfg::kRowStep == Cfg::kBM, "A tile mapping");
-  cudaError_t err = cudaFuncSetAttribute(gemm_b1_kernel<BN, VEC>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         Cfg::kSmemBytes);
+  // Once per device and instantiation (a repeated call at worst if two
+  // threads race here, which is harmless).
+  static std::atomic<uint64_t> attr_set{0};
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(attr_set.load(std::memory_order_relaxed) & bit)) {
+    err = cudaFuncSetAttribute(gemm_b1_kernel<BN, VEC>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+    if (err != cudaSuccess) return err;
+    attr_set.fetch_or(bit, std::memory_order_relaxed);
+  }
   const long long mt = (pl.m + Cfg::kBM - 1) / Cfg::kBM;
   dim3 grid((unsigned)mt, (unsigned)(pl.ogpad / BN), (unsigned)pl.g);
   gemm_b1_kernel<BN, VEC><<<grid, kThreads, Cfg::kSmemBytes, stream>>>(ga);
@@ -866,6 +877,8 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
   e.out_packed = p.out_packed ? 1 : 0;
   e.out_atomic = (p.out_packed && pl.g > 1 && pl.og % 32 != 0) ? 1 : 0;
   e.out_vec2 = (p.o % 2 == 0 && pl.og % 2 == 0) ? 1 : 0;
+  // XNOR: coefficient 2 + 2pv (zero for pv = -1); AND: pv.
+  e.pad_corr = (p.type == XNOR) ? (e.pv != -1) : (p.type == AND ? (e.pv != 0) : 0);
 
   if (e.out_atomic) {
     const size_t bytes = sizeof(uint32_t) * pl.m * p.out_words();

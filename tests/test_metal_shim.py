@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -363,3 +364,39 @@ def test_host_code_against_mock_sdk(tmp_path):
            str(METAL_DIR / "metal_host.mm")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------- the real Metal path (macOS only)
+
+macos_only = pytest.mark.skipif(sys.platform != "darwin", reason="the Metal host code runs on macOS")
+
+
+def _native(x, w, backend, monkeypatch, **kw):
+    monkeypatch.setenv("JAX_BINCONV_BACKEND", backend)
+    with jb.config.cpu_kernel_override("native"):
+        return jax.block_until_ready(jax.jit(lambda x, w: jb.binary_conv2d(x, w, **kw))(x, w))
+
+
+@macos_only
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("output", ["float", "packed"])
+def test_metal_gpu_equals_cpu_kernel(t, output, monkeypatch):
+    """JAX_BINCONV_BACKEND=metal fails loudly without a device, so this really
+    compares the GPU with the C++ kernel."""
+    x = rand_x(50, (2, 9, 8, 70))
+    w = rand_x(51, (3, 3, 35, 66))
+    kw = dict(type=t, groups=2, beta_scaling=True, strides=(1, 2), padding=((1, 0), (2, 1)),
+              output_scale=rand_vec(52, 66, 0.1, 1.0, signed=True), activation="tanh",
+              output=output)
+    gpu = _native(x, w, "metal", monkeypatch, **kw)
+    cpu = _native(x, w, "cpu", monkeypatch, **kw)
+    if output == "packed":
+        np.testing.assert_array_equal(np.asarray(gpu.words), np.asarray(cpu.words))
+    else:
+        np.testing.assert_allclose(np.asarray(gpu), np.asarray(cpu), rtol=1e-5, atol=1e-5)
+
+
+@macos_only
+def test_metal_bad_backend_value_is_an_error(monkeypatch):
+    with pytest.raises(Exception, match="JAX_BINCONV_BACKEND"):
+        _native(rand_x(53, (1, 4, 4, 8)), rand_x(54, (3, 3, 8, 4)), "gpu", monkeypatch)

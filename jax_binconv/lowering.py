@@ -138,7 +138,9 @@ _register_targets()
 if "cpu" not in available:
     warnings.warn(
         "jax_binconv: the C++ CPU kernel (jax_binconv._cpu) did not load "
-        f"({load_errors.get('_cpu')}); CPU calls use the slow pure-JAX reference.",
+        f"({load_errors.get('_cpu')}); CPU calls use the slow pure-JAX reference. "
+        "(Running from a source checkout? Its jax_binconv/ has no compiled modules: "
+        "run from another directory, or install with `pip install -e .`.)",
         RuntimeWarning, stacklevel=2)
 
 _compat.require_devices_during_lowering(binary_conv2d_p)

@@ -19,7 +19,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching
 
-from . import packing, reference
+from . import _compat, packing, reference
 from .estimators import surrogate_grad
 from .options import ACTIVATIONS, BinaryConvType
 
@@ -53,9 +53,7 @@ def _abstract_eval(x, w, ib, isc, osc, ob, **params):
         shape, dtype = x.shape[:-3] + (ho, wo, o), params["out_dtype"]
     from .sharding import output_sharding
     sh = output_sharding(x, w, params)
-    if sh is None:
-        return jax.core.ShapedArray(shape, dtype)
-    return jax.core.ShapedArray(shape, dtype, sharding=sh)
+    return _compat.result_aval(shape, dtype, sh, (x, w, ib, isc, osc, ob))
 
 
 binary_conv2d_p.def_abstract_eval(_abstract_eval)

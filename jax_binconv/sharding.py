@@ -67,9 +67,9 @@ def _decide(mesh, arg_shapes, params):
         k = _axis_size(mesh, o_entry)
         ok = not (names & used) and o % k == 0
         groups = params["groups"]
-        ok = ok and (groups == 1 or groups % k == 0)
-        if params["output"] == "packed":
-            ok = ok and (o // k) % packing.BITS == 0
+        # Packed output: only the rule's need_replication on O is safe (the
+        # result's last dim is words, not channels).
+        ok = ok and params["output"] == "float"
         if groups > 1:
             ok = False  # input channels of a group would have to follow the shard
         if not ok:
@@ -97,7 +97,12 @@ def _sharding_rule(x_ndim, w_packed, x_packed, output, groups):
         need.append("ow")
     if output == "packed" or groups > 1:
         need.append("o")
-    return rule, tuple(need)
+    # Shardy wants special factors listed in the order they first appear.
+    order = []
+    for tok in rule.replace(",", " ").replace("->", " ").split():
+        if tok not in order:
+            order.append(tok)
+    return rule, tuple(sorted(set(need), key=order.index))
 
 
 @functools.lru_cache(maxsize=512)

@@ -1,0 +1,158 @@
+"""Sharding scenarios, each run in its own process with 8 forced host devices
+(XLA_FLAGS must be set before JAX starts). Used by tests/test_sharding.py:
+``python tests/sharding_cases.py CASE`` exits 0 when every check holds."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import jax_binconv as jb  # noqa: E402
+
+OPTS = dict(type="xnor", beta_scaling=True, activation="hard_tanh")
+
+
+def data(n=8, c=64, o=64, hw=10):
+    x = jax.random.normal(jax.random.PRNGKey(0), (n, hw, hw, c))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, o))
+    s = jnp.linspace(0.05, 0.1, o)
+    return x, w, s
+
+
+def collectives(compiled_text):
+    return re.findall(r"\b(all-gather|all-to-all)\b", compiled_text)
+
+
+def kernel_shapes(compiled_text):
+    """Operand-0 shapes of our custom calls in the compiled (per-device) HLO."""
+    return re.findall(r"= f32\[([\d,]+)\][^\n]*custom_call_target=\"jax_binconv_conv2d_cpu_v1\"",
+                      compiled_text)
+
+
+def check_forward(mesh, x_spec, w_spec, expect_out_spec, expect_local):
+    x, w, s = data()
+    want = jb.binary_conv2d(x, w, output_scale=s, **OPTS)
+    xs = jax.device_put(x, NamedSharding(mesh, x_spec))
+    ws = jax.device_put(w, NamedSharding(mesh, w_spec))
+    ss = jax.device_put(s, NamedSharding(mesh, P(w_spec[3])))
+    with jax.set_mesh(mesh):
+        f = jax.jit(lambda x, w, s: jb.binary_conv2d(x, w, output_scale=s, **OPTS))
+        y = f(xs, ws, ss)
+        text = f.lower(xs, ws, ss).compile().as_text()
+    np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-6, atol=1e-6)
+    spec = tuple(y.sharding.spec) + (None,) * (4 - len(tuple(y.sharding.spec)))
+    assert spec == expect_out_spec, y.sharding.spec
+    assert not collectives(text), collectives(text)
+    shapes = kernel_shapes(text)
+    assert shapes == [expect_local], shapes
+
+
+def case_data_parallel():
+    for at in (AxisType.Auto, AxisType.Explicit):
+        mesh = jax.make_mesh((8,), ("b",), axis_types=(at,))
+        check_forward(mesh, P("b"), P(None, None, None, None), ("b", None, None, None),
+                      "1,10,10,64")
+
+
+def case_model_parallel():
+    for at in (AxisType.Auto, AxisType.Explicit):
+        mesh = jax.make_mesh((8,), ("m",), axis_types=(at,))
+        check_forward(mesh, P(), P(None, None, None, "m"), (None, None, None, "m"), "8,10,10,8")
+
+
+def case_two_d():
+    for at in (AxisType.Auto, AxisType.Explicit):
+        mesh = jax.make_mesh((4, 2), ("b", "m"), axis_types=(at, at))
+        check_forward(mesh, P("b"), P(None, None, None, "m"), ("b", None, None, "m"), "2,10,10,32")
+
+
+def case_grads():
+    x, w, s = data()
+
+    def loss(x, w, s):
+        y = jb.binary_conv2d(x, w, output_scale=s, input_estimator="approx_sign", **OPTS)
+        return jnp.sum(y * jnp.cos(y))
+
+    want = jax.grad(loss, (0, 1, 2))(x, w, s)
+    for at in (AxisType.Auto, AxisType.Explicit):
+        mesh = jax.make_mesh((4, 2), ("b", "m"), axis_types=(at, at))
+        xs = jax.device_put(x, NamedSharding(mesh, P("b")))
+        ws = jax.device_put(w, NamedSharding(mesh, P(None, None, None, "m")))
+        ss = jax.device_put(s, NamedSharding(mesh, P("m")))
+        with jax.set_mesh(mesh):
+            g = jax.jit(jax.grad(loss, (0, 1, 2)))
+            got = g(xs, ws, ss)
+            text = g.lower(xs, ws, ss).compile().as_text()
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+        assert got[0].sharding.spec[0] == "b", got[0].sharding.spec
+        assert tuple(got[1].sharding.spec)[3] == "m", got[1].sharding.spec
+        assert not collectives(text), collectives(text)
+        # The forward kernel ran on the local shard only.
+        assert kernel_shapes(text) == ["2,10,10,32"], kernel_shapes(text)
+
+
+def case_shard_map():
+    x, w, s = data()
+    mesh = jax.make_mesh((8,), ("b",), axis_types=(AxisType.Auto,))
+
+    def local(x, w):
+        return jb.binary_conv2d(x, w, **OPTS)
+
+    f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("b"), P()), out_specs=P("b")))
+    np.testing.assert_allclose(np.asarray(f(x, w)), np.asarray(local(x, w)), rtol=1e-6, atol=1e-6)
+    text = f.lower(x, w).compile().as_text()
+    assert not collectives(text), collectives(text)
+
+    def loss(x, w):
+        return jnp.sum(jnp.sin(jax.shard_map(local, mesh=mesh, in_specs=(P("b"), P()),
+                                             out_specs=P("b"))(x, w)))
+    g = jax.jit(jax.grad(loss, (0, 1)))(x, w)
+    r = jax.grad(lambda x, w: jnp.sum(jnp.sin(local(x, w))), (0, 1))(x, w)
+    for a, b in zip(g, r):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def case_packed_chain():
+    """A data-parallel chain on packed activations stays sharded, 1 bit per value."""
+    x, w, s = data(c=64, o=64)
+    w2 = jax.random.normal(jax.random.PRNGKey(3), (3, 3, 64, 64))
+    mesh = jax.make_mesh((4, 2), ("b", "m"), axis_types=(AxisType.Auto, AxisType.Auto))
+
+    def chain(x, w, w2):
+        p = jb.binary_conv2d(x, w, type="xnor", output="packed")
+        return jb.binary_conv2d(p, w2, type="xnor")
+
+    want = chain(x, w, w2)
+    xs = jax.device_put(x, NamedSharding(mesh, P("b")))
+    with jax.set_mesh(mesh):
+        f = jax.jit(chain)
+        y = f(xs, w, w2)
+        text = f.lower(xs, w, w2).compile().as_text()
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+    assert not collectives(text), collectives(text)
+    # Packed output with weights sharded on O: the weights are gathered (the
+    # packed result's last dim is words), the result stays batch-sharded.
+    ws = jax.device_put(w, NamedSharding(mesh, P(None, None, None, "m")))
+    with jax.set_mesh(mesh):
+        p = jax.jit(lambda x, w: jb.binary_conv2d(x, w, output="packed").words)(xs, ws)
+    np.testing.assert_array_equal(np.asarray(p), np.asarray(
+        jb.binary_conv2d(x, w, output="packed").words))
+
+
+CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
+
+if __name__ == "__main__":
+    assert len(jax.devices()) == 8, jax.devices()
+    CASES[sys.argv[1]]()
+    print("ok", sys.argv[1])

@@ -106,7 +106,7 @@ def _jvp(primals, tangents, **params):
     # Primal accumulator from the kernel: linear, unit scale, no beta, float32.
     acc_params = dict(params, activation=ACTIVATIONS["linear"], beta_scaling=False,
                       out_dtype=np.dtype(np.float32))
-    c, o = ib.shape[0], osc.shape[0]
+    o = osc.shape[0]
     acc = binary_conv2d_p.bind(x, w, jnp.zeros_like(ib) if x_packed else ib,
                                jnp.ones_like(isc) if x_packed else isc,
                                jnp.ones((o,), jnp.float32), jnp.zeros((o,), jnp.float32),
@@ -129,8 +129,7 @@ def _jvp(primals, tangents, **params):
         if all(_is_zero(tt) for tt in (dx, dib, disc)):
             xp, dxp = prime(xf, ib, isc), None
         else:
-            dxf = ad.instantiate_zeros(dx) if not _is_zero(dx) else jnp.zeros(x.shape, x.dtype)
-            dxf, _ = reference.flatten_batch(dxf)
+            dxf, _ = reference.flatten_batch(ad.instantiate_zeros(dx))
             xp, dxp = jax.jvp(prime, (xf, ib, isc),
                               (dxf, ad.instantiate_zeros(dib), ad.instantiate_zeros(disc)))
         xb = lax.stop_gradient(reference.binarize_input(xp, ctype, params["input_estimator"]))
@@ -175,17 +174,14 @@ def _jvp(primals, tangents, **params):
     def pre(acc_, osc_, beta_, ob_):
         return reference.epilogue(acc_, osc_, beta_, ob_, ACTIVATIONS["linear"], 0.0)
 
-    dz = None
-    zero = lambda a: jnp.zeros_like(a)  # noqa: E731
-    tan = (dacc if dacc is not None else zero(acc),
-           ad.instantiate_zeros(dosc),
-           (dbeta if dbeta is not None else zero(beta)) if beta is not None else None,
-           ad.instantiate_zeros(dob))
+    dacc = jnp.zeros_like(acc) if dacc is None else dacc
     if beta is None:
         z, dz = jax.jvp(lambda a, s, bias: pre(a, s, None, bias), (acc, osc, ob),
-                        (tan[0], tan[1], tan[3]))
+                        (dacc, ad.instantiate_zeros(dosc), ad.instantiate_zeros(dob)))
     else:
-        z, dz = jax.jvp(pre, (acc, osc, beta, ob), tan)
+        dbeta = jnp.zeros_like(beta) if dbeta is None else dbeta
+        z, dz = jax.jvp(pre, (acc, osc, beta, ob),
+                        (dacc, ad.instantiate_zeros(dosc), dbeta, ad.instantiate_zeros(dob)))
     act = functools.partial(reference.activation_fn, activation=params["activation"],
                             negative_slope=params["negative_slope"])
     out, dout = jax.jvp(act, (z,), (dz,))

@@ -31,7 +31,7 @@ struct ConvBuffers {
 size_t scratch_bytes(const ConvParams& p);
 
 // Enqueues the whole convolution on `stream`. `scratch` holds
-// scratch_bytes(p) bytes, aligned to 256. Returns the first CUDA error
+// scratch_bytes(p) bytes, aligned to 64 (16 would do). Returns the first CUDA error
 // (launch configuration or an earlier asynchronous fault); kernels run
 // asynchronously, so a fault inside them surfaces at a later sync.
 // `p` must already be validated (the handler does it).

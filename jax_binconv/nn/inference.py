@@ -120,8 +120,20 @@ class PackedBinaryDense(_PackedBase):
                        if k not in ("input_estimator", "weight_estimator")}
 
     def __call__(self, x):
-        return binary_dense(x, self.weights(), output=self.output, **self.kwargs,
-                            **self._affine(x))
+        # Packed activations between dense layers keep the leading dims of the
+        # float input as lead + (1, 1, words); binary_dense wants [N, 1, 1, words].
+        if isinstance(x, PackedActivations):
+            lead = x.words.shape[:-3]
+            xin = PackedActivations(x.words.reshape((-1, 1, 1, x.words.shape[-1])), x.channels)
+        else:
+            lead = jnp.shape(x)[:-1]
+            xin = x
+        y = binary_dense(xin, self.weights(), output=self.output, **self.kwargs,
+                         **self._affine(x))
+        if isinstance(y, PackedActivations):
+            return PackedActivations(y.words.reshape(lead + (1, 1, y.words.shape[-1])),
+                                     y.channels)
+        return y.reshape(lead + (y.shape[-1],))
 
 
 def _packed_form(layer, output="float"):

@@ -31,16 +31,48 @@
 
 #include "shim_runtime.h"
 
+// AddressSanitizer must be told about every stack switch, or it reports
+// false stack overflows and loses track of fake stacks (issue 8 builds the
+// shim with ASan). Without ASan the hooks compile to nothing.
+#if defined(__SANITIZE_ADDRESS__)
+#define BINCONV_SHIM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BINCONV_SHIM_ASAN 1
+#endif
+#endif
+#ifdef BINCONV_SHIM_ASAN
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 namespace binconv {
 namespace metal_shim {
 namespace {
 
 enum class LaneState { kReady, kAtBarrier, kDone };
 
+// Called just before and just after each swapcontext (see ASan's
+// common_interface_defs.h for the protocol).
+inline void switch_begin(void** fake_stack, const void* bottom, size_t size) {
+#ifdef BINCONV_SHIM_ASAN
+  __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+#else
+  (void)fake_stack, (void)bottom, (void)size;
+#endif
+}
+inline void switch_end(void* fake_stack, const void** bottom_old, size_t* size_old) {
+#ifdef BINCONV_SHIM_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, bottom_old, size_old);
+#else
+  (void)fake_stack, (void)bottom_old, (void)size_old;
+#endif
+}
+
 struct Lane {
   ucontext_t context;
   LaneState state = LaneState::kReady;
   LaneIds ids;
+  void* fake_stack = nullptr;  // ASan bookkeeping while the lane is switched out
 };
 
 struct FiberGroup {
@@ -54,6 +86,9 @@ struct FiberGroup {
   void* const* bindings = nullptr;
   size_t current = 0;
   bool in_fiber = false;
+  void* scheduler_fake_stack = nullptr;
+  const void* scheduler_stack = nullptr;  // learnt by the first lane that starts
+  size_t scheduler_stack_size = 0;
   bool stray_barrier = false;  // a barrier reached outside the fiber runner
 };
 
@@ -61,10 +96,12 @@ thread_local FiberGroup* t_group = nullptr;
 
 void fiber_main() {
   FiberGroup* g = t_group;
+  switch_end(nullptr, &g->scheduler_stack, &g->scheduler_stack_size);
   Lane& lane = g->lanes[g->current];
   g->kernel->entry(g->bindings, lane.ids);
   lane.state = LaneState::kDone;
-  // Returning resumes uc_link, the scheduler.
+  // Returning resumes uc_link, the scheduler; this fiber's stack is done.
+  switch_begin(nullptr, g->scheduler_stack, g->scheduler_stack_size);
 }
 
 void fill_ids(LaneIds* ids, const uint32_t tg[3], const uint32_t tgs[3], const uint32_t grid[3],
@@ -140,7 +177,9 @@ bool dispatch(const KernelInfo& kernel, void* const* bindings, const uint32_t th
             if (group.lanes[l].state != LaneState::kReady) continue;
             group.current = l;
             group.in_fiber = true;
+            switch_begin(&group.scheduler_fake_stack, group.stacks[l].get(), FiberGroup::kStackBytes);
             swapcontext(&group.scheduler, &group.lanes[l].context);
+            switch_end(group.scheduler_fake_stack, nullptr, nullptr);
             group.in_fiber = false;
           }
           size_t waiting = 0, done = 0;
@@ -176,7 +215,10 @@ void binconv_shim_threadgroup_barrier() {
     if (t_group != nullptr) t_group->stray_barrier = true;
     return;
   }
-  auto& lane = t_group->lanes[t_group->current];
+  auto* g = t_group;
+  auto& lane = g->lanes[g->current];
   lane.state = LaneState::kAtBarrier;
-  swapcontext(&lane.context, &t_group->scheduler);
+  binconv::metal_shim::switch_begin(&lane.fake_stack, g->scheduler_stack, g->scheduler_stack_size);
+  swapcontext(&lane.context, &g->scheduler);
+  binconv::metal_shim::switch_end(lane.fake_stack, &g->scheduler_stack, &g->scheduler_stack_size);
 }

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import rand_vec, rand_x
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import jax_binconv as jb
 
@@ -246,6 +248,38 @@ def test_vmap_leading_batch_dims():
         y = jax.jit(jax.vmap(lambda x: jb.binary_conv2d(x, w)))(x)
     r = jax.vmap(lambda x: jb.reference.binary_conv2d(x, w))(x)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(r))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(
+    t=st.sampled_from(TYPES), n=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7),
+    c=st.integers(1, 70), o=st.integers(1, 40), kh=st.integers(1, 4), kw=st.integers(1, 4),
+    sh=st.integers(1, 3), sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2),
+    groups=st.sampled_from([1, 2, 4]),
+    pad=st.one_of(st.sampled_from(["SAME", "VALID"]),
+                  st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),
+                            st.tuples(st.integers(0, 3), st.integers(0, 3)))),
+    pv_index=st.integers(0, 2), beta=st.booleans(), packed_out=st.booleans(),
+    act=st.sampled_from(ACTIVATIONS), seed=st.integers(0, 2**16),
+)
+def test_hypothesis_random_configurations(t, n, h, w, c, o, kh, kw, sh, sw, dh, dw, groups, pad,
+                                          pv_index, beta, packed_out, act, seed):
+    """Random shapes and options (seeded, bounded) through the shim."""
+    c = max(groups, c - c % groups)
+    o = max(groups, o - o % groups)
+    eff = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+    if pad == "VALID" and (eff[0] > h or eff[1] > w):
+        return
+    if isinstance(pad, tuple) and (h + sum(pad[0]) < eff[0] or w + sum(pad[1]) < eff[1]):
+        return
+    values = pad_values(t)
+    check(rand_x(seed, (n, h, w, c)), rand_x(seed + 1, (kh, kw, c // groups, o)), type=t,
+          strides=(sh, sw), dilation=(dh, dw), padding=pad, groups=groups,
+          pad_value=values[pv_index % len(values)], beta_scaling=beta, activation=act,
+          negative_slope=0.3, output="packed" if packed_out and t != "binary_weights" else "float",
+          output_scale=rand_vec(seed, o, 0.1, 1.0, signed=True),
+          output_bias=rand_vec(seed + 2, o, -1, 1))
 
 
 # ------------------------------------------- the handler rejects bad calls

@@ -314,12 +314,12 @@ def test_trailing_garbage_bits_do_not_change_results():
             np.testing.assert_array_equal(outs[0], other)
 
 
-def _ffi(x, w, c, conv_type, pad=1, pad_value=0.0, result_dtype=jnp.float32, **over):
+def _ffi(x, w, c, ctype, pad=1, pad_value=0.0, result_dtype=jnp.float32, **over):
     o, kh, kw, _ = w.shape
     n, h, wd = x.shape[:3]
     ho, wo = h + 2 * pad - kh + 1, wd + 2 * pad - kw + 1
     out_c = o if result_dtype == jnp.float32 else -(-o // 32)
-    attrs = dict(conv_type=np.int32(conv_type), in_channels=c, stride_h=1, stride_w=1,
+    attrs = dict(conv_type=np.int32(ctype), in_channels=c, stride_h=1, stride_w=1,
                  dilation_h=1, dilation_w=1, pad_top=pad, pad_bottom=pad, pad_left=pad,
                  pad_right=pad, groups=1, pad_value=np.float32(pad_value), beta_scaling=False,
                  activation=np.int32(0), negative_slope=np.float32(0))

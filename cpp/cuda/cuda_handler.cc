@@ -8,7 +8,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "binconv_kernels.h"
 #include "binconv_params.h"
@@ -33,11 +35,47 @@ bool h_span_empty(const ConvParams& p) {
   return p.h + p.pad_top + p.pad_bottom < p.eff_kh() || p.w + p.pad_left + p.pad_right < p.eff_kw();
 }
 
+// Scratch comes from our own stream-ordered CUDA memory pool, one per device,
+// that keeps what it has (release threshold: never). XLA's FFI scratch
+// allocator refused every request on the GPU machine (jax 0.11.2), and a
+// stream-ordered pool gives the same guarantee: memory freed with
+// cudaFreeAsync after the kernels on the same stream is reused only by work
+// ordered after them.
+cudaError_t scratch_pool(cudaStream_t stream, cudaMemPool_t* pool) {
+  int dev = 0;
+  cudaError_t err = cudaStreamGetDevice(stream, &dev);
+  if (err != cudaSuccess) return err;
+  static std::mutex mu;
+  static std::unordered_map<int, cudaMemPool_t> pools;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = pools.find(dev);
+  if (it != pools.end()) {
+    *pool = it->second;
+    return cudaSuccess;
+  }
+  cudaMemPoolProps props = {};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = dev;
+  err = cudaMemPoolCreate(pool, &props);
+  if (err != cudaSuccess) return err;
+  uint64_t keep = std::numeric_limits<uint64_t>::max();
+  err = cudaMemPoolSetAttribute(*pool, cudaMemPoolAttrReleaseThreshold, &keep);
+  if (err != cudaSuccess) return err;
+  pools[dev] = *pool;
+  return cudaSuccess;
+}
+
+ffi::Error cuda_error(const char* what, cudaError_t err) {
+  return ffi::Error::Internal(std::string("jax_binconv_conv2d_cuda_v1: ") + what + ": " +
+                              cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+}
+
 ffi::Error invalid(const std::string& msg) {
   return ffi::Error::InvalidArgument("jax_binconv_conv2d_cuda_v1: " + msg);
 }
 
-ffi::Error Conv2dImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x,
+ffi::Error Conv2dImpl(cudaStream_t stream, ffi::AnyBuffer x,
                       ffi::AnyBuffer w, ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
                       ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
                       ffi::Result<ffi::AnyBuffer> out, int32_t conv_type, int64_t in_channels,
@@ -178,18 +216,20 @@ ffi::Error Conv2dImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::A
   void* scratch_ptr = nullptr;
   const size_t bytes = scratch_bytes(p);
   if (bytes > 0) {
-    // XLA accepts alignments up to 64; offsets inside are 256-aligned from there.
-    auto mem = scratch.Allocate(bytes, 64);
-    if (!mem.has_value())
+    cudaMemPool_t pool;
+    cudaError_t err = scratch_pool(stream, &pool);
+    if (err != cudaSuccess) return cuda_error("scratch pool", err);
+    err = cudaMallocFromPoolAsync(&scratch_ptr, bytes, pool, stream);
+    if (err != cudaSuccess)
       return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                        "jax_binconv_conv2d_cuda_v1: could not allocate " +
-                            std::to_string(bytes) + " bytes of scratch");
-    scratch_ptr = *mem;
+                        "jax_binconv_conv2d_cuda_v1: could not allocate " + std::to_string(bytes) +
+                            " bytes of scratch: " + cudaGetErrorString(err));
   }
   const cudaError_t err = launch_conv(p, b, scratch_ptr, stream);
-  if (err != cudaSuccess)
-    return ffi::Error::Internal(std::string("jax_binconv_conv2d_cuda_v1: CUDA error: ") +
-                                cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  // Freed in stream order even when a launch failed (nothing then uses it).
+  const cudaError_t free_err = scratch_ptr ? cudaFreeAsync(scratch_ptr, stream) : cudaSuccess;
+  if (err != cudaSuccess) return cuda_error("launch", err);
+  if (free_err != cudaSuccess) return cuda_error("scratch free", free_err);
   return ffi::Error::Success();
 }
 
@@ -198,7 +238,6 @@ ffi::Error Conv2dImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::A
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv2dCudaV1, Conv2dImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
                                   .Arg<ffi::AnyBuffer>()  // x
                                   .Arg<ffi::AnyBuffer>()  // w
                                   .Arg<ffi::AnyBuffer>()  // input_bias

@@ -50,12 +50,18 @@ for stage in "$@"; do
     sanitize)
       sel="big_layer or packed_in_and_out and 64-128-2 or test_groups and 2-66 or pad_values and 256 or lowering or tiny or trailing or large_k"
       for tool in memcheck racecheck; do
-        stamp "sanitize $tool"
-        XLA_PYTHON_CLIENT_ALLOCATOR=platform timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool $tool \
-          --kernel-name kns=binconv --print-limit 20 \
-          python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$sel" >"$OUT/sanitize_$tool.log" 2>&1
-        echo "$tool rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|Invalid|Race|hazard" "$OUT/sanitize_$tool.log" | tail -8
+        for alloc in platform default; do
+          stamp "sanitize $tool (XLA allocator: $alloc)"
+          if [ $alloc = platform ]; then export XLA_PYTHON_CLIENT_ALLOCATOR=platform; else unset XLA_PYTHON_CLIENT_ALLOCATOR; fi
+          timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool $tool \
+            --kernel-name kns=binconv --print-limit 20 \
+            python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$sel" >"$OUT/sanitize_${tool}_$alloc.log" 2>&1
+          rc=$?
+          echo "$tool rc=$rc"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|Invalid|Race|hazard" "$OUT/sanitize_${tool}_$alloc.log" | tail -8
+          [ $rc -ne 139 ] && break
+        done
       done
+      unset XLA_PYTHON_CLIENT_ALLOCATOR
       ;;
     bench)
       stamp bench

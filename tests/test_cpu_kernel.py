@@ -185,6 +185,23 @@ def test_epilogue_scales_beta_activations(ctype, beta):
                                        err_msg=f"isa={isa}, activation={act}")
 
 
+def test_weight_cache_never_serves_stale_weights():
+    """The kernel caches re-blocked weights by content: alternating weights of
+    one shape (and a buffer donated back) must always give fresh results."""
+    rng = np.random.default_rng(21)
+    x = _rand_x(rng, (1, 6, 6, 70))
+    ws = [rng.standard_normal((3, 3, 70, 40)).astype(np.float32) for _ in range(3)]
+    ws.append(ws[0].copy())
+    ws[3][0, 0, 0, 0] = -ws[3][0, 0, 0, 0]  # one bit differs from ws[0]
+    fn = _conv_fn(type="xnor", padding="SAME")
+    for isa in ISAS:
+        _cpu.set_isa(isa)
+        for w in ws + ws[::-1]:
+            np.testing.assert_array_equal(np.asarray(fn(x, w)),
+                                          np.asarray(reference.binary_conv2d(x, w, type="xnor", padding="SAME")),
+                                          err_msg=isa)
+
+
 def test_nan_input_binarizes_to_plus_one():
     rng = np.random.default_rng(5)
     x = _rand_x(rng, (1, 5, 5, 70))

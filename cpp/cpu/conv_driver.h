@@ -5,8 +5,9 @@
 //
 //   K::kP, K::kObw            pixels x output channels of one binary tile
 //   K::kPf, K::kObwf          the same for the float (BINARY_WEIGHTS) tile
-//   K::pack_float_bits(x, ib, is, C, bits, abs_sum_or_null)
-//   K::template bin_tile<AND>(xptrs, tapoff, T, KW64, wblock, raw)
+//   K::pack_float_bits<IDENT>(x, ib, is, C, bits, abs_sum_or_null)  (IDENT: ib=0, is=1)
+//   K::template bin_tile<AND>(xptrs, koff, KT, wblock, raw): step i reads word
+//       xptrs[p][koff[i]] of every pixel p against weight words wblock[i][lane]
 //   K::float_tile(xptrs, tapoff, T, Cg, wblock, acc)
 //
 // Algorithm (binary types): the input is binarized and packed once per call
@@ -26,6 +27,8 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <list>
+#include <mutex>
 #include <vector>
 
 #include "kernel_api.h"
@@ -91,6 +94,69 @@ inline Arena& thread_arena() {
   return arena;
 }
 
+// Re-blocked weights of recent calls, keyed by the packed weights' content
+// (compared in full, so a reused buffer address can never serve stale
+// weights). Re-blocking costs about as much as the convolution itself on
+// layers with few pixels (7x7), while comparing is a memcmp. Entries are
+// immutable once published; a small LRU bounded in entries and bytes.
+struct WeightEntry {
+  int64_t o = 0, t = 0, cg = 0, groups = 0;
+  bool is_and = false;
+  std::vector<uint32_t> src;  // the packed weights as given
+  Buf<uint64_t> wr;           // [block][tap][word][lane]
+  std::vector<int32_t> wsum;  // per (o, tap): sum over channels of the product-weight
+  size_t bytes() const { return src.size() * 4 + wsum.size() * 4 + wr_words * 8; }
+  int64_t wr_words = 0;
+};
+
+class WeightCache {
+ public:
+  std::shared_ptr<const WeightEntry> find(const uint32_t* w, size_t nwords, int64_t o, int64_t t,
+                                          int64_t cg, int64_t groups, bool is_and) {
+    std::vector<std::shared_ptr<const WeightEntry>> cand;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& e : lru_)
+        if (e->o == o && e->t == t && e->cg == cg && e->groups == groups && e->is_and == is_and &&
+            e->src.size() == nwords)
+          cand.push_back(e);
+    }
+    for (const auto& e : cand) {
+      if (std::memcmp(e->src.data(), w, nwords * sizeof(uint32_t)) == 0) {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (auto it = lru_.begin(); it != lru_.end(); ++it)
+          if (*it == e) {
+            lru_.splice(lru_.begin(), lru_, it);
+            break;
+          }
+        return e;
+      }
+    }
+    return nullptr;
+  }
+  void insert(std::shared_ptr<const WeightEntry> e) {
+    std::lock_guard<std::mutex> lock(mu_);
+    bytes_ += e->bytes();
+    lru_.push_front(std::move(e));
+    while (lru_.size() > 1 && (lru_.size() > kMaxEntries || bytes_ > kMaxBytes)) {
+      bytes_ -= lru_.back()->bytes();
+      lru_.pop_back();
+    }
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 64;
+  static constexpr size_t kMaxBytes = size_t{256} << 20;
+  std::mutex mu_;
+  std::list<std::shared_ptr<const WeightEntry>> lru_;
+  size_t bytes_ = 0;
+};
+
+inline WeightCache& weight_cache() {
+  static WeightCache cache;
+  return cache;
+}
+
 inline uint64_t low_mask(int64_t nbits) {
   return nbits >= 64 ? ~uint64_t{0} : ((uint64_t{1} << nbits) - 1);
 }
@@ -134,6 +200,7 @@ inline void scatter_groups(const uint64_t* bits, int64_t nwords, int64_t G,
 
 // Portable reference pieces that the scalar traits use directly and the
 // vector traits use for remainders.
+template <bool IDENT>
 inline void pack_float_bits_generic(const float* x, const float* ib, const float* is,
                                     int64_t C, uint64_t* bits, float* abs_sum) {
   float s = 0.0f;
@@ -143,7 +210,7 @@ inline void pack_float_bits_generic(const float* x, const float* ib, const float
     const int64_t lim = std::min<int64_t>(64, C - 64 * w);
     for (int64_t i = 0; i < lim; ++i) {
       const int64_t c = 64 * w + i;
-      const float xv = (x[c] + ib[c]) * is[c];
+      const float xv = IDENT ? x[c] : (x[c] + ib[c]) * is[c];
       v |= static_cast<uint64_t>(!(xv < 0.0f)) << i;  // NaN -> 1, as bin()
       s += std::fabs(xv);
     }
@@ -153,18 +220,16 @@ inline void pack_float_bits_generic(const float* x, const float* ib, const float
 }
 
 template <int P, int OBW, bool AND>
-inline void bin_tile_generic(const uint64_t* const* xp, const int64_t* tapoff, int64_t T,
-                             int64_t KW64, const uint64_t* w, int32_t* raw) {
+inline void bin_tile_generic(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
+                             const uint64_t* w, int32_t* raw) {
   uint64_t acc[P][OBW] = {};
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t off = tapoff[t];
-    for (int64_t k = 0; k < KW64; ++k) {
-      const uint64_t* wr = w + (t * KW64 + k) * OBW;
-      for (int p = 0; p < P; ++p) {
-        const uint64_t xv = xp[p][off + k];
-        for (int j = 0; j < OBW; ++j)
-          acc[p][j] += popcount_swar(AND ? (xv & wr[j]) : (xv ^ wr[j]));
-      }
+  for (int64_t i = 0; i < KT; ++i) {
+    const int64_t off = koff[i];
+    const uint64_t* wr = w + i * OBW;
+    for (int p = 0; p < P; ++p) {
+      const uint64_t xv = xp[p][off];
+      for (int j = 0; j < OBW; ++j)
+        acc[p][j] += popcount_swar(AND ? (xv & wr[j]) : (xv ^ wr[j]));
     }
   }
   for (int p = 0; p < P; ++p)
@@ -220,6 +285,47 @@ inline void epilogue_dispatch(int32_t act, const float* acc, const float* os, co
     case ACT_HARD_TANH: epilogue_block<OBW, ACT_HARD_TANH>(acc, os, ob, beta, slope, res); break;
     case ACT_SIGN: epilogue_block<OBW, ACT_SIGN>(acc, os, ob, beta, slope, res); break;
     default: epilogue_block<OBW, ACT_LINEAR>(acc, os, ob, beta, slope, res); break;
+  }
+}
+
+// Binary path: integer accumulator (base + mul*raw [+ corr]) and the epilogue
+// in one pass over the block's lanes. XNOR: base = T*Cg, mul = -2; AND: 0, 1.
+template <int OBW, int ACT>
+inline void finish_block_act(const int32_t* rr, int32_t base, int32_t mul, const int32_t* corr,
+                             const float* os, const float* ob, float beta, float slope, float* out) {
+  if (corr) {
+    for (int j = 0; j < OBW; ++j) {
+      float z = static_cast<float>(base + mul * rr[j] + corr[j]) * os[j];
+      z = z * beta;
+      z = z + ob[j];
+      out[j] = apply_activation(z, ACT, slope);
+    }
+  } else {
+    for (int j = 0; j < OBW; ++j) {
+      float z = static_cast<float>(base + mul * rr[j]) * os[j];
+      z = z * beta;
+      z = z + ob[j];
+      out[j] = apply_activation(z, ACT, slope);
+    }
+  }
+}
+
+template <int OBW>
+inline void finish_block(int32_t act, const int32_t* rr, int32_t base, int32_t mul,
+                         const int32_t* corr, const float* os, const float* ob, float beta,
+                         float slope, float* out) {
+  switch (act) {
+#define BINCONV_ACT_CASE(A) \
+  case A: finish_block_act<OBW, A>(rr, base, mul, corr, os, ob, beta, slope, out); break;
+    BINCONV_ACT_CASE(ACT_RELU)
+    BINCONV_ACT_CASE(ACT_RELU6)
+    BINCONV_ACT_CASE(ACT_LEAKY_RELU)
+    BINCONV_ACT_CASE(ACT_SIGMOID)
+    BINCONV_ACT_CASE(ACT_TANH)
+    BINCONV_ACT_CASE(ACT_HARD_TANH)
+    BINCONV_ACT_CASE(ACT_SIGN)
+#undef BINCONV_ACT_CASE
+    default: finish_block_act<OBW, ACT_LINEAR>(rr, base, mul, corr, os, ob, beta, slope, out); break;
   }
 }
 
@@ -322,23 +428,47 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   const int64_t xp_n = g.N * g.Hp * g.Wp * PS, wr_n = NB * KT * OBW;
   const int64_t ab_n = p.beta_scaling ? g.N * g.H * g.W : 0, beta_n = p.beta_scaling ? g.NQ : 0;
   Arena& arena = thread_arena();
-  if (!arena.reserve(Arena::bytes_for<uint64_t>(xp_n) + Arena::bytes_for<uint64_t>(wr_n) +
-                     Arena::bytes_for<int32_t>(g.O * g.T) + 2 * Arena::bytes_for<float>(NB * OBW) +
+  if (!arena.reserve(Arena::bytes_for<uint64_t>(xp_n) + 2 * Arena::bytes_for<float>(NB * OBW) +
                      Arena::bytes_for<float>(ab_n) + Arena::bytes_for<float>(beta_n)))
     return "out of memory";
   uint64_t* const xp = arena.take<uint64_t>(xp_n);
-  uint64_t* const wr = arena.take<uint64_t>(wr_n);
-  int32_t* const wsum = arena.take<int32_t>(g.O * g.T);
   float* const osp = arena.take<float>(NB * OBW);
   float* const obp = arena.take<float>(NB * OBW);
   float* const A = p.beta_scaling ? arena.take<float>(ab_n) : nullptr;
   float* const beta = p.beta_scaling ? arena.take<float>(beta_n) : nullptr;
-  const bool need_wsum = corr_coef != 0;
+
+  const size_t w_words32 = static_cast<size_t>(g.O * g.T * ((g.Cg + 31) / 32));
+  std::shared_ptr<const WeightEntry> cached =
+      weight_cache().find(call.w, w_words32, g.O, g.T, g.Cg, g.G, is_and);
+  std::shared_ptr<WeightEntry> fresh;
+  if (!cached) {
+    fresh = std::make_shared<WeightEntry>();
+    fresh->o = g.O, fresh->t = g.T, fresh->cg = g.Cg, fresh->groups = g.G, fresh->is_and = is_and;
+    fresh->src.assign(call.w, call.w + w_words32);
+    fresh->wr = alloc_buf<uint64_t>(wr_n);
+    fresh->wr_words = wr_n;
+    fresh->wsum.resize(g.O * g.T);
+    if (!fresh->wr) return "out of memory";
+  }
+  const WeightEntry& we = cached ? *cached : *fresh;
+  uint64_t* const wr = we.wr.get();
+  const int32_t* const wsum = we.wsum.data();
+  int32_t* const wsum_out = fresh ? fresh->wsum.data() : nullptr;
+  for (int64_t blk = 0; blk < NB; ++blk) {
+    const int64_t gi = blk / nbg, b = blk % nbg;
+    for (int lane = 0; lane < OBW; ++lane) {
+      const int64_t oi = b * OBW + lane;
+      const bool valid = oi < g.Og;
+      osp[blk * OBW + lane] = valid ? call.output_scale[gi * g.Og + oi] : 0.0f;
+      obp[blk * OBW + lane] = valid ? call.output_bias[gi * g.Og + oi] : 0.0f;
+    }
+  }
 
   // Weights: [O, KH, KW, ceil(Cg/32)] uint32 -> [block][tap][word][lane]
   // uint64, lanes past Og zero; bits past Cg cleared whatever the caller sent.
   // One work item per block, run in phase 1 beside the input packing.
   const int64_t W32 = (g.Cg + 31) / 32;
+  const uint64_t last_mask = low_mask(g.Cg - 64 * (KW64 - 1));
   auto repack_block = [&](int64_t blk) {
     const int64_t gi = blk / nbg, b = blk % nbg;
     uint64_t* dst = wr + blk * KT * OBW;
@@ -346,25 +476,28 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       const int64_t oi = b * OBW + lane;
       const bool valid = oi < g.Og;
       const int64_t o = gi * g.Og + oi;
-      osp[blk * OBW + lane] = valid ? call.output_scale[o] : 0.0f;
-      obp[blk * OBW + lane] = valid ? call.output_bias[o] : 0.0f;
       if (!valid) {
         for (int64_t tk = 0; tk < KT; ++tk) dst[tk * OBW + lane] = 0;
         continue;
       }
+      const uint32_t* srco = call.w + o * g.T * W32;
       for (int64_t t = 0; t < g.T; ++t) {
-        const uint32_t* src = call.w + (o * g.T + t) * W32;
+        const uint32_t* src = srco + t * W32;
+        uint64_t* d = dst + t * KW64 * OBW + lane;
         int32_t pop = 0;
         for (int64_t k = 0; k < KW64; ++k) {
-          uint64_t v = src[2 * k];
-          if (2 * k + 1 < W32) v |= static_cast<uint64_t>(src[2 * k + 1]) << 32;
-          const int64_t rem = g.Cg - 64 * k;
-          if (rem < 64) v &= low_mask(rem);
-          dst[(t * KW64 + k) * OBW + lane] = v;
-          if (need_wsum) pop += static_cast<int32_t>(K::popcount64(v));
+          uint64_t v;
+          if (2 * k + 1 < W32) {
+            std::memcpy(&v, src + 2 * k, sizeof(v));  // two LSB-first uint32 words = one uint64
+          } else {
+            v = src[2 * k];
+          }
+          if (k == KW64 - 1) v &= last_mask;
+          d[k * OBW] = v;
+          pop += static_cast<int32_t>(K::popcount64(v));
         }
         // sum over channels of the product-weight: 2*pop - Cg for XNOR, pop for AND
-        if (need_wsum) wsum[o * g.T + t] = is_and ? pop : 2 * pop - static_cast<int32_t>(g.Cg);
+        wsum_out[o * g.T + t] = is_and ? pop : 2 * pop - static_cast<int32_t>(g.Cg);
       }
     }
   };
@@ -378,12 +511,18 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   const int64_t rows = g.N * g.Hp;
   const int64_t out_zero = p.out_packed ? g.NQ * p.out_words() : 0;
   const int64_t xw = p.x_words();
-  ex.parallel_for(NB + rows, [&](int64_t item) {
-    if (item < NB) {
+  // Without a folded batch norm (bias 0, scale 1) x' = x up to the sign of
+  // zero, which bin() and |x'| ignore: skip the affine.
+  bool affine_identity = !p.x_packed;
+  for (int64_t c = 0; affine_identity && c < g.C; ++c)
+    affine_identity = call.input_bias[c] == 0.0f && call.input_scale[c] == 1.0f;
+  const int64_t nrepack = fresh ? NB : 0;
+  ex.parallel_for(nrepack + rows, [&](int64_t item) {
+    if (item < nrepack) {
       repack_block(item);
       return;
     }
-    const int64_t r = item - NB;
+    const int64_t r = item - nrepack;
     if (out_zero) {
       const int64_t z0 = out_zero * r / rows, z1 = out_zero * (r + 1) / rows;
       std::memset(static_cast<uint32_t*>(call.out) + z0, 0, sizeof(uint32_t) * (z1 - z0));
@@ -412,83 +551,100 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
         if (A) A[pix] = 1.0f;  // |x'| = 1 for packed input
       } else {
         float asum = 0.0f;
-        K::pack_float_bits(static_cast<const float*>(call.x) + pix * g.C, call.input_bias,
-                           call.input_scale, g.C, bits.data(), A ? &asum : nullptr);
+        const float* xpix = static_cast<const float*>(call.x) + pix * g.C;
+        if (affine_identity)
+          K::template pack_float_bits<true>(xpix, call.input_bias, call.input_scale, g.C,
+                                            bits.data(), A ? &asum : nullptr);
+        else
+          K::template pack_float_bits<false>(xpix, call.input_bias, call.input_scale, g.C,
+                                             bits.data(), A ? &asum : nullptr);
         if (A) A[pix] = asum / static_cast<float>(g.C);
       }
       scatter_groups(bits.data(), nw, g.G, g.Cg, KW64, row + (p.pad_left + x) * PS);
     }
   });
+  if (fresh) weight_cache().insert(fresh);
   if (p.beta_scaling) compute_beta(p, g, A, beta, ex);
 
   std::vector<int64_t> tapoff(g.T);
   for (int64_t dy = 0; dy < g.KH; ++dy)
     for (int64_t dx = 0; dx < g.KW; ++dx)
       tapoff[dy * g.KW + dx] = ((dy * p.dil_h) * g.Wp + dx * p.dil_w) * PS;
+  // One flat step list (tap, word) -> word offset from the pixel's base, so the
+  // inner loop is a single loop with base+index addressing even when a tap
+  // has only one word (C <= 64).
+  std::vector<int64_t> koff(KT);
+  for (int64_t t = 0; t < g.T; ++t)
+    for (int64_t k = 0; k < KW64; ++k) koff[t * KW64 + k] = tapoff[t] + k;
 
   // Phase 2: the convolution proper.
   const int64_t ntile = (g.NQ + P - 1) / P;
   const int64_t tc = tiles_per_chunk(ntile, NB, ex.num_threads());
   const int64_t nchunk = (ntile + tc - 1) / tc;
-  const int64_t base = g.T * g.Cg;  // XNOR: acc = T*Cg - 2*popcount(xor)
+  // XNOR: acc = T*Cg - 2*popcount(xor); AND: acc = popcount(and)
+  const int32_t acc_base = is_and ? 0 : static_cast<int32_t>(g.T * g.Cg);
+  const int32_t acc_mul = is_and ? 1 : -2;
+  const bool direct_store = !p.out_packed;
   ex.parallel_for(nchunk * NB, [&](int64_t item) {
     const int64_t chunk = item / NB, blk = item % NB;
     const int64_t gi = blk / nbg, b = blk % nbg;
     const int64_t o0 = gi * g.Og + b * OBW;
     const int64_t cnt = std::min<int64_t>(OBW, g.Og - b * OBW);
     const uint64_t* wblk = wr + blk * KT * OBW;
+    const float* os_blk = osp + blk * OBW;
+    const float* ob_blk = obp + blk * OBW;
     alignas(64) int32_t raw[P * OBW];
-    alignas(64) float acc[OBW];
     alignas(64) float res[OBW];
     const uint64_t* ptrs[P];
-    int64_t qs[P];
+    int64_t qs[P], yos[P], xos[P];
+    bool border[P];
     const int64_t t_end = std::min(ntile, (chunk + 1) * tc);
+    // Pixel coordinates advance by counters: one division per item, not per pixel.
+    int64_t q = chunk * tc * P;
+    int64_t n = q / g.HoWo, yo = (q % g.HoWo) / g.Wo, xo = q % g.Wo;
     for (int64_t tile = chunk * tc; tile < t_end; ++tile) {
+      const int np = static_cast<int>(std::min<int64_t>(P, g.NQ - tile * P));
       for (int pp = 0; pp < P; ++pp) {
-        // Past the end, repeat the last pixel: computed, never stored.
-        const int64_t q = std::min(tile * P + pp, g.NQ - 1);
-        qs[pp] = q;
-        const int64_t n = q / g.HoWo, rem = q % g.HoWo;
-        const int64_t yo = rem / g.Wo, xo = rem % g.Wo;
-        ptrs[pp] = xp + ((n * g.Hp + yo * p.stride_h) * g.Wp + xo * p.stride_w) * PS +
-                   gi * KW64;
+        if (pp < np) {
+          qs[pp] = q, yos[pp] = yo, xos[pp] = xo;
+          border[pp] = !(g.row_ok[yo] && g.col_ok[xo]);
+          ptrs[pp] = xp + ((n * g.Hp + yo * p.stride_h) * g.Wp + xo * p.stride_w) * PS + gi * KW64;
+          ++q;
+          if (++xo == g.Wo) {
+            xo = 0;
+            if (++yo == g.Ho) yo = 0, ++n;
+          }
+        } else {
+          ptrs[pp] = ptrs[np - 1];  // past the end: computed, never stored
+        }
       }
       if (is_and)
-        K::template bin_tile<true>(ptrs, tapoff.data(), g.T, KW64, wblk, raw);
+        K::template bin_tile<true>(ptrs, koff.data(), KT, wblk, raw);
       else
-        K::template bin_tile<false>(ptrs, tapoff.data(), g.T, KW64, wblk, raw);
-      const int np = static_cast<int>(std::min<int64_t>(P, g.NQ - tile * P));
+        K::template bin_tile<false>(ptrs, koff.data(), KT, wblk, raw);
       for (int pp = 0; pp < np; ++pp) {
-        const int64_t q = qs[pp];
         const int32_t* rr = raw + pp * OBW;
-        if (is_and) {
-          for (int j = 0; j < OBW; ++j) acc[j] = static_cast<float>(rr[j]);
-        } else {
-          const int64_t rem = q % g.HoWo;
-          const int64_t yo = rem / g.Wo, xo = rem % g.Wo;
-          if (corr_coef != 0 && !(g.row_ok[yo] && g.col_ok[xo])) {
-            int32_t corr[OBW] = {};
-            for (int64_t dy = 0; dy < g.KH; ++dy) {
-              const int64_t y = yo * p.stride_h + dy * p.dil_h - p.pad_top;
-              for (int64_t dx = 0; dx < g.KW; ++dx) {
-                const int64_t x = xo * p.stride_w + dx * p.dil_w - p.pad_left;
-                if (y >= 0 && y < g.H && x >= 0 && x < g.W) continue;
-                const int64_t t = dy * g.KW + dx;
-                for (int64_t j = 0; j < cnt; ++j) corr[j] += wsum[(o0 + j) * g.T + t];
-              }
+        const int32_t* corr_ptr = nullptr;
+        int32_t corr[OBW];
+        if (corr_coef != 0 && border[pp]) {
+          for (int j = 0; j < OBW; ++j) corr[j] = 0;
+          for (int64_t dy = 0; dy < g.KH; ++dy) {
+            const int64_t y = yos[pp] * p.stride_h + dy * p.dil_h - p.pad_top;
+            for (int64_t dx = 0; dx < g.KW; ++dx) {
+              const int64_t x = xos[pp] * p.stride_w + dx * p.dil_w - p.pad_left;
+              if (y >= 0 && y < g.H && x >= 0 && x < g.W) continue;
+              const int64_t t = dy * g.KW + dx;
+              for (int64_t j = 0; j < cnt; ++j) corr[j] += corr_coef * wsum[(o0 + j) * g.T + t];
             }
-            for (int j = 0; j < OBW; ++j)
-              acc[j] = static_cast<float>(static_cast<int32_t>(base) - 2 * rr[j] +
-                                          corr_coef * corr[j]);
-          } else {
-            for (int j = 0; j < OBW; ++j)
-              acc[j] = static_cast<float>(static_cast<int32_t>(base) - 2 * rr[j]);
           }
+          corr_ptr = corr;
         }
-        const float bq = p.beta_scaling ? beta[q] : 1.0f;
-        epilogue_dispatch<OBW>(p.activation, acc, osp + blk * OBW, obp + blk * OBW,
-                               bq, p.negative_slope, res);
-        store_outputs<OBW>(p, res, q, o0, cnt, call.out);
+        const float bq = p.beta_scaling ? beta[qs[pp]] : 1.0f;
+        float* dst = (direct_store && cnt == OBW)
+                         ? static_cast<float*>(call.out) + qs[pp] * p.o + o0 : res;
+        finish_block<OBW>(p.activation, rr, acc_base, acc_mul, corr_ptr, os_blk, ob_blk, bq,
+                          p.negative_slope, dst);
+        if (dst == res) store_outputs<OBW>(p, res, qs[pp], o0, cnt, call.out);
       }
     }
   });

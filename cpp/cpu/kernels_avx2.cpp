@@ -20,6 +20,7 @@ struct Avx2Traits {
 
   static uint64_t popcount64(uint64_t v) { return static_cast<uint64_t>(__builtin_popcountll(v)); }
 
+  template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {
     const __m256 zero = _mm256_setzero_ps();
@@ -33,15 +34,15 @@ struct Avx2Traits {
         const int64_t c = 64 * w + 8 * h;
         if (c >= C) break;
         if (C - c >= 8) {
-          __m256 xv = _mm256_mul_ps(_mm256_add_ps(_mm256_loadu_ps(x + c), _mm256_loadu_ps(ib + c)),
-                                    _mm256_loadu_ps(is + c));
+          __m256 xv = _mm256_loadu_ps(x + c);
+          if (!IDENT) xv = _mm256_mul_ps(_mm256_add_ps(xv, _mm256_loadu_ps(ib + c)), _mm256_loadu_ps(is + c));
           // ordered "less than": NaN is not negative, as bin() requires
           const int neg = _mm256_movemask_ps(_mm256_cmp_ps(xv, zero, _CMP_LT_OQ));
           v |= static_cast<uint64_t>(~neg & 0xff) << (8 * h);
           s = _mm256_add_ps(s, _mm256_and_ps(xv, absmask));
         } else {
           for (int64_t i = 0; c + i < C; ++i) {
-            const float xv = (x[c + i] + ib[c + i]) * is[c + i];
+            const float xv = IDENT ? x[c + i] : (x[c + i] + ib[c + i]) * is[c + i];
             v |= static_cast<uint64_t>(!(xv < 0.0f)) << (8 * h + i);
             tail += std::fabs(xv);
           }
@@ -57,7 +58,7 @@ struct Avx2Traits {
   }
 
   template <bool AND>
-  static void bin_tile(const uint64_t* const* xp, const int64_t* tapoff, int64_t T, int64_t KW64,
+  static void bin_tile(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
                        const uint64_t* w, int32_t* raw) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -67,15 +68,15 @@ struct Avx2Traits {
     __m256i b[kP][2];  // byte counts since the last fold
     for (int p = 0; p < kP; ++p) s[p][0] = s[p][1] = b[p][0] = b[p][1] = zero;
     int steps = 0;
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t off = tapoff[t];
-      for (int64_t k = 0; k < KW64; ++k) {
+    for (int64_t i = 0; i < KT; ++i) {
+      const int64_t k = koff[i];
+      {
         const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
         const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 4));
         w += 8;
 #pragma GCC unroll 4
         for (int p = 0; p < kP; ++p) {
-          const __m256i xb = _mm256_set1_epi64x(static_cast<long long>(xp[p][off + k]));
+          const __m256i xb = _mm256_set1_epi64x(static_cast<long long>(xp[p][k]));
           __m256i v0 = AND ? _mm256_and_si256(xb, w0) : _mm256_xor_si256(xb, w0);
           __m256i v1 = AND ? _mm256_and_si256(xb, w1) : _mm256_xor_si256(xb, w1);
           v0 = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v0, m4)),

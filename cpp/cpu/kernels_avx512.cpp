@@ -23,6 +23,7 @@ struct Avx512Traits {
 
   static uint64_t popcount64(uint64_t v) { return static_cast<uint64_t>(__builtin_popcountll(v)); }
 
+  template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {
     const __m512 zero = _mm512_setzero_ps();
@@ -37,8 +38,9 @@ struct Avx512Traits {
         const int64_t rem = C - c;
         const __mmask16 m = rem >= 16 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1);
         __m512 xv = _mm512_maskz_loadu_ps(m, x + c);
-        xv = _mm512_mul_ps(_mm512_add_ps(xv, _mm512_maskz_loadu_ps(m, ib + c)),
-                           _mm512_maskz_loadu_ps(m, is + c));
+        if (!IDENT)
+          xv = _mm512_mul_ps(_mm512_add_ps(xv, _mm512_maskz_loadu_ps(m, ib + c)),
+                             _mm512_maskz_loadu_ps(m, is + c));
         // "not less than 0", unordered true: bin() gives +1 for 0, -0.0 and NaN.
         const __mmask16 pos = _mm512_mask_cmp_ps_mask(m, xv, zero, _CMP_NLT_UQ);
         v |= static_cast<uint64_t>(pos) << (16 * h);
@@ -55,7 +57,7 @@ struct Avx512Traits {
   }
 
   template <bool AND>
-  static void bin_tile(const uint64_t* const* xp, const int64_t* tapoff, int64_t T, int64_t KW64,
+  static void bin_tile(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
                        const uint64_t* w, int32_t* raw) {
     __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
     __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
@@ -64,11 +66,9 @@ struct Avx512Traits {
     __m512i a40 = a00, a41 = a00, a42 = a00, a43 = a00;
     __m512i a50 = a00, a51 = a00, a52 = a00, a53 = a00;
     const uint64_t *x0 = xp[0], *x1 = xp[1], *x2 = xp[2], *x3 = xp[3], *x4 = xp[4], *x5 = xp[5];
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t off = tapoff[t];
-      const uint64_t *y0 = x0 + off, *y1 = x1 + off, *y2 = x2 + off, *y3 = x3 + off,
-                     *y4 = x4 + off, *y5 = x5 + off;
-      for (int64_t k = 0; k < KW64; ++k) {
+    for (int64_t i = 0; i < KT; ++i) {
+      const int64_t k = koff[i];
+      {
         const __m512i w0 = _mm512_load_si512(w);
         const __m512i w1 = _mm512_load_si512(w + 8);
         const __m512i w2 = _mm512_load_si512(w + 16);
@@ -82,12 +82,12 @@ struct Avx512Traits {
     a##P##2 = _mm512_add_epi64(a##P##2, _mm512_popcnt_epi64(op<AND>(xb, w2)));      \
     a##P##3 = _mm512_add_epi64(a##P##3, _mm512_popcnt_epi64(op<AND>(xb, w3)));      \
   }
-        BINCONV_ROW(0, y0)
-        BINCONV_ROW(1, y1)
-        BINCONV_ROW(2, y2)
-        BINCONV_ROW(3, y3)
-        BINCONV_ROW(4, y4)
-        BINCONV_ROW(5, y5)
+        BINCONV_ROW(0, x0)
+        BINCONV_ROW(1, x1)
+        BINCONV_ROW(2, x2)
+        BINCONV_ROW(3, x3)
+        BINCONV_ROW(4, x4)
+        BINCONV_ROW(5, x5)
 #undef BINCONV_ROW
       }
     }

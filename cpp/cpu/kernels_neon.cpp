@@ -20,6 +20,7 @@ struct NeonTraits {
 
   static uint64_t popcount64(uint64_t v) { return static_cast<uint64_t>(__builtin_popcountll(v)); }
 
+  template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {
     const float32x4_t zero = vdupq_n_f32(0.0f);
@@ -34,15 +35,15 @@ struct NeonTraits {
         const int64_t c = 64 * w + 4 * h;
         if (c >= C) break;
         if (C - c >= 4) {
-          const float32x4_t xv =
-              vmulq_f32(vaddq_f32(vld1q_f32(x + c), vld1q_f32(ib + c)), vld1q_f32(is + c));
+          float32x4_t xv = vld1q_f32(x + c);
+          if (!IDENT) xv = vmulq_f32(vaddq_f32(xv, vld1q_f32(ib + c)), vld1q_f32(is + c));
           // ordered "less than": NaN is not negative, as bin() requires
           const uint32_t neg = vaddvq_u32(vandq_u32(vcltq_f32(xv, zero), weights));
           v |= static_cast<uint64_t>(~neg & 0xfu) << (4 * h);
           s = vaddq_f32(s, vabsq_f32(xv));
         } else {
           for (int64_t i = 0; c + i < C; ++i) {
-            const float xv = (x[c + i] + ib[c + i]) * is[c + i];
+            const float xv = IDENT ? x[c + i] : (x[c + i] + ib[c + i]) * is[c + i];
             v |= static_cast<uint64_t>(!(xv < 0.0f)) << (4 * h + i);
             tail += std::fabs(xv);
           }
@@ -58,21 +59,21 @@ struct NeonTraits {
   }
 
   template <bool AND>
-  static void bin_tile(const uint64_t* const* xp, const int64_t* tapoff, int64_t T, int64_t KW64,
+  static void bin_tile(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
                        const uint64_t* w, int32_t* raw) {
     uint16x8_t a[kP][4];
     uint32x4_t s[kP][4];
     for (int p = 0; p < kP; ++p)
       for (int r = 0; r < 4; ++r) a[p][r] = vdupq_n_u16(0), s[p][r] = vdupq_n_u32(0);
     int steps = 0;
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t off = tapoff[t];
-      for (int64_t k = 0; k < KW64; ++k) {
+    for (int64_t i = 0; i < KT; ++i) {
+      const int64_t k = koff[i];
+      {
         uint8x16_t wv[4];
         for (int r = 0; r < 4; ++r) wv[r] = vreinterpretq_u8_u64(vld1q_u64(w + 2 * r));
         w += 8;
         for (int p = 0; p < kP; ++p) {
-          const uint8x16_t xb = vreinterpretq_u8_u64(vdupq_n_u64(xp[p][off + k]));
+          const uint8x16_t xb = vreinterpretq_u8_u64(vdupq_n_u64(xp[p][k]));
           for (int r = 0; r < 4; ++r)
             a[p][r] = vpadalq_u8(a[p][r], vcntq_u8(AND ? vandq_u8(xb, wv[r]) : veorq_u8(xb, wv[r])));
         }

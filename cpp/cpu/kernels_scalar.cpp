@@ -15,14 +15,15 @@ struct ScalarTraits {
 
   static uint64_t popcount64(uint64_t v) { return detail::popcount_swar(v); }
 
+  template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {
-    detail::pack_float_bits_generic(x, ib, is, C, bits, abs_sum);
+    detail::pack_float_bits_generic<IDENT>(x, ib, is, C, bits, abs_sum);
   }
   template <bool AND>
-  static void bin_tile(const uint64_t* const* xp, const int64_t* tapoff, int64_t T, int64_t KW64,
+  static void bin_tile(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
                        const uint64_t* w, int32_t* raw) {
-    detail::bin_tile_generic<kP, kObw, AND>(xp, tapoff, T, KW64, w, raw);
+    detail::bin_tile_generic<kP, kObw, AND>(xp, koff, KT, w, raw);
   }
   static void float_tile(const float* const* xp, const int64_t* tapoff, int64_t T, int64_t Cg,
                          const float* w, float* acc) {

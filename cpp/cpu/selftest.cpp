@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
@@ -217,6 +218,8 @@ int run_bench(const char* only, const char* layer, int reps) {
       if (layer && std::strcmp(layer, l.name)) continue;
       Case k = make_case(rng, XNOR, 1, l.h, l.h, l.c, l.o, l.k, l.k, 1, 1, l.k / 2, 1, 0.0f, false, false);
       k.p.stride_w = l.s, k.p.stride_h = l.s, k.p.pad_right = l.k / 2, k.p.pad_bottom = l.k / 2;
+      std::fill(k.ib.begin(), k.ib.end(), 0.0f);  // no folded batch norm, as in benchmarks/cpu.py
+      std::fill(k.is.begin(), k.is.end(), 1.0f);
       std::vector<float> out(k.p.n * k.p.ho() * k.p.wo() * k.p.o);
       ConvCall call;
       call.p = k.p, call.x = k.x.data(), call.w = k.w.data(), call.input_bias = k.ib.data();

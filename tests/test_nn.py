@@ -462,3 +462,16 @@ def test_training_step_jits_and_learns():
     assert float(losses[-1]) < 0.5 * float(losses[0])
     assert max(float(f) for f in flips) > 0
     assert float(jnp.max(jnp.abs(model.layers[2].kernel[...]))) <= 1.0
+
+
+def test_docs_training_examples_run():
+    """docs/training.md's code blocks run as written (they assert their own results)."""
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/training.md", "exec"), namespace)
+    assert namespace["accuracy"] > 0.9

@@ -97,13 +97,18 @@ inline float beta_at(device const float* mean_abs, constant BinconvArgs& a,
 inline void store_block(thread const float* z, uint o_base, uint o_count,
                         uint pix, constant BinconvArgs& a,
                         device float* out, device atomic_uint* out_bits) {
+  // Loops run to the constant 32 with a guard, so that z (and the callers'
+  // accumulators) are only ever indexed by unrolled constants and stay in
+  // registers instead of spilling to thread memory.
   if (a.out_packed == 0u) {
-    for (uint oo = 0; oo < o_count; ++oo) out[pix * a.o + o_base + oo] = z[oo];
+    for (uint oo = 0; oo < BINCONV_OUT_BLOCK; ++oo)
+      if (oo < o_count) out[pix * a.o + o_base + oo] = z[oo];
     return;
   }
   uint lo = 0u, hi = 0u;
   const uint word0 = o_base / 32u;
-  for (uint oo = 0; oo < o_count; ++oo) {
+  for (uint oo = 0; oo < BINCONV_OUT_BLOCK; ++oo) {
+    if (oo >= o_count) continue;
     const uint o = o_base + oo;
     const uint bit = bin_bit(z[oo]) << (o % 32u);
     if (o / 32u == word0) lo |= bit; else hi |= bit;
@@ -268,7 +273,9 @@ kernel void binconv_conv_bits(device const uint* xpk [[buffer(0)]],
   const float beta = a.beta_scaling != 0u ? binconv_msl::beta_at(mean_abs, a, n, y0, x0) : 1.0f;
   const int k_bits = int(taps_taken * a.cg);
   float z[BINCONV_OUT_BLOCK];
-  for (uint oo = 0; oo < o_count; ++oo) {
+  for (uint oo = 0; oo < BINCONV_OUT_BLOCK; ++oo) {
+    z[oo] = 0.0f;
+    if (oo >= o_count) continue;
     const int v = is_and ? int(acc[oo]) : k_bits - 2 * int(acc[oo]);
     const uint o = o_base + oo;
     z[oo] = binconv_msl::epilogue(float(v), output_scale[o], beta, output_bias[o],
@@ -377,7 +384,9 @@ kernel void binconv_conv_float(device const float* x [[buffer(0)]],
   if (!active) return;
   const float beta = a.beta_scaling != 0u ? binconv_msl::beta_at(mean_abs, a, n, y0, x0) : 1.0f;
   float z[BINCONV_OUT_BLOCK];
-  for (uint oo = 0; oo < o_count; ++oo) {
+  for (uint oo = 0; oo < BINCONV_OUT_BLOCK; ++oo) {
+    z[oo] = 0.0f;
+    if (oo >= o_count) continue;
     const uint o = o_base + oo;
     z[oo] = binconv_msl::epilogue(acc[oo], output_scale[o], beta, output_bias[o],
                                   a.activation, a.negative_slope);

@@ -537,9 +537,12 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     for (int64_t xx = 0; xx < p.pad_left; ++xx) put_fill(xx);
     for (int64_t xx = p.pad_left + g.W; xx < g.Wp; ++xx) put_fill(xx);
     const int64_t nw = (g.C + 63) / 64;
-    std::vector<uint64_t> bits(nw + 1);
+    std::vector<uint64_t> tmp(g.G == 1 ? 0 : nw + 1);
     for (int64_t x = 0; x < g.W; ++x) {
       const int64_t pix = (n * g.H + y) * g.W + x;
+      // One group: the pixel's words are the destination itself (the packers
+      // leave bits past C zero); else they are split per group afterwards.
+      uint64_t* const bits = g.G == 1 ? row + (p.pad_left + x) * PS : tmp.data();
       if (p.x_packed) {
         const uint32_t* src = static_cast<const uint32_t*>(call.x) + pix * xw;
         for (int64_t k = 0; k < nw; ++k) {
@@ -553,14 +556,14 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
         float asum = 0.0f;
         const float* xpix = static_cast<const float*>(call.x) + pix * g.C;
         if (affine_identity)
-          K::template pack_float_bits<true>(xpix, call.input_bias, call.input_scale, g.C,
-                                            bits.data(), A ? &asum : nullptr);
+          K::template pack_float_bits<true>(xpix, call.input_bias, call.input_scale, g.C, bits,
+                                            A ? &asum : nullptr);
         else
-          K::template pack_float_bits<false>(xpix, call.input_bias, call.input_scale, g.C,
-                                             bits.data(), A ? &asum : nullptr);
+          K::template pack_float_bits<false>(xpix, call.input_bias, call.input_scale, g.C, bits,
+                                             A ? &asum : nullptr);
         if (A) A[pix] = asum / static_cast<float>(g.C);
       }
-      scatter_groups(bits.data(), nw, g.G, g.Cg, KW64, row + (p.pad_left + x) * PS);
+      if (g.G > 1) scatter_groups(bits, nw, g.G, g.Cg, KW64, row + (p.pad_left + x) * PS);
     }
   });
   if (fresh) weight_cache().insert(fresh);

@@ -152,77 +152,122 @@ namespace {
 std::atomic<int> last_workers_{0};
 std::atomic<int> last_pool_threads_{0};
 
+// parallel_for on XLA's intra-op pool. The calling thread works too; helpers
+// take items from a shared counter. The caller waits for items, not for
+// helpers, so a helper the pool starts late (or never, when the other cores
+// are busy) cannot block it: every job outlives the call, and a late helper
+// finds no work left. Helpers stay alive across the phases of one handler
+// call (packing, then convolution), spinning briefly between them, so each
+// call pays for one thread wake-up, not one per phase.
 class PoolExecutor final : public Executor {
+  struct Job {
+    uint64_t id = 0;
+    int64_t n = 0;
+    const std::function<void(int64_t)>* fn = nullptr;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::atomic<int> workers{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    void work() {
+      bool counted = false;
+      for (;;) {
+        const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+        if (i >= n) return;  // never touches fn once every item is taken
+        if (!counted) {
+          counted = true;
+          workers.fetch_add(1, std::memory_order_relaxed);
+        }
+        (*fn)(i);
+        if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
+          std::lock_guard<std::mutex> lock(mu);
+          cv.notify_all();
+        }
+      }
+    }
+  };
+  struct Shared {
+    std::shared_ptr<Job> job;  // accessed with std::atomic_load/atomic_store
+    std::atomic<bool> closed{false};
+    std::atomic<int> alive{0};
+    uint64_t last_id = 0;  // caller thread only
+  };
+
+  static void pause() {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+  }
+
+  static void helper_loop(const std::shared_ptr<Shared>& sh) {
+    static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+    uint64_t seen = 0;
+    auto idle_since = std::chrono::steady_clock::now();
+    for (int spins = 0;; ++spins) {
+      std::shared_ptr<Job> job = std::atomic_load(&sh->job);
+      if (job && job->id != seen) {
+        seen = job->id;
+        if (dbg)
+          std::fprintf(stderr, "jax_binconv helper: job %lu, item %ld of %ld taken\n",
+                       (unsigned long)job->id, (long)job->next.load(), (long)job->n);
+        job->work();
+        idle_since = std::chrono::steady_clock::now();
+        continue;
+      }
+      if (sh->closed.load(std::memory_order_acquire)) break;
+      // Safety net: never hold a pool thread long if the caller stalls.
+      if ((spins & 255) == 0 &&
+          std::chrono::steady_clock::now() - idle_since > std::chrono::milliseconds(2))
+        break;
+      pause();
+    }
+    sh->alive.fetch_sub(1, std::memory_order_acq_rel);
+  }
+
  public:
-  PoolExecutor(ffi::ThreadPool* pool, int threads) : pool_(pool), threads_(threads) {}
+  PoolExecutor(ffi::ThreadPool* pool, int threads)
+      : pool_(pool), threads_(threads), sh_(std::make_shared<Shared>()) {}
+  ~PoolExecutor() override { sh_->closed.store(true, std::memory_order_release); }
   int num_threads() const override { return threads_; }
 
   void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) const override {
     if (n <= 0) return;
-    const int64_t helpers = std::min<int64_t>(threads_, n) - 1;
-    if (helpers <= 0 || pool_ == nullptr) {
+    const int64_t want = std::min<int64_t>(threads_, n) - 1;
+    if (want <= 0 || pool_ == nullptr) {
       for (int64_t i = 0; i < n; ++i) fn(i);
       last_workers_.store(1, std::memory_order_relaxed);
       return;
     }
-    struct State {
-      std::atomic<int64_t> next{0};
-      std::atomic<int64_t> done{0};
-      int64_t n = 0;
-      const std::function<void(int64_t)>* fn = nullptr;
-      std::mutex mu;
-      std::condition_variable cv;
-      std::atomic<int> workers{0};
-      void work() {
-        bool counted = false;
-        for (;;) {
-          const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
-          if (i >= n) return;
-          if (!counted) {
-            counted = true;
-            workers.fetch_add(1, std::memory_order_relaxed);
-          }
-          (*fn)(i);
-          if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
-            std::lock_guard<std::mutex> lock(mu);
-            cv.notify_all();
-          }
-        }
-      }
-    };
-    auto st = std::make_shared<State>();
-    st->n = n;
-    st->fn = &fn;
-    static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t h = 0; h < helpers; ++h)
-      pool_->Schedule([st, t0] {
-        if (dbg)
-          std::fprintf(stderr, "helper start +%.1f us, next=%ld/%ld\n",
-                       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count(),
-                       (long)st->next.load(), (long)st->n);
-        st->work();
-      });
-    st->work();
+    auto job = std::make_shared<Job>();
+    job->id = ++sh_->last_id;
+    job->n = n;
+    job->fn = &fn;
+    std::atomic_store(&sh_->job, job);
+    for (int64_t h = sh_->alive.load(std::memory_order_acquire); h < want; ++h) {
+      sh_->alive.fetch_add(1, std::memory_order_acq_rel);
+      std::shared_ptr<Shared> sh = sh_;
+      pool_->Schedule([sh] { helper_loop(sh); });
+    }
+    job->work();
     // The last items usually finish within microseconds: spin briefly before
     // sleeping, since a futex wake costs about as much as a small layer.
     for (int spin = 0; spin < 20000; ++spin) {
-      if (st->done.load(std::memory_order_acquire) == n) {
-        last_workers_.store(st->workers.load(), std::memory_order_relaxed);
-        return;
-      }
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
+      if (job->done.load(std::memory_order_acquire) == n) break;
+      pause();
     }
-    std::unique_lock<std::mutex> lock(st->mu);
-    st->cv.wait(lock, [&] { return st->done.load(std::memory_order_acquire) == n; });
-    last_workers_.store(st->workers.load(), std::memory_order_relaxed);
+    if (job->done.load(std::memory_order_acquire) != n) {
+      std::unique_lock<std::mutex> lock(job->mu);
+      job->cv.wait(lock, [&] { return job->done.load(std::memory_order_acquire) == n; });
+    }
+    last_workers_.store(job->workers.load(), std::memory_order_relaxed);
   }
 
  private:
   ffi::ThreadPool* pool_;
   int threads_;
+  std::shared_ptr<Shared> sh_;
 };
 
 // ---------------------------------------------------------------- handler

@@ -30,7 +30,32 @@ struct Avx512Traits {
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     __m512 s = zero;
     const int64_t nw = (C + 63) / 64;
-    for (int64_t w = 0; w < nw; ++w) {
+    const int64_t full = C / 64;
+    // Whole words: four unmasked 16-channel compares joined into one 64-bit mask.
+    for (int64_t w = 0; w < full; ++w) {
+      const float* xw = x + 64 * w;
+      __m512 v0 = _mm512_loadu_ps(xw), v1 = _mm512_loadu_ps(xw + 16);
+      __m512 v2 = _mm512_loadu_ps(xw + 32), v3 = _mm512_loadu_ps(xw + 48);
+      if (!IDENT) {
+        const float *bw = ib + 64 * w, *sw = is + 64 * w;
+        v0 = _mm512_mul_ps(_mm512_add_ps(v0, _mm512_loadu_ps(bw)), _mm512_loadu_ps(sw));
+        v1 = _mm512_mul_ps(_mm512_add_ps(v1, _mm512_loadu_ps(bw + 16)), _mm512_loadu_ps(sw + 16));
+        v2 = _mm512_mul_ps(_mm512_add_ps(v2, _mm512_loadu_ps(bw + 32)), _mm512_loadu_ps(sw + 32));
+        v3 = _mm512_mul_ps(_mm512_add_ps(v3, _mm512_loadu_ps(bw + 48)), _mm512_loadu_ps(sw + 48));
+      }
+      const __mmask16 m0 = _mm512_cmp_ps_mask(v0, zero, _CMP_NLT_UQ);
+      const __mmask16 m1 = _mm512_cmp_ps_mask(v1, zero, _CMP_NLT_UQ);
+      const __mmask16 m2 = _mm512_cmp_ps_mask(v2, zero, _CMP_NLT_UQ);
+      const __mmask16 m3 = _mm512_cmp_ps_mask(v3, zero, _CMP_NLT_UQ);
+      bits[w] = _cvtmask64_u64(_mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0)));
+      if (abs_sum) {
+        s = _mm512_add_ps(s, _mm512_and_ps(v0, absmask));
+        s = _mm512_add_ps(s, _mm512_and_ps(v1, absmask));
+        s = _mm512_add_ps(s, _mm512_and_ps(v2, absmask));
+        s = _mm512_add_ps(s, _mm512_and_ps(v3, absmask));
+      }
+    }
+    for (int64_t w = full; w < nw; ++w) {
       uint64_t v = 0;
       for (int h = 0; h < 4; ++h) {
         const int64_t c = 64 * w + 16 * h;

@@ -47,7 +47,8 @@ def test_export_round_trip_in_fresh_process(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(jb.__file__)),
                                          env.get("PYTHONPATH", "")])
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300,
+                   cwd=str(tmp_path))
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
 

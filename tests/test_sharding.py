@@ -18,12 +18,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.mark.parametrize("case", ["data_parallel", "model_parallel", "two_d", "grads",
                                   "shard_map", "packed_chain"])
-def test_sharding_case(case):
+def test_sharding_case(case, tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(os.path.dirname(jb.__file__)), env.get("PYTHONPATH", "")])
     r = subprocess.run([sys.executable, os.path.join(HERE, "sharding_cases.py"), case],
-                       capture_output=True, text=True, timeout=600, env=env)
+                       capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     assert f"ok {case}" in r.stdout
 

@@ -329,19 +329,50 @@ def test_bad_calls_return_errors(bad):
         np.asarray(_ffi(x, w, c=c, **bad))
 
 
+# ------------------------------------------- the shim's barrier emulation
+
+def _selftest(name, groups, lanes):
+    data = list(range(1000, 1000 + groups * lanes))
+    out = jb.lowering.available["metal_shim"].run_selftest(name, data, groups, lanes)
+    return np.array(data).reshape(groups, lanes), np.array(out).reshape(groups, lanes)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 33, 64, 1024])
+def test_barrier_makes_threadgroup_writes_visible(lanes):
+    data, out = _selftest("selftest_reverse", 3, lanes)
+    np.testing.assert_array_equal(out, data[:, ::-1])
+
+
+def test_missing_barrier_is_observable():
+    """Without the barrier the reversal reads slots other lanes have not
+    written yet: the shim must give a wrong answer, as a GPU may."""
+    data, out = _selftest("selftest_reverse_racy", 3, 64)
+    assert not np.array_equal(out, data[:, ::-1])
+
+
+def test_divergent_barrier_is_an_error():
+    with pytest.raises(RuntimeError, match="divergent threadgroup_barrier"):
+        _selftest("selftest_divergent", 2, 64)
+
+
+def test_threadgroup_size_limit():
+    with pytest.raises(RuntimeError, match="1024"):
+        _selftest("selftest_reverse", 1, 1025)
+
+
 # ------------------------------------------------ the kernel source itself
 
 def test_source_keeps_to_what_the_shim_emulates():
     """host_shim.h maps `threadgroup` to per-threadgroup static storage: that
     is only faithful for arrays declared in a kernel body, never for
     threadgroup pointers, references or parameters."""
-    src = (METAL_DIR / "binconv.metal").read_text()
-    code = re.sub(r"//[^\n]*", "", src)
-    for m in re.finditer(r"\bthreadgroup\s+([^;]*);", code):
-        decl = m.group(1)
-        assert re.fullmatch(r"\s*\w+\s+\w+\s*\[[^\]]+\]\s*", decl), \
-            f"threadgroup declaration the shim cannot emulate: {decl!r}"
-    assert "[[threadgroup(" not in code
+    for path in (METAL_DIR / "binconv.metal", METAL_DIR / "shim" / "selftest.metal"):
+        code = re.sub(r"//[^\n]*", "", path.read_text())
+        for m in re.finditer(r"\bthreadgroup\s+([^;]*);", code):
+            decl = m.group(1)
+            assert re.fullmatch(r"\s*\w+\s+\w+\s*\[[^\]]+\]\s*", decl), \
+                f"{path.name}: threadgroup declaration the shim cannot emulate: {decl!r}"
+        assert "[[threadgroup(" not in code
 
 
 def test_embedded_source_is_self_contained():

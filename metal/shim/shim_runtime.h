@@ -31,6 +31,8 @@ struct KernelInfo {
 
 // nullptr for an unknown name.
 const KernelInfo* find_kernel(const char* name);
+// The kernels of shim/selftest.metal, which test the runner itself.
+const KernelInfo* find_selftest_kernel(const char* name);
 
 // Runs `kernel` over threadgroups[0..2] x group_size[0..2] like
 // dispatchThreadgroups:threadsPerThreadgroup:. Returns false with *error on

@@ -288,35 +288,47 @@ inline void epilogue_dispatch(int32_t act, const float* acc, const float* os, co
   }
 }
 
-// Binary path: integer accumulator (base + mul*raw [+ corr]) and the epilogue
-// in one pass over the block's lanes. XNOR: base = T*Cg, mul = -2; AND: 0, 1.
-template <int OBW, int ACT>
-inline void finish_block_act(const int32_t* rr, int32_t base, int32_t mul, const int32_t* corr,
-                             const float* os, const float* ob, float beta, float slope, float* out) {
-  if (corr) {
-    for (int j = 0; j < OBW; ++j) {
-      float z = static_cast<float>(base + mul * rr[j] + corr[j]) * os[j];
-      z = z * beta;
-      z = z + ob[j];
-      out[j] = apply_activation(z, ACT, slope);
-    }
-  } else {
-    for (int j = 0; j < OBW; ++j) {
-      float z = static_cast<float>(base + mul * rr[j]) * os[j];
-      z = z * beta;
-      z = z + ob[j];
-      out[j] = apply_activation(z, ACT, slope);
+// Binary path: integer accumulator and the epilogue in one pass over a whole
+// tile (one call per tile, so the per-pixel cost is a few vector ops).
+// XNOR: acc = base - 2*raw (+ corr); AND: acc = raw. corr[pp] may be null.
+template <int OBW, int ACT, bool AND>
+inline void finish_tile_act(int np, const int32_t* raw, int32_t base, const int32_t* const* corr,
+                            const float* os, const float* ob, const float* betas, float slope,
+                            float* const* dst) {
+  for (int pp = 0; pp < np; ++pp) {
+    const int32_t* rr = raw + pp * OBW;
+    const int32_t* cc = corr[pp];
+    const float beta = betas[pp];
+    float* out = dst[pp];
+    if (cc) {
+      for (int j = 0; j < OBW; ++j) {
+        const int32_t a = AND ? rr[j] : base - (rr[j] << 1) + cc[j];
+        float z = static_cast<float>(a) * os[j];
+        z = z * beta;
+        z = z + ob[j];
+        out[j] = apply_activation(z, ACT, slope);
+      }
+    } else {
+      for (int j = 0; j < OBW; ++j) {
+        const int32_t a = AND ? rr[j] : base - (rr[j] << 1);
+        float z = static_cast<float>(a) * os[j];
+        z = z * beta;
+        z = z + ob[j];
+        out[j] = apply_activation(z, ACT, slope);
+      }
     }
   }
 }
 
-template <int OBW>
-inline void finish_block(int32_t act, const int32_t* rr, int32_t base, int32_t mul,
-                         const int32_t* corr, const float* os, const float* ob, float beta,
-                         float slope, float* out) {
+template <int OBW, bool AND>
+inline void finish_tile(int32_t act, int np, const int32_t* raw, int32_t base,
+                        const int32_t* const* corr, const float* os, const float* ob,
+                        const float* betas, float slope, float* const* dst) {
   switch (act) {
-#define BINCONV_ACT_CASE(A) \
-  case A: finish_block_act<OBW, A>(rr, base, mul, corr, os, ob, beta, slope, out); break;
+#define BINCONV_ACT_CASE(A)                                                                   \
+  case A:                                                                                     \
+    finish_tile_act<OBW, A, AND>(np, raw, base, corr, os, ob, betas, slope, dst);             \
+    break;
     BINCONV_ACT_CASE(ACT_RELU)
     BINCONV_ACT_CASE(ACT_RELU6)
     BINCONV_ACT_CASE(ACT_LEAKY_RELU)
@@ -325,7 +337,7 @@ inline void finish_block(int32_t act, const int32_t* rr, int32_t base, int32_t m
     BINCONV_ACT_CASE(ACT_HARD_TANH)
     BINCONV_ACT_CASE(ACT_SIGN)
 #undef BINCONV_ACT_CASE
-    default: finish_block_act<OBW, ACT_LINEAR>(rr, base, mul, corr, os, ob, beta, slope, out); break;
+    default: finish_tile_act<OBW, ACT_LINEAR, AND>(np, raw, base, corr, os, ob, betas, slope, dst);
   }
 }
 
@@ -586,7 +598,6 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   const int64_t nchunk = (ntile + tc - 1) / tc;
   // XNOR: acc = T*Cg - 2*popcount(xor); AND: acc = popcount(and)
   const int32_t acc_base = is_and ? 0 : static_cast<int32_t>(g.T * g.Cg);
-  const int32_t acc_mul = is_and ? 1 : -2;
   const bool direct_store = !p.out_packed;
   ex.parallel_for(nchunk * NB, [&](int64_t item) {
     const int64_t chunk = item / NB, blk = item % NB;
@@ -597,7 +608,6 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const float* os_blk = osp + blk * OBW;
     const float* ob_blk = obp + blk * OBW;
     alignas(64) int32_t raw[P * OBW];
-    alignas(64) float res[OBW];
     const uint64_t* ptrs[P];
     int64_t qs[P], yos[P], xos[P];
     bool border[P];
@@ -625,30 +635,38 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
         K::template bin_tile<true>(ptrs, koff.data(), KT, wblk, raw);
       else
         K::template bin_tile<false>(ptrs, koff.data(), KT, wblk, raw);
+      alignas(64) int32_t corr[P][OBW];
+      alignas(64) float res[P][OBW];
+      const int32_t* corr_ptr[P];
+      float betas[P];
+      float* dst[P];
       for (int pp = 0; pp < np; ++pp) {
-        const int32_t* rr = raw + pp * OBW;
-        const int32_t* corr_ptr = nullptr;
-        int32_t corr[OBW];
+        corr_ptr[pp] = nullptr;
         if (corr_coef != 0 && border[pp]) {
-          for (int j = 0; j < OBW; ++j) corr[j] = 0;
+          for (int j = 0; j < OBW; ++j) corr[pp][j] = 0;
           for (int64_t dy = 0; dy < g.KH; ++dy) {
             const int64_t y = yos[pp] * p.stride_h + dy * p.dil_h - p.pad_top;
             for (int64_t dx = 0; dx < g.KW; ++dx) {
               const int64_t x = xos[pp] * p.stride_w + dx * p.dil_w - p.pad_left;
               if (y >= 0 && y < g.H && x >= 0 && x < g.W) continue;
               const int64_t t = dy * g.KW + dx;
-              for (int64_t j = 0; j < cnt; ++j) corr[j] += corr_coef * wsum[(o0 + j) * g.T + t];
+              for (int64_t j = 0; j < cnt; ++j) corr[pp][j] += corr_coef * wsum[(o0 + j) * g.T + t];
             }
           }
-          corr_ptr = corr;
+          corr_ptr[pp] = corr[pp];
         }
-        const float bq = p.beta_scaling ? beta[qs[pp]] : 1.0f;
-        float* dst = (direct_store && cnt == OBW)
-                         ? static_cast<float*>(call.out) + qs[pp] * p.o + o0 : res;
-        finish_block<OBW>(p.activation, rr, acc_base, acc_mul, corr_ptr, os_blk, ob_blk, bq,
-                          p.negative_slope, dst);
-        if (dst == res) store_outputs<OBW>(p, res, qs[pp], o0, cnt, call.out);
+        betas[pp] = p.beta_scaling ? beta[qs[pp]] : 1.0f;
+        dst[pp] = (direct_store && cnt == OBW) ? static_cast<float*>(call.out) + qs[pp] * p.o + o0
+                                               : res[pp];
       }
+      if (is_and)
+        finish_tile<OBW, true>(p.activation, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas,
+                               p.negative_slope, dst);
+      else
+        finish_tile<OBW, false>(p.activation, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas,
+                                p.negative_slope, dst);
+      for (int pp = 0; pp < np; ++pp)
+        if (dst[pp] == res[pp]) store_outputs<OBW>(p, res[pp], qs[pp], o0, cnt, call.out);
     }
   });
   return {};

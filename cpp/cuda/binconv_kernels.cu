@@ -44,7 +44,7 @@ constexpr unsigned kFull = 0xffffffffu;
 
 struct PrepArgs {
   // input section
-  int mode_x;  // 0 nothing, 1 pack float x, 2 popcount image of packed x
+  int mode_x;  // 0 nothing, 1 pack float x, 2 popcount image of packed x, 3 = 1 vectorized
   const float* x;
   const float* ib;
   const float* is;
@@ -74,6 +74,7 @@ struct EpiArgs {
   int h, w, c, o, g, cg, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, t;
   int type, pv, beta, x_packed, act, out_packed, out_atomic, out_vec2;
   int pad_corr;  // the padded-tap weight term has a nonzero coefficient
+  int out_vec4;  // float4 stores of 4 consecutive columns are aligned
   float slope, pvf;
 };
 
@@ -212,24 +213,6 @@ __device__ __forceinline__ RowData row_data(const EpiArgs& e, long long m, int g
   return r;
 }
 
-// Integer accumulator of output channel gO (global index) from the MMA sum.
-__device__ __forceinline__ int finish_acc(const EpiArgs& e, const RowData& r, int p, int go) {
-  const int kw1 = e.kw + 1;
-  const int* pre = e.pre;
-  const long long O = e.o;
-  const int w1all = pre[(long long)(e.kh * kw1 + e.kw) * O + go];
-  int w1pad = 0;
-  if (r.border && e.pad_corr) {
-    const int w1v = pre[(long long)(r.box.b * kw1 + r.box.d) * O + go] -
-                    pre[(long long)(r.box.a * kw1 + r.box.d) * O + go] -
-                    pre[(long long)(r.box.b * kw1 + r.box.c) * O + go] +
-                    pre[(long long)(r.box.a * kw1 + r.box.c) * O + go];
-    w1pad = w1all - w1v;
-  }
-  if (e.type == XNOR) return 4 * p + r.rowconst - 2 * w1all + (2 + 2 * e.pv) * w1pad;
-  return p + e.pv * w1pad;  // AND
-}
-
 // ------------------------------------------------------------------- prep
 
 __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
@@ -321,6 +304,58 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
       for (int s = 16; s > 0; s >>= 1) asum += __shfl_xor_sync(kFull, asum, s);
       if (lane == 0) a.aimg[pix] = asum / (float)a.c;
     }
+  } else if (a.mode_x == 3) {
+    // Vectorized pack (C % 4 == 0, and group words aligned to channel words):
+    // each lane reads 4 channels as one float4, 8 lanes OR their nibbles
+    // into a word; two float4 per lane in flight.
+    const long long pix = (long long)bid * (kThreads / 32) + warp;
+    if (pix >= a.nhw) return;
+    const float4* xrow = reinterpret_cast<const float4*>(a.x + pix * a.c);
+    const float4* ib4 = reinterpret_cast<const float4*>(a.ib);
+    const float4* is4 = reinterpret_cast<const float4*>(a.is);
+    const int nw = a.g * a.wg;
+    const int nq = a.c / 4;
+    float asum = 0.0f;
+    for (int q0 = 0; q0 < nq; q0 += 64) {
+      float4 v[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int qi = q0 + u * 32 + lane;
+        v[u] = qi < nq ? __ldg(xrow + qi) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int qb = q0 + u * 32;
+        if (qb >= nq) break;
+        const int qi = qb + lane;
+        uint32_t nib = 0;
+        if (qi < nq) {
+          const float4 bb = __ldg(ib4 + qi), ss = __ldg(is4 + qi);
+          const float x0 = (v[u].x + bb.x) * ss.x, x1 = (v[u].y + bb.y) * ss.y;
+          const float x2 = (v[u].z + bb.z) * ss.z, x3 = (v[u].w + bb.w) * ss.w;
+          nib = bin_bit(x0) | (bin_bit(x1) << 1) | (bin_bit(x2) << 2) | (bin_bit(x3) << 3);
+          asum += fabsf(x0) + fabsf(x1) + fabsf(x2) + fabsf(x3);
+        }
+        uint32_t word = nib << (4 * (lane % 8));
+        word |= __shfl_xor_sync(kFull, word, 1);
+        word |= __shfl_xor_sync(kFull, word, 2);
+        word |= __shfl_xor_sync(kFull, word, 4);
+        if (a.xp && lane % 8 == 0 && qi < nq) a.xp[pix * nw + qi / 8] = word;
+      }
+    }
+    if (a.popc) {
+      __syncwarp();  // the words written above by other lanes are visible after it
+      for (int grp = lane; grp < a.g; grp += 32) {
+        int sc = 0;
+        for (int j = 0; j < a.wg; ++j) sc += __popc(a.xp[pix * nw + grp * a.wg + j]);
+        a.popc[pix * a.g + grp] = sc;
+      }
+    }
+    if (a.aimg) {
+#pragma unroll
+      for (int sh = 16; sh > 0; sh >>= 1) asum += __shfl_xor_sync(kFull, asum, sh);
+      if (lane == 0) a.aimg[pix] = asum / (float)a.c;
+    }
   } else if (a.mode_x == 2) {
     const long long idx = (long long)bid * kThreads + threadIdx.x;
     if (idx >= a.nhw * a.g) return;
@@ -373,7 +408,9 @@ struct GemmCfg {
   static constexpr int kBM = 64 * kWarpsM;
   static constexpr int kStages = (kBM + BN) > 256 ? 2 : 3;
   static constexpr int kStageWords = (kBM + BN) * kLds;
-  static constexpr int kSmemBytes = kStages * kStageWords * 4 + kBM * 16;
+  static constexpr int kCLd = BN + 8;  // C staging pitch: conflict-free int2 stores
+  static constexpr int kSmemBytes = kStages * kStageWords * 4 + kBM * 16 + kBM * 16;
+  static_assert(kBM * kCLd <= kStages * kStageWords, "C tile must fit in the stage buffers");
   static constexpr int kCpr = kBK / VEC;          // A chunks per row and stage
   static constexpr int kRowStep = kThreads / kCpr;
   static constexpr int kAPerThread = kBM / kRowStep;
@@ -384,6 +421,24 @@ struct SRow {
   long long pixbase;
   int iy0, ix0;
 };
+
+// Per-row epilogue data kept in shared memory (16 bytes).
+struct SEpi {
+  int rowconst;
+  float beta;
+  int by, bx;  // valid-tap box: a | b << 16, c | d << 16
+};
+
+// Border correction of one output channel: the weight popcount of o's padded
+// taps, from the 2-D prefix table (4 reads), times its coefficient.
+__device__ __forceinline__ int pad_term(const EpiArgs& e, int by, int bx, int go, int w1all) {
+  const int a = by & 0xffff, b = by >> 16, c = bx & 0xffff, d = bx >> 16;
+  const int kw1 = e.kw + 1, O = e.o;
+  const int w1v = e.pre[(b * kw1 + d) * O + go] - e.pre[(a * kw1 + d) * O + go] -
+                  e.pre[(b * kw1 + c) * O + go] + e.pre[(a * kw1 + c) * O + go];
+  const int coef = e.type == XNOR ? 2 + 2 * e.pv : e.pv;
+  return coef * (w1all - w1v);
+}
 
 template <int BN, int VEC>
 __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
@@ -477,6 +532,21 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
     cp_async_commit();
   }
 
+  // Per-row epilogue data now, while the prologue's copies are in flight.
+  SEpi* sepi = reinterpret_cast<SEpi*>(srow + BM);
+  {
+    constexpr int NS = kThreads / BM;
+    const RowData rd = row_data<NS>(e, m0 + tid / NS, gidx, tid % NS);
+    if (tid % NS == 0) {
+      SEpi v;
+      v.rowconst = rd.rowconst;
+      v.beta = rd.beta;
+      v.by = rd.box.a | (rd.box.b << 16);
+      v.bx = rd.box.c | (rd.box.d << 16);
+      sepi[tid / NS] = v;
+    }
+  }
+
   const int wm = (warp / Cfg::kWarpsN) * 64;
   const int wn = (warp % Cfg::kWarpsN) * 32;
   // ldmatrix lane roles: A x4 = {rows 0-7, rows 8-15} x {words 0-3, 4-7};
@@ -509,61 +579,86 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
     }
   }
   cp_async_wait<0>();
+  __syncthreads();
 
-  // Epilogue. Accumulator (mt, nt, r): row wm + 16mt + lane/4 + 8(r/2),
-  // column wn + 8nt + 2(lane%4) + r%2.
-  const int gq = lane >> 2, tq = lane & 3;
+  // Epilogue, through shared memory: the accumulators go to a C tile so that
+  // each thread then owns 4 consecutive columns of a row (float4 stores, one
+  // set of per-column constants in registers) in a compact, non-unrolled
+  // loop. Accumulator (mt, nt, r): row wm + 16mt + lane/4 + 8(r/2), column
+  // wn + 8nt + 2(lane%4) + r%2.
+  int* ct = reinterpret_cast<int*>(smem);
+  {
+    const int gq = lane >> 2, tq = lane & 3;
 #pragma unroll
-  for (int mt = 0; mt < 4; ++mt) {
+    for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const long long m = m0 + wm + mt * 16 + gq + 8 * h;
-      const RowData rd = row_data<4>(e, m, gidx, tq);
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = wm + mt * 16 + gq + 8 * h, c = wn + nt * 8 + 2 * tq;
+          *reinterpret_cast<int2*>(ct + r * Cfg::kCLd + c) =
+              make_int2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+        }
+  }
+  __syncthreads();
+
+  constexpr int kQuads = BN / 4;
+  constexpr int kRowsPerPass = kThreads / kQuads;
+  const int cq = tid % kQuads;
+  const int ol = n0 + 4 * cq;  // first column (within the group)
+  float osc[4], obias[4];
+  int w1all[4];
+  bool cok[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    cok[i] = ol + i < e.og;
+    const int go = gidx * e.og + min(ol + i, e.og - 1);
+    osc[i] = __ldg(e.osc + go);
+    obias[i] = __ldg(e.obias + go);
+    w1all[i] = e.pre[(e.kh * (e.kw + 1) + e.kw) * e.o + go];
+  }
+  const int go0 = gidx * e.og + ol;
+  const bool all4 = cok[3] && e.out_vec4;
+  const int word_c = n0 + 32 * (cq / 8);  // first column of this lane's packed word
+#pragma unroll 1
+  for (int r = tid / kQuads; r < BM; r += kRowsPerPass) {
+    const long long m = m0 + r;
+    const bool rv = m < e.m;
+    const SEpi re = sepi[r];
+    const int4 p4 = *reinterpret_cast<const int4*>(ct + r * Cfg::kCLd + 4 * cq);
+    const int pv4[4] = {p4.x, p4.y, p4.z, p4.w};
+    const int a = re.by & 0xffff, b = re.by >> 16, c = re.bx & 0xffff, d = re.bx >> 16;
+    const bool corr = e.pad_corr && (b - a) * (d - c) < e.t;
+    float val[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      int accv = e.type == XNOR ? 4 * pv4[i] + re.rowconst - 2 * w1all[i] : pv4[i];
+      if (corr && cok[i]) accv += pad_term(e, re.by, re.bx, go0 + i, w1all[i]);
+      val[i] = epilogue((float)accv, osc[i], re.beta, obias[i], e.act, e.slope);
+    }
+    if (!e.out_packed) {
+      if (!rv) continue;
+      float* out = static_cast<float*>(e.out) + m * e.o + go0;
+      if (all4) {
+        *reinterpret_cast<float4*>(out) = make_float4(val[0], val[1], val[2], val[3]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          if (cok[i]) out[i] = val[i];
+      }
+    } else if (e.out_atomic) {
+      if (!rv) continue;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (cok[i]) store_packed_bit_atomic(e, m, go0 + i, val[i]);
+    } else {
       uint32_t bits = 0;
-      bool any = false;
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int o = n0 + wn + nt * 8 + 2 * tq;
-        float val[2];
-        bool ok[2];
-#pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-          ok[jj] = rd.valid && (o + jj) < e.og;
-          val[jj] = 0.0f;
-          if (ok[jj]) {
-            const int go = gidx * e.og + o + jj;
-            const int accv = finish_acc(e, rd, acc[mt][nt][h * 2 + jj], go);
-            val[jj] = epilogue((float)accv, __ldg(e.osc + go), rd.beta, __ldg(e.obias + go),
-                               e.act, e.slope);
-          }
-        }
-        const int go0 = gidx * e.og + o;
-        if (!e.out_packed) {
-          float* out = static_cast<float*>(e.out) + m * e.o + go0;
-          if (e.out_vec2 && ok[0]) {
-            *reinterpret_cast<float2*>(out) = make_float2(val[0], val[1]);
-          } else {
-            if (ok[0]) out[0] = val[0];
-            if (ok[1]) out[1] = val[1];
-          }
-        } else if (e.out_atomic) {
-          if (ok[0]) store_packed_bit_atomic(e, m, go0, val[0]);
-          if (ok[1]) store_packed_bit_atomic(e, m, go0 + 1, val[1]);
-        } else {
-#pragma unroll
-          for (int jj = 0; jj < 2; ++jj)
-            if (ok[jj]) {
-              bits |= bin_bit(val[jj]) << (nt * 8 + 2 * tq + jj);
-              any = true;
-            }
-        }
-      }
-      if (e.out_packed && !e.out_atomic) {
-        // any: whether this word exists at all (column inside Og).
-        const bool word_exists = rd.valid && (n0 + wn) < e.og;
-        store_packed_word<4>(e, m, bits, (long long)gidx * e.og + n0 + wn, tq == 0, word_exists);
-        (void)any;
-      }
+      for (int i = 0; i < 4; ++i)
+        if (cok[i]) bits |= bin_bit(val[i]) << (4 * (cq % 8) + i);
+      // Lanes that share the row and the word: 8 consecutive lanes.
+      store_packed_word<8>(e, m, bits, (long long)gidx * e.og + word_c, cq % 8 == 0,
+                           rv && word_c < e.og);
     }
   }
 }
@@ -877,6 +972,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
   e.out_packed = p.out_packed ? 1 : 0;
   e.out_atomic = (p.out_packed && pl.g > 1 && pl.og % 32 != 0) ? 1 : 0;
   e.out_vec2 = (p.o % 2 == 0 && pl.og % 2 == 0) ? 1 : 0;
+  e.out_vec4 = (p.o % 4 == 0 && pl.og % 4 == 0) ? 1 : 0;
   // XNOR: coefficient 2 + 2pv (zero for pv = -1); AND: pv.
   e.pad_corr = (p.type == XNOR) ? (e.pv != -1) : (p.type == AND ? (e.pv != 0) : 0);
 
@@ -907,7 +1003,11 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
   pa.wblocks = pl.binary ? (int)((pl.g * (long long)pl.ogpad + 7) / 8) : 0;
   const int warps_per_block = kThreads / 32;
   if (!p.x_packed && (pl.binary || p.beta_scaling)) {
-    pa.mode_x = 1;
+    const bool vec_ok = p.c % 4 == 0 && (pl.g == 1 || pl.cg % 32 == 0) &&
+                        reinterpret_cast<uintptr_t>(b.x) % 16 == 0 &&
+                        reinterpret_cast<uintptr_t>(b.input_bias) % 16 == 0 &&
+                        reinterpret_cast<uintptr_t>(b.input_scale) % 16 == 0;
+    pa.mode_x = vec_ok ? 3 : 1;
     pa.x = static_cast<const float*>(b.x);
     pa.ib = b.input_bias;
     pa.is = b.input_scale;

@@ -199,7 +199,8 @@ ffi::Error Conv2dImpl(cudaStream_t stream, ffi::AnyBuffer x,
   // or kernel dimension is involved.
   constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
   if (p.h > kI32 / 4 || p.w > kI32 / 4 || p.c > kI32 / 4 || p.o > kI32 / 4 ||
-      p.kh * p.kw * p.w_words() > kI32 / 4 || ho * wo > kI32 / 4 || p.h * p.w > kI32 / 4)
+      p.kh * p.kw * p.w_words() > kI32 / 4 || ho * wo > kI32 / 4 || p.h * p.w > kI32 / 4 ||
+      p.kh >= 32768 || p.kw >= 32768 || (p.kh + 1) * (p.kw + 1) * p.o > kI32 / 2)
     return invalid("a dimension is too large for the CUDA kernels");
 
   if (p.n == 0 || ho == 0 || wo == 0) return ffi::Error::Success();

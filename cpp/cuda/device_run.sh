@@ -48,7 +48,7 @@ for stage in "$@"; do
       grep -E "^(FAILED|ERROR)" "$OUT/test.log" | head -40
       ;;
     sanitize)
-      sel="big_layer or packed_in_and_out and 64-128-2 or test_groups and 2-66 or pad_values and 256 or lowering or tiny or trailing or large_k"
+      sel=${SAN_SELECT:-"big_layer or packed_in_and_out and 64-128-2 or test_groups and 2-66 or pad_values and 256 or lowering or tiny or trailing or large_k"}
       for tool in memcheck racecheck; do
         for alloc in platform default; do
           stamp "sanitize $tool (XLA allocator: $alloc)"

@@ -53,9 +53,10 @@ for stage in "$@"; do
         for alloc in platform default; do
           stamp "sanitize $tool (XLA allocator: $alloc)"
           if [ $alloc = platform ]; then export XLA_PYTHON_CLIENT_ALLOCATOR=platform; else unset XLA_PYTHON_CLIENT_ALLOCATOR; fi
+          tsel=$sel; [ $tool = racecheck ] && tsel=${RACE_SELECT:-$sel}
           timeout ${SAN_TIMEOUT:-200} compute-sanitizer --tool $tool \
             --kernel-name kns=binconv --print-limit 20 \
-            python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$sel" >"$OUT/sanitize_${tool}_$alloc.log" 2>&1
+            python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$tsel" >"$OUT/sanitize_${tool}_$alloc.log" 2>&1
           rc=$?
           echo "$tool rc=$rc"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|Invalid|Race|hazard" "$OUT/sanitize_${tool}_$alloc.log" | tail -8
           [ $rc -ne 139 ] && break

@@ -104,7 +104,7 @@ struct WeightEntry {
   bool is_and = false;
   std::vector<uint32_t> src;  // the packed weights as given
   Buf<uint64_t> wr;           // [block][tap][word][lane]
-  std::vector<int32_t> wsum;  // per (o, tap): sum over channels of the product-weight
+  std::vector<int32_t> wsum;  // [tap][o]: sum over channels of the product-weight
   size_t bytes() const { return src.size() * 4 + wsum.size() * 4 + wr_words * 8; }
   int64_t wr_words = 0;
 };
@@ -410,6 +410,10 @@ inline void store_outputs(const ConvParams& p, const float* res, int64_t q, int6
   for (int64_t j = 0; j < cnt; ++j) bits |= static_cast<uint64_t>(!(res[j] < 0.0f)) << j;
   const int64_t ow = p.out_words();
   uint32_t* dst = static_cast<uint32_t*>(out) + q * ow + (o0 >> 5);
+  if (OBW == 32 && cnt == 32 && (o0 & 31) == 0) {  // the block owns the whole word
+    *dst = static_cast<uint32_t>(bits);
+    return;
+  }
   bits <<= (o0 & 31);
   // Blocks of different work items may share a word when O/groups is not a
   // multiple of 32; OR-ing atomically into the zeroed output keeps that race-free.
@@ -509,7 +513,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
           pop += static_cast<int32_t>(K::popcount64(v));
         }
         // sum over channels of the product-weight: 2*pop - Cg for XNOR, pop for AND
-        wsum_out[o * g.T + t] = is_and ? pop : 2 * pop - static_cast<int32_t>(g.Cg);
+        wsum_out[t * g.O + o] = is_and ? pop : 2 * pop - static_cast<int32_t>(g.Cg);
       }
     }
   };
@@ -521,7 +525,10 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
 
   // Phase 1: pack the input (one padded row per item) and zero a packed output.
   const int64_t rows = g.N * g.Hp;
-  const int64_t out_zero = p.out_packed ? g.NQ * p.out_words() : 0;
+  // Blocks that own whole output words store them; otherwise bits are OR-ed
+  // into a zeroed output.
+  const bool words_owned = OBW == 32 && g.Og % 32 == 0;
+  const int64_t out_zero = (p.out_packed && !words_owned) ? g.NQ * p.out_words() : 0;
   const int64_t xw = p.x_words();
   // Without a folded batch norm (bias 0, scale 1) x' = x up to the sign of
   // zero, which bin() and |x'| ignore: skip the affine.
@@ -650,7 +657,8 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
               const int64_t x = xos[pp] * p.stride_w + dx * p.dil_w - p.pad_left;
               if (y >= 0 && y < g.H && x >= 0 && x < g.W) continue;
               const int64_t t = dy * g.KW + dx;
-              for (int64_t j = 0; j < cnt; ++j) corr[pp][j] += corr_coef * wsum[(o0 + j) * g.T + t];
+              const int32_t* ws = wsum + t * g.O + o0;
+              for (int64_t j = 0; j < cnt; ++j) corr[pp][j] += corr_coef * ws[j];
             }
           }
           corr_ptr[pp] = corr[pp];

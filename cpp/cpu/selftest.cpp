@@ -205,7 +205,7 @@ int run_checks(bool quick) {
   return fails == 0 ? 0 : 1;
 }
 
-int run_bench(const char* only, const char* layer, int reps) {
+int run_bench(const char* only, const char* layer, int reps, bool packed) {
   struct L { const char* name; int64_t h, c, o, k, s; };
   const L layers[] = {{"L1", 56, 64, 64, 3, 1},   {"L2", 28, 128, 128, 3, 1}, {"L3", 14, 256, 256, 3, 1},
                       {"L4", 7, 512, 512, 3, 1},  {"L5", 56, 64, 128, 3, 2},  {"L6", 28, 256, 256, 1, 1},
@@ -216,13 +216,13 @@ int run_bench(const char* only, const char* layer, int reps) {
     if (only && std::strcmp(only, kern.name)) continue;
     for (const L& l : layers) {
       if (layer && std::strcmp(layer, l.name)) continue;
-      Case k = make_case(rng, XNOR, 1, l.h, l.h, l.c, l.o, l.k, l.k, 1, 1, l.k / 2, 1, 0.0f, false, false);
+      Case k = make_case(rng, XNOR, 1, l.h, l.h, l.c, l.o, l.k, l.k, 1, 1, l.k / 2, 1, 0.0f, packed, packed);
       k.p.stride_w = l.s, k.p.stride_h = l.s, k.p.pad_right = l.k / 2, k.p.pad_bottom = l.k / 2;
       std::fill(k.ib.begin(), k.ib.end(), 0.0f);  // no folded batch norm, as in benchmarks/cpu.py
       std::fill(k.is.begin(), k.is.end(), 1.0f);
       std::vector<float> out(k.p.n * k.p.ho() * k.p.wo() * k.p.o);
       ConvCall call;
-      call.p = k.p, call.x = k.x.data(), call.w = k.w.data(), call.input_bias = k.ib.data();
+      call.p = k.p, call.x = packed ? static_cast<const void*>(k.xpk.data()) : k.x.data(), call.w = k.w.data(), call.input_bias = k.ib.data();
       call.input_scale = k.is.data(), call.output_scale = k.os.data(), call.output_bias = k.ob.data();
       call.out = out.data();
       double best = 1e9;
@@ -232,7 +232,8 @@ int run_bench(const char* only, const char* layer, int reps) {
         best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
       const double macs = double(k.p.ho() * k.p.wo() * k.p.o) * l.k * l.k * l.c;
-      std::printf("%-7s %s N=1 1 thread: %8.1f us  %7.0f GMAC/s\n", kern.name, l.name, best * 1e6, macs / best / 1e9);
+      std::printf("%-7s %s N=1 1 thread%s: %8.1f us  %7.0f GMAC/s\n", kern.name, l.name,
+                  packed ? " packed in/out" : "", best * 1e6, macs / best / 1e9);
     }
   }
   return 0;
@@ -242,6 +243,7 @@ int run_bench(const char* only, const char* layer, int reps) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return run_bench(argc > 2 ? argv[2] : nullptr, argc > 3 ? argv[3] : nullptr,
-                                                         argc > 4 ? std::atoi(argv[4]) : 30);
+                                                         argc > 4 ? std::atoi(argv[4]) : 30,
+                                                         argc > 5 && std::strcmp(argv[5], "packed") == 0);
   return run_checks(argc > 1 && std::strcmp(argv[1], "--quick") == 0);
 }

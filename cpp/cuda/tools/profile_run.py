@@ -16,6 +16,8 @@ import jax_binconv as jb
 
 CFGS = [("L7", 256, 56, 256, 256), ("L6", 256, 28, 256, 256), ("L3", 1, 14, 256, 256),
         ("L4", 256, 7, 512, 512)]
+if len(sys.argv) > 2:
+    CFGS = [c for c in CFGS if c[0] in sys.argv[2].split(",")]
 
 
 def make(name, n, hw, c, o, k=3):
@@ -77,6 +79,9 @@ for name, n, hw, c, o in CFGS:
         for _ in range(2):
             jax.block_until_ready(jax.jit(pub_p)(xp.words))
             jax.block_until_ready(jax.jit(pub_f)(x))
+        continue
+    if mode == "ncu_packed":  # one packed call per configuration
+        jax.block_until_ready(jax.jit(pub_p)(xp.words))
         continue
     inner = 40
     for label, f, arg in [("pub packed", pub_p, xp.words), ("pub float", pub_f, x)]:

@@ -1,6 +1,6 @@
 """Metal vs CPU kernel vs XLA float32 convolution on the BENCH.md layers (macOS).
 
-Run on a Mac after `pip install .`:
+Run on a Mac after `pip install -e .`:
 
     python metal/bench_metal.py            # N=1 and N=8, all layers
     python metal/bench_metal.py --check    # also compare Metal with the CPU kernel

@@ -282,6 +282,26 @@ def test_hypothesis_random_configurations(t, n, h, w, c, o, kh, kw, sh, sw, dh, 
           output_bias=rand_vec(seed + 2, o, -1, 1))
 
 
+def test_concurrent_calls_from_many_threads():
+    """The runner keeps its fibers and threadgroup memory per OS thread:
+    calls running at the same time on several threads must not mix."""
+    import concurrent.futures
+
+    cases = [(rand_x(60 + i, (1, 5, 6, 40 + i)), rand_x(70 + i, (3, 3, 40 + i, 33)))
+             for i in range(4)]
+    with jb.config.cpu_kernel_override("metal_shim"):
+        fns = [jax.jit(lambda x, w: jb.binary_conv2d(x, w, beta_scaling=True)) for _ in cases]
+        expected = [np.asarray(f(x, w)) for f, (x, w) in zip(fns, cases)]
+
+        def run(i):
+            x, w = cases[i % 4]
+            return i % 4, np.asarray(fns[i % 4](x, w))
+
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            for i, y in ex.map(run, range(32)):
+                np.testing.assert_array_equal(y, expected[i])
+
+
 # ------------------------------------------- the handler rejects bad calls
 
 def _ffi(x, w, *, c, out_shape=None, out_dtype=jnp.float32, o=None, **attrs):

@@ -376,3 +376,60 @@ def test_grad_under_jit_on_gpu(t, est):
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(r)):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(b).max())))
+
+
+# ------------------------------------------------------------ packed thresholds
+
+
+def _edge_scales(o, seed):
+    """Output scales and biases that make acc * scale + bias hit 0 exactly,
+    with negative and zero scales among them."""
+    rng = np.random.default_rng(seed)
+    scale = rng.choice([0.5, 0.25, -0.5, -2.0, 0.0, 1.0, -0.0, 3.0], o).astype(np.float32)
+    k = rng.integers(-20, 21, o).astype(np.float32)
+    bias = (-k * np.where(scale == 0, 1.0, scale)).astype(np.float32)
+    bias[::7] = 0.0
+    return scale, bias
+
+
+@pytest.mark.parametrize("t", ["xnor", "and"])
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "leaky_relu", "sigmoid", "tanh",
+                                        "hard_tanh", "sign"])
+def test_packed_output_edges(t, activation):
+    """Packed output goes through exact per-column integer thresholds when
+    there is no beta; the bits must equal bin(reference) at every edge."""
+    c, o = 70, 64
+    x = np.asarray(rand_x(90, (2, 9, 9, c)))
+    w = np.asarray(rand_x(91, (3, 3, c, o)))
+    scale, bias = _edge_scales(o, 92)
+    check(x, w, type=t, output="packed", activation=activation, negative_slope=0.3,
+          output_scale=scale, output_bias=bias, padding=((2, 0), (1, 1)))
+    check(x, w, type=t, output="packed", activation=activation, negative_slope=0.3,
+          output_scale=scale, output_bias=bias, pad_value=1.0, groups=2)
+
+
+def test_packed_output_nonfinite_scales_match_float_path():
+    """Self-consistency where the reference is not the point: packed bits
+    equal bin() of our own float output, also for inf/nan scales and biases."""
+    c, o = 40, 40
+    x = np.asarray(rand_x(93, (2, 6, 6, c)))
+    w = np.asarray(rand_x(94, (3, 3, c, o)))
+    px = np.asarray(jb.pack_activations(x).words)
+    pw = np.asarray(jb.pack_weights(w).words)
+    scale, bias = _edge_scales(o, 95)
+    scale[:6] = [np.inf, -np.inf, np.nan, 1.0, 0.0, -1.0]
+    bias[:6] = [0.0, 1.0, 0.0, np.inf, -np.inf, np.nan]
+    for act in (0, 1, 3, 6, 7):
+        outs = []
+        for rdt in (jnp.float32, jnp.uint32):
+            call = jax.ffi.ffi_call(jb.TARGETS["cuda"], jax.ShapeDtypeStruct(
+                (2, 6, 6, o if rdt == jnp.float32 else 2), rdt))
+            f = jax.jit(lambda *a, call=call: call(
+                *a, conv_type=np.int32(1), in_channels=c, stride_h=1, stride_w=1,
+                dilation_h=1, dilation_w=1, pad_top=1, pad_bottom=1, pad_left=1, pad_right=1,
+                groups=1, pad_value=np.float32(0), beta_scaling=False, activation=np.int32(act),
+                negative_slope=np.float32(0.5)))
+            outs.append(np.asarray(f(*jax.device_put(
+                [px, pw, np.zeros(c, np.float32), np.ones(c, np.float32), scale, bias], GPU))))
+        expect = np.asarray(jb.pack_activations(outs[0]).words)
+        np.testing.assert_array_equal(outs[1], expect, err_msg=f"activation {act}")

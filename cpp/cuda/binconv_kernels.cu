@@ -61,6 +61,13 @@ struct PrepArgs {
   uint32_t* ws;  // [G, OgPad, Kpad]
   int* pre;      // [(KH+1)*(KW+1), O]
   int o, og, ogpad, t, k, kpad, kh, kw;
+  // packed-output thresholds (null when not used)
+  int2* thr;
+  const float* osc;
+  const float* obias;
+  int act;
+  float slope;
+  int amin, amax;
 };
 
 struct EpiArgs {
@@ -74,6 +81,7 @@ struct EpiArgs {
   int h, w, c, o, g, cg, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, t;
   int type, pv, beta, x_packed, act, out_packed, out_atomic, out_vec2;
   int pad_corr;  // the padded-tap weight term has a nonzero coefficient
+  const int2* thr;  // packed output without beta: bit = lo <= acc <= hi
   int out_vec4;  // float4 stores of 4 consecutive columns are aligned
   float slope, pvf;
 };
@@ -138,6 +146,20 @@ __device__ __forceinline__ void mma_b1_and(int (&d)[4], const uint32_t (&a)[4], 
 #endif
 }
 
+// (n, rem) = divmod(m, hw) in 32-bit arithmetic when m fits (always, in
+// practice): 64-bit division is a long software sequence on the GPU.
+__device__ __forceinline__ void split_row(long long m, int hw, long long& n, int& rem) {
+  if (m <= 0x7fffffffLL) {
+    const int mi = (int)m;
+    const int ni = mi / hw;
+    n = ni;
+    rem = mi - ni * hw;
+  } else {
+    n = m / hw;
+    rem = (int)(m - n * hw);
+  }
+}
+
 __host__ __device__ __forceinline__ uint32_t last_word_mask(int bits) {
   return (bits % 32 == 0) ? 0xffffffffu : ((1u << (bits % 32)) - 1u);
 }
@@ -174,9 +196,9 @@ __device__ __forceinline__ RowData row_data(const EpiArgs& e, long long m, int g
   r.m = m;
   r.valid = m < e.m;
   long long mm = r.valid ? m : 0;
-  const long long hw = (long long)e.ho * e.wo;
-  const int n = (int)(mm / hw);
-  const int rem = (int)(mm - (long long)n * hw);
+  long long n;
+  int rem;
+  split_row(mm, e.ho * e.wo, n, rem);
   const int yo = rem / e.wo, xo = rem - (rem / e.wo) * e.wo;
   const int iy0 = yo * e.sh - e.pt, ix0 = xo * e.sw - e.pl;
   tap_range(iy0, e.h, e.kh, e.dh, r.box.a, r.box.b);
@@ -251,6 +273,43 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
       for (int dy = 0; dy < ey; ++dy)
         for (int dx = 0; dx < ex; ++dx) s += spw[dy * a.kw + dx];
       a.pre[(long long)e * a.o + go] = s;
+    }
+    if (a.thr && lane == 0) {
+      // Packed output without beta: bin(activation(acc * s + b)) as a
+      // function of the integer acc is evaluated here with the very epilogue
+      // the general path uses, so it is exact; for s > 0 it is
+      // non-decreasing, for s < 0 non-increasing (monotone activations, float
+      // rounding is monotone), otherwise constant. Binary search its edge.
+      const float sc = a.osc[go], bi = a.obias[go];
+      auto f = [&](int v) {
+        return bin_bit(epilogue((float)v, sc, 1.0f, bi, a.act, a.slope)) != 0;
+      };
+      int lo = 1, hi = 0;  // empty
+      if (sc > 0.0f) {
+        if (f(a.amax)) {
+          int l = a.amin, h = a.amax;  // smallest v with f(v)
+          while (l < h) {
+            const int mid = l + (h - l) / 2;
+            if (f(mid)) h = mid; else l = mid + 1;
+          }
+          lo = l;
+          hi = 0x7fffffff;
+        }
+      } else if (sc < 0.0f) {
+        if (f(a.amin)) {
+          int l = a.amin, h = a.amax;  // largest v with f(v)
+          while (l < h) {
+            const int mid = l + (h - l + 1) / 2;
+            if (f(mid)) l = mid; else h = mid - 1;
+          }
+          lo = -0x7fffffff - 1;
+          hi = l;
+        }
+      } else if (f(a.amin)) {
+        lo = -0x7fffffff - 1;
+        hi = 0x7fffffff;
+      }
+      a.thr[go] = make_int2(lo, hi);
     }
     return;
   }
@@ -457,9 +516,9 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
     const long long m = m0 + r;
     SRow s;
     if (m < e.m) {
-      const long long hw = (long long)e.ho * e.wo;
-      const long long n = m / hw;
-      const int rem = (int)(m - n * hw);
+      long long n;
+      int rem;
+      split_row(m, e.ho * e.wo, n, rem);
       const int yo = rem / e.wo, xo = rem - yo * e.wo;
       s.pixbase = n * e.h * e.w;
       s.iy0 = yo * e.sh - e.pt;
@@ -607,7 +666,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
   const int cq = tid % kQuads;
   const int ol = n0 + 4 * cq;  // first column (within the group)
   float osc[4], obias[4];
-  int w1all[4];
+  int w1all[4], tlo[4], thi[4];
   bool cok[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -616,11 +675,16 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
     osc[i] = __ldg(e.osc + go);
     obias[i] = __ldg(e.obias + go);
     w1all[i] = e.pre[(e.kh * (e.kw + 1) + e.kw) * e.o + go];
+    if (e.thr) {
+      const int2 t2 = e.thr[go];
+      tlo[i] = t2.x;
+      thi[i] = t2.y;
+    }
   }
   const int go0 = gidx * e.og + ol;
   const bool all4 = cok[3] && e.out_vec4;
   const int word_c = n0 + 32 * (cq / 8);  // first column of this lane's packed word
-#pragma unroll 1
+#pragma unroll 2
   for (int r = tid / kQuads; r < BM; r += kRowsPerPass) {
     const long long m = m0 + r;
     const bool rv = m < e.m;
@@ -629,13 +693,31 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
     const int pv4[4] = {p4.x, p4.y, p4.z, p4.w};
     const int a = re.by & 0xffff, b = re.by >> 16, c = re.bx & 0xffff, d = re.bx >> 16;
     const bool corr = e.pad_corr && (b - a) * (d - c) < e.t;
-    float val[4];
+    int accv[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      int accv = e.type == XNOR ? 4 * pv4[i] + re.rowconst - 2 * w1all[i] : pv4[i];
-      if (corr && cok[i]) accv += pad_term(e, re.by, re.bx, go0 + i, w1all[i]);
-      val[i] = epilogue((float)accv, osc[i], re.beta, obias[i], e.act, e.slope);
+      accv[i] = e.type == XNOR ? 4 * pv4[i] + re.rowconst - 2 * w1all[i] : pv4[i];
+      if (corr && cok[i]) accv[i] += pad_term(e, re.by, re.bx, go0 + i, w1all[i]);
     }
+    if (e.thr) {
+      uint32_t bits = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (cok[i] && accv[i] >= tlo[i] && accv[i] <= thi[i]) bits |= 1u << (4 * (cq % 8) + i);
+      if (e.out_atomic) {
+        if (rv)
+          for (int i = 0; i < 4; ++i)
+            if (bits & (1u << (4 * (cq % 8) + i))) store_packed_bit_atomic(e, m, go0 + i, 1.0f);
+      } else {
+        store_packed_word<8>(e, m, bits, (long long)gidx * e.og + word_c, cq % 8 == 0,
+                             rv && word_c < e.og);
+      }
+      continue;
+    }
+    float val[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      val[i] = epilogue((float)accv[i], osc[i], re.beta, obias[i], e.act, e.slope);
     if (!e.out_packed) {
       if (!rv) continue;
       float* out = static_cast<float*>(e.out) + m * e.o + go0;
@@ -682,9 +764,9 @@ __global__ void __launch_bounds__(kThreads) bw_kernel(BwArgs a) {
     const long long m = m0 + r;
     SRow s;
     if (m < e.m) {
-      const long long hw = (long long)e.ho * e.wo;
-      const long long n = m / hw;
-      const int rem = (int)(m - n * hw);
+      long long n;
+      int rem;
+      split_row(m, e.ho * e.wo, n, rem);
       const int yo = rem / e.wo, xo = rem - yo * e.wo;
       s.pixbase = n * e.h * e.w;
       s.iy0 = yo * e.sh - e.pt;
@@ -791,7 +873,8 @@ struct Plan {
   bool binary;
   long long nhw, m;
   int g, cg, og, wg, t, k, kpad, ogpad, bn, vec;
-  size_t off_xp, off_popc, off_a, off_ws, off_pre, total;
+  bool thr;  // packed output through per-column integer thresholds
+  size_t off_xp, off_popc, off_a, off_ws, off_pre, off_thr, total;
 };
 
 size_t align256(size_t v) { return (v + 255) & ~size_t(255); }
@@ -818,12 +901,20 @@ Plan make_plan(const ConvParams& p) {
     return at;
   };
   const size_t none = ~size_t(0);
-  pl.off_xp = pl.off_popc = pl.off_a = pl.off_ws = pl.off_pre = none;
+  pl.off_xp = pl.off_popc = pl.off_a = pl.off_ws = pl.off_pre = pl.off_thr = none;
+  // Monotone activations only (sigmoid and tanh go through float library
+  // code whose monotonicity we do not rely on); beta varies per row.
+  pl.thr = pl.binary && p.out_packed && !p.beta_scaling &&
+           (p.activation == ACT_LINEAR || p.activation == ACT_RELU ||
+            p.activation == ACT_RELU6 || p.activation == ACT_SIGN ||
+            p.activation == ACT_HARD_TANH ||
+            (p.activation == ACT_LEAKY_RELU && p.negative_slope >= 0.0f));
   if (pl.binary) {
     if (!p.x_packed) pl.off_xp = take(sizeof(uint32_t) * pl.nhw * pl.g * pl.wg);
     if (p.type == XNOR) pl.off_popc = take(sizeof(int) * pl.nhw * pl.g);
     pl.off_ws = take(sizeof(uint32_t) * (size_t)pl.g * pl.ogpad * pl.kpad);
     pl.off_pre = take(sizeof(int) * (size_t)(p.kh + 1) * (p.kw + 1) * p.o);
+    if (pl.thr) pl.off_thr = take(sizeof(int2) * (size_t)p.o);
   }
   if (p.beta_scaling && !p.x_packed) pl.off_a = take(sizeof(float) * pl.nhw);
   pl.total = off;
@@ -1001,6 +1092,14 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
   pa.kh = (int)p.kh;
   pa.kw = (int)p.kw;
   pa.wblocks = pl.binary ? (int)((pl.g * (long long)pl.ogpad + 7) / 8) : 0;
+  pa.thr = at<int2>(scratch, pl.off_thr);
+  pa.osc = b.output_scale;
+  pa.obias = b.output_bias;
+  pa.act = p.activation;
+  pa.slope = p.negative_slope;
+  pa.amax = pl.t * pl.cg;
+  pa.amin = p.type == XNOR ? -pa.amax : 0;
+  e.thr = pa.thr;
   const int warps_per_block = kThreads / 32;
   if (!p.x_packed && (pl.binary || p.beta_scaling)) {
     const bool vec_ok = p.c % 4 == 0 && (pl.g == 1 || pl.cg % 32 == 0) &&

@@ -178,7 +178,7 @@ def child(threads: int, batches: list[int], layers: list[str], reps: int, chain:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--threads", default=None, help="comma list, default 1 and all cores")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--layers", default=",".join(LAYERS))
@@ -197,7 +197,7 @@ def main():
     threads = [int(v) for v in a.threads.split(",")] if a.threads else sorted({1, ncpu})
     print(f"# machine: {platform.machine()}, {ncpu} CPUs available; "
           f"{_model_name()}; load average {os.getloadavg()[0]:.2f}")
-    ceiling = build_and_run_ceiling(0.1 if a.quick else 0.25)
+    ceiling = build_and_run_ceiling(0.05 if a.quick else 0.1)
     rows = []
     for t in threads:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(t), "--reps", str(a.reps),

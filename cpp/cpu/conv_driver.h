@@ -399,7 +399,14 @@ inline int64_t tiles_per_chunk(int64_t ntile, int64_t nblocks, int nthreads) {
   return (ntile + chunks - 1) / chunks;  // equal chunks: no straggler item at the end
 }
 
-template <int OBW>
+// bin() of 32 floats as bits (1 unless v < 0; NaN gives 1).
+inline uint32_t sign_bits32_generic(const float* v) {
+  uint32_t bits = 0;
+  for (int j = 0; j < 32; ++j) bits |= static_cast<uint32_t>(!(v[j] < 0.0f)) << j;
+  return bits;
+}
+
+template <class K, int OBW>
 inline void store_outputs(const ConvParams& p, const float* res, int64_t q, int64_t o0,
                           int64_t cnt, void* out) {
   if (!p.out_packed) {
@@ -408,7 +415,11 @@ inline void store_outputs(const ConvParams& p, const float* res, int64_t q, int6
   }
   static_assert(OBW <= 32, "packed store assumes at most 32 outputs per block");
   uint64_t bits = 0;
-  for (int64_t j = 0; j < cnt; ++j) bits |= static_cast<uint64_t>(!(res[j] < 0.0f)) << j;
+  if (OBW == 32) {
+    bits = K::sign_bits32(res) & low_mask(cnt);  // lanes past cnt are padding
+  } else {
+    for (int64_t j = 0; j < cnt; ++j) bits |= static_cast<uint64_t>(!(res[j] < 0.0f)) << j;
+  }
   const int64_t ow = p.out_words();
   uint32_t* dst = static_cast<uint32_t*>(out) + q * ow + (o0 >> 5);
   if (OBW == 32 && cnt == 32 && (o0 & 31) == 0) {  // the block owns the whole word
@@ -675,7 +686,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
         finish_tile<OBW, false>(p.activation, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas,
                                 p.negative_slope, dst);
       for (int pp = 0; pp < np; ++pp)
-        if (dst[pp] == res[pp]) store_outputs<OBW>(p, res[pp], qs[pp], o0, cnt, call.out);
+        if (dst[pp] == res[pp]) store_outputs<K, OBW>(p, res[pp], qs[pp], o0, cnt, call.out);
     }
   });
   return {};
@@ -788,7 +799,7 @@ std::string run_float(const ConvCall& call, const Geometry& g, const Executor& e
         const float bq = p.beta_scaling ? beta[q] : 1.0f;
         epilogue_dispatch<OBW>(p.activation, acc + pp * OBW, osp.get() + blk * OBW,
                                obp.get() + blk * OBW, bq, p.negative_slope, res);
-        store_outputs<OBW>(p, res, q, o0, cnt, call.out);
+        store_outputs<K, OBW>(p, res, q, o0, cnt, call.out);
       }
     }
   });

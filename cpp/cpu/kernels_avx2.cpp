@@ -20,6 +20,8 @@ struct Avx2Traits {
 
   static uint64_t popcount64(uint64_t v) { return static_cast<uint64_t>(__builtin_popcountll(v)); }
 
+  static uint32_t sign_bits32(const float* v) { return detail::sign_bits32_generic(v); }
+
   template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {

@@ -23,6 +23,13 @@ struct Avx512Traits {
 
   static uint64_t popcount64(uint64_t v) { return static_cast<uint64_t>(__builtin_popcountll(v)); }
 
+  static uint32_t sign_bits32(const float* v) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __mmask16 lo = _mm512_cmp_ps_mask(_mm512_loadu_ps(v), zero, _CMP_NLT_UQ);
+    const __mmask16 hi = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + 16), zero, _CMP_NLT_UQ);
+    return _cvtmask32_u32(_mm512_kunpackw(hi, lo));
+  }
+
   template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {

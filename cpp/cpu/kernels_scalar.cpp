@@ -15,6 +15,8 @@ struct ScalarTraits {
 
   static uint64_t popcount64(uint64_t v) { return detail::popcount_swar(v); }
 
+  static uint32_t sign_bits32(const float* v) { return detail::sign_bits32_generic(v); }
+
   template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {

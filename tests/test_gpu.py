@@ -404,7 +404,8 @@ def test_packed_output_edges(t, activation):
     scale, bias = _edge_scales(o, 92)
     check(x, w, type=t, output="packed", activation=activation, negative_slope=0.3,
           output_scale=scale, output_bias=bias, padding=((2, 0), (1, 1)))
-    check(x, w, type=t, output="packed", activation=activation, negative_slope=0.3,
+    w2 = np.asarray(rand_x(96, (3, 3, c // 2, o)))
+    check(x, w2, type=t, output="packed", activation=activation, negative_slope=0.3,
           output_scale=scale, output_bias=bias, pad_value=1.0, groups=2)
 
 

@@ -3,7 +3,8 @@
     python notebooks/run_notebooks.py [names...] [--out DIR] [--timeout SECONDS]
 
 Each notebook runs in a fresh kernel with ``notebooks/`` as working directory,
-the repository root on ``PYTHONPATH`` and matplotlib's ``Agg`` backend. A cell
+the repository root on ``PYTHONPATH`` and the kernel's inline matplotlib
+backend (figures become PNG outputs; no display needed). A cell
 that raises (e.g. the accuracy assertion of 02_train_bnn) fails the run.
 Executed copies are written to ``--out`` when given (the committed notebooks
 stay without outputs). Prints each notebook's wall time.
@@ -30,9 +31,9 @@ def run_notebook(name: str, out_dir: str | None = None, timeout: int = 600) -> f
     path = HERE / name
     nb = nbformat.read(path, as_version=4)
     env_before = {k: os.environ.get(k) for k in ("PYTHONPATH", "MPLBACKEND")}
+    os.environ.pop("MPLBACKEND", None)  # let ipykernel use its inline backend
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + ([env_before["PYTHONPATH"]] if env_before["PYTHONPATH"] else []))
-    os.environ["MPLBACKEND"] = "Agg"
     try:
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(HERE)}})

@@ -31,10 +31,12 @@ stays on the packed words (bitwise OR), valid because ``bin`` commutes with
 ``max`` under non-decreasing maps; it is allowed only after the batch norms
 and when the consumer's ``input_scale`` is >= 0.
 
-Everywhere else (a beta-scaling or ``binary_weights`` producer feeding an
-input-affine consumer, a consumer with beta scaling or of type
-``binary_weights``, anything but batch norms and max pools in between, a
-non-NHWC layout), the link stays float: the producer's following batch norms
+Everywhere else the link stays float: a producer with beta scaling or of
+type ``binary_weights`` (its accumulator is not an integer table), a consumer
+with beta scaling (it would see ``|x'| = 1``) or of type ``binary_weights``
+(it needs the float input), anything but batch norms then max pools in
+between, a max pool with a negative consumer ``input_scale``, a conv/dense
+mix, a non-NHWC layout. There the producer's following batch norms
 are folded into its ``output_scale``/``output_bias`` when its activation is
 linear (kept as modules otherwise), and a batch norm right before a binary
 layer with float input is folded into its ``input_bias``/``input_scale``
@@ -43,7 +45,6 @@ layer with float input is folded into its ``input_bias``/``input_scale``
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -171,10 +172,10 @@ def _threshold_epilogue(producer, bns, consumer):
                            options.activation(producer.activation), producer.negative_slope)
     for bn in bns:
         z = bn(z)
-    c = consumer.in_features
+    if consumer.in_features != o:
+        return None
     if consumer.input_bias is not None or consumer.input_scale is not None:
-        z = reference.input_prime(z, vec(consumer.input_bias, 0.0) if c == o else 0.0,
-                                  vec(consumer.input_scale, 1.0) if c == o else 1.0)
+        z = reference.input_prime(z, vec(consumer.input_bias, 0.0), vec(consumer.input_scale, 1.0))
     bits = np.asarray(sign_bits(z))  # [values, O]
     scale = np.zeros(o, np.float32)
     bias = np.zeros(o, np.float32)

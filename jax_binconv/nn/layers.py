@@ -15,8 +15,7 @@ chain.
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp

@@ -168,6 +168,23 @@ def test_weight_clip_transform_keeps_params_in_range():
         tx.update(g, state)
 
 
+
+def test_weight_clip_inside_binary_optimizer():
+    rngs = nnx.Rngs(0)
+    model = nnx.Sequential(bnn.BinaryDense(12, 6, use_bias=True, rngs=rngs),
+                           nnx.Linear(6, 2, rngs=rngs))
+    tx = bnn.binary_optimizer(model, optax.chain(optax.sgd(5.0), bnn.weight_clip()),
+                              optax.sgd(5.0))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x = rand_x(16, (32, 12))
+    yt = jnp.asarray(np.arange(32) % 2)
+    for _ in range(5):
+        grads = nnx.grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), yt).mean())(model)
+        opt.update(model, grads)
+    w = np.asarray(model.layers[0].kernel[...])
+    assert w.max() <= 1.0 and w.min() >= -1.0 and np.any(np.abs(w) == 1.0)
+    assert np.abs(np.asarray(model.layers[1].kernel[...])).max() > 1.0  # float layer not clipped
+
 # ---------------------------------------------------------------- batch norm folding
 
 

@@ -324,6 +324,11 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
     return invalid("strides and dilations must be >= 1");
   if (pad_top < 0 || pad_bottom < 0 || pad_left < 0 || pad_right < 0)
     return invalid("padding must be >= 0");
+  // Keeps every size product below in int64 range.
+  constexpr int64_t kMaxGeom = int64_t{1} << 24;
+  for (int64_t v : {stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_bottom, pad_left,
+                    pad_right, groups})
+    if (v > kMaxGeom) return invalid("a stride, dilation, padding or groups value is too large");
   if (in_channels < 1) return invalid("in_channels must be >= 1, got " + std::to_string(in_channels));
   if (groups < 1 || in_channels % groups != 0)
     return invalid("groups (" + std::to_string(groups) + ") must divide in_channels (" +
@@ -384,6 +389,8 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
   p.kh = wd[1];
   p.kw = wd[2];
   if (p.o < 1 || p.kh < 1 || p.kw < 1) return invalid("w has an empty dim: " + dims_str(wd));
+  if (p.kh > kMaxGeom || p.kw > kMaxGeom || p.h > kMaxGeom || p.w > kMaxGeom)
+    return invalid("a spatial dimension is too large");
   if (p.o % groups != 0)
     return invalid("groups (" + std::to_string(groups) + ") must divide O (" +
                    std::to_string(p.o) + ")");

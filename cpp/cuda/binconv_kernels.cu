@@ -203,8 +203,7 @@ __device__ __forceinline__ RowData row_data(const EpiArgs& e, long long m, int g
   const int iy0 = yo * e.sh - e.pt, ix0 = xo * e.sw - e.pl;
   tap_range(iy0, e.h, e.kh, e.dh, r.box.a, r.box.b);
   tap_range(ix0, e.w, e.kw, e.dw, r.box.c, r.box.d);
-  const int bw = r.box.d - r.box.c;
-  const int v = (r.box.b - r.box.a) * bw;
+  const int v = (r.box.b - r.box.a) * (r.box.d - r.box.c);
   r.border = v < e.t;
   const bool need_x1 = e.type == XNOR;
   const bool need_a = e.beta && !e.x_packed;
@@ -212,11 +211,14 @@ __device__ __forceinline__ RowData row_data(const EpiArgs& e, long long m, int g
   float asum = 0.0f;
   if (need_x1 || need_a) {
     const long long pix0 = (long long)n * e.h * e.w;
-    for (int i = part; i < v; i += NSPLIT) {
-      const int dy = r.box.a + i / bw, dx = r.box.c + i % bw;
-      const long long pix = pix0 + (long long)(iy0 + dy * e.dh) * e.w + (ix0 + dx * e.dw);
-      if (need_x1) x1 += e.popc[pix * e.g + gidx];
-      if (need_a) asum += e.aimg[pix];
+    for (int dy = r.box.a; dy < r.box.b; ++dy) {
+      const long long prow = pix0 + (long long)(iy0 + dy * e.dh) * e.w + ix0;
+#pragma unroll 4
+      for (int dx = r.box.c + part; dx < r.box.d; dx += NSPLIT) {
+        const long long pix = prow + dx * e.dw;
+        if (need_x1) x1 += __ldg(e.popc + pix * e.g + gidx);
+        if (need_a) asum += __ldg(e.aimg + pix);
+      }
     }
   }
 #pragma unroll
@@ -481,6 +483,12 @@ struct SRow {
   int iy0, ix0;
 };
 
+// Loader row data of the GEMM: 32-bit pixel index (the handler checks that
+// every packed-word offset fits in 31 bits).
+struct SRowG {
+  int pixbase, iy0, ix0, pad;
+};
+
 // Per-row epilogue data kept in shared memory (16 bytes).
 struct SEpi {
   int rowconst;
@@ -504,7 +512,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
   using Cfg = GemmCfg<BN, VEC>;
   constexpr int BM = Cfg::kBM;
   extern __shared__ __align__(16) uint32_t smem[];
-  SRow* srow = reinterpret_cast<SRow*>(smem + Cfg::kStages * Cfg::kStageWords);
+  SRowG* srow = reinterpret_cast<SRowG*>(smem + Cfg::kStages * Cfg::kStageWords);
   const EpiArgs& e = a.e;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -514,13 +522,14 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
 
   for (int r = tid; r < BM; r += kThreads) {
     const long long m = m0 + r;
-    SRow s;
+    SRowG s;
+    s.pad = 0;
     if (m < e.m) {
       long long n;
       int rem;
       split_row(m, e.ho * e.wo, n, rem);
       const int yo = rem / e.wo, xo = rem - yo * e.wo;
-      s.pixbase = n * e.h * e.w;
+      s.pixbase = (int)n * e.h * e.w;
       s.iy0 = yo * e.sh - e.pt;
       s.ix0 = xo * e.sw - e.pl;
     } else {
@@ -549,11 +558,10 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
 #pragma unroll
     for (int i = 0; i < Cfg::kAPerThread; ++i) {
       const int r = tid / Cfg::kCpr + i * Cfg::kRowStep;
-      const SRow s = srow[r];
+      const SRowG s = srow[r];
       const int iy = s.iy0 + oy, ix = s.ix0 + ox;
       const bool ok = kvalid && (unsigned)iy < (unsigned)e.h && (unsigned)ix < (unsigned)e.w;
-      const uint32_t* src =
-          ok ? xg + (s.pixbase + (long long)iy * e.w + ix) * a.ps + j : a.xp;
+      const uint32_t* src = ok ? xg + ((s.pixbase + iy * e.w + ix) * a.ps + j) : a.xp;
       cp_async<VEC * 4>(sa + r * kLds + q * VEC, src, ok);
     }
 #pragma unroll
@@ -691,13 +699,20 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
     const SEpi re = sepi[r];
     const int4 p4 = *reinterpret_cast<const int4*>(ct + r * Cfg::kCLd + 4 * cq);
     const int pv4[4] = {p4.x, p4.y, p4.z, p4.w};
-    const int a = re.by & 0xffff, b = re.by >> 16, c = re.bx & 0xffff, d = re.bx >> 16;
-    const bool corr = e.pad_corr && (b - a) * (d - c) < e.t;
     int accv[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 4; ++i)
       accv[i] = e.type == XNOR ? 4 * pv4[i] + re.rowconst - 2 * w1all[i] : pv4[i];
-      if (corr && cok[i]) accv[i] += pad_term(e, re.by, re.bx, go0 + i, w1all[i]);
+    // Border rows only; a warp-uniform branch so that interior rows do not
+    // pay for the (otherwise predicated) table reads.
+    if (e.pad_corr) {
+      const int a = re.by & 0xffff, b = re.by >> 16, c = re.bx & 0xffff, d = re.bx >> 16;
+      const bool corr = (b - a) * (d - c) < e.t;
+      if (__any_sync(kFull, corr) && corr) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          if (cok[i]) accv[i] += pad_term(e, re.by, re.bx, go0 + i, w1all[i]);
+      }
     }
     if (e.thr) {
       uint32_t bits = 0;

@@ -203,6 +203,10 @@ ffi::Error Conv2dImpl(cudaStream_t stream, ffi::AnyBuffer x,
       p.kh >= 32768 || p.kw >= 32768 || (p.kh + 1) * (p.kw + 1) * p.o > kI32 / 2)
     return invalid("a dimension is too large for the CUDA kernels");
 
+  // The popcount GEMM indexes packed words of x with 32-bit offsets.
+  if (conv_type != BINARY_WEIGHTS && p.n * p.h * p.w * p.groups * p.w_words() > kI32)
+    return invalid("x is too large for the CUDA kernels (more than 2^31 packed words)");
+
   if (p.n == 0 || ho == 0 || wo == 0) return ffi::Error::Success();
 
   ConvBuffers b;

@@ -619,74 +619,92 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   const int32_t acc_base = is_and ? 0 : static_cast<int32_t>(g.T * g.Cg);
   const bool direct_store = !p.out_packed;
   ex.parallel_for(nchunk * NB, [&](int64_t item) {
-    const int64_t chunk = item / NB, blk = item % NB;
+    // Everything the loops read, as locals: through the captured references
+    // the compiler must reload them after every store into the tile arrays.
+    const int64_t NQ = g.NQ, HoWo = g.HoWo, Ho = g.Ho, Wo = g.Wo, Hp = g.Hp, Wp = g.Wp;
+    const int64_t H = g.H, W = g.W, KH = g.KH, KWd = g.KW, O = g.O;
+    const int64_t sh = p.stride_h, sw = p.stride_w, dh = p.dil_h, dw = p.dil_w;
+    const int64_t pt = p.pad_top, pl = p.pad_left;
+    const uint8_t* const row_ok = g.row_ok.data();
+    const uint8_t* const col_ok = g.col_ok.data();
+    const int64_t* const koffs = koff.data();
+    const int32_t act = p.activation;
+    const float slope = p.negative_slope;
+    const bool has_beta = p.beta_scaling;
+    const int64_t kt = KT;
+    uint64_t* const xpb = xp;
+    float* const outf = static_cast<float*>(call.out);
+
+    // Block-major: threads running at the same time work on different pixel
+    // chunks of one weight block, so they share the (read-only) weights and
+    // never write the same output cache line (a pixel's packed output words
+    // share one line).
+    const int64_t blk = item / nchunk, chunk = item % nchunk;
     const int64_t gi = blk / nbg, b = blk % nbg;
     const int64_t o0 = gi * g.Og + b * OBW;
     const int64_t cnt = std::min<int64_t>(OBW, g.Og - b * OBW);
-    const uint64_t* wblk = wr + blk * KT * OBW;
-    const float* os_blk = osp + blk * OBW;
-    const float* ob_blk = obp + blk * OBW;
+    const bool direct = direct_store && cnt == OBW;
+    const uint64_t* const wblk = wr + blk * kt * OBW;
+    const float* const os_blk = osp + blk * OBW;
+    const float* const ob_blk = obp + blk * OBW;
+    const uint64_t* const xgroup = xpb + gi * KW64;
     alignas(64) int32_t raw[P * OBW];
+    alignas(64) int32_t corr[P][OBW];
+    alignas(64) float res[P][OBW];
     const uint64_t* ptrs[P];
     int64_t qs[P], yos[P], xos[P];
     bool border[P];
+    const int32_t* corr_ptr[P];
+    float betas[P];
+    float* dst[P];
     const int64_t t_end = std::min(ntile, (chunk + 1) * tc);
     // Pixel coordinates advance by counters: one division per item, not per pixel.
     int64_t q = chunk * tc * P;
-    int64_t n = q / g.HoWo, yo = (q % g.HoWo) / g.Wo, xo = q % g.Wo;
+    int64_t n = q / HoWo, yo = (q % HoWo) / Wo, xo = q % Wo;
     for (int64_t tile = chunk * tc; tile < t_end; ++tile) {
-      const int np = static_cast<int>(std::min<int64_t>(P, g.NQ - tile * P));
+      const int np = static_cast<int>(std::min<int64_t>(P, NQ - tile * P));
       for (int pp = 0; pp < P; ++pp) {
         if (pp < np) {
           qs[pp] = q, yos[pp] = yo, xos[pp] = xo;
-          border[pp] = !(g.row_ok[yo] && g.col_ok[xo]);
-          ptrs[pp] = xp + ((n * g.Hp + yo * p.stride_h) * g.Wp + xo * p.stride_w) * PS + gi * KW64;
+          border[pp] = !(row_ok[yo] && col_ok[xo]);
+          ptrs[pp] = xgroup + ((n * Hp + yo * sh) * Wp + xo * sw) * PS;
           ++q;
-          if (++xo == g.Wo) {
+          if (++xo == Wo) {
             xo = 0;
-            if (++yo == g.Ho) yo = 0, ++n;
+            if (++yo == Ho) yo = 0, ++n;
           }
         } else {
           ptrs[pp] = ptrs[np - 1];  // past the end: computed, never stored
         }
       }
       if (is_and)
-        K::template bin_tile<true>(ptrs, koff.data(), KT, wblk, raw);
+        K::template bin_tile<true>(ptrs, koffs, kt, wblk, raw);
       else
-        K::template bin_tile<false>(ptrs, koff.data(), KT, wblk, raw);
-      alignas(64) int32_t corr[P][OBW];
-      alignas(64) float res[P][OBW];
-      const int32_t* corr_ptr[P];
-      float betas[P];
-      float* dst[P];
+        K::template bin_tile<false>(ptrs, koffs, kt, wblk, raw);
       for (int pp = 0; pp < np; ++pp) {
         corr_ptr[pp] = nullptr;
         if (corr_coef != 0 && border[pp]) {
           for (int j = 0; j < OBW; ++j) corr[pp][j] = 0;
-          for (int64_t dy = 0; dy < g.KH; ++dy) {
-            const int64_t y = yos[pp] * p.stride_h + dy * p.dil_h - p.pad_top;
-            for (int64_t dx = 0; dx < g.KW; ++dx) {
-              const int64_t x = xos[pp] * p.stride_w + dx * p.dil_w - p.pad_left;
-              if (y >= 0 && y < g.H && x >= 0 && x < g.W) continue;
-              const int64_t t = dy * g.KW + dx;
-              const int32_t* ws = wsum + t * g.O + o0;
+          for (int64_t dy = 0; dy < KH; ++dy) {
+            const int64_t y = yos[pp] * sh + dy * dh - pt;
+            for (int64_t dx = 0; dx < KWd; ++dx) {
+              const int64_t x = xos[pp] * sw + dx * dw - pl;
+              if (y >= 0 && y < H && x >= 0 && x < W) continue;
+              const int32_t* ws = wsum + (dy * KWd + dx) * O + o0;
               for (int64_t j = 0; j < cnt; ++j) corr[pp][j] += corr_coef * ws[j];
             }
           }
           corr_ptr[pp] = corr[pp];
         }
-        betas[pp] = p.beta_scaling ? beta[qs[pp]] : 1.0f;
-        dst[pp] = (direct_store && cnt == OBW) ? static_cast<float*>(call.out) + qs[pp] * p.o + o0
-                                               : res[pp];
+        betas[pp] = has_beta ? beta[qs[pp]] : 1.0f;
+        dst[pp] = direct ? outf + qs[pp] * O + o0 : res[pp];
       }
       if (is_and)
-        finish_tile<OBW, true>(p.activation, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas,
-                               p.negative_slope, dst);
+        finish_tile<OBW, true>(act, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas, slope, dst);
       else
-        finish_tile<OBW, false>(p.activation, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas,
-                                p.negative_slope, dst);
-      for (int pp = 0; pp < np; ++pp)
-        if (dst[pp] == res[pp]) store_outputs<K, OBW>(p, res[pp], qs[pp], o0, cnt, call.out);
+        finish_tile<OBW, false>(act, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas, slope, dst);
+      if (!direct)
+        for (int pp = 0; pp < np; ++pp) store_outputs<K, OBW>(p, res[pp], qs[pp], o0, cnt, call.out);
     }
   });
   return {};

@@ -77,14 +77,10 @@ def test_strides_dilation(t, strides, dilation, padding):
     _case(t, strides=strides, dilation=dilation, padding=padding, hw=(11, 10))
 
 
-@pytest.mark.parametrize("t", TYPES)
-@pytest.mark.parametrize("pad_value_index", [0, 1, 2])
+@pytest.mark.parametrize("t,pad_value", [(t, v) for t in TYPES for v in _pad_values(t)])
 @pytest.mark.parametrize("padding", ["SAME", ((2, 1), (0, 3))])
-def test_pad_values(t, pad_value_index, padding):
-    values = _pad_values(t)
-    if pad_value_index >= len(values):
-        pytest.skip(f"type {t} allows only pad values {values}")
-    _case(t, pad_value=values[pad_value_index], padding=padding)
+def test_pad_values(t, pad_value, padding):
+    _case(t, pad_value=pad_value, padding=padding)
 
 
 @pytest.mark.parametrize("t", TYPES)

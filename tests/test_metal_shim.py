@@ -121,14 +121,10 @@ def test_strides_dilation(t, strides, dilation, padding):
     case(t, strides=strides, dilation=dilation, padding=padding, hw=(7, 6))
 
 
-@pytest.mark.parametrize("t", TYPES)
-@pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.parametrize("t,pad_value", [(t, v) for t in TYPES for v in pad_values(t)])
 @pytest.mark.parametrize("padding", ["SAME", ((2, 1), (0, 3))])
-def test_pad_values(t, index, padding):
-    values = pad_values(t)
-    if index >= len(values):
-        pytest.skip(f"{t} allows only pad values {values}")
-    case(t, pad_value=values[index], padding=padding, dilation=(1, 2))
+def test_pad_values(t, pad_value, padding):
+    case(t, pad_value=pad_value, padding=padding, dilation=(1, 2))
 
 
 @pytest.mark.parametrize("t", TYPES)

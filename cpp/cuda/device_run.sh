@@ -64,6 +64,34 @@ for stage in "$@"; do
       done
       unset XLA_PYTHON_CLIENT_ALLOCATOR
       ;;
+    sanitize1)
+      # One sanitizer process per selection: long sanitizer runs of the whole
+      # selection crashed (segfault in the sanitizer/python process) at random
+      # points; short ones are reliable.
+      export XLA_PYTHON_CLIENT_ALLOCATOR=platform
+      i=0
+      while IFS= read -r line; do
+        tool=${line%%:*}; k=${line#*:}; i=$((i + 1))
+        timeout 90 compute-sanitizer --tool $tool --kernel-name kns=binconv --print-limit 20 \
+          python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$k" >"$OUT/san_$i.log" 2>&1
+        echo "[$tool] $k: rc=$? $(grep -E 'passed|failed' "$OUT/san_$i.log" | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san_$i.log" | tail -1)"
+      done <<'LIST'
+memcheck:big_layer
+memcheck:packed_in_and_out and 64-128-2
+memcheck:test_groups and 2-66
+memcheck:pad_values and 256 and SAME
+memcheck:tiny or trailing or lowering
+memcheck:large_k
+memcheck:packed_output_edges and relu6 or nonfinite
+memcheck:test_epilogue and tanh or test_channels and 33
+racecheck:big_layer
+racecheck:tiny or test_groups and 2-66 and xnor
+racecheck:packed_output_edges and sign
+racecheck:test_epilogue and tanh and binary
+LIST
+      cat "$OUT"/san_*.log > "$OUT/sanitize_all.log"; rm -f "$OUT"/san_*.log
+      unset XLA_PYTHON_CLIENT_ALLOCATOR
+      ;;
     bench)
       stamp bench
       timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60

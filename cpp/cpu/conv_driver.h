@@ -615,6 +615,10 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   const int64_t ntile = (g.NQ + P - 1) / P;
   const int64_t tc = tiles_per_chunk(ntile, NB, ex.num_threads());
   const int64_t nchunk = (ntile + tc - 1) / tc;
+  // Packed input bytes one chunk touches (its pixels' rows, strides included).
+  const int64_t chunk_bytes = std::max<int64_t>(1, tc * P * p.stride_h * p.stride_w * PS * 8);
+  const int64_t cps = std::max<int64_t>(1, (int64_t{192} << 10) / chunk_bytes);  // chunks per super-chunk
+  const int64_t nsc = (nchunk + cps - 1) / cps;
   // XNOR: acc = T*Cg - 2*popcount(xor); AND: acc = popcount(and)
   const int32_t acc_base = is_and ? 0 : static_cast<int32_t>(g.T * g.Cg);
   const bool direct_store = !p.out_packed;
@@ -635,11 +639,18 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     uint64_t* const xpb = xp;
     float* const outf = static_cast<float*>(call.out);
 
-    // Block-major: threads running at the same time work on different pixel
-    // chunks of one weight block, so they share the (read-only) weights and
-    // never write the same output cache line (a pixel's packed output words
-    // share one line).
-    const int64_t blk = item / nchunk, chunk = item % nchunk;
+    // Items run super-chunk by super-chunk (a span of pixels whose packed
+    // input stays in L2 while every weight block passes over it: streaming
+    // the whole input from memory once per block is 2-3x slower at N=8), and
+    // block-major inside one: threads running at the same time work on
+    // different pixel chunks of one weight block, so they share the
+    // read-only weights and never write the same output cache line (a
+    // pixel's packed output words share one line).
+    const int64_t sc = std::min(item / (NB * cps), nsc - 1);
+    const int64_t sc_first = sc * cps;
+    const int64_t sc_len = std::min(cps, nchunk - sc_first);
+    const int64_t r_in = item - sc_first * NB;
+    const int64_t blk = r_in / sc_len, chunk = sc_first + r_in % sc_len;
     const int64_t gi = blk / nbg, b = blk % nbg;
     const int64_t o0 = gi * g.Og + b * OBW;
     const int64_t cnt = std::min<int64_t>(OBW, g.Og - b * OBW);
@@ -781,6 +792,10 @@ std::string run_float(const ConvCall& call, const Geometry& g, const Executor& e
     }
   });
   if (p.beta_scaling) compute_beta(p, g, A.get(), beta.get(), ex);
+  // store_outputs ORs packed bits into words that blocks share unless each
+  // block owns whole words: start from zero then (as run_binary does).
+  if (p.out_packed && !(OBW == 32 && g.Og % 32 == 0))
+    std::memset(call.out, 0, sizeof(uint32_t) * g.NQ * p.out_words());
 
   std::vector<int64_t> tapoff(g.T);
   for (int64_t dy = 0; dy < g.KH; ++dy)

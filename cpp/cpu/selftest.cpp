@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -218,8 +219,10 @@ int run_bench(const char* only, const char* layer, int reps, bool packed) {
   for (const Kernel& kern : kernels()) {
     if (only && std::strcmp(only, kern.name)) continue;
     for (const L& l : layers) {
-      if (layer && std::strcmp(layer, l.name)) continue;
-      Case k = make_case(rng, XNOR, 1, l.h, l.h, l.c, l.o, l.k, l.k, 1, 1, l.k / 2, 1, 0.0f, packed, packed);
+      if (layer && *layer && std::strcmp(layer, l.name)) continue;
+      const char* nenv = std::getenv("SELFTEST_BENCH_N");
+      const int64_t bn = nenv ? std::atoi(nenv) : 1;
+      Case k = make_case(rng, XNOR, bn, l.h, l.h, l.c, l.o, l.k, l.k, 1, 1, l.k / 2, 1, 0.0f, packed, packed);
       k.p.stride_w = l.s, k.p.stride_h = l.s, k.p.pad_right = l.k / 2, k.p.pad_bottom = l.k / 2;
       std::fill(k.ib.begin(), k.ib.end(), 0.0f);  // no folded batch norm, as in benchmarks/cpu.py
       std::fill(k.is.begin(), k.is.end(), 1.0f);
@@ -234,9 +237,9 @@ int run_bench(const char* only, const char* layer, int reps, bool packed) {
         kern.fn(call, ex);
         best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
-      const double macs = double(k.p.ho() * k.p.wo() * k.p.o) * l.k * l.k * l.c;
-      std::printf("%-7s %s N=1 1 thread%s: %8.1f us  %7.0f GMAC/s\n", kern.name, l.name,
-                  packed ? " packed in/out" : "", best * 1e6, macs / best / 1e9);
+      const double macs = double(bn * k.p.ho() * k.p.wo() * k.p.o) * l.k * l.k * l.c;
+      std::printf("%-7s %s N=%ld 1 thread%s: %8.1f us  %7.0f GMAC/s\n", kern.name, l.name,
+                  (long)bn, packed ? " packed in/out" : "", best * 1e6, macs / best / 1e9);
     }
   }
   return 0;

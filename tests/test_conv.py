@@ -213,6 +213,17 @@ def test_packed_activations_in_and_out(t, c, groups):
         np.testing.assert_allclose(np.asarray(direct), np.asarray(via_float), rtol=1e-6)
 
 
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("groups,o", [(3, 18), (3, 33), (3, 6), (2, 64), (1, 40)])
+def test_packed_output_with_groups(t, groups, o):
+    """Regression (found by fuzzing): BINARY_WEIGHTS packed output with groups
+    whose channels share a word left the output words unzeroed."""
+    x = rand_x(40, (2, 11, 11, 3 * 4 if groups == 3 else 8))
+    w = rand_x(41, (3, 3, x.shape[-1] // groups, o))
+    assert_conv_matches(x, w, type=t, groups=groups, output="packed", strides=5)
+    assert_conv_matches(x, w, type=t, groups=groups, output="packed", padding="VALID")
+
+
 def test_trailing_bits_of_packed_input_are_ignored_by_nobody():
     """Packed words must keep trailing bits 0; pack_activations guarantees it."""
     x = rand_x(21, (1, 3, 3, 40))

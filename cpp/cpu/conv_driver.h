@@ -622,6 +622,9 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   // XNOR: acc = T*Cg - 2*popcount(xor); AND: acc = popcount(and)
   const int32_t acc_base = is_and ? 0 : static_cast<int32_t>(g.T * g.Cg);
   const bool direct_store = !p.out_packed;
+  // A float output much larger than the caches is written with streaming
+  // stores: no read-for-ownership of lines that are overwritten whole.
+  const bool stream_out = !p.out_packed && g.NQ * g.O * 4 > (int64_t{4} << 20);
   ex.parallel_for(nchunk * NB, [&](int64_t item) {
     // Everything the loops read, as locals: through the captured references
     // the compiler must reload them after every store into the tile arrays.
@@ -708,7 +711,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
           corr_ptr[pp] = corr[pp];
         }
         betas[pp] = has_beta ? beta[qs[pp]] : 1.0f;
-        dst[pp] = direct ? outf + qs[pp] * O + o0 : res[pp];
+        dst[pp] = (direct && !stream_out) ? outf + qs[pp] * O + o0 : res[pp];
       }
       if (is_and)
         finish_tile<OBW, true>(act, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas, slope, dst);
@@ -716,7 +719,10 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
         finish_tile<OBW, false>(act, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas, slope, dst);
       if (!direct)
         for (int pp = 0; pp < np; ++pp) store_outputs<K, OBW>(p, res[pp], qs[pp], o0, cnt, call.out);
+      else if (stream_out)
+        for (int pp = 0; pp < np; ++pp) K::store_row(outf + qs[pp] * O + o0, res[pp], true);
     }
+    if (stream_out) K::store_fence();  // order streaming stores before the item counts as done
   });
   return {};
 }

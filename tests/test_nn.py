@@ -317,6 +317,12 @@ def test_to_inference_exact_at_ties():
     assert np.any(np.asarray(h) == 0)
     p = inf.layers[1](inf.layers[0](x))
     np.testing.assert_array_equal(np.asarray(p.words), np.asarray(jb.pack_activations(h).words))
+    # Also against the jitted training model (XLA may fuse the batch norm differently).
+    first4 = nnx.Sequential(*model.layers[:4])
+    h_jit = jax.jit(lambda v: first4(v))(x)
+    p_jit = jax.jit(lambda v: inf.layers[1](inf.layers[0](v)))(x)
+    np.testing.assert_array_equal(np.asarray(p_jit.words),
+                                  np.asarray(jb.pack_activations(h_jit).words))
     _check_equivalent(model, inf, x)
 
 

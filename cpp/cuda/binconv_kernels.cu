@@ -646,6 +646,70 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
     }
   }
   cp_async_wait<0>();
+
+  if (e.thr && !e.out_atomic) {
+    // Packed output by integer thresholds straight from the accumulators:
+    // a few integer ops per output, the 8 columns' constants in registers,
+    // one OR over the quad per row and 32-column word.
+    const int gq = lane >> 2, tq = lane & 3;
+    int cw1[4][2], clo[4][2], chi[4][2];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int o = n0 + wn + nt * 8 + 2 * tq + jj;
+        const int go = gidx * e.og + min(o, e.og - 1);
+        cw1[nt][jj] = e.pre[(e.kh * (e.kw + 1) + e.kw) * e.o + go];
+        const int2 t2 = e.thr[go];
+        // Columns past Og get an empty interval: their bits stay 0.
+        clo[nt][jj] = o < e.og ? t2.x : 1;
+        chi[nt][jj] = o < e.og ? t2.y : 0;
+      }
+    const long long ow = (e.o + 31) / 32;
+    const int word = (gidx * e.og + n0 + wn) / 32;
+    const bool word_ok = n0 + wn < e.og;
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm + mt * 16 + gq + 8 * h;
+        const long long m = m0 + r;
+        const SEpi re = sepi[r];
+        int accv[4][2];
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj)
+            accv[nt][jj] = e.type == XNOR
+                               ? 4 * acc[mt][nt][2 * h + jj] + re.rowconst - 2 * cw1[nt][jj]
+                               : acc[mt][nt][2 * h + jj];
+        if (e.pad_corr) {
+          const int a0 = re.by & 0xffff, b0 = re.by >> 16, c0 = re.bx & 0xffff, d0 = re.bx >> 16;
+          const bool corr = (b0 - a0) * (d0 - c0) < e.t;
+          if (__any_sync(kFull, corr) && corr) {
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+              for (int jj = 0; jj < 2; ++jj) {
+                const int o = n0 + wn + nt * 8 + 2 * tq + jj;
+                if (o < e.og)
+                  accv[nt][jj] += pad_term(e, re.by, re.bx, gidx * e.og + o, cw1[nt][jj]);
+              }
+          }
+        }
+        uint32_t bits = 0;
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj)
+            if (accv[nt][jj] >= clo[nt][jj] && accv[nt][jj] <= chi[nt][jj])
+              bits |= 1u << (nt * 8 + 2 * tq + jj);
+        bits |= __shfl_xor_sync(kFull, bits, 1);
+        bits |= __shfl_xor_sync(kFull, bits, 2);
+        if (tq == 0 && m < e.m && word_ok) static_cast<uint32_t*>(e.out)[m * ow + word] = bits;
+      }
+    return;
+  }
   __syncthreads();
 
   // Epilogue, through shared memory: the accumulators go to a C tile so that

@@ -30,6 +30,19 @@ struct Avx512Traits {
     return _cvtmask32_u32(_mm512_kunpackw(hi, lo));
   }
 
+  // One block row (32 floats) to the output; streaming when asked and aligned.
+  static void store_row(float* dst, const float* src, bool stream) {
+    const __m512 a = _mm512_load_ps(src), b = _mm512_load_ps(src + 16);
+    if (stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0) {
+      _mm512_stream_ps(dst, a);
+      _mm512_stream_ps(dst + 16, b);
+    } else {
+      _mm512_storeu_ps(dst, a);
+      _mm512_storeu_ps(dst + 16, b);
+    }
+  }
+  static void store_fence() { _mm_sfence(); }
+
   template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {

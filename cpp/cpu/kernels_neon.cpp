@@ -22,6 +22,11 @@ struct NeonTraits {
 
   static uint32_t sign_bits32(const float* v) { return detail::sign_bits32_generic(v); }
 
+  static void store_row(float* dst, const float* src, bool) {
+    std::memcpy(dst, src, sizeof(float) * kObw);
+  }
+  static void store_fence() {}
+
   template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {

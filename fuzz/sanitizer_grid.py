@@ -131,8 +131,11 @@ HOSTILE = [
 ]
 
 
-def run_hostile():
-    targets = [k for k in ("cpu", "metal_shim") if k in jb.lowering.available]
+def run_hostile(want=("cpu", "metal_shim")):
+    targets = [k for k in want if k in jb.lowering.available]
+    if not targets:
+        print(f"FAIL: none of {want} loaded: {jb.lowering.load_errors}")
+        return 1
     failures, count = [], 0
     for xs, ws, rs, over in HOSTILE:
         attrs = dict(conv_type=np.int32(1), in_channels=xs[-1], stride_h=1, stride_w=1,
@@ -162,4 +165,6 @@ def run_hostile():
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "grid"
-    sys.exit(run_grid() if what == "grid" else run_hostile())
+    if what == "grid":
+        sys.exit(run_grid())
+    sys.exit(run_hostile(tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ("cpu", "metal_shim")))

@@ -548,3 +548,33 @@ def test_bug_huge_padding_overflows_scratch_size(kh, attrs):
                                   f"(signal {-proc.returncode if proc.returncode < 0 else '-'}): "
                                   f"{proc.stderr[-1500:]}")
     assert proc.stdout.startswith("ERROR") and "INVALID_ARGUMENT" in proc.stdout, proc.stdout
+
+
+def test_bug_cuda_attributes_truncated_to_int32():
+    """Found by reading cpp/cuda (not yet run on a GPU from this suite): the
+    CUDA handler bounds image and kernel sizes but not strides, dilations or
+    padding, and binconv_kernels.cu narrows them to int (EpiArgs). With
+    pad_top = 2^32 and stride_h = 2^33 the single output row lies entirely in
+    the padding (acc = 0 with pad_value 0), but (int)2^32 = 0 makes the kernel
+    read image row 0 (acc = -8). Must be an InvalidArgument error or zeros."""
+    try:
+        gpu = jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("no GPU visible to JAX")
+    if "cuda" not in jb.lowering.available:
+        pytest.skip(f"jax_binconv._cuda did not load: {jb.lowering.load_errors.get('_cuda')}")
+    attrs = dict(conv_type=np.int32(1), in_channels=8, stride_h=2**33, stride_w=1, dilation_h=1,
+                 dilation_w=1, pad_top=2**32, pad_bottom=0, pad_left=0, pad_right=0, groups=1,
+                 pad_value=np.float32(0), beta_scaling=False, activation=np.int32(0),
+                 negative_slope=np.float32(0))
+    ops = [jax.device_put(a, gpu) for a in (
+        np.ones((1, 4, 4, 8), np.float32), np.zeros((4, 1, 1, 1), np.uint32),
+        np.zeros(8, np.float32), np.ones(8, np.float32), np.ones(4, np.float32),
+        np.zeros(4, np.float32))]
+    call = jax.ffi.ffi_call(jb.TARGETS["cuda"], jax.ShapeDtypeStruct((1, 1, 4, 4), np.float32))
+    try:
+        y = np.asarray(jax.jit(lambda *a: call(*a, **attrs))(*ops))
+    except Exception as e:  # noqa: BLE001
+        assert "INVALID_ARGUMENT" in str(e), e
+        return
+    np.testing.assert_array_equal(y, 0.0, err_msg="rows inside the padding read the image")

@@ -231,6 +231,19 @@ def test_large_k_no_overflow():
         assert np.all(got == 9 * c), isa
 
 
+@pytest.mark.parametrize("o", [256, 264])
+def test_large_float_output(o):
+    """Outputs over 4 MiB take the streaming-store path (aligned rows for
+    O=256; every other row misaligned for O=264)."""
+    rng = np.random.default_rng(o)
+    x = _rand_x(rng, (4, 32, 32, 40))
+    w = rng.standard_normal((1, 1, 40, o)).astype(np.float32)
+    kw = dict(type="xnor", padding="VALID")
+    ref = np.asarray(reference.binary_conv2d(x, w, **kw))
+    for isa, got in _each_isa(_conv_fn(**kw), x, w).items():
+        np.testing.assert_array_equal(got, ref, err_msg=isa)
+
+
 def test_rank5_batch_and_vmap():
     rng = np.random.default_rng(3)
     x = _rand_x(rng, (2, 3, 6, 6, 17))

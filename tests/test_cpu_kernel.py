@@ -236,7 +236,7 @@ def test_large_float_output(o):
     """Outputs over 4 MiB take the streaming-store path (aligned rows for
     O=256; every other row misaligned for O=264)."""
     rng = np.random.default_rng(o)
-    x = _rand_x(rng, (4, 32, 32, 40))
+    x = _rand_x(rng, (5, 32, 32, 40))  # 5*32*32*o*4 bytes > 4 MiB
     w = rng.standard_normal((1, 1, 40, o)).astype(np.float32)
     kw = dict(type="xnor", padding="VALID")
     ref = np.asarray(reference.binary_conv2d(x, w, **kw))

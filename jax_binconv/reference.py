@@ -157,7 +157,10 @@ def epilogue(acc, output_scale, beta, output_bias, activation, negative_slope):
 def flatten_batch(x):
     """Fold every leading dim of a rank >= 4 array into one batch dim."""
     lead = x.shape[:-3]
-    return x.reshape((int(np.prod(lead, dtype=np.int64)),) + x.shape[-3:]), lead
+    if len(lead) == 1:
+        return x, lead
+    # -1 rather than a product, so symbolic (jax.export) batch sizes work.
+    return x.reshape((-1,) + x.shape[-3:]), lead
 
 
 def conv_canonical(x, w, input_bias, input_scale, output_scale, output_bias, *,

@@ -67,3 +67,16 @@ def test_exported_call_without_import_fails_loudly(tmp_path):
                        cwd=str(tmp_path))
     assert r.returncode != 0
     assert "jax_binconv_conv2d_cpu_v1" in (r.stderr + r.stdout)
+
+
+def test_export_with_symbolic_batch():
+    """One serialized program serves every batch size (shape polymorphism)."""
+    w = rand_x(3, (3, 3, 16, 8))
+    f = jax.jit(lambda x: jb.binary_conv2d(x, w, beta_scaling=True, activation="relu"))
+    disabled = [jax.export.DisabledSafetyCheck.custom_call(t) for t in jb.TARGETS.values()]
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, 8, 8, 16"), jnp.float32)
+    exp = jax.export.deserialize(jax.export.export(f, disabled_checks=disabled)(spec).serialize())
+    assert str(exp.out_avals[0].shape[0]) == "b"
+    for n in (1, 3, 0):
+        x = rand_x(n, (n, 8, 8, 16))
+        np.testing.assert_array_equal(np.asarray(exp.call(x)), np.asarray(f(x)))

@@ -392,7 +392,7 @@ inline void compute_beta(const ConvParams& p, const Geometry& g, const float* A,
 // Chunks are large enough to reuse a weight block from L1 across many pixels,
 // small enough that every thread gets several items even at N=1.
 inline int64_t tiles_per_chunk(int64_t ntile, int64_t nblocks, int nthreads) {
-  const int64_t want_items = 8 * static_cast<int64_t>(std::max(1, nthreads));
+  const int64_t want_items = 32 * static_cast<int64_t>(std::max(1, nthreads));
   int64_t chunks = std::max<int64_t>(1, (want_items + nblocks - 1) / nblocks);
   chunks = std::max(chunks, (ntile + 31) / 32);  // at most 32 tiles a chunk
   chunks = std::min(chunks, std::max<int64_t>(1, ntile));

@@ -167,13 +167,15 @@ class PoolExecutor final : public Executor {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
     std::atomic<int> workers{0};
+    std::chrono::steady_clock::time_point published;  // diagnostics
     std::mutex mu;
     std::condition_variable cv;
-    void work() {
+    int64_t work() {  // returns the number of items this thread ran
       bool counted = false;
-      for (;;) {
+      int64_t mine = 0;
+      for (;; ++mine) {
         const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
-        if (i >= n) return;  // never touches fn once every item is taken
+        if (i >= n) return mine;  // never touches fn once every item is taken
         if (!counted) {
           counted = true;
           workers.fetch_add(1, std::memory_order_relaxed);
@@ -210,8 +212,11 @@ class PoolExecutor final : public Executor {
       if (job && job->id != seen) {
         seen = job->id;
         if (dbg)
-          std::fprintf(stderr, "jax_binconv helper: job %lu, item %ld of %ld taken\n",
-                       (unsigned long)job->id, (long)job->next.load(), (long)job->n);
+          std::fprintf(stderr, "jax_binconv helper: job %lu, +%.1f us after publish, item %ld of %ld taken\n",
+                       (unsigned long)job->id,
+                       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
+                                                                 job->published).count(),
+                       (long)job->next.load(), (long)job->n);
         job->work();
         idle_since = std::chrono::steady_clock::now();
         continue;
@@ -244,13 +249,14 @@ class PoolExecutor final : public Executor {
     job->id = ++sh_->last_id;
     job->n = n;
     job->fn = &fn;
+    job->published = std::chrono::steady_clock::now();
     std::atomic_store(&sh_->job, job);
     for (int64_t h = sh_->alive.load(std::memory_order_acquire); h < want; ++h) {
       sh_->alive.fetch_add(1, std::memory_order_acq_rel);
       std::shared_ptr<Shared> sh = sh_;
       pool_->Schedule([sh] { helper_loop(sh); });
     }
-    job->work();
+    const int64_t caller_items = job->work();
     // The last items usually finish within microseconds: spin briefly before
     // sleeping, since a futex wake costs about as much as a small layer.
     for (int spin = 0; spin < 20000; ++spin) {
@@ -262,6 +268,13 @@ class PoolExecutor final : public Executor {
       job->cv.wait(lock, [&] { return job->done.load(std::memory_order_acquire) == n; });
     }
     last_workers_.store(job->workers.load(), std::memory_order_relaxed);
+    static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+    if (dbg)
+      std::fprintf(stderr, "jax_binconv caller: job %lu (%ld items) done in %.1f us, caller took %ld\n",
+                   (unsigned long)job->id, (long)n,
+                   std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
+                                                             job->published).count(),
+                   (long)caller_items);
   }
 
  private:

@@ -43,7 +43,13 @@ bool h_span_empty(const ConvParams& p) {
 // ordered after them.
 cudaError_t scratch_pool(cudaStream_t stream, cudaMemPool_t* pool) {
   int dev = 0;
+#if CUDART_VERSION >= 12080
   cudaError_t err = cudaStreamGetDevice(stream, &dev);
+#else
+  // Older runtimes: XLA runs the handler with the stream's device current.
+  (void)stream;
+  cudaError_t err = cudaGetDevice(&dev);
+#endif
   if (err != cudaSuccess) return err;
   static std::mutex mu;
   static std::unordered_map<int, cudaMemPool_t> pools;

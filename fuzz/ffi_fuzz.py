@@ -68,10 +68,13 @@ HOSTILE_FLOATS = [float("nan"), float("inf"), float("-inf"), 0.5, -2.0, 3.0, 1e3
 # keeps looking for new ones; each has a failing regression test named after
 # it in tests/test_hardening.py:
 #   bw_packed_out   BINARY_WEIGHTS with a packed result (never zeroed: garbage bits)
-#                   -> test_bug_binary_weights_packed_output_not_zeroed
+#                   -> test_bug_binary_weights_packed_output_not_zeroed (fixed: 08bc4d0)
 #   int64_overflow  attributes above 2^40 (int64 overflow in the CPU handler's
 #                   size arithmetic: UB, then a heap overflow)
-#                   -> test_bug_huge_padding_overflows_scratch_size
+#                   -> test_bug_huge_padding_overflows_scratch_size (fixed: 540cda9)
+#   scratch_overflow  each attribute bounded (2^24) but N*Hp*Wp*C still overflows
+#                   int64 (512 images of 1x1x2048 padded by 2^24)
+#                   -> test_bug_huge_padding_overflows_scratch_size[bounded_pads_big_batch]
 _KNOWN = {k.strip() for k in os.environ.get("FFI_FUZZ_KNOWN", "").split(",") if k.strip()}
 # Mutation kinds to leave out (comma-separated numbers, see decode()): lets a
 # long run look past a known, still-open finding.
@@ -165,6 +168,23 @@ def decode(data: bytes, targets=("cpu", "metal_shim"), isas=("scalar",)) -> Spec
     # Shrink until the materialized buffers stay small.
     while _prod(lead) * h * w * c > MAX_IN_ELEMS and h * w > 1:
         h, w = max(1, h // 2), max(1, w // 2)
+    if r.chance(6) and "scratch_overflow" not in _KNOWN:
+        # Attributes each within any sane per-attribute bound (2^20..2^24)
+        # but a padded scratch of N*Hp*Wp*C that overflows int64: a big
+        # batch of 1x1 images with many channels, padding ~P on every side
+        # and a stride of P (so the output stays a few pixels).
+        lead, h, w = [r.pick([128, 256, 512, 1024])], 1, 1
+        groups, og = 1, r.between(1, 4)
+        cg = c = r.pick([1024, 2048, 4096])
+        o = og
+        kh = kw = 1
+        big = r.pick([2**24, 2**23, 2**22, 2**20])
+        # big - 1 makes Hp = Wp = 2 * big exactly: N*Hp*Wp*words wraps to 0.
+        pads = [big, big - r.pick([1, 1, 1, 0, 2]), big, big - r.pick([1, 1, 1, 0, 2])]
+        attrs.update(in_channels=c, groups=1, stride_h=big, stride_w=big, dilation_h=1,
+                     dilation_w=1, pad_top=pads[0], pad_bottom=pads[1], pad_left=pads[2],
+                     pad_right=pads[3])
+        muts.append(f"bounded_huge_pad={big},N={lead[0]},C={c}")
     seed = r.u32()
     rng = np.random.default_rng(seed)
 
@@ -422,6 +442,10 @@ def _classify(operands, a, result_dtype, res=None):
                              "pad_bottom", "pad_left", "pad_right"))
     if big > 1 << 20:
         return "grey"  # the handler may refuse attributes this large
+    hp = x.shape[-3] + a["pad_top"] + a["pad_bottom"]
+    wp = x.shape[-2] + a["pad_left"] + a["pad_right"]
+    if _prod(x.shape[:-3]) * hp * wp * x.shape[-1] > SCRATCH_HUGE:
+        return "grey"  # a padded copy this large may fail to allocate (an error, not a crash)
     return "valid"
 
 

@@ -132,12 +132,19 @@ HOSTILE = [
 
 
 def run_hostile(want=("cpu", "metal_shim")):
+    cases = list(HOSTILE)
+    # Each attribute bounded by 2^24, but N*Hp*Wp*words = 2^64 (a batch of 512
+    # 1x1x2048 images padded by 2^24 on every side).
+    p = 2**24
+    cases.append(((512, 1, 1, 2048), (4, 1, 1, 64), (512, 2, 2, 4),
+                  {"pad_top": p, "pad_bottom": p - 1, "pad_left": p, "pad_right": p - 1,
+                   "stride_h": p, "stride_w": p}))
     targets = [k for k in want if k in jb.lowering.available]
     if not targets:
         print(f"FAIL: none of {want} loaded: {jb.lowering.load_errors}")
         return 1
     failures, count = [], 0
-    for xs, ws, rs, over in HOSTILE:
+    for xs, ws, rs, over in cases:
         attrs = dict(conv_type=np.int32(1), in_channels=xs[-1], stride_h=1, stride_w=1,
                      dilation_h=1, dilation_w=1, pad_top=0, pad_bottom=0, pad_left=0,
                      pad_right=0, groups=1, pad_value=np.float32(0), beta_scaling=False,

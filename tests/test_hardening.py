@@ -476,12 +476,14 @@ def test_same_process_repeated_calls_bit_identical():
 # ------------------------------------------------------------ regressions (bugs found)
 
 
+@pytest.mark.parametrize("o", [40, 64])
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
-def test_bug_binary_weights_packed_output_not_zeroed(isa):
+def test_bug_binary_weights_packed_output_not_zeroed(isa, o):
     """Found by fuzz/ffi_fuzz.py: BINARY_WEIGHTS with output="packed" OR-ed its
     bits into an output buffer it never cleared (cpp/cpu/conv_driver.h,
     run_float; run_binary does clear it), so results carried garbage bits from
-    whatever XLA's allocator left there."""
+    whatever XLA's allocator left there. Fixed in 08bc4d0. O=64 also covers
+    blocks that own whole words (stored, not OR-ed), here a word of zeros."""
     cpu = jb.lowering.available["cpu"]
     if isa not in cpu.available_isas():
         pytest.skip(f"this CPU cannot run {isa}")
@@ -489,8 +491,10 @@ def test_bug_binary_weights_packed_output_not_zeroed(isa):
     cpu.set_isa(isa)
     try:
         rng = np.random.default_rng(0)
-        x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)).astype(np.float32))
-        w = jnp.asarray(rng.standard_normal((3, 3, 16, 40)).astype(np.float32))
+        x = np.abs(rng.standard_normal((2, 8, 8, 16))).astype(np.float32)
+        w = rng.standard_normal((3, 3, 16, o)).astype(np.float32)
+        w[..., :32] = -1.0  # a whole word of negative outputs: all its bits 0
+        x, w = jnp.asarray(x), jnp.asarray(w)
         want = np.asarray(_ref(x, w, type="binary_weights", output="packed").words)
 
         @jax.jit
@@ -512,42 +516,56 @@ def test_bug_binary_weights_packed_output_not_zeroed(isa):
 _OVERFLOW_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, jax
     import jax_binconv as jb
-    attrs = dict(conv_type=np.int32(1), in_channels=8, stride_h=1, stride_w=1, dilation_h=1,
+    n, c, h = (int(v) for v in sys.argv[1:4])
+    attrs = dict(conv_type=np.int32(1), in_channels=c, stride_h=1, stride_w=1, dilation_h=1,
                  dilation_w=1, pad_top=0, pad_bottom=0, pad_left=0, pad_right=0, groups=1,
                  pad_value=np.float32(0), beta_scaling=False, activation=np.int32(0),
                  negative_slope=np.float32(0))
-    attrs.update({k: int(v) for k, v in (a.split("=") for a in sys.argv[2:])})
-    x = np.ones((1, 4, 4, 8), np.float32)
-    w = np.zeros((4, int(sys.argv[1]), 1, 1), np.uint32)
-    f = jax.ffi.ffi_call(jb.TARGETS["cpu"], jax.ShapeDtypeStruct((1, 1, 4, 4), np.float32))
+    attrs.update({k: int(v) for k, v in (a.split("=") for a in sys.argv[4:])})
+    x = np.ones((n, h, h, c), np.float32)
+    w = np.zeros((4, 1, 1, (c + 31) // 32), np.uint32)
+    ho = (h + attrs["pad_top"] + attrs["pad_bottom"] - 1) // attrs["stride_h"] + 1
+    wo = (h + attrs["pad_left"] + attrs["pad_right"] - 1) // attrs["stride_w"] + 1
+    f = jax.ffi.ffi_call(jb.TARGETS["cpu"], jax.ShapeDtypeStruct((n, ho, wo, 4), np.float32))
     try:
-        f(x, w, np.zeros(8, np.float32), np.ones(8, np.float32), np.ones(4, np.float32),
-          np.zeros(4, np.float32), **attrs).block_until_ready()
-        print("RESULT")
+        y = f(x, w, np.zeros(c, np.float32), np.ones(c, np.float32), np.ones(4, np.float32),
+              np.zeros(4, np.float32), **attrs)
+        # Correct answer: every tap of every output is padding (acc = 0), or
+        # the centre tap reads the image (acc = -c), by where the window lands.
+        print("RESULT", np.unique(np.asarray(y)).tolist())
     except Exception as e:
         print("ERROR", type(e).__name__, str(e).splitlines()[0])
 """)
 
 
-@pytest.mark.parametrize("kh,attrs", [
-    # Hp = H + 2^62 + 2^62 overflows; a stride of 2^63-1 keeps the output 1 row.
-    (1, ["pad_top=2305843009213693952", "pad_bottom=2305843009213693952",
-         "stride_h=9223372036854775807"]),
-    (1, ["pad_left=4611686018427387899", "pad_right=1", "stride_w=4611686018427387904"]),
-], ids=["pad_h_2^61", "pad_w_2^62"])
-def test_bug_huge_padding_overflows_scratch_size(kh, attrs):
-    """Found by fuzz/ffi_fuzz.py: the CPU handler accepts padding/stride
-    attributes whose products overflow int64 (N*Hp*Wp*words in
-    cpp/cpu/conv_driver.h run_binary), so the scratch buffer is allocated tiny
-    and the packing loop writes far past it: SIGSEGV (under UBSan: 'signed
-    integer overflow' first). It must return an InvalidArgument error."""
+@pytest.mark.parametrize("shape,attrs", [
+    # Hp = H + 2^61 + 2^61 overflows; a stride of 2^63-1 keeps the output 1 row.
+    ((1, 8, 4), ["pad_top=2305843009213693952", "pad_bottom=2305843009213693952",
+                 "stride_h=9223372036854775807"]),
+    ((1, 8, 4), ["pad_left=4611686018427387899", "pad_right=1", "stride_w=4611686018427387904"]),
+    # Every attribute <= 2^24, but N*Hp*Wp*words = 2^9 * 2^25 * 2^25 * 2^5 = 2^64.
+    ((512, 2048, 1), ["pad_top=16777216", "pad_bottom=16777215", "pad_left=16777216",
+                      "pad_right=16777215", "stride_h=16777216", "stride_w=16777216"]),
+], ids=["pad_h_2^61", "pad_w_2^62", "bounded_pads_big_batch"])
+def test_bug_huge_padding_overflows_scratch_size(shape, attrs):
+    """Found by fuzz/ffi_fuzz.py: the CPU handler accepted padding/stride
+    values whose size products overflow int64 (N*Hp*Wp*words in
+    cpp/cpu/conv_driver.h run_binary): the scratch buffer came out tiny and the
+    packing loop wrote far past it (SIGSEGV; under UBSan 'signed integer
+    overflow' first). 540cda9 bounds each attribute by 2^24, which fixes the
+    first two; the third stays within that bound and still overflows. It must
+    be an InvalidArgument error (or the right numbers)."""
     env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", _OVERFLOW_SCRIPT, str(kh)] + attrs, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", _OVERFLOW_SCRIPT, *map(str, shape)] + attrs,
+                          env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, (f"the process died with {proc.returncode} "
                                   f"(signal {-proc.returncode if proc.returncode < 0 else '-'}): "
                                   f"{proc.stderr[-1500:]}")
-    assert proc.stdout.startswith("ERROR") and "INVALID_ARGUMENT" in proc.stdout, proc.stdout
+    out = proc.stdout.strip()
+    if out.startswith("RESULT"):
+        assert set(json.loads(out.split(" ", 1)[1])) <= {0.0, -float(shape[1])}, out
+    else:
+        assert out.startswith("ERROR") and "INVALID_ARGUMENT" in out, out
 
 
 def test_bug_cuda_attributes_truncated_to_int32():

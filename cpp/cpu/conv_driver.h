@@ -600,6 +600,47 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   if (fresh) weight_cache().insert(fresh);
   if (p.beta_scaling) compute_beta(p, g, A, beta, ex);
 
+  // Border correction by class: which taps of an output pixel fall in the
+  // padding depends only on its row's and its column's pattern (3 x 3
+  // classes for a 3x3 SAME layer), so the correction is one table row per
+  // class, looked up instead of summed per pixel.
+  std::vector<int32_t> row_cls(g.Ho), col_cls(g.Wo);
+  std::vector<std::vector<uint8_t>> row_pad, col_pad;  // per class: tap row/col in padding
+  auto classify = [](int64_t n_out, int64_t n_tap, int64_t stride, int64_t dil, int64_t pad,
+                     int64_t size, std::vector<int32_t>& cls, std::vector<std::vector<uint8_t>>& pats) {
+    std::vector<uint8_t> pat(n_tap);
+    for (int64_t o = 0; o < n_out; ++o) {
+      for (int64_t d = 0; d < n_tap; ++d) {
+        const int64_t v = o * stride + d * dil - pad;
+        pat[d] = v < 0 || v >= size;
+      }
+      size_t id = 0;
+      while (id < pats.size() && pats[id] != pat) ++id;
+      if (id == pats.size()) pats.push_back(pat);
+      cls[o] = static_cast<int32_t>(id);
+    }
+  };
+  std::vector<int32_t> corr_tab;
+  if (corr_coef != 0) {
+    classify(g.Ho, g.KH, p.stride_h, p.dil_h, p.pad_top, g.H, row_cls, row_pad);
+    classify(g.Wo, g.KW, p.stride_w, p.dil_w, p.pad_left, g.W, col_cls, col_pad);
+    const int64_t ncls = static_cast<int64_t>(row_pad.size() * col_pad.size());
+    if (ncls * g.O <= (int64_t{1} << 22)) {
+      corr_tab.assign(ncls * g.O, 0);
+      for (size_t rc = 0; rc < row_pad.size(); ++rc)
+        for (size_t cc = 0; cc < col_pad.size(); ++cc) {
+          int32_t* dst = corr_tab.data() + (rc * col_pad.size() + cc) * g.O;
+          for (int64_t dy = 0; dy < g.KH; ++dy)
+            for (int64_t dx = 0; dx < g.KW; ++dx) {
+              if (!row_pad[rc][dy] && !col_pad[cc][dx]) continue;
+              const int32_t* ws = wsum + (dy * g.KW + dx) * g.O;
+              for (int64_t o = 0; o < g.O; ++o) dst[o] += corr_coef * ws[o];
+            }
+        }
+    }
+  }
+  const int64_t ncol_cls = static_cast<int64_t>(col_pad.size());
+
   std::vector<int64_t> tapoff(g.T);
   for (int64_t dy = 0; dy < g.KH; ++dy)
     for (int64_t dx = 0; dx < g.KW; ++dx)
@@ -635,6 +676,9 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const uint8_t* const row_ok = g.row_ok.data();
     const uint8_t* const col_ok = g.col_ok.data();
     const int64_t* const koffs = koff.data();
+    const int32_t* const ctab = corr_tab.empty() ? nullptr : corr_tab.data();
+    const int32_t* const rcls = row_cls.data();
+    const int32_t* const ccls = col_cls.data();
     const int32_t act = p.activation;
     const float slope = p.negative_slope;
     const bool has_beta = p.beta_scaling;
@@ -697,7 +741,9 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
         K::template bin_tile<false>(ptrs, koffs, kt, wblk, raw);
       for (int pp = 0; pp < np; ++pp) {
         corr_ptr[pp] = nullptr;
-        if (corr_coef != 0 && border[pp]) {
+        if (corr_coef != 0 && border[pp] && ctab) {
+          corr_ptr[pp] = ctab + (rcls[yos[pp]] * ncol_cls + ccls[xos[pp]]) * O + o0;
+        } else if (corr_coef != 0 && border[pp]) {  // more classes than the table allows
           for (int j = 0; j < OBW; ++j) corr[pp][j] = 0;
           for (int64_t dy = 0; dy < KH; ++dy) {
             const int64_t y = yos[pp] * sh + dy * dh - pt;

@@ -241,8 +241,13 @@ class PoolExecutor final : public Executor {
     if (n <= 0) return;
     const int64_t want = std::min<int64_t>(threads_, n) - 1;
     if (want <= 0 || pool_ == nullptr) {
+      static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+      const auto t0 = std::chrono::steady_clock::now();
       for (int64_t i = 0; i < n; ++i) fn(i);
       last_workers_.store(1, std::memory_order_relaxed);
+      if (dbg)
+        std::fprintf(stderr, "jax_binconv serial: %ld items in %.1f us\n", (long)n,
+                     std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
       return;
     }
     auto job = std::make_shared<Job>();
@@ -472,6 +477,8 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
   if (const int cap = max_threads(); cap > 0) threads = cap;
   PoolExecutor ex(&pool, threads);
 
+  static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+  const auto t_start = std::chrono::steady_clock::now();
   std::string err;
   switch (current_isa()) {
 #if defined(__x86_64__)
@@ -483,6 +490,9 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
 #endif
     default: err = conv2d_scalar(call, ex); break;
   }
+  if (dbg)
+    std::fprintf(stderr, "jax_binconv handler: kernel %.1f us\n",
+                 std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_start).count());
   if (!err.empty()) return ffi::Error::Internal("jax_binconv_conv2d_cpu_v1: " + err);
   return ffi::Error::Success();
 }

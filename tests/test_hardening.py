@@ -327,6 +327,41 @@ def test_many_threads_call_one_jitted_function():
     assert not errors, errors[:3]
 
 
+def test_many_threads_call_the_metal_shim():
+    """The shim keeps its fibers and threadgroup memory per OS thread: calls
+    from many threads at once must not see each other's state."""
+    if "metal_shim" not in jb.lowering.available:
+        pytest.skip(f"jax_binconv._metal_shim did not load: {jb.lowering.load_errors.get('_metal_shim')}")
+    c, o = 48, 40
+    w = rand_x(42, (3, 3, c, o))
+    with jb.config.cpu_kernel_override("metal_shim"):
+        f = jax.jit(lambda x: (jb.binary_conv2d(x, w, type="xnor", beta_scaling=True),
+                               jb.binary_conv2d(x, w, type="binary_weights", strides=2),
+                               jb.binary_conv2d(x, w[:, :, :24], type="and", groups=2,
+                                                output="packed").words))
+        assert jb.TARGETS["metal_shim"] in f.lower(rand_x(0, (2, 9, 9, c))).as_text()
+        inputs = [rand_x(200 + i, (2, 9, 9, c)) for i in range(8)]
+        want = [jax.tree.map(np.asarray, f(x)) for x in inputs]
+    errors = []
+
+    def worker(i):
+        try:
+            for rep in range(10):
+                k = (i + rep) % len(inputs)
+                for g, e in zip(f(inputs[k]), want[k]):
+                    np.testing.assert_array_equal(np.asarray(g), e)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"thread {i}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads), "a thread hung"
+    assert not errors, errors[:3]
+
+
 def test_repeated_calls_keep_memory_flat():
     """10,000 calls: resident memory must not grow (a 1 KiB/call leak = 10 MiB)."""
     c, o = 64, 32
@@ -459,7 +494,7 @@ def test_bit_identical_across_runs_threads_and_isas():
     for name in ("bw_float_acc", "bw_dense", "packed"):
         assert len(by_case[name]) == 1, f"{name} differs between ISAs"
     rel = runs["default"]["isa_rel_diff"]
-    assert all(v <= 1e-6 for v in rel.values()), rel
+    assert all(v <= 1e-5 for v in rel.values()), rel  # SPEC section 6 tolerance
 
 
 def test_same_process_repeated_calls_bit_identical():

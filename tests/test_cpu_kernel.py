@@ -366,6 +366,47 @@ def _find(*names):
     return None
 
 
+def test_native_kernels_under_address_sanitizer():
+    """The x86/ARM kernels built into cpp/cpu/selftest.cpp with ASan+UBSan:
+    every case of the self-test grid, plus out-of-bounds reads that a normal
+    run only turns into a rare crash."""
+    import platform
+    cxx = _find("g++", "c++")
+    if cxx is None:
+        pytest.skip("no native C++ compiler")
+    src = os.path.join(ROOT, "cpp", "cpu")
+    files = [os.path.join(src, "selftest.cpp"), os.path.join(src, "kernels_scalar.cpp")]
+    flags = {}
+    if platform.machine() in ("x86_64", "AMD64"):
+        files += [os.path.join(src, "kernels_avx2.cpp"), os.path.join(src, "kernels_avx512.cpp")]
+        flags = {"kernels_avx2.cpp": ["-mavx2", "-mpopcnt"],
+                 "kernels_avx512.cpp": ["-mpopcnt", "-mavx512f", "-mavx512bw", "-mavx512dq",
+                                        "-mavx512vl", "-mavx512vpopcntdq"]}
+    elif platform.machine() in ("aarch64", "arm64"):
+        files.append(os.path.join(src, "kernels_neon.cpp"))
+    common = ["-O1", "-g", "-std=c++17", "-ffp-contract=off", "-fsanitize=address,undefined",
+              "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", f"-I{src}",
+              f"-I{os.path.join(ROOT, 'cpp', 'common')}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        objs = []
+        for f in files:
+            obj = os.path.join(tmp, os.path.basename(f) + ".o")
+            r = subprocess.run([cxx, *common, *flags.get(os.path.basename(f), []), "-c", f, "-o", obj],
+                               capture_output=True, text=True, timeout=300)
+            if r.returncode != 0 and "sanitize" in r.stderr:
+                pytest.skip("the compiler has no ASan/UBSan runtime: " + r.stderr[-300:])
+            assert r.returncode == 0, r.stderr[-3000:]
+            objs.append(obj)
+        exe = os.path.join(tmp, "selftest")
+        r = subprocess.run([cxx, *common, *objs, "-o", exe, "-pthread"], capture_output=True,
+                           text=True, timeout=300)
+        if r.returncode != 0 and ("asan" in r.stderr or "ubsan" in r.stderr):
+            pytest.skip("the compiler has no ASan/UBSan runtime: " + r.stderr[-300:])
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = subprocess.run([exe, "--quick"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0 and "0 failures" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
 def test_neon_kernels_under_qemu():
     """Cross-compiles cpp/cpu/selftest.cpp with the scalar and NEON kernels
     for aarch64 and runs it under qemu-user (integer sums exact vs a naive

@@ -626,7 +626,9 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     classify(g.Wo, g.KW, p.stride_w, p.dil_w, p.pad_left, g.W, col_cls, col_pad);
     const int64_t ncls = static_cast<int64_t>(row_pad.size() * col_pad.size());
     if (ncls * g.O <= (int64_t{1} << 22)) {
-      corr_tab.assign(ncls * g.O, 0);
+      // + OBW: a block's row is read whole (OBW lanes) even when it has fewer
+      // real outputs; the slack keeps the last class row's read in bounds.
+      corr_tab.assign(ncls * g.O + OBW, 0);
       for (size_t rc = 0; rc < row_pad.size(); ++rc)
         for (size_t cc = 0; cc < col_pad.size(); ++cc) {
           int32_t* dst = corr_tab.data() + (rc * col_pad.size() + cc) * g.O;

@@ -3,6 +3,7 @@
 // lanes with VPSADBW every 31 steps (31 * 8 < 256, so bytes never overflow).
 // Tile: 3 pixels x 8 output channels (2 ymm of 4 x 64-bit lanes); 16 ymm
 // registers limit the tile.
+#if defined(__x86_64__)  // a universal (multi-arch) build compiles every file per slice
 #include <immintrin.h>
 
 #define BINCONV_ISA_NS isa_avx2
@@ -126,3 +127,5 @@ std::string conv2d_avx2(const ConvCall& call, const Executor& ex) {
 
 }  // namespace cpu
 }  // namespace binconv
+
+#endif  // __x86_64__

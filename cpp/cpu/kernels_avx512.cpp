@@ -6,6 +6,7 @@
 // each pixel's input word is broadcast once and XOR/AND-ed against all 4, then
 // VPOPCNTQ and a 64-bit add into one of 24 register accumulators. Per input
 // word that is 3 vector ops for 512 binary MACs, with 10 loads per 72 ops.
+#if defined(__x86_64__)  // a universal (multi-arch) build compiles every file per slice
 #include <immintrin.h>
 
 #define BINCONV_ISA_NS isa_avx512
@@ -185,3 +186,5 @@ std::string conv2d_avx512(const ConvCall& call, const Executor& ex) {
 
 }  // namespace cpu
 }  // namespace binconv
+
+#endif  // __x86_64__

@@ -3,6 +3,7 @@
 // Popcount: VCNT gives per-byte counts (<= 8), UADALP folds byte pairs into
 // 16-bit lane sums (one instruction per step); 16-bit lanes grow by <= 16 a
 // step, so they are folded into 32-bit sums every 4000 steps.
+#if defined(__aarch64__)  // a universal (multi-arch) build compiles every file per slice
 #include <arm_neon.h>
 
 #define BINCONV_ISA_NS isa_neon
@@ -113,3 +114,5 @@ std::string conv2d_neon(const ConvCall& call, const Executor& ex) {
 
 }  // namespace cpu
 }  // namespace binconv
+
+#endif  // __aarch64__

@@ -202,6 +202,32 @@ def test_weight_cache_never_serves_stale_weights():
                                           err_msg=isa)
 
 
+@pytest.mark.parametrize("ctype", ["xnor", "and"])
+@pytest.mark.parametrize("activation", [None, "relu", "hard_tanh"])
+def test_full_blocks_float_and_packed(ctype, activation):
+    """O a multiple of 32: the AVX-512 kernel applies linear/ReLU epilogues
+    straight from its registers (float rows and whole packed words)."""
+    rng = np.random.default_rng(64)
+    c, o = 70, 64
+    x = _rand_x(rng, (2, 7, 9, c))
+    w = rng.standard_normal((3, 3, c, o)).astype(np.float32)
+    ob = (rng.integers(-4, 4, o) + 0.5).astype(np.float32)  # no ties at 0 for bin()
+    for beta in (False, True):
+        kw = dict(type=ctype, padding="SAME", activation=activation, beta_scaling=beta,
+                  output_bias=ob, output_scale=rng.uniform(0.5, 2, o).astype(np.float32))
+        ref = np.asarray(reference.binary_conv2d(x, w, **kw))
+        f_packed = jax.jit(lambda x, w: jb.binary_conv2d(x, w, output="packed", **kw).words)
+        for isa, got in _each_isa(_conv_fn(**kw), x, w).items():
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=f"{isa} beta={beta}")
+        want = np.asarray(jb.pack_activations(ref).words)
+        for isa, got in _each_isa(f_packed, x, w).items():
+            if beta:  # beta makes z non-integer: allow bins that differ only where |z| is tiny
+                bad = np.asarray(jb.unpack_activations(jb.PackedActivations(got ^ want, o), values="01"))
+                assert not np.any(bad.astype(bool) & (np.abs(ref) > 1e-4)), isa
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=isa)
+
+
 def test_nan_input_binarizes_to_plus_one():
     rng = np.random.default_rng(5)
     x = _rand_x(rng, (1, 5, 5, 70))

@@ -717,6 +717,13 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const int32_t* corr_ptr[P];
     float betas[P];
     float* dst[P];
+    uint32_t* dst32[P];
+    uint32_t* const out32 = static_cast<uint32_t*>(call.out);
+    const int64_t ow = p.out_words();
+    // Tiles whose epilogue the ISA applies from registers: a full block,
+    // linear or ReLU, float rows written in place or whole packed words.
+    const bool fused = K::kFused && cnt == OBW && (act == ACT_LINEAR || act == ACT_RELU) &&
+                       (direct ? !stream_out : words_owned);
     const int64_t t_end = std::min(ntile, (chunk + 1) * tc);
     // Pixel coordinates advance by counters: one division per item, not per pixel.
     int64_t q = chunk * tc * P;
@@ -737,10 +744,6 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
           ptrs[pp] = ptrs[np - 1];  // past the end: computed, never stored
         }
       }
-      if (is_and)
-        K::template bin_tile<true>(ptrs, koffs, kt, wblk, raw);
-      else
-        K::template bin_tile<false>(ptrs, koffs, kt, wblk, raw);
       for (int pp = 0; pp < np; ++pp) {
         corr_ptr[pp] = nullptr;
         if (corr_coef != 0 && border[pp] && ctab) {
@@ -760,7 +763,29 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
         }
         betas[pp] = has_beta ? beta[qs[pp]] : 1.0f;
         dst[pp] = (direct && !stream_out) ? outf + qs[pp] * O + o0 : res[pp];
+        dst32[pp] = out32 + qs[pp] * ow + (o0 >> 5);
       }
+      if (fused) {
+        if constexpr (K::kFused) {
+          const bool relu = act == ACT_RELU, pk = !direct;
+#define BINCONV_FUSED(AND_, RELU_, PK_)                                                       \
+  K::template bin_tile_fused<AND_, RELU_, PK_>(ptrs, koffs, kt, wblk, np, acc_base, corr_ptr, \
+                                               os_blk, ob_blk, betas, dst, dst32)
+          if (is_and) {
+            if (relu) { if (pk) BINCONV_FUSED(true, true, true); else BINCONV_FUSED(true, true, false); }
+            else { if (pk) BINCONV_FUSED(true, false, true); else BINCONV_FUSED(true, false, false); }
+          } else {
+            if (relu) { if (pk) BINCONV_FUSED(false, true, true); else BINCONV_FUSED(false, true, false); }
+            else { if (pk) BINCONV_FUSED(false, false, true); else BINCONV_FUSED(false, false, false); }
+          }
+#undef BINCONV_FUSED
+        }
+        continue;
+      }
+      if (is_and)
+        K::template bin_tile<true>(ptrs, koffs, kt, wblk, raw);
+      else
+        K::template bin_tile<false>(ptrs, koffs, kt, wblk, raw);
       if (is_and)
         finish_tile<OBW, true>(act, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas, slope, dst);
       else

@@ -13,6 +13,7 @@
 
 #include "cpu_runtime.h"
 #include "kernel_api.h"
+#include "ffi_conv.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__APPLE__) && defined(JAX_BINCONV_HAVE_METAL)
@@ -290,164 +291,16 @@ class PoolExecutor final : public Executor {
 
 // ---------------------------------------------------------------- handler
 
-std::string dims_str(ffi::AnyBuffer::Dimensions d) {
-  std::string s = "[";
-  for (size_t i = 0; i < d.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(d[i]);
-  }
-  return s + "]";
-}
-
-const char* dtype_str(ffi::DataType t) {
-  switch (t) {
-    case ffi::DataType::F32: return "float32";
-    case ffi::DataType::U32: return "uint32";
-    case ffi::DataType::F16: return "float16";
-    case ffi::DataType::BF16: return "bfloat16";
-    case ffi::DataType::F64: return "float64";
-    case ffi::DataType::S32: return "int32";
-    default: return "another dtype";
-  }
-}
-
-ffi::Error invalid(const std::string& msg) {
-  return ffi::Error::InvalidArgument("jax_binconv_conv2d_cpu_v1: " + msg);
-}
-
-ffi::Error check_vector(const char* name, const ffi::AnyBuffer& b, int64_t len) {
-  if (b.element_type() != ffi::DataType::F32 || b.dimensions().size() != 1 ||
-      b.dimensions()[0] != len)
-    return invalid(std::string(name) + " must be float32 [" + std::to_string(len) + "], got " +
-                   dtype_str(b.element_type()) + " " + dims_str(b.dimensions()));
-  return ffi::Error::Success();
-}
-
 ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
                      ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
                      ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
-                     ffi::Result<ffi::AnyBuffer> out, int32_t conv_type, int64_t in_channels,
-                     int64_t stride_h, int64_t stride_w, int64_t dilation_h, int64_t dilation_w,
-                     int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
-                     int64_t groups, float pad_value, bool beta_scaling, int32_t activation,
-                     float negative_slope) {
+                     ffi::Result<ffi::AnyBuffer> out, ConvAttrs attrs) {
   ConvParams p;
-  if (conv_type < BINARY_WEIGHTS || conv_type > AND)
-    return invalid("conv_type must be 0 (BINARY_WEIGHTS), 1 (XNOR) or 2 (AND), got " +
-                   std::to_string(conv_type));
-  if (activation < 0 || activation >= kNumActivations)
-    return invalid("activation must be in [0, " + std::to_string(kNumActivations) + "), got " +
-                   std::to_string(activation));
-  if (stride_h < 1 || stride_w < 1 || dilation_h < 1 || dilation_w < 1)
-    return invalid("strides and dilations must be >= 1");
-  if (pad_top < 0 || pad_bottom < 0 || pad_left < 0 || pad_right < 0)
-    return invalid("padding must be >= 0");
-  // Keeps every size product below in int64 range.
-  constexpr int64_t kMaxGeom = int64_t{1} << 24;
-  for (int64_t v : {stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_bottom, pad_left,
-                    pad_right, groups})
-    if (v > kMaxGeom) return invalid("a stride, dilation, padding or groups value is too large");
-  if (in_channels < 1) return invalid("in_channels must be >= 1, got " + std::to_string(in_channels));
-  if (groups < 1 || in_channels % groups != 0)
-    return invalid("groups (" + std::to_string(groups) + ") must divide in_channels (" +
-                   std::to_string(in_channels) + ")");
-  if (!std::isfinite(pad_value)) return invalid("pad_value must be finite");
-  if (conv_type == XNOR && !(pad_value == 0.0f || pad_value == 1.0f || pad_value == -1.0f))
-    return invalid("XNOR allows pad_value -1, 0 or +1, got " + std::to_string(pad_value));
-  if (conv_type == AND && !(pad_value == 0.0f || pad_value == 1.0f))
-    return invalid("AND allows pad_value 0 or 1, got " + std::to_string(pad_value));
-
-  p.type = conv_type;
-  p.c = in_channels;
-  p.stride_h = stride_h;
-  p.stride_w = stride_w;
-  p.dil_h = dilation_h;
-  p.dil_w = dilation_w;
-  p.pad_top = pad_top;
-  p.pad_bottom = pad_bottom;
-  p.pad_left = pad_left;
-  p.pad_right = pad_right;
-  p.groups = groups;
-  p.pad_value = pad_value;
-  p.beta_scaling = beta_scaling;
-  p.activation = activation;
-  p.negative_slope = negative_slope;
-
-  // x: F32 [..., H, W, C] or U32 [..., H, W, ceil(C/32)]
-  const auto xd = x.dimensions();
-  if (x.element_type() == ffi::DataType::F32) {
-    p.x_packed = false;
-  } else if (x.element_type() == ffi::DataType::U32) {
-    p.x_packed = true;
-  } else {
-    return invalid(std::string("x must be float32 or uint32 (packed), got ") +
-                   dtype_str(x.element_type()));
-  }
-  if (xd.size() < 4) return invalid("x must have rank >= 4, got " + dims_str(xd));
-  const size_t xr = xd.size();
-  int64_t n = 1;
-  for (size_t i = 0; i + 3 < xr; ++i) n *= xd[i];
-  p.n = n;
-  p.h = xd[xr - 3];
-  p.w = xd[xr - 2];
-  const int64_t want_xc = p.x_packed ? packed_words(in_channels) : in_channels;
-  if (xd[xr - 1] != want_xc)
-    return invalid("x's last dim must be " + std::to_string(want_xc) +
-                   (p.x_packed ? " (packed words of in_channels)" : " (in_channels)") + ", got " +
-                   dims_str(xd));
-  if (p.x_packed && conv_type == BINARY_WEIGHTS)
-    return invalid("packed x needs conv_type XNOR or AND");
-
-  // w: U32 [O, KH, KW, ceil(Cg/32)]
-  const auto wd = w.dimensions();
-  if (w.element_type() != ffi::DataType::U32 || wd.size() != 4)
-    return invalid(std::string("w must be uint32 [O, KH, KW, ceil(Cg/32)], got ") +
-                   dtype_str(w.element_type()) + " " + dims_str(wd));
-  p.o = wd[0];
-  p.kh = wd[1];
-  p.kw = wd[2];
-  if (p.o < 1 || p.kh < 1 || p.kw < 1) return invalid("w has an empty dim: " + dims_str(wd));
-  if (p.kh > kMaxGeom || p.kw > kMaxGeom || p.h > kMaxGeom || p.w > kMaxGeom)
-    return invalid("a spatial dimension is too large");
-  if (p.o % groups != 0)
-    return invalid("groups (" + std::to_string(groups) + ") must divide O (" +
-                   std::to_string(p.o) + ")");
-  if (wd[3] != packed_words(p.cg()))
-    return invalid("w's last dim must be ceil(Cg/32) = " + std::to_string(packed_words(p.cg())) +
-                   ", got " + dims_str(wd));
-  // Accumulators are int32 and exact only while T*Cg fits.
-  if (p.kh * p.kw * p.cg() >= (int64_t{1} << 30))
-    return invalid("KH*KW*Cg is too large for the kernel's accumulators");
-
-  if (auto e = check_vector("input_bias", input_bias, p.c); e.failure()) return e;
-  if (auto e = check_vector("input_scale", input_scale, p.c); e.failure()) return e;
-  if (auto e = check_vector("output_scale", output_scale, p.o); e.failure()) return e;
-  if (auto e = check_vector("output_bias", output_bias, p.o); e.failure()) return e;
-
-  if (p.h + pad_top + pad_bottom < p.eff_kh() || p.w + pad_left + pad_right < p.eff_kw())
-    return invalid("the padded input is smaller than the dilated kernel (empty output)");
-  const int64_t ho = p.ho(), wo = p.wo();
-
-  // result: F32 [..., Ho, Wo, O] or U32 [..., Ho, Wo, ceil(O/32)]
-  const auto od = out->dimensions();
-  if (out->element_type() == ffi::DataType::F32) {
-    p.out_packed = false;
-  } else if (out->element_type() == ffi::DataType::U32) {
-    p.out_packed = true;
-  } else {
-    return invalid(std::string("the result must be float32 or uint32 (packed), got ") +
-                   dtype_str(out->element_type()));
-  }
-  bool ok = od.size() == xr;
-  for (size_t i = 0; ok && i + 3 < xr; ++i) ok = od[i] == xd[i];
-  const int64_t want_oc = p.out_packed ? packed_words(p.o) : p.o;
-  ok = ok && od[xr - 3] == ho && od[xr - 2] == wo && od[xr - 1] == want_oc;
-  if (!ok) {
-    std::string want = "[";
-    for (size_t i = 0; i + 3 < xr; ++i) want += std::to_string(xd[i]) + ", ";
-    want += std::to_string(ho) + ", " + std::to_string(wo) + ", " + std::to_string(want_oc) + "]";
-    return invalid("the result must have shape " + want + ", got " + dims_str(od));
-  }
+  if (auto e = parse_conv2d("jax_binconv_conv2d_cpu_v1", x, w, input_bias, input_scale,
+                            output_scale, output_bias, *out, attrs, &p);
+      e.failure())
+    return e;
+  const int64_t n = p.n;
 
   if (n == 0) return ffi::Error::Success();
 
@@ -500,30 +353,7 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxBinconvConv2dCpuV1, Conv2dCpu,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()  // x
-                                  .Arg<ffi::AnyBuffer>()  // w
-                                  .Arg<ffi::AnyBuffer>()  // input_bias
-                                  .Arg<ffi::AnyBuffer>()  // input_scale
-                                  .Arg<ffi::AnyBuffer>()  // output_scale
-                                  .Arg<ffi::AnyBuffer>()  // output_bias
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int32_t>("conv_type")
-                                  .Attr<int64_t>("in_channels")
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("dilation_h")
-                                  .Attr<int64_t>("dilation_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_bottom")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right")
-                                  .Attr<int64_t>("groups")
-                                  .Attr<float>("pad_value")
-                                  .Attr<bool>("beta_scaling")
-                                  .Attr<int32_t>("activation")
-                                  .Attr<float>("negative_slope"));
+                              bind_conv2d(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));
 
 int last_call_workers() { return last_workers_.load(std::memory_order_relaxed); }
 int last_call_pool_threads() { return last_pool_threads_.load(std::memory_order_relaxed); }

@@ -17,6 +17,7 @@ struct Avx2Traits {
   static constexpr int kP = 3;
   static constexpr int kObw = 8;
   static constexpr int kPf = 4;
+  static constexpr bool kFused = false;  // no fused tile epilogue: bin_tile + finish_tile
   static constexpr int kObwf = 16;
 
   static uint64_t popcount64(uint64_t v) { return static_cast<uint64_t>(__builtin_popcountll(v)); }

@@ -102,24 +102,33 @@ struct Avx512Traits {
     return AND ? _mm512_and_si512(a, b) : _mm512_xor_si512(a, b);
   }
 
-  template <bool AND>
-  static void bin_tile(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
-                       const uint64_t* w, int32_t* raw) {
-    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
-    __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-    __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
-    __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
-    __m512i a40 = a00, a41 = a00, a42 = a00, a43 = a00;
-    __m512i a50 = a00, a51 = a00, a52 = a00, a53 = a00;
-    const uint64_t *x0 = xp[0], *x1 = xp[1], *x2 = xp[2], *x3 = xp[3], *x4 = xp[4], *x5 = xp[5];
-    for (int64_t i = 0; i < KT; ++i) {
-      const int64_t k = koff[i];
-      {
-        const __m512i w0 = _mm512_load_si512(w);
-        const __m512i w1 = _mm512_load_si512(w + 8);
-        const __m512i w2 = _mm512_load_si512(w + 16);
-        const __m512i w3 = _mm512_load_si512(w + 24);
-        w += 32;
+// The register-tiled accumulation shared by bin_tile and bin_tile_fused:
+// leaves 24 accumulators a<pixel><vector> of 8 x 64-bit popcount sums.
+#define BINCONV_ACCUMULATE                                                                  \
+  __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;                   \
+  __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;                                      \
+  __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;                                      \
+  __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;                                      \
+  __m512i a40 = a00, a41 = a00, a42 = a00, a43 = a00;                                      \
+  __m512i a50 = a00, a51 = a00, a52 = a00, a53 = a00;                                      \
+  {                                                                                         \
+    const uint64_t *x0 = xp[0], *x1 = xp[1], *x2 = xp[2], *x3 = xp[3], *x4 = xp[4],       \
+                   *x5 = xp[5];                                                            \
+    for (int64_t i = 0; i < KT; ++i) {                                                      \
+      const int64_t k = koff[i];                                                            \
+      const __m512i w0 = _mm512_load_si512(w);                                              \
+      const __m512i w1 = _mm512_load_si512(w + 8);                                          \
+      const __m512i w2 = _mm512_load_si512(w + 16);                                         \
+      const __m512i w3 = _mm512_load_si512(w + 24);                                         \
+      w += 32;                                                                              \
+      BINCONV_ROW(0, x0)                                                                    \
+      BINCONV_ROW(1, x1)                                                                    \
+      BINCONV_ROW(2, x2)                                                                    \
+      BINCONV_ROW(3, x3)                                                                    \
+      BINCONV_ROW(4, x4)                                                                    \
+      BINCONV_ROW(5, x5)                                                                    \
+    }                                                                                       \
+  }
 #define BINCONV_ROW(P, Y)                                                           \
   {                                                                                 \
     const __m512i xb = _mm512_set1_epi64(static_cast<long long>(Y[k]));           \
@@ -128,15 +137,11 @@ struct Avx512Traits {
     a##P##2 = _mm512_add_epi64(a##P##2, _mm512_popcnt_epi64(op<AND>(xb, w2)));      \
     a##P##3 = _mm512_add_epi64(a##P##3, _mm512_popcnt_epi64(op<AND>(xb, w3)));      \
   }
-        BINCONV_ROW(0, x0)
-        BINCONV_ROW(1, x1)
-        BINCONV_ROW(2, x2)
-        BINCONV_ROW(3, x3)
-        BINCONV_ROW(4, x4)
-        BINCONV_ROW(5, x5)
-#undef BINCONV_ROW
-      }
-    }
+
+  template <bool AND>
+  static void bin_tile(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
+                       const uint64_t* w, int32_t* raw) {
+    BINCONV_ACCUMULATE
 #define BINCONV_STORE(P)                                                                     \
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 0), _mm512_cvtepi64_epi32(a##P##0));  \
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 8), _mm512_cvtepi64_epi32(a##P##1));  \
@@ -150,6 +155,63 @@ struct Avx512Traits {
     BINCONV_STORE(5)
 #undef BINCONV_STORE
   }
+
+  // The tile with its epilogue applied straight from the accumulators (no
+  // round trip through memory): linear or ReLU activation, a full block of
+  // 32 outputs, written as floats (dst[p]) or, PACKED, as one owned uint32
+  // word of bin(out) bits (dst32[p]). Same formula and rounding order as
+  // binconv::epilogue: ((acc * os) * beta) + ob.
+  static constexpr bool kFused = true;
+  template <bool AND, bool RELU, bool PACKED>
+  static void bin_tile_fused(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
+                             const uint64_t* w, int np, int32_t base, const int32_t* const* corr,
+                             const float* os, const float* ob, const float* betas,
+                             float* const* dst, uint32_t* const* dst32) {
+    BINCONV_ACCUMULATE
+    const __m512 os0 = _mm512_loadu_ps(os), os1 = _mm512_loadu_ps(os + 16);
+    const __m512 ob0 = _mm512_loadu_ps(ob), ob1 = _mm512_loadu_ps(ob + 16);
+    const __m512i vbase = _mm512_set1_epi32(base);
+    const __m512 zero = _mm512_setzero_ps();
+#define BINCONV_FINISH(P)                                                                       \
+  if (P < np) {                                                                                 \
+    __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a##P##0)),    \
+                                    _mm512_cvtepi64_epi32(a##P##1), 1);                         \
+    __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a##P##2)),    \
+                                    _mm512_cvtepi64_epi32(a##P##3), 1);                         \
+    if (!AND) {                                                                                 \
+      lo = _mm512_sub_epi32(vbase, _mm512_slli_epi32(lo, 1));                                   \
+      hi = _mm512_sub_epi32(vbase, _mm512_slli_epi32(hi, 1));                                   \
+    }                                                                                           \
+    if (corr[P]) {                                                                              \
+      lo = _mm512_add_epi32(lo, _mm512_loadu_si512(corr[P]));                                   \
+      hi = _mm512_add_epi32(hi, _mm512_loadu_si512(corr[P] + 16));                              \
+    }                                                                                           \
+    const __m512 bt = _mm512_set1_ps(betas[P]);                                                 \
+    __m512 z0 = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(lo), os0), bt), ob0); \
+    __m512 z1 = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(hi), os1), bt), ob1); \
+    if (RELU) { /* max(0, z): z for NaN and -0.0, as v < 0 ? 0 : v */                          \
+      z0 = _mm512_max_ps(zero, z0);                                                             \
+      z1 = _mm512_max_ps(zero, z1);                                                             \
+    }                                                                                           \
+    if (PACKED) {                                                                               \
+      const __mmask16 m0 = _mm512_cmp_ps_mask(z0, zero, _CMP_NLT_UQ);                           \
+      const __mmask16 m1 = _mm512_cmp_ps_mask(z1, zero, _CMP_NLT_UQ);                           \
+      *dst32[P] = _cvtmask32_u32(_mm512_kunpackw(m1, m0));                                      \
+    } else {                                                                                    \
+      _mm512_storeu_ps(dst[P], z0);                                                             \
+      _mm512_storeu_ps(dst[P] + 16, z1);                                                        \
+    }                                                                                           \
+  }
+    BINCONV_FINISH(0)
+    BINCONV_FINISH(1)
+    BINCONV_FINISH(2)
+    BINCONV_FINISH(3)
+    BINCONV_FINISH(4)
+    BINCONV_FINISH(5)
+#undef BINCONV_FINISH
+  }
+#undef BINCONV_ROW
+#undef BINCONV_ACCUMULATE
 
   // BINARY_WEIGHTS: x * (+-1) is exact, so mul+add here rounds exactly like the
   // scalar path's loop; lanes are output channels, channel order is fixed.

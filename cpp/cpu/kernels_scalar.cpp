@@ -11,6 +11,7 @@ struct ScalarTraits {
   static constexpr int kP = 4;
   static constexpr int kObw = 4;
   static constexpr int kPf = 4;
+  static constexpr bool kFused = false;  // no fused tile epilogue: bin_tile + finish_tile
   static constexpr int kObwf = 8;
 
   static uint64_t popcount64(uint64_t v) { return detail::popcount_swar(v); }

@@ -149,6 +149,13 @@ namespace {
 // take items from a shared counter. The caller waits for items, not for
 // helpers, so a helper the pool starts late (or never) cannot block it: the
 // shared state outlives the call and a late helper finds no work left.
+// JAX_BINCONV_DEBUG_POOL=1 prints, per call, when helpers start, how the
+// items split and how long each phase takes (stderr).
+bool debug_pool() {
+  static const bool on = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+  return on;
+}
+
 // Threads that ran at least one item of the last parallel_for (diagnostics).
 std::atomic<int> last_workers_{0};
 std::atomic<int> last_pool_threads_{0};
@@ -205,7 +212,7 @@ class PoolExecutor final : public Executor {
   }
 
   static void helper_loop(const std::shared_ptr<Shared>& sh) {
-    static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+    const bool dbg = debug_pool();
     uint64_t seen = 0;
     auto idle_since = std::chrono::steady_clock::now();
     for (int spins = 0;; ++spins) {
@@ -242,7 +249,7 @@ class PoolExecutor final : public Executor {
     if (n <= 0) return;
     const int64_t want = std::min<int64_t>(threads_, n) - 1;
     if (want <= 0 || pool_ == nullptr) {
-      static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+    const bool dbg = debug_pool();
       const auto t0 = std::chrono::steady_clock::now();
       for (int64_t i = 0; i < n; ++i) fn(i);
       last_workers_.store(1, std::memory_order_relaxed);
@@ -274,7 +281,7 @@ class PoolExecutor final : public Executor {
       job->cv.wait(lock, [&] { return job->done.load(std::memory_order_acquire) == n; });
     }
     last_workers_.store(job->workers.load(), std::memory_order_relaxed);
-    static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+    const bool dbg = debug_pool();
     if (dbg)
       std::fprintf(stderr, "jax_binconv caller: job %lu (%ld items) done in %.1f us, caller took %ld\n",
                    (unsigned long)job->id, (long)n,
@@ -330,7 +337,7 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
   if (const int cap = max_threads(); cap > 0) threads = cap;
   PoolExecutor ex(&pool, threads);
 
-  static const bool dbg = std::getenv("JAX_BINCONV_DEBUG_POOL") != nullptr;
+    const bool dbg = debug_pool();
   const auto t_start = std::chrono::steady_clock::now();
   std::string err;
   switch (current_isa()) {

@@ -267,7 +267,8 @@ def decode(data: bytes, targets=("cpu", "metal_shim"), isas=("scalar",)) -> Spec
             op = r.between(0, 3)
             x0 = operands[0]
             if op == 0:
-                operands[0] = x0.reshape(x0.shape[1:]) if x0.shape[0] == 1 else x0[0]
+                if x0.ndim > 1 and x0.shape[0] > 0:
+                    operands[0] = x0.reshape(x0.shape[1:]) if x0.shape[0] == 1 else x0[0]
             elif op == 1:
                 operands[0] = x0[..., :-1] if x0.shape[-1] > 1 else np.concatenate([x0, x0], -1)
             elif op == 2:

@@ -227,106 +227,109 @@ def decode(data: bytes, targets=("cpu", "metal_shim"), isas=("scalar",)) -> Spec
         kind = r.between(0, 15)
         if kind in _SKIP_KINDS or (kind in (1, 2) and "int64_overflow" in _KNOWN):
             continue
-        if kind == 0:  # one integer attribute takes a hostile value
-            name = r.pick(["in_channels", "stride_h", "stride_w", "dilation_h", "dilation_w",
-                           "pad_top", "pad_bottom", "pad_left", "pad_right", "groups"])
-            attrs[name] = r.pick([v for v in HOSTILE_INTS
-                                  if "int64_overflow" not in _KNOWN or abs(v) <= 2**40])
-            muts.append(f"{name}={attrs[name]}")
-        elif kind == 1:  # huge padding with a huge stride: tiny output, overflowing scratch size
-            side = r.pick(["h", "w"])
-            big = r.pick([2**61, 2**62 - 5, 2**60 + 7, 2**40, 2**33])
-            a, b = ("pad_top", "pad_bottom") if side == "h" else ("pad_left", "pad_right")
-            attrs[a], attrs[b] = big, r.pick([big, 0, 1])
-            attrs["stride_h" if side == "h" else "stride_w"] = r.pick([I64_MAX, 2**62, big])
-            muts.append(f"hugepad_{side}={attrs[a]},{attrs[b]}")
-        elif kind == 2:  # huge dilation
-            name = r.pick(["dilation_h", "dilation_w"])
-            attrs[name] = r.pick([2**62, 2**61 + 1, I64_MAX, 2**31 + 1])
-            muts.append(f"{name}={attrs[name]}")
-        elif kind == 3:
-            attrs["conv_type"] = r.pick([-1, 3, 2**31 - 1, -(2**31), 255])
-            muts.append(f"conv_type={attrs['conv_type']}")
-        elif kind == 4:
-            attrs["activation"] = r.pick([-1, 8, 100, 2**31 - 1, -(2**31)])
-            muts.append(f"activation={attrs['activation']}")
-        elif kind == 5:
-            attrs["pad_value"] = r.pick(HOSTILE_FLOATS)
-            muts.append(f"pad_value={attrs['pad_value']}")
-        elif kind == 6:
-            attrs["negative_slope"] = r.pick(HOSTILE_FLOATS)
-            muts.append(f"negative_slope={attrs['negative_slope']}")
-        elif kind == 7:  # x dtype
-            dt = r.pick([np.float16, np.int32, np.uint8, np.int8, np.uint32, np.float32])
-            if dt == np.uint32 and operands[0].dtype == np.float32:
-                operands[0] = operands[0].view(np.uint32)
-            else:
-                operands[0] = operands[0].astype(dt)
-            muts.append(f"x.dtype={np.dtype(dt).name}")
-        elif kind == 8:  # x rank / dims
-            op = r.between(0, 3)
-            x0 = operands[0]
-            if op == 0:
-                if x0.ndim > 1 and x0.shape[0] > 0:
-                    operands[0] = x0.reshape(x0.shape[1:]) if x0.shape[0] == 1 else x0[0]
-            elif op == 1:
-                operands[0] = x0[..., :-1] if x0.shape[-1] > 1 else np.concatenate([x0, x0], -1)
-            elif op == 2:
-                operands[0] = np.concatenate([x0, x0[..., :1]], -1)
-            else:  # H or W = 0 (the contract does not say)
-                axis = x0.ndim - 3 + r.below(2)
-                operands[0] = np.take(x0, [], axis=axis)
-            muts.append(f"x.shape={operands[0].shape}")
-        elif kind == 9:  # w dtype / rank / dims
-            op = r.between(0, 4)
-            w0 = operands[1]
-            if op == 0:
-                operands[1] = w0.astype(r.pick([np.int32, np.float32, np.uint8]))
-            elif op == 1:
-                operands[1] = w0.reshape(w0.shape[:-2] + (w0.shape[-2] * w0.shape[-1],))
-            elif op == 2:
-                operands[1] = np.concatenate([w0, w0[..., :1]], -1)
-            elif op == 3:
-                operands[1] = w0[1:] if w0.shape[0] > 1 else np.take(w0, [], axis=0)
-            else:
-                operands[1] = np.take(w0, [], axis=1 + r.below(2))
-            muts.append(f"w={operands[1].dtype.name}{operands[1].shape}")
-        elif kind == 10:  # a scale/bias vector
-            i = 2 + r.below(4)
-            v = operands[i]
-            op = r.between(0, 3)
-            if op == 0:
-                operands[i] = v[:-1]
-            elif op == 1:
-                operands[i] = np.concatenate([v, v[:1]])
-            elif op == 2:
-                operands[i] = v.reshape(1, -1)
-            else:
-                operands[i] = v.astype(r.pick([np.float16, np.int32]))
-            muts.append(f"operand{i}={operands[i].dtype.name}{operands[i].shape}")
-        elif kind == 11:  # result dtype
-            result_dtype = r.pick([np.float16, np.int32, np.uint8, np.int8])
+        try:
+            if kind == 0:  # one integer attribute takes a hostile value
+                name = r.pick(["in_channels", "stride_h", "stride_w", "dilation_h", "dilation_w",
+                               "pad_top", "pad_bottom", "pad_left", "pad_right", "groups"])
+                attrs[name] = r.pick([v for v in HOSTILE_INTS
+                                      if "int64_overflow" not in _KNOWN or abs(v) <= 2**40])
+                muts.append(f"{name}={attrs[name]}")
+            elif kind == 1:  # huge padding with a huge stride: tiny output, overflowing scratch size
+                side = r.pick(["h", "w"])
+                big = r.pick([2**61, 2**62 - 5, 2**60 + 7, 2**40, 2**33])
+                a, b = ("pad_top", "pad_bottom") if side == "h" else ("pad_left", "pad_right")
+                attrs[a], attrs[b] = big, r.pick([big, 0, 1])
+                attrs["stride_h" if side == "h" else "stride_w"] = r.pick([I64_MAX, 2**62, big])
+                muts.append(f"hugepad_{side}={attrs[a]},{attrs[b]}")
+            elif kind == 2:  # huge dilation
+                name = r.pick(["dilation_h", "dilation_w"])
+                attrs[name] = r.pick([2**62, 2**61 + 1, I64_MAX, 2**31 + 1])
+                muts.append(f"{name}={attrs[name]}")
+            elif kind == 3:
+                attrs["conv_type"] = r.pick([-1, 3, 2**31 - 1, -(2**31), 255])
+                muts.append(f"conv_type={attrs['conv_type']}")
+            elif kind == 4:
+                attrs["activation"] = r.pick([-1, 8, 100, 2**31 - 1, -(2**31)])
+                muts.append(f"activation={attrs['activation']}")
+            elif kind == 5:
+                attrs["pad_value"] = r.pick(HOSTILE_FLOATS)
+                muts.append(f"pad_value={attrs['pad_value']}")
+            elif kind == 6:
+                attrs["negative_slope"] = r.pick(HOSTILE_FLOATS)
+                muts.append(f"negative_slope={attrs['negative_slope']}")
+            elif kind == 7:  # x dtype
+                dt = r.pick([np.float16, np.int32, np.uint8, np.int8, np.uint32, np.float32])
+                if dt == np.uint32 and operands[0].dtype == np.float32:
+                    operands[0] = operands[0].view(np.uint32)
+                else:
+                    operands[0] = operands[0].astype(dt)
+                muts.append(f"x.dtype={np.dtype(dt).name}")
+            elif kind == 8:  # x rank / dims
+                op = r.between(0, 3)
+                x0 = operands[0]
+                if op == 0:
+                    if x0.ndim > 1 and x0.shape[0] > 0:
+                        operands[0] = x0.reshape(x0.shape[1:]) if x0.shape[0] == 1 else x0[0]
+                elif op == 1:
+                    operands[0] = x0[..., :-1] if x0.shape[-1] > 1 else np.concatenate([x0, x0], -1)
+                elif op == 2:
+                    operands[0] = np.concatenate([x0, x0[..., :1]], -1)
+                else:  # H or W = 0 (the contract does not say)
+                    axis = x0.ndim - 3 + r.below(2)
+                    operands[0] = np.take(x0, [], axis=axis)
+                muts.append(f"x.shape={operands[0].shape}")
+            elif kind == 9:  # w dtype / rank / dims
+                op = r.between(0, 4)
+                w0 = operands[1]
+                if op == 0:
+                    operands[1] = w0.astype(r.pick([np.int32, np.float32, np.uint8]))
+                elif op == 1:
+                    operands[1] = w0.reshape(w0.shape[:-2] + (w0.shape[-2] * w0.shape[-1],))
+                elif op == 2:
+                    operands[1] = np.concatenate([w0, w0[..., :1]], -1)
+                elif op == 3:
+                    operands[1] = w0[1:] if w0.shape[0] > 1 else np.take(w0, [], axis=0)
+                else:
+                    operands[1] = np.take(w0, [], axis=1 + r.below(2))
+                muts.append(f"w={operands[1].dtype.name}{operands[1].shape}")
+            elif kind == 10:  # a scale/bias vector
+                i = 2 + r.below(4)
+                v = operands[i]
+                op = r.between(0, 3)
+                if op == 0:
+                    operands[i] = v[:-1]
+                elif op == 1:
+                    operands[i] = np.concatenate([v, v[:1]])
+                elif op == 2:
+                    operands[i] = v.reshape(1, -1)
+                else:
+                    operands[i] = v.astype(r.pick([np.float16, np.int32]))
+                muts.append(f"operand{i}={operands[i].dtype.name}{operands[i].shape}")
+            elif kind == 11:  # result dtype
+                result_dtype = r.pick([np.float16, np.int32, np.uint8, np.int8])
 
-            muts.append(f"result_dtype={np.dtype(result_dtype).name}")
-        elif kind == 12:  # result shape off by one somewhere / wrong rank
-            res_override = ("perturb", r.between(0, 5))
-            muts.append(f"result_perturb={res_override[1]}")
-        elif kind == 13:  # in_channels off by a little
-            attrs["in_channels"] = max(0, c + r.pick([-1, 1, 32, -32, c]))
-            muts.append(f"in_channels={attrs['in_channels']}")
-        elif kind == 14:  # groups that do not divide
-            attrs["groups"] = r.pick([groups + 1, 2 * groups, c + 1, o * c])
-            muts.append(f"groups={attrs['groups']}")
-        else:  # flip packed-ness of the result or of x without telling
-            if r.chance(128):
-                result_dtype = np.float32 if result_dtype == np.uint32 else np.uint32
-                if "bw_packed_out" in _KNOWN and attrs["conv_type"] == 0:
-                    result_dtype = np.float32
-                muts.append("result_packing_flipped")
-            else:
-                operands[0] = (operands[0].view(np.uint32) if operands[0].dtype == np.float32
-                               else operands[0].astype(np.float32))
-                muts.append("x_packing_flipped")
+                muts.append(f"result_dtype={np.dtype(result_dtype).name}")
+            elif kind == 12:  # result shape off by one somewhere / wrong rank
+                res_override = ("perturb", r.between(0, 5))
+                muts.append(f"result_perturb={res_override[1]}")
+            elif kind == 13:  # in_channels off by a little
+                attrs["in_channels"] = max(0, c + r.pick([-1, 1, 32, -32, c]))
+                muts.append(f"in_channels={attrs['in_channels']}")
+            elif kind == 14:  # groups that do not divide
+                attrs["groups"] = r.pick([groups + 1, 2 * groups, c + 1, o * c])
+                muts.append(f"groups={attrs['groups']}")
+            else:  # flip packed-ness of the result or of x without telling
+                if r.chance(128):
+                    result_dtype = np.float32 if result_dtype == np.uint32 else np.uint32
+                    if "bw_packed_out" in _KNOWN and attrs["conv_type"] == 0:
+                        result_dtype = np.float32
+                    muts.append("result_packing_flipped")
+                else:
+                    operands[0] = (operands[0].view(np.uint32) if operands[0].dtype == np.float32
+                                   else operands[0].astype(np.float32))
+                    muts.append("x_packing_flipped")
+        except (IndexError, ValueError):  # a shape op that an earlier mutation made
+            muts.append(f"kind{kind}_not_applicable")  # impossible (rank too low...)
 
     # ---- keep out of the allocatable-but-huge scratch band (see SCRATCH_*)
     x0, w0 = operands[0], operands[1]

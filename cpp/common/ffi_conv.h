@@ -5,6 +5,7 @@
 // own kernels. Host code only: includes the XLA FFI API.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -88,6 +89,17 @@ constexpr int64_t kMaxGeometry = int64_t{1} << 24;  // strides, dilations, pads,
 constexpr int64_t kMaxChannels = int64_t{1} << 30;  // C, O
 constexpr int64_t kMaxBatch = int64_t{1} << 40;
 constexpr int64_t kMaxTapsTimesCg = int64_t{1} << 30;  // int32 accumulators stay exact
+// Elements of the padded input copy a kernel may make, and of the result:
+// far beyond any memory, yet 2^46 * 64 bytes stays inside int64.
+constexpr int64_t kMaxElements = int64_t{1} << 46;
+
+// a * b when it stays <= limit, else -1 (a, b >= 0).
+inline int64_t mul_bounded(int64_t a, int64_t b, int64_t limit) {
+  if (a < 0 || b < 0) return -1;
+  if (a == 0 || b == 0) return 0;
+  if (a > limit / b) return -1;
+  return a * b;
+}
 
 // Checks one call against docs/ffi.md and fills *p. Messages start with
 // the target name, so an error says which kernel refused what.
@@ -211,6 +223,18 @@ inline ffi::Error parse_conv2d(std::string_view target, const ffi::AnyBuffer& x,
 
   if (p->h + a.pad_top + a.pad_bottom < p->eff_kh() || p->w + a.pad_left + a.pad_right < p->eff_kw())
     return invalid("the padded input is smaller than the dilated kernel (empty output)");
+  // Kernels size scratch as N * Hp * Wp * (channels or words): refuse calls
+  // whose products would overflow instead of allocating a wrapped-around size.
+  {
+    int64_t e = mul_bounded(std::max<int64_t>(p->n, 1), p->h + a.pad_top + a.pad_bottom, kMaxElements);
+    e = e < 0 ? -1 : mul_bounded(e, p->w + a.pad_left + a.pad_right, kMaxElements);
+    e = e < 0 ? -1 : mul_bounded(e, p->c + p->groups, kMaxElements);
+    int64_t r = mul_bounded(std::max<int64_t>(p->n, 1), p->ho(), kMaxElements);
+    r = r < 0 ? -1 : mul_bounded(r, p->wo(), kMaxElements);
+    r = r < 0 ? -1 : mul_bounded(r, p->o, kMaxElements);
+    if (e < 0 || r < 0)
+      return invalid("the padded input or the result would exceed 2^46 elements");
+  }
 
   // result: F32 [..., Ho, Wo, O] or U32 [..., Ho, Wo, ceil(O/32)]
   const auto od = out.dimensions();

@@ -75,6 +75,7 @@ HOSTILE_FLOATS = [float("nan"), float("inf"), float("-inf"), 0.5, -2.0, 3.0, 1e3
 #   scratch_overflow  each attribute bounded (2^24) but N*Hp*Wp*C still overflows
 #                   int64 (512 images of 1x1x2048 padded by 2^24)
 #                   -> test_bug_huge_padding_overflows_scratch_size[bounded_pads_big_batch]
+#                   (fixed: 02c5ae8)
 _KNOWN = {k.strip() for k in os.environ.get("FFI_FUZZ_KNOWN", "").split(",") if k.strip()}
 # Mutation kinds to leave out (comma-separated numbers, see decode()): lets a
 # long run look past a known, still-open finding.

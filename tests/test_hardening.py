@@ -587,8 +587,9 @@ def test_bug_huge_padding_overflows_scratch_size(shape, attrs):
     cpp/cpu/conv_driver.h run_binary): the scratch buffer came out tiny and the
     packing loop wrote far past it (SIGSEGV; under UBSan 'signed integer
     overflow' first). 540cda9 bounds each attribute by 2^24, which fixes the
-    first two; the third stays within that bound and still overflows. It must
-    be an InvalidArgument error (or the right numbers)."""
+    first two; the third stays within that bound and overflowed until 02c5ae8
+    (size products checked in cpp/common/ffi_conv.h). It must be an
+    InvalidArgument error (or the right numbers)."""
     env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", _OVERFLOW_SCRIPT, *map(str, shape)] + attrs,
                           env=env, capture_output=True, text=True, timeout=120)

@@ -196,6 +196,8 @@ def _resolve_padding(padding, in_hw, eff_k, strides):
         raise TypeError(f"padding values must be ints; got {padding!r}")
     if any(v < 0 for v in vals):
         raise ValueError(f"padding values must be >= 0; got {padding!r}")
+    if any(v > options.MAX_GEOMETRY for v in vals):
+        raise ValueError(f"padding values must be <= 2^24; got {padding!r}")
     return tuple(int(v) for v in vals)
 
 
@@ -325,6 +327,12 @@ def _binary_conv2d(x, w, *, type="xnor", strides=(1, 1), padding="SAME",
             f"padding {padding!r} leaves an empty output: the padded input "
             f"{(h + pads[0] + pads[1], wd + pads[2] + pads[3])} is smaller than the dilated "
             f"kernel {eff_k}")
+
+    padded = max(n, 1) * (h + pads[0] + pads[1]) * (wd + pads[2] + pads[3]) * (c + groups)
+    if padded > options.MAX_ELEMENTS or max(n, 1) * ho * wo * o > options.MAX_ELEMENTS:
+        raise ValueError(
+            f"x {(n, h, wd, c)} with padding {pads} and {o} output channels is too large: "
+            "the padded input or the result would exceed 2^46 elements")
 
     # ---- pad_value
     if isinstance(pad_value, bool) or not isinstance(pad_value, numbers.Real):

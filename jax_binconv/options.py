@@ -95,6 +95,12 @@ def estimator(value: Any, name: str) -> tuple[str, float]:
     return est, clip
 
 
+# Mirrors cpp/common/ffi_conv.h: bounds that keep every kernel's size
+# arithmetic inside int64 (checked here at trace time, and again by the kernels).
+MAX_GEOMETRY = 1 << 24
+MAX_ELEMENTS = 1 << 46
+
+
 def int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = (value, value)
@@ -109,6 +115,8 @@ def int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     seq = tuple(int(v) for v in seq)
     if any(v < minimum for v in seq):
         raise ValueError(f"{name} must be >= {minimum} in each dimension; got {seq}")
+    if any(v > MAX_GEOMETRY for v in seq):
+        raise ValueError(f"{name} must be <= 2^24 in each dimension; got {seq}")
     return seq
 
 

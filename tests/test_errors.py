@@ -98,3 +98,14 @@ def test_int_and_bool_weights_are_accepted():
     c = jb.binary_conv2d(X, jnp.asarray(wi, jnp.float32))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
     np.testing.assert_array_equal(np.asarray(b), np.asarray(c))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"strides": (1 << 25, 1)}, r"strides must be <= 2\^24"),
+    ({"dilation": 1 << 25}, r"dilation must be <= 2\^24"),
+    ({"padding": ((1 << 25, 0), (0, 0))}, r"padding values must be <= 2\^24"),
+    ({"padding": ((1 << 24, 1 << 24), (1 << 24, 1 << 24))}, r"would exceed 2\^46 elements"),
+])
+def test_sizes_that_would_overflow_kernels_are_refused_at_trace_time(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jb.binary_conv2d(X, W, **kwargs)

@@ -128,7 +128,27 @@ def make_package(modules: dict, root: str) -> str:
                     ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.metallib"))
     for so in modules.values():
         shutil.copy2(so, pkg)
+    isolate_package_root(root)
     return root
+
+
+# An editable install (pip install -e, as the README and CI use) puts a
+# finder at the front of sys.meta_path that maps `jax_binconv` to the
+# source tree and the regular build, whatever PYTHONPATH says. Processes
+# that must import a private copy drop that finder at start-up: Python runs
+# the first `sitecustomize` on sys.path after site-packages' .pth files.
+_SITECUSTOMIZE = """\
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if not ("ScikitBuild" in type(f).__name__
+                            and "jax_binconv" in repr(getattr(f, "known_source_files", "")))]
+"""
+
+
+def isolate_package_root(root: str) -> None:
+    """Make a PYTHONPATH entry holding a private jax_binconv win over an editable install."""
+    with open(os.path.join(root, "sitecustomize.py"), "w") as f:
+        f.write(_SITECUSTOMIZE)
 
 
 @functools.lru_cache(None)

@@ -328,8 +328,10 @@ def _binary_conv2d(x, w, *, type="xnor", strides=(1, 1), padding="SAME",
             f"{(h + pads[0] + pads[1], wd + pads[2] + pads[3])} is smaller than the dilated "
             f"kernel {eff_k}")
 
-    padded = max(n, 1) * (h + pads[0] + pads[1]) * (wd + pads[2] + pads[3]) * (c + groups)
-    if padded > options.MAX_ELEMENTS or max(n, 1) * ho * wo * o > options.MAX_ELEMENTS:
+    # A symbolic batch (jax.export) is checked by the kernels at run time.
+    n_known = max(n, 1) if isinstance(n, (int, np.integer)) else 1
+    padded = n_known * (h + pads[0] + pads[1]) * (wd + pads[2] + pads[3]) * (c + groups)
+    if padded > options.MAX_ELEMENTS or n_known * ho * wo * o > options.MAX_ELEMENTS:
         raise ValueError(
             f"x {(n, h, wd, c)} with padding {pads} and {o} output channels is too large: "
             "the padded input or the result would exceed 2^46 elements")

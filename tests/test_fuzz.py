@@ -41,10 +41,17 @@ def _private_package(tmp_path):
     import jax_binconv
 
     src = os.path.dirname(jax_binconv.__file__)
-    if not any(f.startswith("_cpu") and f.endswith(".so") for f in os.listdir(src)):
-        pytest.fail(f"jax_binconv._cpu is not built in {src}: fuzzing would test nothing")
+    built = jax_binconv.lowering.available
+    if "cpu" not in built:
+        pytest.fail(f"jax_binconv._cpu is not built ({jax_binconv.lowering.load_errors}): "
+                    "fuzzing would test nothing")
     dst = tmp_path / "pkg"
     shutil.copytree(src, dst / "jax_binconv", ignore=shutil.ignore_patterns("__pycache__"))
+    # An editable install keeps the compiled modules outside the source tree.
+    for mod in built.values():
+        if os.path.dirname(os.path.abspath(mod.__file__)) != os.path.abspath(src):
+            shutil.copy2(mod.__file__, dst / "jax_binconv")
+    asan_build.isolate_package_root(str(dst))
     return str(dst)
 
 

@@ -43,8 +43,9 @@ def _run(env, *args, timeout=600):
 def test_sanitized_modules_are_the_ones_imported(san_env):
     code = ("import jax_binconv as jb, sys; m = jb.lowering.available; "
             "print(m['cpu'].__file__); print(m.get('metal_shim') and m['metal_shim'].__file__)")
+    # cwd: not the repository root, whose jax_binconv/ would come first on sys.path.
     proc = subprocess.run([sys.executable, "-c", code], env=san_env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=san_env["PYTHONPATH"].split(os.pathsep)[0])
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = proc.stdout.split()
     assert files[0].startswith(san_env["PYTHONPATH"].split(os.pathsep)[0]), files

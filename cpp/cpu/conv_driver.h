@@ -406,6 +406,28 @@ inline uint32_t sign_bits32_generic(const float* v) {
   return bits;
 }
 
+// What the kernels without a fused tile epilogue (scalar, AVX2, NEON) share:
+// tile sizes, generic sign packing, plain stores and the portable float tile.
+// Each adds popcount64, pack_float_bits and bin_tile of its own.
+template <int P, int OBW, int PF, int OBWF>
+struct PortableTraits {
+  static constexpr int kP = P;
+  static constexpr int kObw = OBW;
+  static constexpr int kPf = PF;
+  static constexpr bool kFused = false;  // no fused tile epilogue: bin_tile + finish_tile
+  static constexpr int kObwf = OBWF;
+
+  static uint32_t sign_bits32(const float* v) { return sign_bits32_generic(v); }
+  static void store_row(float* dst, const float* src, bool) {
+    std::memcpy(dst, src, sizeof(float) * OBW);
+  }
+  static void store_fence() {}
+  static void float_tile(const float* const* xp, const int64_t* tapoff, int64_t T, int64_t Cg,
+                         const float* w, float* acc) {
+    float_tile_generic<PF, OBWF>(xp, tapoff, T, Cg, w, acc);
+  }
+};
+
 template <class K, int OBW>
 inline void store_outputs(const ConvParams& p, const float* res, int64_t q, int64_t o0,
                           int64_t cnt, void* out) {

@@ -13,21 +13,8 @@ namespace binconv {
 namespace cpu {
 namespace {
 
-struct Avx2Traits {
-  static constexpr int kP = 3;
-  static constexpr int kObw = 8;
-  static constexpr int kPf = 4;
-  static constexpr bool kFused = false;  // no fused tile epilogue: bin_tile + finish_tile
-  static constexpr int kObwf = 16;
-
+struct Avx2Traits : detail::PortableTraits<3, 8, 4, 16> {
   static uint64_t popcount64(uint64_t v) { return static_cast<uint64_t>(__builtin_popcountll(v)); }
-
-  static uint32_t sign_bits32(const float* v) { return detail::sign_bits32_generic(v); }
-
-  static void store_row(float* dst, const float* src, bool) {
-    std::memcpy(dst, src, sizeof(float) * kObw);
-  }
-  static void store_fence() {}
 
   template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
@@ -112,11 +99,6 @@ struct Avx2Traits {
         _mm256_store_si256(reinterpret_cast<__m256i*>(l), s[p][r]);
         for (int j = 0; j < 4; ++j) raw[p * kObw + r * 4 + j] = static_cast<int32_t>(l[j]);
       }
-  }
-
-  static void float_tile(const float* const* xp, const int64_t* tapoff, int64_t T, int64_t Cg,
-                         const float* w, float* acc) {
-    detail::float_tile_generic<kPf, kObwf>(xp, tapoff, T, Cg, w, acc);
   }
 };
 

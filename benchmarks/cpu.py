@@ -42,16 +42,19 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-# id: (H, W, C, O, K, stride)
-LAYERS = {
-    "L1": (56, 56, 64, 64, 3, 1),
-    "L2": (28, 28, 128, 128, 3, 1),
-    "L3": (14, 14, 256, 256, 3, 1),
-    "L4": (7, 7, 512, 512, 3, 1),
-    "L5": (56, 56, 64, 128, 3, 2),
-    "L6": (28, 28, 256, 256, 1, 1),
-    "L7": (56, 56, 256, 256, 3, 1),
-}
+# BENCH.md's layers, read from the file itself: importing the jax_binconv
+# package would import jax before child() sets the CPU affinity.
+def _load_layers():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_bench_layers", os.path.join(ROOT, "jax_binconv", "_bench_layers.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.LAYERS
+
+
+LAYERS = _load_layers()  # id: (H, W, C, O, k, stride)
 
 
 # ------------------------------------------------------------------ ceiling

@@ -28,15 +28,7 @@ from jax import lax
 
 import jax_binconv as jb
 
-LAYERS = {  # id: (H, W, C, O, k, stride)
-    "L1": (56, 56, 64, 64, 3, 1),
-    "L2": (28, 28, 128, 128, 3, 1),
-    "L3": (14, 14, 256, 256, 3, 1),
-    "L4": (7, 7, 512, 512, 3, 1),
-    "L5": (56, 56, 64, 128, 3, 2),
-    "L6": (28, 28, 256, 256, 1, 1),
-    "L7": (56, 56, 256, 256, 3, 1),
-}
+from jax_binconv._bench_layers import LAYERS  # id: (H, W, C, O, k, stride)
 
 
 def _timed_loop(apply, inner):

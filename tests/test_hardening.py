@@ -293,6 +293,32 @@ def _rss_kib():
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def _hammer(f, inputs, want, *, threads, reps, start_together):
+    """Call f from `threads` threads at once, `reps` times each on rotating
+    inputs; every result must equal the single-threaded one bit for bit."""
+    errors = []
+    barrier = threading.Barrier(threads) if start_together else None
+
+    def worker(i):
+        try:
+            if barrier is not None:
+                barrier.wait()
+            for rep in range(reps):
+                k = (i + rep) % len(inputs)
+                for g, e in zip(f(inputs[k]), want[k]):
+                    np.testing.assert_array_equal(np.asarray(g), e)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"thread {i}: {type(e).__name__}: {e}")
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in pool), "a thread hung"
+    assert not errors, errors[:3]
+
+
 def test_many_threads_call_one_jitted_function():
     c, o = 48, 40
     w = rand_x(36, (3, 3, c, o))
@@ -304,26 +330,7 @@ def test_many_threads_call_one_jitted_function():
     ref = [np.asarray(_ref(x, w, type="xnor", beta_scaling=True)) for x in inputs[:3]]
     for wv, r in zip(want, ref):
         np.testing.assert_allclose(wv[0], r, rtol=1e-5)
-    errors, barrier = [], threading.Barrier(12)
-
-    def worker(i):
-        try:
-            barrier.wait()
-            for rep in range(15):
-                k = (i + rep) % len(inputs)
-                got = f(inputs[k])
-                for g, e in zip(got, want[k]):
-                    np.testing.assert_array_equal(np.asarray(g), e)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(f"thread {i}: {type(e).__name__}: {e}")
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-    assert not any(th.is_alive() for th in threads), "a thread hung"
-    assert not errors, errors[:3]
+    _hammer(f, inputs, want, threads=12, reps=15, start_together=True)
 
 
 def test_many_threads_call_the_metal_shim():
@@ -341,24 +348,7 @@ def test_many_threads_call_the_metal_shim():
         assert jb.TARGETS["metal_shim"] in f.lower(rand_x(0, (2, 9, 9, c))).as_text()
         inputs = [rand_x(200 + i, (2, 9, 9, c)) for i in range(8)]
         want = [jax.tree.map(np.asarray, f(x)) for x in inputs]
-    errors = []
-
-    def worker(i):
-        try:
-            for rep in range(10):
-                k = (i + rep) % len(inputs)
-                for g, e in zip(f(inputs[k]), want[k]):
-                    np.testing.assert_array_equal(np.asarray(g), e)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(f"thread {i}: {type(e).__name__}: {e}")
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-    assert not any(th.is_alive() for th in threads), "a thread hung"
-    assert not errors, errors[:3]
+    _hammer(f, inputs, want, threads=8, reps=10, start_together=False)
 
 
 def test_repeated_calls_keep_memory_flat():

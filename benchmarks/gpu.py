@@ -5,8 +5,9 @@
 Layers L1-L7 at N = 1, 64, 256; ours with float32 input/output and with
 packed input/output (XNOR, packed weights); baselines cuDNN bfloat16 and
 float32 through ``lax.conv_general_dilated`` in the same process. Each timed
-call runs the layer many times inside one jit (``lax.fori_loop``), so Python
-dispatch is not what is measured; per-application times are reported (min
+call runs the layer many times inside one jit (written out one after the
+other, or ``lax.fori_loop`` with ``--loop fori``), so Python dispatch is not
+what is measured; per-application times are reported (min
 and median over the repetitions). Ceilings come from our own
 micro-benchmarks on the same device (``jax_binconv._cuda.measure_ceilings``):
 the b1 tensor-core MMA rate and the device-to-device copy bandwidth; the
@@ -31,12 +32,17 @@ import jax_binconv as jb
 from jax_binconv._bench_layers import LAYERS  # id: (H, W, C, O, k, stride)
 
 
-def _timed_loop(apply, inner):
+def _timed_loop(apply, inner, loop):
     """jit of `inner` applications of `apply(x)`.
 
-    The optimization barrier ties x to the loop carry, so XLA cannot hoist
-    the loop-invariant convolution out of the loop; one output element is
-    folded into the carry so the result is used. Neither costs memory traffic.
+    loop="unrolled" (default): the applications are written out one after the
+    other in one XLA computation, so nothing but the kernels runs between
+    them. loop="fori": a ``lax.fori_loop``, which on the GPU adds XLA's
+    per-iteration loop overhead (a predicate round trip) to every application.
+    The optimization barrier ties x to the carry, so XLA can neither hoist the
+    loop-invariant convolution out of the loop nor merge the unrolled copies;
+    one output element is folded into the carry so the result is used.
+    Neither costs memory traffic.
     """
 
     def body(_, carry):
@@ -48,22 +54,29 @@ def _timed_loop(apply, inner):
 
     @jax.jit
     def run(xx, wt):
-        return lax.fori_loop(0, inner, body, (xx, wt, jnp.float32(0)))[2]
+        carry = (xx, wt, jnp.float32(0))
+        if loop == "fori":
+            return lax.fori_loop(0, inner, body, carry)[2]
+        for i in range(inner):
+            carry = body(i, carry)
+        return carry[2]
 
     return run
 
 
-def bench(apply, x, wt, reps, target_ms=4.0):
+def bench(apply, x, wt, reps, loop="unrolled", target_ms=4.0):
     """(min, median) ms per application of apply(x, wt)."""
     inner = 8
-    run = _timed_loop(apply, inner)
+    run = _timed_loop(apply, inner, loop)
     run(x, wt).block_until_ready()
     t0 = time.perf_counter()
     run(x, wt).block_until_ready()
     per = (time.perf_counter() - t0) * 1e3 / inner
-    # One re-calibration so that each repetition lasts about target_ms.
-    inner = int(max(4, min(5000, target_ms / max(per, 1e-4))))
-    run = _timed_loop(apply, inner)
+    # One re-calibration so that each repetition lasts about target_ms (at
+    # most 128 unrolled copies: compile time grows with them).
+    cap = 128 if loop == "unrolled" else 5000
+    inner = int(max(4, min(cap, target_ms / max(per, 1e-4))))
+    run = _timed_loop(apply, inner, loop)
     run(x, wt).block_until_ready()
     times = []
     for _ in range(reps):
@@ -79,6 +92,10 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,64,256")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--type", default="xnor")
+    ap.add_argument("--loop", choices=["unrolled", "fori"], default="unrolled",
+                    help="how applications are repeated inside the timed jit")
+    ap.add_argument("--kernel", choices=["auto", "general"], default="auto",
+                    help="jax_binconv._cuda.set_kernel policy for ours")
     args = ap.parse_args(argv)
 
     gpu = jax.devices("gpu")[0]
@@ -86,7 +103,9 @@ def main(argv=None):
         sys.exit(f"jax_binconv._cuda not available: {jb.lowering.load_errors.get('_cuda')}")
     from jax_binconv import _cuda
 
-    print(f"device: {gpu.device_kind}; jax {jax.__version__}")
+    _cuda.set_kernel(args.kernel)
+    print(f"device: {gpu.device_kind}; jax {jax.__version__}; loop {args.loop}; "
+          f"kernel policy {args.kernel}")
     ceil = _cuda.measure_ceilings(1 << 30)
     mma_rate, copy_bw = ceil["mma_macs_per_s"], ceil["copy_bytes_per_s"]
     print(f"ceilings: b1 MMA {mma_rate:.3e} binary MAC/s; copy {copy_bw / 1e9:.0f} GB/s "
@@ -119,10 +138,10 @@ def main(argv=None):
             w16 = jax.device_put(jnp.asarray(wf, jnp.bfloat16), gpu)
             w32 = jax.device_put(jnp.asarray(wf), gpu)
             x16 = x.astype(jnp.bfloat16)
-            t_of = bench(ours_f, x, wpk, args.reps)
-            t_op = bench(ours_p, xp.words, wpk, args.reps)
-            t_16 = bench(cudnn, x16, w16, args.reps)
-            t_32 = bench(cudnn, x, w32, args.reps)
+            t_of = bench(ours_f, x, wpk, args.reps, args.loop)
+            t_op = bench(ours_p, xp.words, wpk, args.reps, args.loop)
+            t_16 = bench(cudnn, x16, w16, args.reps, args.loop)
+            t_32 = bench(cudnn, x, w32, args.reps, args.loop)
             bytes_f = 4 * (n * h * w * c + n * ho * wo * o)
             bytes_p = 4 * (n * h * w * -(-c // 32) + n * ho * wo * -(-o // 32))
             for io, t, nbytes in (("float", t_of, bytes_f), ("packed", t_op, bytes_p)):
@@ -132,7 +151,8 @@ def main(argv=None):
                     tmacs=macs / (ms * 1e-3) / 1e12, pct_mma=100 * macs / (ms * 1e-3) / mma_rate,
                     pct_mem=100 * (nbytes / copy_bw) / (ms * 1e-3)))
             r = rows[-2:]
-            print(f"  {name} N={n}: float {r[0]['ours']:.4f} ms, packed {r[1]['ours']:.4f} ms, "
+            paths = _cuda.last_kernel()
+            print(f"  {name} N={n} [{paths}]: float {r[0]['ours']:.4f} ms, packed {r[1]['ours']:.4f} ms, "
                   f"bf16 {t_16[0]:.4f} ms, f32 {t_32[0]:.4f} ms", flush=True)
 
     print()

@@ -434,3 +434,97 @@ def test_packed_output_nonfinite_scales_match_float_path():
                 [px, pw, np.zeros(c, np.float32), np.ones(c, np.float32), scale, bias], GPU))))
         expect = np.asarray(jb.pack_activations(outs[0]).words)
         np.testing.assert_array_equal(outs[1], expect, err_msg=f"activation {act}")
+
+
+# ------------------------------------------------------------ the fast kernel
+# XNOR/AND with groups = 1 and C a power-of-two multiple of 128 run
+# fast_conv_kernel (cpp/cuda/fast_conv.cuh); everything else, or
+# set_kernel("general"), the general one. Both are checked on the same cases,
+# and that the intended kernel really ran.
+
+FAST_CASES = [
+    # (c, o, hw, n, k, strides, dilation, padding)
+    (128, 128, (28, 28), 2, (3, 3), 1, 1, "SAME"),
+    (256, 96, (14, 14), 3, (3, 3), 1, 1, "SAME"),
+    (512, 130, (7, 7), 5, (3, 3), 1, 1, "SAME"),
+    (256, 300, (9, 11), 2, (3, 3), 2, 1, "SAME"),
+    (128, 64, (13, 6), 3, (5, 3), (1, 2), (2, 1), ((3, 1), (0, 2))),
+    (256, 33, (6, 40), 2, (1, 1), 1, 1, "VALID"),
+    (1024, 40, (5, 5), 2, (3, 3), 1, 1, ((4, 4), (4, 4))),
+    (128, 257, (1, 150), 3, (1, 7), 1, 1, "SAME"),
+    (256, 128, (3, 3), 70, (3, 3), 1, 1, "SAME"),     # many images per tile
+]
+
+
+def _cuda_mod():
+    from jax_binconv import _cuda
+    return _cuda
+
+
+@pytest.fixture(params=["auto", "general"])
+def kernel_policy(request):
+    mod = _cuda_mod()
+    old = mod.get_kernel()
+    mod.set_kernel(request.param)
+    yield request.param
+    mod.set_kernel(old)
+
+
+def _expect_path(policy):
+    assert _cuda_mod().last_kernel() == ("fast" if policy == "auto" else "general")
+
+
+@pytest.mark.parametrize("t", ["xnor", "and"])
+@pytest.mark.parametrize("case", range(len(FAST_CASES)))
+def test_fast_kernel_float_io(kernel_policy, t, case):
+    c, o, hw, n, k, s, d, pad = FAST_CASES[case]
+    pv = _pad_values(t)[case % len(_pad_values(t))]
+    x = np.asarray(rand_x(500 + case, (n,) + hw + (c,)))
+    w = np.asarray(rand_x(600 + case, k + (c, o)))
+    check(x, w, type=t, strides=s, dilation=d, padding=pad, pad_value=pv,
+          output_scale=rand_vec(700 + case, o, 0.5, 1.5, signed=True),
+          output_bias=rand_vec(800 + case, o, -2, 2),
+          input_bias=rand_vec(900 + case, c, -0.2, 0.2), beta_scaling=case % 2 == 1,
+          activation=[None, "relu", "tanh", "leaky_relu"][case % 4])
+    _expect_path(kernel_policy)
+
+
+@pytest.mark.parametrize("t", ["xnor", "and"])
+@pytest.mark.parametrize("case", range(len(FAST_CASES)))
+def test_fast_kernel_packed_io(kernel_policy, t, case):
+    c, o, hw, n, k, s, d, pad = FAST_CASES[case]
+    pv = _pad_values(t)[(case + 1) % len(_pad_values(t))]
+    x = np.asarray(rand_x(510 + case, (n,) + hw + (c,)))
+    xp = _np(jb.pack_activations(jnp.asarray(x)))
+    w = np.asarray(rand_x(610 + case, k + (c, o)))
+    check(xp, w, type=t, strides=s, dilation=d, padding=pad, pad_value=pv, output="packed",
+          output_scale=rand_vec(710 + case, o, 0.5, 1.5, signed=True),
+          output_bias=rand_vec(810 + case, o, -40, 40), beta_scaling=case % 3 == 0,
+          activation=[None, "relu6", "sign", "sigmoid"][case % 4])
+    _expect_path(kernel_policy)
+
+
+def test_fast_kernel_persistent_blocks_and_big_batch():
+    """More tiles than resident blocks: each block walks several M tiles."""
+    mod = _cuda_mod()
+    x = np.asarray(rand_x(42, (160, 14, 14, 256)))
+    w = np.asarray(rand_x(43, (3, 3, 256, 256)))
+    check(x, w, type="xnor", output_bias=rand_vec(44, 256, -5, 5))
+    assert mod.last_kernel() == "fast"
+
+
+def test_fast_kernel_not_used_where_it_does_not_apply():
+    mod = _cuda_mod()
+    x = np.asarray(rand_x(45, (2, 6, 6, 192)))   # 192 channels: not a power-of-two multiple of 128
+    w = np.asarray(rand_x(46, (3, 3, 192, 32)))
+    check(x, w, type="xnor")
+    assert mod.last_kernel() == "general"
+    x = np.asarray(rand_x(47, (2, 6, 6, 256)))
+    w = np.asarray(rand_x(48, (3, 3, 128, 32)))
+    check(x, w, type="xnor", groups=2)
+    assert mod.last_kernel() == "general"
+
+
+def test_set_kernel_rejects_unknown_names():
+    with pytest.raises(ValueError, match="auto"):
+        _cuda_mod().set_kernel("fastest")

@@ -25,6 +25,7 @@
 // is why Hopper's emulated XOR MMA is never needed.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 
@@ -170,7 +171,7 @@ __host__ __device__ __forceinline__ uint32_t last_word_mask(int bits) {
 struct Box {
   int a, b, c, d;
 };
-__device__ __forceinline__ void tap_range(int i0, int size, int k, int dil, int& lo, int& hi) {
+__host__ __device__ __forceinline__ void tap_range(int i0, int size, int k, int dil, int& lo, int& hi) {
   lo = i0 >= 0 ? 0 : (-i0 + dil - 1) / dil;
   hi = (size - 1 - i0) >= 0 ? (size - 1 - i0) / dil + 1 : 0;
   lo = min(lo, k);
@@ -239,6 +240,42 @@ __device__ __forceinline__ RowData row_data(const EpiArgs& e, long long m, int g
 
 // ------------------------------------------------------------------- prep
 
+// Packed output without beta: bin(activation(acc * s + b)) as a function of
+// the integer acc, evaluated with the very epilogue the general path uses, so
+// it is exact; for s > 0 it is non-decreasing, for s < 0 non-increasing
+// (monotone activations, float rounding is monotone), otherwise constant.
+// Returns the interval [lo, hi] of acc in [amin, amax] whose bit is 1 (empty:
+// lo > hi), found by binary search of its edge.
+__device__ int2 packed_threshold(float sc, float bi, int act, float slope, int amin, int amax) {
+  auto f = [&](int v) { return bin_bit(epilogue((float)v, sc, 1.0f, bi, act, slope)) != 0; };
+  int lo = 1, hi = 0;  // empty
+  if (sc > 0.0f) {
+    if (f(amax)) {
+      int l = amin, h = amax;  // smallest v with f(v)
+      while (l < h) {
+        const int mid = l + (h - l) / 2;
+        if (f(mid)) h = mid; else l = mid + 1;
+      }
+      lo = l;
+      hi = 0x7fffffff;
+    }
+  } else if (sc < 0.0f) {
+    if (f(amin)) {
+      int l = amin, h = amax;  // largest v with f(v)
+      while (l < h) {
+        const int mid = l + (h - l + 1) / 2;
+        if (f(mid)) l = mid; else h = mid - 1;
+      }
+      lo = -0x7fffffff - 1;
+      hi = l;
+    }
+  } else if (f(amin)) {
+    lo = -0x7fffffff - 1;
+    hi = 0x7fffffff;
+  }
+  return make_int2(lo, hi);
+}
+
 __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
   extern __shared__ int spw_all[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -276,43 +313,8 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
         for (int dx = 0; dx < ex; ++dx) s += spw[dy * a.kw + dx];
       a.pre[(long long)e * a.o + go] = s;
     }
-    if (a.thr && lane == 0) {
-      // Packed output without beta: bin(activation(acc * s + b)) as a
-      // function of the integer acc is evaluated here with the very epilogue
-      // the general path uses, so it is exact; for s > 0 it is
-      // non-decreasing, for s < 0 non-increasing (monotone activations, float
-      // rounding is monotone), otherwise constant. Binary search its edge.
-      const float sc = a.osc[go], bi = a.obias[go];
-      auto f = [&](int v) {
-        return bin_bit(epilogue((float)v, sc, 1.0f, bi, a.act, a.slope)) != 0;
-      };
-      int lo = 1, hi = 0;  // empty
-      if (sc > 0.0f) {
-        if (f(a.amax)) {
-          int l = a.amin, h = a.amax;  // smallest v with f(v)
-          while (l < h) {
-            const int mid = l + (h - l) / 2;
-            if (f(mid)) h = mid; else l = mid + 1;
-          }
-          lo = l;
-          hi = 0x7fffffff;
-        }
-      } else if (sc < 0.0f) {
-        if (f(a.amin)) {
-          int l = a.amin, h = a.amax;  // largest v with f(v)
-          while (l < h) {
-            const int mid = l + (h - l + 1) / 2;
-            if (f(mid)) l = mid; else h = mid - 1;
-          }
-          lo = -0x7fffffff - 1;
-          hi = l;
-        }
-      } else if (f(a.amin)) {
-        lo = -0x7fffffff - 1;
-        hi = 0x7fffffff;
-      }
-      a.thr[go] = make_int2(lo, hi);
-    }
+    if (a.thr && lane == 0)
+      a.thr[go] = packed_threshold(a.osc[go], a.obias[go], a.act, a.slope, a.amin, a.amax);
     return;
   }
   const int bid = blockIdx.x - a.wblocks;
@@ -946,10 +948,13 @@ __global__ void __launch_bounds__(kThreads) bw_kernel(BwArgs a) {
   (void)lane;
 }
 
+#include "fast_conv.cuh"
+
 // ------------------------------------------------------------- host side
 
 struct Plan {
   bool binary;
+  bool fast;  // fast_conv_kernel (then no weight re-layout, popcount image or thresholds)
   long long nhw, m;
   int g, cg, og, wg, t, k, kpad, ogpad, bn, vec;
   bool thr;  // packed output through per-column integer thresholds
@@ -958,8 +963,9 @@ struct Plan {
 
 size_t align256(size_t v) { return (v + 255) & ~size_t(255); }
 
-Plan make_plan(const ConvParams& p) {
+Plan make_plan(const ConvParams& p, bool fast) {
   Plan pl{};
+  pl.fast = fast;
   pl.binary = p.type != BINARY_WEIGHTS;
   pl.nhw = p.n * p.h * p.w;
   pl.m = p.n * p.ho() * p.wo();
@@ -988,7 +994,9 @@ Plan make_plan(const ConvParams& p) {
             p.activation == ACT_RELU6 || p.activation == ACT_SIGN ||
             p.activation == ACT_HARD_TANH ||
             (p.activation == ACT_LEAKY_RELU && p.negative_slope >= 0.0f));
-  if (pl.binary) {
+  if (pl.binary && fast) {
+    if (!p.x_packed) pl.off_xp = take(sizeof(uint32_t) * pl.nhw * pl.g * pl.wg);
+  } else if (pl.binary) {
     if (!p.x_packed) pl.off_xp = take(sizeof(uint32_t) * pl.nhw * pl.g * pl.wg);
     if (p.type == XNOR) pl.off_popc = take(sizeof(int) * pl.nhw * pl.g);
     pl.off_ws = take(sizeof(uint32_t) * (size_t)pl.g * pl.ogpad * pl.kpad);
@@ -1093,11 +1101,156 @@ cudaError_t measure_ceilings(Ceilings* out, size_t copy_bytes) {
   return cudaGetLastError();
 }
 
-size_t scratch_bytes(const ConvParams& p) { return make_plan(p).total; }
 
-cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch,
+// ------------------------------------------------------- fast path planning
+
+std::atomic<int> g_policy{0};     // KernelPolicy
+std::atomic<int> g_last_path{0};  // KernelPath of the last launch_conv
+
+// Geometry of fast_conv_kernel for these parameters, or false when the call
+// is outside what it handles (the general kernels then run). x and w are the
+// operand pointers (packed x: 16-byte chunks must be aligned; float x is
+// packed into 256-byte aligned scratch).
+bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, int* smem) {
+  if (p.type == BINARY_WEIGHTS || p.groups != 1 || p.c % 128 != 0) return false;
+  const long long pch = p.c / 128;
+  if ((pch & (pch - 1)) != 0 || pch > 64) return false;
+  if (reinterpret_cast<uintptr_t>(w) % 16 != 0) return false;
+  if (p.x_packed && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+  const long long ho = p.ho(), wo = p.wo();
+  const long long m = p.n * ho * wo;
+  if (m / kFastBM + 1 > (1LL << 30) || p.n * ho > (1LL << 40)) return false;
+  FastArgs a{};
+  int logp = 0;
+  while ((1LL << logp) < pch) ++logp;
+  a.p = (int)pch;
+  a.logp = logp;
+  a.swz_shift = logp >= 3 ? 0 : 3 - logp;
+  a.swz_mask = (int)std::min<long long>(pch, 8) - 1;
+  a.t = (int)(p.kh * p.kw);
+  a.kc = a.t * a.p;
+  a.ks = (a.kc + 1) / 2;
+  a.pitch_b = 2 * a.ks + 1;
+  a.rmax = (int)((kFastBM - 1) / wo + 2);
+  const long long wslot = (wo - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1;
+  if (wslot > (1 << 20)) return false;
+  a.wslot = (int)wslot;
+  // Valid-tap box classes per axis.
+  a.ncy = a.ncx = 0;
+  for (long long y = 0; y < ho; ++y) {
+    int lo, hi;
+    tap_range((int)(y * p.stride_h - p.pad_top), (int)p.h, (int)p.kh, (int)p.dil_h, lo, hi);
+    int i = 0;
+    while (i < a.ncy && !(a.cy_a[i] == lo && a.cy_b[i] == hi)) ++i;
+    if (i == a.ncy) {
+      if (a.ncy == kMaxCls) return false;
+      a.cy_a[a.ncy] = lo;
+      a.cy_b[a.ncy++] = hi;
+    }
+  }
+  for (long long xx = 0; xx < wo; ++xx) {
+    int lo, hi;
+    tap_range((int)(xx * p.stride_w - p.pad_left), (int)p.w, (int)p.kw, (int)p.dil_w, lo, hi);
+    int i = 0;
+    while (i < a.ncx && !(a.cx_c[i] == lo && a.cx_d[i] == hi)) ++i;
+    if (i == a.ncx) {
+      if (a.ncx == kMaxCls) return false;
+      a.cx_c[a.ncx] = lo;
+      a.cx_d[a.ncx++] = hi;
+    }
+  }
+  a.cls_int = -1;
+  for (int i = 0; i < a.ncy; ++i)
+    for (int j = 0; j < a.ncx; ++j)
+      if (a.cy_a[i] == 0 && a.cy_b[i] == p.kh && a.cx_c[j] == 0 && a.cx_d[j] == p.kw)
+        a.cls_int = i * a.ncx + j;
+  const long long a_chunks = (long long)a.rmax * p.kh * a.wslot * a.p;
+  if (a_chunks > (1 << 20)) return false;
+  const FastSmem L = fast_smem(a.pitch_b, (int)a_chunks, a.ks, a.ncy * a.ncx);
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return false;
+  if (L.total > optin) return false;
+  a.m = m;
+  a.n = (int)p.n;
+  if (p.n > 0x7fffffff) return false;
+  a.h = (int)p.h;
+  a.w = (int)p.w;
+  a.ho = (int)ho;
+  a.wo = (int)wo;
+  a.o = (int)p.o;
+  a.cg = (int)p.c;
+  a.kh = (int)p.kh;
+  a.kw = (int)p.kw;
+  a.sh = (int)p.stride_h;
+  a.sw = (int)p.stride_w;
+  a.dh = (int)p.dil_h;
+  a.dw = (int)p.dil_w;
+  a.pt = (int)p.pad_top;
+  a.pl = (int)p.pad_left;
+  a.mtiles = (int)((m + kFastBM - 1) / kFastBM);
+  a.ntiles = (int)((p.o + kFastBN - 1) / kFastBN);
+  a.type = p.type;
+  a.pv = (int)p.pad_value;
+  a.beta = p.beta_scaling ? 1 : 0;
+  a.x_packed = p.x_packed ? 1 : 0;
+  a.act = p.activation;
+  a.slope = p.negative_slope;
+  a.out_packed = p.out_packed ? 1 : 0;
+  a.amax = a.t * (int)p.c;
+  a.amin = p.type == XNOR ? -a.amax : 0;
+  *fa = a;
+  *smem = L.total;
+  return true;
+}
+
+cudaError_t launch_fast(FastArgs a, int smem, cudaStream_t stream) {
+  static std::atomic<uint64_t> attr_set{0};
+  int dev = 0, sms = 0, optin = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(attr_set.load(std::memory_order_relaxed) & bit)) {
+    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (err != cudaSuccess) return err;
+    err = cudaFuncSetAttribute(fast_conv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               optin);
+    if (err != cudaSuccess) return err;
+    attr_set.fetch_or(bit, std::memory_order_relaxed);
+  }
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err != cudaSuccess) return err;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fast_conv_kernel, kFastThreads,
+                                                      smem);
+  if (err != cudaSuccess) return err;
+  const long long items = (long long)a.mtiles * a.ntiles;
+  const long long cap = (long long)sms * std::max(per_sm, 1);
+  long long grid = items <= cap ? items : std::max<long long>(cap / a.ntiles, 1) * a.ntiles;
+  fast_conv_kernel<<<(unsigned)grid, kFastThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_relaxed); }
+int kernel_policy() { return g_policy.load(std::memory_order_relaxed); }
+int last_kernel_path() { return g_last_path.load(std::memory_order_relaxed); }
+
+size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast) {
+  FastArgs fa;
+  int smem = 0;
+  *fast = g_policy.load(std::memory_order_relaxed) != KERNEL_GENERAL &&
+          plan_fast(p, b.x, b.w, &fa, &smem);
+  return make_plan(p, *fast).total;
+}
+
+cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch, bool fast_in,
                         cudaStream_t stream) {
-  const Plan pl = make_plan(p);
+  FastArgs fa;
+  int fsmem = 0;
+  // Same inputs as in scratch_bytes, so the same answer (the policy is not
+  // read twice: another thread may change it in between).
+  const bool fast = fast_in && plan_fast(p, b.x, b.w, &fa, &fsmem);
+  const Plan pl = make_plan(p, fast);
   const long long ho = p.ho(), wo = p.wo();
   if (pl.m == 0 || p.o == 0) return cudaSuccess;
   cudaError_t err = cudaGetLastError();  // do not report an unrelated earlier error as ours
@@ -1170,7 +1323,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
   pa.kpad = pl.kpad;
   pa.kh = (int)p.kh;
   pa.kw = (int)p.kw;
-  pa.wblocks = pl.binary ? (int)((pl.g * (long long)pl.ogpad + 7) / 8) : 0;
+  pa.wblocks = pl.binary && !fast ? (int)((pl.g * (long long)pl.ogpad + 7) / 8) : 0;
   pa.thr = at<int2>(scratch, pl.off_thr);
   pa.osc = b.output_scale;
   pa.obias = b.output_bias;
@@ -1193,7 +1346,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     pa.popc = popc;
     pa.aimg = aimg;
     pa.xblocks = (int)((pl.nhw + warps_per_block - 1) / warps_per_block);
-  } else if (p.x_packed && p.type == XNOR) {
+  } else if (p.x_packed && p.type == XNOR && !fast) {
     pa.mode_x = 2;
     pa.xpk = static_cast<const uint32_t*>(b.x);
     pa.popc = popc;
@@ -1213,6 +1366,19 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
   }
 
   // ---- main kernel
+  if (fast) {
+    g_last_path.store(KERNEL_PATH_FAST, std::memory_order_relaxed);
+    fa.x = reinterpret_cast<const uint4*>(p.x_packed ? b.x : at<uint32_t>(scratch, pl.off_xp));
+    fa.wt = reinterpret_cast<const uint4*>(b.w);
+    fa.aimg = aimg;
+    fa.osc = b.output_scale;
+    fa.obias = b.output_bias;
+    fa.out = b.out;
+    fa.thr = pl.thr ? 1 : 0;
+    return launch_fast(fa, fsmem, stream);
+  }
+  g_last_path.store(pl.binary ? KERNEL_PATH_GENERAL : KERNEL_PATH_BINARY_WEIGHTS,
+                    std::memory_order_relaxed);
   if (!pl.binary) {
     BwArgs ba{};
     ba.e = e;

@@ -26,16 +26,31 @@ struct ConvBuffers {
   void* out = nullptr;
 };
 
-// Device scratch needed by launch_conv for these parameters (bytes); the
-// handler allocates it from XLA's scratch allocator.
-size_t scratch_bytes(const ConvParams& p);
+// Device scratch needed by launch_conv for these parameters and operands
+// (bytes); the handler allocates it from its stream-ordered pool.
+// `fast` receives the kernel choice, to be passed on to launch_conv.
+size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast);
+
+// Which kernel runs the popcount types: KERNEL_AUTO picks the fast kernel
+// (fast_conv.cuh) where it applies, KERNEL_GENERAL always the general one
+// (tests use it to cover both). Process-wide; read at every call.
+enum KernelPolicy { KERNEL_AUTO = 0, KERNEL_GENERAL = 1 };
+void set_kernel_policy(int policy);
+int kernel_policy();
+// The kernel the last call ran (any thread): 0 none yet.
+enum KernelPath {
+  KERNEL_PATH_FAST = 1,
+  KERNEL_PATH_GENERAL = 2,
+  KERNEL_PATH_BINARY_WEIGHTS = 3
+};
+int last_kernel_path();
 
 // Enqueues the whole convolution on `stream`. `scratch` holds
 // scratch_bytes(p) bytes, aligned to 64 (16 would do). Returns the first CUDA error
 // (launch configuration or an earlier asynchronous fault); kernels run
 // asynchronously, so a fault inside them surfaces at a later sync.
 // `p` must already be validated (the handler does it).
-cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch,
+cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch, bool fast,
                         cudaStream_t stream);
 
 // Ceilings for benchmarks/gpu.py, measured on the current device: the issue

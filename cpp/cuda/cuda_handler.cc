@@ -107,7 +107,8 @@ ffi::Error Conv2dImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
   b.out = out->untyped_data();
 
   void* scratch_ptr = nullptr;
-  const size_t bytes = scratch_bytes(p);
+  bool fast = false;
+  const size_t bytes = scratch_bytes(p, b, &fast);
   if (bytes > 0) {
     cudaMemPool_t pool;
     cudaError_t err = scratch_pool(stream, &pool);
@@ -118,7 +119,7 @@ ffi::Error Conv2dImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
                         "jax_binconv_conv2d_cuda_v1: could not allocate " + std::to_string(bytes) +
                             " bytes of scratch: " + cudaGetErrorString(err));
   }
-  const cudaError_t err = launch_conv(p, b, scratch_ptr, stream);
+  const cudaError_t err = launch_conv(p, b, scratch_ptr, fast, stream);
   // Freed in stream order even when a launch failed (nothing then uses it).
   const cudaError_t free_err = scratch_ptr ? cudaFreeAsync(scratch_ptr, stream) : cudaSuccess;
   if (err != cudaSuccess) return cuda_error("launch", err);

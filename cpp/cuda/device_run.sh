@@ -40,6 +40,12 @@ for stage in "$@"; do
       stamp smoke
       timeout 120 python3 -m pytest tests/test_gpu.py -q -x -k "lowering or big_layer or test_channels" 2>&1 | tail -30
       ;;
+    fast)
+      stamp fast
+      timeout 240 python3 -m pytest tests/test_gpu.py -q -n 8 -k "fast_kernel or set_kernel" >"$OUT/fast.log" 2>&1
+      echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/fast.log" | tail -3
+      grep -E "^(FAILED|ERROR)" "$OUT/fast.log" | head -20
+      ;;
     test)
       stamp test
       timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/test_gpu.py -q -n 8 -rs --timeout 240 \

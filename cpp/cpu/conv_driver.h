@@ -676,9 +676,15 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   for (int64_t t = 0; t < g.T; ++t)
     for (int64_t k = 0; k < KW64; ++k) koff[t * KW64 + k] = tapoff[t] + k;
 
-  // Phase 2: the convolution proper.
+  // Phase 2: the convolution proper. Blocks are taken in groups whose
+  // weights fit in L1 together (~24 KiB): one tile's pixel setup (pointers,
+  // border class, beta, output rows) then serves every block of the group.
+  const int64_t blk_bytes = KT * OBW * 8;
+  int64_t gsz = std::max<int64_t>(1, std::min<int64_t>(NB, (int64_t{24} << 10) / blk_bytes));
+  const int64_t NGB = (NB + gsz - 1) / gsz;
+  gsz = (NB + NGB - 1) / NGB;  // equal groups
   const int64_t ntile = (g.NQ + P - 1) / P;
-  const int64_t tc = tiles_per_chunk(ntile, NB, ex.num_threads());
+  const int64_t tc = tiles_per_chunk(ntile, NGB, ex.num_threads());
   const int64_t nchunk = (ntile + tc - 1) / tc;
   // Packed input bytes one chunk touches (its pixels' rows, strides included).
   const int64_t chunk_bytes = std::max<int64_t>(1, tc * P * p.stride_h * p.stride_w * PS * 8);
@@ -690,11 +696,11 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   // A float output much larger than the caches is written with streaming
   // stores: no read-for-ownership of lines that are overwritten whole.
   const bool stream_out = !p.out_packed && g.NQ * g.O * 4 > (int64_t{4} << 20);
-  ex.parallel_for(nchunk * NB, [&](int64_t item) {
+  ex.parallel_for(nchunk * NGB, [&](int64_t item) {
     // Everything the loops read, as locals: through the captured references
     // the compiler must reload them after every store into the tile arrays.
     const int64_t NQ = g.NQ, HoWo = g.HoWo, Ho = g.Ho, Wo = g.Wo, Hp = g.Hp, Wp = g.Wp;
-    const int64_t H = g.H, W = g.W, KH = g.KH, KWd = g.KW, O = g.O;
+    const int64_t H = g.H, W = g.W, KH = g.KH, KWd = g.KW, O = g.O, Og = g.Og;
     const int64_t sh = p.stride_h, sw = p.stride_w, dh = p.dil_h, dw = p.dil_w;
     const int64_t pt = p.pad_top, pl = p.pad_left;
     const uint8_t* const row_ok = g.row_ok.data();
@@ -709,113 +715,133 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const int64_t kt = KT;
     uint64_t* const xpb = xp;
     float* const outf = static_cast<float*>(call.out);
+    uint32_t* const out32 = static_cast<uint32_t*>(call.out);
+    const int64_t ow = p.out_words();
 
     // Items run super-chunk by super-chunk (a span of pixels whose packed
-    // input stays in L2 while every weight block passes over it: streaming
+    // input stays in L2 while every weight group passes over it: streaming
     // the whole input from memory once per block is 2-3x slower at N=8), and
-    // block-major inside one: threads running at the same time work on
-    // different pixel chunks of one weight block, so they share the
-    // read-only weights and never write the same output cache line (a
-    // pixel's packed output words share one line).
-    const int64_t sc = std::min(item / (NB * cps), nsc - 1);
+    // group-major inside one: threads running at the same time work on
+    // different pixel chunks of one weight group, so they share the
+    // read-only weights and never write the same output cache line.
+    const int64_t sc = std::min(item / (NGB * cps), nsc - 1);
     const int64_t sc_first = sc * cps;
     const int64_t sc_len = std::min(cps, nchunk - sc_first);
-    const int64_t r_in = item - sc_first * NB;
-    const int64_t blk = r_in / sc_len, chunk = sc_first + r_in % sc_len;
-    const int64_t gi = blk / nbg, b = blk % nbg;
-    const int64_t o0 = gi * g.Og + b * OBW;
-    const int64_t cnt = std::min<int64_t>(OBW, g.Og - b * OBW);
-    const bool direct = direct_store && cnt == OBW;
-    const uint64_t* const wblk = wr + blk * kt * OBW;
-    const float* const os_blk = osp + blk * OBW;
-    const float* const ob_blk = obp + blk * OBW;
-    const uint64_t* const xgroup = xpb + gi * KW64;
+    const int64_t r_in = item - sc_first * NGB;
+    const int64_t grp = r_in / sc_len, chunk = sc_first + r_in % sc_len;
+    const int64_t blk0 = grp * gsz, blk1 = std::min(NB, blk0 + gsz);
+    const int64_t tile0 = chunk * tc, t_end = std::min(ntile, (chunk + 1) * tc);
+    const int64_t q0 = tile0 * P, q_end = std::min(NQ, t_end * P);
+    // Per pixel of the chunk, once for every block of the group: its base word
+    // offset, its border class row of the correction table (null inside the
+    // image) and beta. Pixels past NQ repeat the last one (computed, never stored).
+    constexpr int kMaxPix = 32 * P;  // tiles_per_chunk gives at most 32 tiles
+    alignas(64) int64_t off[kMaxPix];
+    const int32_t* crow[kMaxPix];
+    alignas(64) float bet[kMaxPix];
+    bool any_slow = false;  // a border pixel without a table row (too many classes)
+    {
+      int64_t n = q0 / HoWo, yo = (q0 % HoWo) / Wo, xo = q0 % Wo;
+      const int64_t npix = q_end - q0;
+      for (int64_t i = 0; i < npix; ++i) {
+        const bool border = corr_coef != 0 && !(row_ok[yo] && col_ok[xo]);
+        crow[i] = border && ctab ? ctab + (rcls[yo] * ncol_cls + ccls[xo]) * O : nullptr;
+        any_slow |= border && !ctab;
+        off[i] = ((n * Hp + yo * sh) * Wp + xo * sw) * PS;
+        bet[i] = has_beta ? beta[q0 + i] : 1.0f;
+        if (++xo == Wo) {
+          xo = 0;
+          if (++yo == Ho) yo = 0, ++n;
+        }
+      }
+      for (int64_t i = npix; i < (t_end - tile0) * P; ++i) {
+        off[i] = off[npix - 1], crow[i] = nullptr, bet[i] = 1.0f;
+      }
+    }
     alignas(64) int32_t raw[P * OBW];
     alignas(64) int32_t corr[P][OBW];
     alignas(64) float res[P][OBW];
     const uint64_t* ptrs[P];
-    int64_t qs[P], yos[P], xos[P];
-    bool border[P];
     const int32_t* corr_ptr[P];
-    float betas[P];
     float* dst[P];
-    uint32_t* dst32[P];
-    uint32_t* const out32 = static_cast<uint32_t*>(call.out);
-    const int64_t ow = p.out_words();
-    // Tiles whose epilogue the ISA applies from registers: a full block,
-    // linear or ReLU, float rows written in place or whole packed words.
-    const bool fused = K::kFused && cnt == OBW && (act == ACT_LINEAR || act == ACT_RELU) &&
-                       (direct ? !stream_out : words_owned);
-    const int64_t t_end = std::min(ntile, (chunk + 1) * tc);
-    // Pixel coordinates advance by counters: one division per item, not per pixel.
-    int64_t q = chunk * tc * P;
-    int64_t n = q / HoWo, yo = (q % HoWo) / Wo, xo = q % Wo;
-    for (int64_t tile = chunk * tc; tile < t_end; ++tile) {
-      const int np = static_cast<int>(std::min<int64_t>(P, NQ - tile * P));
-      for (int pp = 0; pp < P; ++pp) {
-        if (pp < np) {
-          qs[pp] = q, yos[pp] = yo, xos[pp] = xo;
-          border[pp] = !(row_ok[yo] && col_ok[xo]);
-          ptrs[pp] = xgroup + ((n * Hp + yo * sh) * Wp + xo * sw) * PS;
-          ++q;
-          if (++xo == Wo) {
-            xo = 0;
-            if (++yo == Ho) yo = 0, ++n;
-          }
-        } else {
-          ptrs[pp] = ptrs[np - 1];  // past the end: computed, never stored
-        }
-      }
-      for (int pp = 0; pp < np; ++pp) {
-        corr_ptr[pp] = nullptr;
-        if (corr_coef != 0 && border[pp] && ctab) {
-          corr_ptr[pp] = ctab + (rcls[yos[pp]] * ncol_cls + ccls[xos[pp]]) * O + o0;
-        } else if (corr_coef != 0 && border[pp]) {  // more classes than the table allows
-          for (int j = 0; j < OBW; ++j) corr[pp][j] = 0;
-          for (int64_t dy = 0; dy < KH; ++dy) {
-            const int64_t y = yos[pp] * sh + dy * dh - pt;
-            for (int64_t dx = 0; dx < KWd; ++dx) {
-              const int64_t x = xos[pp] * sw + dx * dw - pl;
-              if (y >= 0 && y < H && x >= 0 && x < W) continue;
-              const int32_t* ws = wsum + (dy * KWd + dx) * O + o0;
-              for (int64_t j = 0; j < cnt; ++j) corr[pp][j] += corr_coef * ws[j];
-            }
-          }
-          corr_ptr[pp] = corr[pp];
-        }
-        betas[pp] = has_beta ? beta[qs[pp]] : 1.0f;
-        dst[pp] = (direct && !stream_out) ? outf + qs[pp] * O + o0 : res[pp];
-        dst32[pp] = out32 + qs[pp] * ow + (o0 >> 5);
-      }
+    // Block-major inside the item: one block's weights stay in L1 while the
+    // chunk's tiles (whose input rows stay in L1/L2) pass.
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t gi = blk / nbg, b = blk % nbg;
+      const int64_t o0 = gi * Og + b * OBW;
+      const int64_t cnt = std::min<int64_t>(OBW, Og - b * OBW);
+      const bool direct = direct_store && cnt == OBW;
+      const uint64_t* const wblk = wr + blk * kt * OBW;
+      const float* const os_blk = osp + blk * OBW;
+      const float* const ob_blk = obp + blk * OBW;
+      const uint64_t* const xg = xpb + gi * KW64;
+      // Tiles whose epilogue the ISA applies from registers: a full block,
+      // linear or ReLU, float rows written in place or whole packed words.
+      const bool fused = K::kFused && !any_slow && cnt == OBW &&
+                         (act == ACT_LINEAR || act == ACT_RELU) &&
+                         (direct ? !stream_out : words_owned);
       if (fused) {
         if constexpr (K::kFused) {
           const bool relu = act == ACT_RELU, pk = !direct;
-#define BINCONV_FUSED(AND_, RELU_, PK_)                                                       \
-  K::template bin_tile_fused<AND_, RELU_, PK_>(ptrs, koffs, kt, wblk, np, acc_base, corr_ptr, \
-                                               os_blk, ob_blk, betas, dst, dst32)
-          if (is_and) {
-            if (relu) { if (pk) BINCONV_FUSED(true, true, true); else BINCONV_FUSED(true, true, false); }
-            else { if (pk) BINCONV_FUSED(true, false, true); else BINCONV_FUSED(true, false, false); }
-          } else {
-            if (relu) { if (pk) BINCONV_FUSED(false, true, true); else BINCONV_FUSED(false, true, false); }
-            else { if (pk) BINCONV_FUSED(false, false, true); else BINCONV_FUSED(false, false, false); }
-          }
+          for (int64_t tile = tile0; tile < t_end; ++tile) {
+            const int np = static_cast<int>(std::min<int64_t>(P, NQ - tile * P));
+            const int64_t i0 = (tile - tile0) * P, q = tile * P;
+            const float* const bts = has_beta ? bet + i0 : nullptr;
+#define BINCONV_FUSED(AND_, RELU_, PK_)                                                          \
+  K::template bin_tile_fused<AND_, RELU_, PK_>(xg, off + i0, koffs, kt, wblk, np, acc_base,      \
+                                               crow + i0, o0, os_blk, ob_blk, bts,               \
+                                               outf + q * O + o0, out32 + q * ow + (o0 >> 5), O, ow)
+            if (is_and) {
+              if (relu) { if (pk) BINCONV_FUSED(true, true, true); else BINCONV_FUSED(true, true, false); }
+              else { if (pk) BINCONV_FUSED(true, false, true); else BINCONV_FUSED(true, false, false); }
+            } else {
+              if (relu) { if (pk) BINCONV_FUSED(false, true, true); else BINCONV_FUSED(false, true, false); }
+              else { if (pk) BINCONV_FUSED(false, false, true); else BINCONV_FUSED(false, false, false); }
+            }
 #undef BINCONV_FUSED
+          }
         }
         continue;
       }
-      if (is_and)
-        K::template bin_tile<true>(ptrs, koffs, kt, wblk, raw);
-      else
-        K::template bin_tile<false>(ptrs, koffs, kt, wblk, raw);
-      if (is_and)
-        finish_tile<OBW, true>(act, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas, slope, dst);
-      else
-        finish_tile<OBW, false>(act, np, raw, acc_base, corr_ptr, os_blk, ob_blk, betas, slope, dst);
-      if (!direct)
-        for (int pp = 0; pp < np; ++pp) store_outputs<K, OBW>(p, res[pp], qs[pp], o0, cnt, call.out);
-      else if (stream_out)
-        for (int pp = 0; pp < np; ++pp) K::store_row(outf + qs[pp] * O + o0, res[pp], true);
+      for (int64_t tile = tile0; tile < t_end; ++tile) {
+        const int np = static_cast<int>(std::min<int64_t>(P, NQ - tile * P));
+        const int64_t i0 = (tile - tile0) * P;
+        for (int pp = 0; pp < P; ++pp) ptrs[pp] = xg + off[i0 + pp];
+        for (int pp = 0; pp < np; ++pp) {
+          const int64_t q = tile * P + pp;
+          corr_ptr[pp] = crow[i0 + pp] ? crow[i0 + pp] + o0 : nullptr;
+          if (any_slow && corr_coef != 0) {
+            const int64_t yo = (q % HoWo) / Wo, xo = q % Wo;
+            if (!(row_ok[yo] && col_ok[xo])) {
+              for (int j = 0; j < OBW; ++j) corr[pp][j] = 0;
+              for (int64_t dy = 0; dy < KH; ++dy) {
+                const int64_t y = yo * sh + dy * dh - pt;
+                for (int64_t dx = 0; dx < KWd; ++dx) {
+                  const int64_t x = xo * sw + dx * dw - pl;
+                  if (y >= 0 && y < H && x >= 0 && x < W) continue;
+                  const int32_t* ws = wsum + (dy * KWd + dx) * O + o0;
+                  for (int64_t j = 0; j < cnt; ++j) corr[pp][j] += corr_coef * ws[j];
+                }
+              }
+              corr_ptr[pp] = corr[pp];
+            }
+          }
+          dst[pp] = (direct && !stream_out) ? outf + q * O + o0 : res[pp];
+        }
+        if (is_and)
+          K::template bin_tile<true>(ptrs, koffs, kt, wblk, raw);
+        else
+          K::template bin_tile<false>(ptrs, koffs, kt, wblk, raw);
+        if (is_and)
+          finish_tile<OBW, true>(act, np, raw, acc_base, corr_ptr, os_blk, ob_blk, bet + i0, slope, dst);
+        else
+          finish_tile<OBW, false>(act, np, raw, acc_base, corr_ptr, os_blk, ob_blk, bet + i0, slope, dst);
+        if (!direct)
+          for (int pp = 0; pp < np; ++pp)
+            store_outputs<K, OBW>(p, res[pp], tile * P + pp, o0, cnt, call.out);
+        else if (stream_out)
+          for (int pp = 0; pp < np; ++pp) K::store_row(outf + (tile * P + pp) * O + o0, res[pp], true);
+      }
     }
     if (stream_out) K::store_fence();  // order streaming stores before the item counts as done
   });

@@ -26,6 +26,19 @@ void set_max_threads(int n);
 int last_call_workers();
 int last_call_pool_threads();
 
+// Diagnostics of the last call (microseconds): the kernel, and per parallel
+// phase its duration, when the first helper thread joined it (-1: none), its
+// items and how many the calling thread ran.
+struct PhaseTiming {
+  double us, helper_us;
+  int64_t items, caller_items;
+};
+struct CallTimings {
+  double kernel_us = 0;
+  std::vector<PhaseTiming> phases;
+};
+CallTimings last_call_timings();
+
 // The typed XLA FFI handler (api_version 1) behind jax_binconv_conv2d_cpu_v1.
 void* conv2d_handler_address();
 

@@ -159,6 +159,16 @@ bool debug_pool() {
 // Threads that ran at least one item of the last parallel_for (diagnostics).
 std::atomic<int> last_workers_{0};
 std::atomic<int> last_pool_threads_{0};
+// Timings of the last call (diagnostics, microseconds): the whole kernel, and
+// per parallel phase its duration and when the first helper took an item
+// (-1: none did). At most kMaxPhases phases are recorded.
+constexpr int kMaxPhases = 4;
+std::atomic<double> last_kernel_us_{0};
+std::atomic<int> last_phases_{0};
+std::atomic<double> last_phase_us_[kMaxPhases];
+std::atomic<double> last_helper_us_[kMaxPhases];
+std::atomic<int64_t> last_phase_items_[kMaxPhases];
+std::atomic<int64_t> last_caller_items_[kMaxPhases];
 
 // parallel_for on XLA's intra-op pool. The calling thread works too; helpers
 // take items from a shared counter. The caller waits for items, not for
@@ -176,6 +186,7 @@ class PoolExecutor final : public Executor {
     std::atomic<int64_t> done{0};
     std::atomic<int> workers{0};
     std::chrono::steady_clock::time_point published;  // diagnostics
+    std::atomic<double> helper_us{-1.0};                // diagnostics: first helper's start
     std::mutex mu;
     std::condition_variable cv;
     int64_t work() {  // returns the number of items this thread ran
@@ -211,6 +222,12 @@ class PoolExecutor final : public Executor {
 #endif
   }
 
+  // How long an idle helper spins for the next phase or call before handing
+  // its pool thread back. Long enough to bridge the gap between the phases of
+  // a call and between binary layers that follow each other; short enough not
+  // to hold a core while XLA runs other work on its pool.
+  static constexpr int kHelperIdleUs = 100;
+
   static void helper_loop(const std::shared_ptr<Shared>& sh) {
     const bool dbg = debug_pool();
     uint64_t seen = 0;
@@ -219,6 +236,12 @@ class PoolExecutor final : public Executor {
       std::shared_ptr<Job> job = std::atomic_load(&sh->job);
       if (job && job->id != seen) {
         seen = job->id;
+        {
+          double expect = -1.0;
+          job->helper_us.compare_exchange_strong(
+              expect, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
+                                                                job->published).count());
+        }
         if (dbg)
           std::fprintf(stderr, "jax_binconv helper: job %lu, +%.1f us after publish, item %ld of %ld taken\n",
                        (unsigned long)job->id,
@@ -232,7 +255,7 @@ class PoolExecutor final : public Executor {
       if (sh->closed.load(std::memory_order_acquire)) break;
       // Safety net: never hold a pool thread long if the caller stalls.
       if ((spins & 255) == 0 &&
-          std::chrono::steady_clock::now() - idle_since > std::chrono::milliseconds(2))
+          std::chrono::steady_clock::now() - idle_since > std::chrono::microseconds(kHelperIdleUs))
         break;
       pause();
     }
@@ -240,6 +263,14 @@ class PoolExecutor final : public Executor {
   }
 
  public:
+  static void record_phase(int64_t n, int64_t caller_items, double helper_us, double us) {
+    const int i = last_phases_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= kMaxPhases) return;
+    last_phase_items_[i].store(n, std::memory_order_relaxed);
+    last_caller_items_[i].store(caller_items, std::memory_order_relaxed);
+    last_helper_us_[i].store(helper_us, std::memory_order_relaxed);
+    last_phase_us_[i].store(us, std::memory_order_relaxed);
+  }
   PoolExecutor(ffi::ThreadPool* pool, int threads)
       : pool_(pool), threads_(threads), sh_(std::make_shared<Shared>()) {}
   ~PoolExecutor() override { sh_->closed.store(true, std::memory_order_release); }
@@ -253,6 +284,8 @@ class PoolExecutor final : public Executor {
       const auto t0 = std::chrono::steady_clock::now();
       for (int64_t i = 0; i < n; ++i) fn(i);
       last_workers_.store(1, std::memory_order_relaxed);
+      record_phase(n, n, -1.0,
+                   std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
       if (dbg)
         std::fprintf(stderr, "jax_binconv serial: %ld items in %.1f us\n", (long)n,
                      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
@@ -281,6 +314,9 @@ class PoolExecutor final : public Executor {
       job->cv.wait(lock, [&] { return job->done.load(std::memory_order_acquire) == n; });
     }
     last_workers_.store(job->workers.load(), std::memory_order_relaxed);
+    record_phase(n, caller_items, job->helper_us.load(),
+                 std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
+                                                           job->published).count());
     const bool dbg = debug_pool();
     if (dbg)
       std::fprintf(stderr, "jax_binconv caller: job %lu (%ld items) done in %.1f us, caller took %ld\n",
@@ -337,7 +373,8 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
   if (const int cap = max_threads(); cap > 0) threads = cap;
   PoolExecutor ex(&pool, threads);
 
-    const bool dbg = debug_pool();
+  const bool dbg = debug_pool();
+  last_phases_.store(0, std::memory_order_relaxed);
   const auto t_start = std::chrono::steady_clock::now();
   std::string err;
   switch (current_isa()) {
@@ -350,6 +387,9 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
 #endif
     default: err = conv2d_scalar(call, ex); break;
   }
+  last_kernel_us_.store(
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_start).count(),
+      std::memory_order_relaxed);
   if (dbg)
     std::fprintf(stderr, "jax_binconv handler: kernel %.1f us\n",
                  std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_start).count());
@@ -364,6 +404,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxBinconvConv2dCpuV1, Conv2dCpu,
 
 int last_call_workers() { return last_workers_.load(std::memory_order_relaxed); }
 int last_call_pool_threads() { return last_pool_threads_.load(std::memory_order_relaxed); }
+
+CallTimings last_call_timings() {
+  CallTimings t;
+  t.kernel_us = last_kernel_us_.load(std::memory_order_relaxed);
+  const int np = std::min(kMaxPhases, last_phases_.load(std::memory_order_relaxed));
+  for (int i = 0; i < np; ++i)
+    t.phases.push_back({last_phase_us_[i].load(std::memory_order_relaxed),
+                        last_helper_us_[i].load(std::memory_order_relaxed),
+                        last_phase_items_[i].load(std::memory_order_relaxed),
+                        last_caller_items_[i].load(std::memory_order_relaxed)});
+  return t;
+}
 
 void* conv2d_handler_address() { return reinterpret_cast<void*>(JaxBinconvConv2dCpuV1); }
 

@@ -158,37 +158,50 @@ struct Avx512Traits {
 
   // The tile with its epilogue applied straight from the accumulators (no
   // round trip through memory): linear or ReLU activation, a full block of
-  // 32 outputs, written as floats (dst[p]) or, PACKED, as one owned uint32
-  // word of bin(out) bits (dst32[p]). Same formula and rounding order as
-  // binconv::epilogue: ((acc * os) * beta) + ob.
+  // 32 outputs, written as floats (pixel p at dst + p*dst_stride) or, PACKED,
+  // as one owned uint32 word of bin(out) bits (dst32 + p*dst32_stride). Pixel
+  // p reads words xbase + off[p] + koff[i]; crow[p] (null: no correction) is
+  // its correction table row, read from output o0. Same formula and rounding
+  // order as binconv::epilogue: ((acc * os) * beta) + ob; betas == nullptr:
+  // no beta scaling (beta 1, and z * 1 == z).
   static constexpr bool kFused = true;
   template <bool AND, bool RELU, bool PACKED>
-  static void bin_tile_fused(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
-                             const uint64_t* w, int np, int32_t base, const int32_t* const* corr,
-                             const float* os, const float* ob, const float* betas,
-                             float* const* dst, uint32_t* const* dst32) {
+  static void bin_tile_fused(const uint64_t* xbase, const int64_t* off, const int64_t* koff,
+                             int64_t KT, const uint64_t* w, int np, int32_t base,
+                             const int32_t* const* crow, int64_t o0, const float* os,
+                             const float* ob, const float* betas, float* dst, uint32_t* dst32,
+                             int64_t dst_stride, int64_t dst32_stride) {
+    const uint64_t* xp[kP];
+    for (int p = 0; p < kP; ++p) xp[p] = xbase + off[p];
     BINCONV_ACCUMULATE
     const __m512 os0 = _mm512_loadu_ps(os), os1 = _mm512_loadu_ps(os + 16);
     const __m512 ob0 = _mm512_loadu_ps(ob), ob1 = _mm512_loadu_ps(ob + 16);
     const __m512i vbase = _mm512_set1_epi32(base);
     const __m512 zero = _mm512_setzero_ps();
+    // The low dword of each 64-bit count, 8 from each of two accumulators, in
+    // order: one two-source permute per 16 outputs.
+    const __m512i lo_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
 #define BINCONV_FINISH(P)                                                                       \
   if (P < np) {                                                                                 \
-    __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a##P##0)),    \
-                                    _mm512_cvtepi64_epi32(a##P##1), 1);                         \
-    __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(a##P##2)),    \
-                                    _mm512_cvtepi64_epi32(a##P##3), 1);                         \
+    __m512i lo = _mm512_permutex2var_epi32(a##P##0, lo_dwords, a##P##1);                        \
+    __m512i hi = _mm512_permutex2var_epi32(a##P##2, lo_dwords, a##P##3);                        \
     if (!AND) {                                                                                 \
-      lo = _mm512_sub_epi32(vbase, _mm512_slli_epi32(lo, 1));                                   \
-      hi = _mm512_sub_epi32(vbase, _mm512_slli_epi32(hi, 1));                                   \
+      lo = _mm512_sub_epi32(vbase, _mm512_add_epi32(lo, lo));                                   \
+      hi = _mm512_sub_epi32(vbase, _mm512_add_epi32(hi, hi));                                   \
     }                                                                                           \
-    if (corr[P]) {                                                                              \
-      lo = _mm512_add_epi32(lo, _mm512_loadu_si512(corr[P]));                                   \
-      hi = _mm512_add_epi32(hi, _mm512_loadu_si512(corr[P] + 16));                              \
+    if (crow[P]) {                                                                              \
+      lo = _mm512_add_epi32(lo, _mm512_loadu_si512(crow[P] + o0));                              \
+      hi = _mm512_add_epi32(hi, _mm512_loadu_si512(crow[P] + o0 + 16));                         \
     }                                                                                           \
-    const __m512 bt = _mm512_set1_ps(betas[P]);                                                 \
-    __m512 z0 = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(lo), os0), bt), ob0); \
-    __m512 z1 = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(hi), os1), bt), ob1); \
+    __m512 z0 = _mm512_mul_ps(_mm512_cvtepi32_ps(lo), os0);                                     \
+    __m512 z1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), os1);                                     \
+    if (betas) { /* beta == 1 otherwise: z * 1 is z exactly */                                  \
+      const __m512 bt = _mm512_set1_ps(betas[P]);                                               \
+      z0 = _mm512_mul_ps(z0, bt);                                                               \
+      z1 = _mm512_mul_ps(z1, bt);                                                               \
+    }                                                                                           \
+    z0 = _mm512_add_ps(z0, ob0);                                                                \
+    z1 = _mm512_add_ps(z1, ob1);                                                                \
     if (RELU) { /* max(0, z): z for NaN and -0.0, as v < 0 ? 0 : v */                          \
       z0 = _mm512_max_ps(zero, z0);                                                             \
       z1 = _mm512_max_ps(zero, z1);                                                             \
@@ -196,10 +209,10 @@ struct Avx512Traits {
     if (PACKED) {                                                                               \
       const __mmask16 m0 = _mm512_cmp_ps_mask(z0, zero, _CMP_NLT_UQ);                           \
       const __mmask16 m1 = _mm512_cmp_ps_mask(z1, zero, _CMP_NLT_UQ);                           \
-      *dst32[P] = _cvtmask32_u32(_mm512_kunpackw(m1, m0));                                      \
+      dst32[P * dst32_stride] = _cvtmask32_u32(_mm512_kunpackw(m1, m0));                        \
     } else {                                                                                    \
-      _mm512_storeu_ps(dst[P], z0);                                                             \
-      _mm512_storeu_ps(dst[P] + 16, z1);                                                        \
+      _mm512_storeu_ps(dst + P * dst_stride, z0);                                               \
+      _mm512_storeu_ps(dst + P * dst_stride + 16, z1);                                          \
     }                                                                                           \
   }
     BINCONV_FINISH(0)

@@ -37,9 +37,23 @@ PYBIND11_MODULE(_cpu, m) {
     py::dict d;
     d["workers"] = last_call_workers();
     d["pool_threads"] = last_call_pool_threads();
+    const CallTimings t = last_call_timings();
+    d["kernel_us"] = t.kernel_us;
+    py::list phases;
+    for (const PhaseTiming& ph : t.phases) {
+      py::dict e;
+      e["us"] = ph.us;
+      e["helper_us"] = ph.helper_us;
+      e["items"] = ph.items;
+      e["caller_items"] = ph.caller_items;
+      phases.append(e);
+    }
+    d["phases"] = phases;
     return d;
-  }, "Diagnostics of the last call: threads that ran work items in its last phase, and the "
-     "size of XLA's intra-op pool.");
+  }, "Diagnostics of the last call: threads that ran work items in its last phase, the "
+     "size of XLA's intra-op pool, the kernel's time (kernel_us) and per parallel phase its "
+     "time, when the first helper thread joined (helper_us, -1: none), its items and those the "
+     "calling thread ran.");
   m.def("get_num_threads", &max_threads, "Thread cap (0: all threads of XLA's intra-op pool).");
   m.def("set_num_threads", &set_max_threads, py::arg("n"),
         "Cap the threads a call uses (0: all of XLA's intra-op pool). Results do not depend on it.");

@@ -1119,7 +1119,9 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   if (p.x_packed && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
   const long long ho = p.ho(), wo = p.wo();
   const long long m = p.n * ho * wo;
-  if (m / kFastBM + 1 > (1LL << 30) || p.n * ho > (1LL << 40)) return false;
+  // 32-bit row arithmetic (with multiply-shift division) inside the kernel.
+  if ((m + kFastBM) >= (1LL << 31) || p.n * ho >= (1LL << 31)) return false;
+  if (ho > kFastMaxSide || wo > kFastMaxSide || p.kh * p.kw > kFastMaxTaps) return false;
   FastArgs a{};
   int logp = 0;
   while ((1LL << logp) < pch) ++logp;
@@ -1133,7 +1135,7 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   a.pitch_b = 2 * a.ks + 1;
   a.rmax = (int)((kFastBM - 1) / wo + 2);
   const long long wslot = (wo - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1;
-  if (wslot > (1 << 20)) return false;
+  if (wslot > (1 << 16)) return false;
   a.wslot = (int)wslot;
   // Valid-tap box classes per axis.
   a.ncy = a.ncx = 0;
@@ -1166,19 +1168,21 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
         a.cls_int = i * a.ncx + j;
   const long long a_chunks = (long long)a.rmax * p.kh * a.wslot * a.p;
   if (a_chunks > (1 << 20)) return false;
-  const FastSmem L = fast_smem(a.pitch_b, (int)a_chunks, a.ks, a.ncy * a.ncx);
+  const FastSmem L =
+      fast_smem(a.pitch_b, (int)a_chunks, a.ks, a.ncy * a.ncx, a.t, (int)ho, (int)wo);
   int dev = 0, optin = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
     return false;
   if (L.total > optin) return false;
-  a.m = m;
+  a.m = (int)m;
   a.n = (int)p.n;
-  if (p.n > 0x7fffffff) return false;
   a.h = (int)p.h;
   a.w = (int)p.w;
   a.ho = (int)ho;
   a.wo = (int)wo;
+  a.div_ho = make_fastdiv((uint32_t)ho);
+  a.div_wo = make_fastdiv((uint32_t)wo);
   a.o = (int)p.o;
   a.cg = (int)p.c;
   a.kh = (int)p.kh;
@@ -1197,7 +1201,6 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   a.x_packed = p.x_packed ? 1 : 0;
   a.act = p.activation;
   a.slope = p.negative_slope;
-  a.out_packed = p.out_packed ? 1 : 0;
   a.amax = a.t * (int)p.c;
   a.amin = p.type == XNOR ? -a.amax : 0;
   *fa = a;
@@ -1205,7 +1208,8 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   return true;
 }
 
-cudaError_t launch_fast(FastArgs a, int smem, cudaStream_t stream) {
+template <int EPI>
+cudaError_t launch_fast_epi(const FastArgs& a, int smem, cudaStream_t stream) {
   static std::atomic<uint64_t> attr_set{0};
   int dev = 0, sms = 0, optin = 0, per_sm = 0;
   cudaError_t err = cudaGetDevice(&dev);
@@ -1214,21 +1218,27 @@ cudaError_t launch_fast(FastArgs a, int smem, cudaStream_t stream) {
   if (!(attr_set.load(std::memory_order_relaxed) & bit)) {
     err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (err != cudaSuccess) return err;
-    err = cudaFuncSetAttribute(fast_conv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    err = cudaFuncSetAttribute(fast_conv_kernel<EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                optin);
     if (err != cudaSuccess) return err;
     attr_set.fetch_or(bit, std::memory_order_relaxed);
   }
   err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (err != cudaSuccess) return err;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fast_conv_kernel, kFastThreads,
-                                                      smem);
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fast_conv_kernel<EPI>,
+                                                      kFastThreads, smem);
   if (err != cudaSuccess) return err;
   const long long items = (long long)a.mtiles * a.ntiles;
   const long long cap = (long long)sms * std::max(per_sm, 1);
   long long grid = items <= cap ? items : std::max<long long>(cap / a.ntiles, 1) * a.ntiles;
-  fast_conv_kernel<<<(unsigned)grid, kFastThreads, smem, stream>>>(a);
+  fast_conv_kernel<EPI><<<(unsigned)grid, kFastThreads, smem, stream>>>(a);
   return cudaGetLastError();
+}
+
+cudaError_t launch_fast(const FastArgs& a, int epi, int smem, cudaStream_t stream) {
+  if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, smem, stream);
+  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, smem, stream);
+  return launch_fast_epi<EPI_FLOAT>(a, smem, stream);
 }
 
 void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_relaxed); }
@@ -1374,8 +1384,8 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     fa.osc = b.output_scale;
     fa.obias = b.output_bias;
     fa.out = b.out;
-    fa.thr = pl.thr ? 1 : 0;
-    return launch_fast(fa, fsmem, stream);
+    return launch_fast(fa, pl.thr ? EPI_THR : (p.out_packed ? EPI_PACKED : EPI_FLOAT), fsmem,
+                       stream);
   }
   g_last_path.store(pl.binary ? KERNEL_PATH_GENERAL : KERNEL_PATH_BINARY_WEIGHTS,
                     std::memory_order_relaxed);

@@ -29,12 +29,37 @@
 // The first bracket depends on the row only; the second on the column and on
 // the row's valid-tap box. Boxes come in few classes (top/bottom/left/right
 // borders and the interior), listed by the host; the block tabulates the
-// column term per class once.
+// column term per class once. X1 comes from the tensor cores too: one extra
+// MMA per K step against an all-ones B fragment (each of the 4 warps that
+// share a row range does it for one of its 4 row fragments).
+//
+// Per-tile work outside the MMAs is kept to a few instructions per row: row
+// geometry with multiply-shift division, box classes and valid-tap counts
+// from per-y and per-x tables built once per block.
 
 constexpr int kFastThreads = 256;
 constexpr int kFastBM = 128;  // output pixels per tile: 2 warps x 64
 constexpr int kFastBN = 128;  // output channels per tile: 4 warps x 32
 constexpr int kMaxCls = 8;    // distinct valid-tap ranges per axis
+constexpr int kFastMaxTaps = 64;
+constexpr int kFastMaxSide = 4096;  // Ho and Wo (per-y / per-x tables)
+
+// The epilogue variant, a template parameter (register use and code size).
+enum FastEpi { EPI_THR = 0, EPI_FLOAT = 1, EPI_PACKED = 2 };
+
+// n / d for 0 <= n < 2^31 by multiply and shift (Granlund-Montgomery).
+struct FastDiv {
+  uint32_t d, mul, shift;
+};
+inline FastDiv make_fastdiv(uint32_t d) {
+  uint32_t s = 0;
+  while ((uint64_t(1) << s) < d) ++s;
+  const uint64_t mul = ((uint64_t(1) << 32) * ((uint64_t(1) << s) - d)) / d + 1;
+  return FastDiv{d, (uint32_t)mul, s};
+}
+__device__ __forceinline__ int fdiv(int n, const FastDiv& f) {
+  return (int)((__umulhi((uint32_t)n, f.mul) + (uint32_t)n) >> f.shift);
+}
 
 struct FastArgs {
   const uint4* x;     // packed x: [N*H*W][p] chunks of 16 bytes
@@ -43,15 +68,16 @@ struct FastArgs {
   const float* osc;
   const float* obias;
   void* out;
-  long long m;  // N * Ho * Wo
+  int m;  // N * Ho * Wo (< 2^31)
   int n, h, w, ho, wo, o, cg;
+  FastDiv div_wo, div_ho;
   int kh, kw, sh, sw, dh, dw, pt, pl;
   int t, p, logp, kc, ks;  // taps, chunks per pixel, log2 p, K chunks, K steps
   int swz_shift, swz_mask;
   int rmax, wslot;  // output rows a tile can touch (bound); pixels per slot
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
-  int type, pv, beta, x_packed, act, out_packed, thr;
+  int type, pv, beta, x_packed, act;
   float slope;
   int amin, amax;
   int ncy, ncx, cls_int;  // box classes per axis; interior class or -1
@@ -60,28 +86,29 @@ struct FastArgs {
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
-  int b, a0, a1, zero, ktab, colterm, thr, rows, total;
+  int b, a0, a1, zero, ktab, colterm, thr, rows, x1, ycls, xcls, ptap, total;
 };
-__host__ __device__ inline FastSmem fast_smem(int pitch_b, int a_chunks, int ks, int ncls) {
+__host__ __device__ inline FastSmem fast_smem(int pitch_b, int a_chunks, int ks, int ncls, int t,
+                                              int ho, int wo) {
   FastSmem s;
   int off = 0;
-  s.b = off;
-  off += kFastBN * pitch_b * 16;
-  s.a0 = off;
-  off += a_chunks * 16;
-  s.a1 = off;
-  off += a_chunks * 16;
-  s.zero = off;
-  off += 16;
-  s.ktab = off;
-  off += 2 * ks * 8;
-  s.colterm = off;
-  off += ncls * kFastBN * 4;
-  s.thr = off;
-  off += kFastBN * 8;
-  off = (off + 15) & ~15;
-  s.rows = off;
-  off += kFastBM * 16;
+  auto take = [&](int bytes) {
+    const int at = off;
+    off = (off + bytes + 15) & ~15;
+    return at;
+  };
+  s.b = take(kFastBN * pitch_b * 16);
+  s.a0 = take(a_chunks * 16);
+  s.a1 = take(a_chunks * 16);
+  s.zero = take(16);
+  s.ktab = take(2 * ks * 8);
+  s.colterm = take(ncls * kFastBN * 4);
+  s.thr = take(kFastBN * 8);
+  s.rows = take(kFastBM * 16);
+  s.x1 = take(kFastBM * 4);
+  s.ycls = take(ho * 4);
+  s.xcls = take(wo * 4);
+  s.ptap = take(t * kFastBN * 2);
   s.total = off;
   return s;
 }
@@ -93,18 +120,23 @@ __device__ __forceinline__ int fast_chunk(const FastArgs& a, int spx, int c) {
   return spx * a.p + (c ^ ((spx >> a.swz_shift) & a.swz_mask));
 }
 
-__global__ void __launch_bounds__(kFastThreads, 1) fast_conv_kernel(FastArgs a) {
+template <int EPI>
+__global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) {
   extern __shared__ __align__(16) unsigned char fsm[];
   const int ncls = a.ncy * a.ncx;
   const int slots = a.rmax * a.kh;
   const int a_chunks = slots * a.wslot * a.p;
-  const FastSmem L = fast_smem(a.pitch_b, a_chunks, a.ks, ncls);
+  const FastSmem L = fast_smem(a.pitch_b, a_chunks, a.ks, ncls, a.t, a.ho, a.wo);
   uint4* bs = reinterpret_cast<uint4*>(fsm + L.b);
   uint4* zero = reinterpret_cast<uint4*>(fsm + L.zero);
   int2* ktab = reinterpret_cast<int2*>(fsm + L.ktab);
   int* colterm = reinterpret_cast<int*>(fsm + L.colterm);
   int2* thr = reinterpret_cast<int2*>(fsm + L.thr);
   int4* rows = reinterpret_cast<int4*>(fsm + L.rows);
+  int* x1s = reinterpret_cast<int*>(fsm + L.x1);
+  int* ycls = reinterpret_cast<int*>(fsm + L.ycls);
+  int* xcls = reinterpret_cast<int*>(fsm + L.xcls);
+  uint16_t* ptap = reinterpret_cast<uint16_t*>(fsm + L.ptap);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nt = blockIdx.x % a.ntiles;
@@ -131,27 +163,45 @@ __global__ void __launch_bounds__(kFastThreads, 1) fast_conv_kernel(FastArgs a) 
     }
     ktab[k] = e;
   }
+  // Per output row y / column x: box class index | valid taps along the axis << 8.
+  for (int y = tid; y < a.ho; y += kFastThreads) {
+    int lo, hi, ci = 0;
+    tap_range(y * a.sh - a.pt, a.h, a.kh, a.dh, lo, hi);
+    for (int i = 0; i < a.ncy; ++i)
+      if (a.cy_a[i] == lo && a.cy_b[i] == hi) ci = i;
+    ycls[y] = ci | ((hi - lo) << 8);
+  }
+  for (int x = tid; x < a.wo; x += kFastThreads) {
+    int lo, hi, ci = 0;
+    tap_range(x * a.sw - a.pl, a.w, a.kw, a.dw, lo, hi);
+    for (int i = 0; i < a.ncx; ++i)
+      if (a.cx_c[i] == lo && a.cx_d[i] == hi) ci = i;
+    xcls[x] = ci | ((hi - lo) << 8);
+  }
 
   // ---- input slots of one M tile
   auto load_tile = [&](int buf, int mt) {
     uint4* as = reinterpret_cast<uint4*>(fsm + (buf ? L.a1 : L.a0));
-    const long long m0 = (long long)mt * kFastBM;
-    const long long row0 = m0 / a.wo;
+    const int m0 = mt * kFastBM;
+    const int row0 = fdiv(m0, a.div_wo);
     const int per_slot = a.wslot * a.p;
     for (int s = warp; s < slots; s += kFastThreads / 32) {
       const int dy = s / a.rmax, j = s - dy * a.rmax;
-      const long long rg = row0 + j;
-      const long long img = rg / a.ho;
-      const int y = (int)(rg - img * a.ho);
+      const int rg = row0 + j;
+      const int img = fdiv(rg, a.div_ho);
+      const int y = rg - img * a.ho;
       const int iy = y * a.sh + dy * a.dh - a.pt;
       const bool rowok = img < a.n && iy >= 0 && iy < a.h;
-      const uint4* src_row = a.x + ((img * a.h + (rowok ? iy : 0)) * a.w) * a.p;
+      const uint4* src_row = a.x + ((long long)img * a.h + (rowok ? iy : 0)) * a.w * a.p;
+      uint4* dst_slot = as + s * per_slot;
+      const int spx0 = s * a.wslot;
       for (int q = lane; q < per_slot; q += 32) {
         const int px = q >> a.logp, c = q & (a.p - 1);
         const int ix = px - a.pl;
-        const bool ok = rowok && ix >= 0 && ix < a.w;
-        const int spx = s * a.wslot + px;
-        cp_async<16>(as + fast_chunk(a, spx, c), ok ? src_row + (long long)ix * a.p + c : a.x, ok);
+        const bool ok = rowok && (unsigned)ix < (unsigned)a.w;
+        const int spx = spx0 + px;
+        cp_async<16>(dst_slot + (q - c) + (c ^ ((spx >> a.swz_shift) & a.swz_mask)),
+                     ok ? src_row + ix * a.p + c : a.x, ok);
       }
     }
   };
@@ -162,37 +212,42 @@ __global__ void __launch_bounds__(kFastThreads, 1) fast_conv_kernel(FastArgs a) 
   cp_async_wait<1>();  // the weights
   __syncthreads();
 
-  // ---- per-channel constants: thresholds, and the column term per box class
-  if (tid < kFastBN) {
-    const int col = tid, o = n0 + col;
-    const uint4* row = bs + col * a.pitch_b;
-    int w1all = 0;
-    for (int k = 0; k < a.kc; ++k) {
-      const uint4 v = row[k];
-      w1all += __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w);
+  // ---- per-channel constants: weight popcount per tap, column term per box
+  // class, thresholds
+  for (int q = tid; q < a.t * kFastBN; q += kFastThreads) {
+    const int tap = q / kFastBN, col = q - tap * kFastBN;
+    const uint4* src = bs + col * a.pitch_b + (tap << a.logp);
+    int s = 0;
+    for (int c = 0; c < a.p; ++c) {
+      const uint4 v = src[c];
+      s += __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w);
     }
-    for (int cy = 0; cy < a.ncy; ++cy)
-      for (int cx = 0; cx < a.ncx; ++cx) {
-        int w1v = 0;
-        for (int dy = a.cy_a[cy]; dy < a.cy_b[cy]; ++dy)
-          for (int dx = a.cx_c[cx]; dx < a.cx_d[cx]; ++dx)
-            for (int c = 0; c < a.p; ++c) {
-              const uint4 v = row[((dy * a.kw + dx) << a.logp) + c];
-              w1v += __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w);
-            }
-        const int term = a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
-                                        : a.pv * (w1all - w1v);
-        colterm[(cy * a.ncx + cx) * kFastBN + col] = o < a.o ? term : 0;
+    ptap[q] = (uint16_t)s;
+  }
+  __syncthreads();
+  for (int q = tid; q < ncls * kFastBN; q += kFastThreads) {
+    const int cls = q / kFastBN, col = q - cls * kFastBN;
+    const int cy = cls / a.ncx, cx = cls - cy * a.ncx;
+    int w1all = 0, w1v = 0;
+    for (int dy = 0; dy < a.kh; ++dy)
+      for (int dx = 0; dx < a.kw; ++dx) {
+        const int v = ptap[(dy * a.kw + dx) * kFastBN + col];
+        w1all += v;
+        if (dy >= a.cy_a[cy] && dy < a.cy_b[cy] && dx >= a.cx_c[cx] && dx < a.cx_d[cx]) w1v += v;
       }
-  } else if (a.thr) {
-    const int col = tid - kFastBN, o = n0 + col;
-    thr[col] = o < a.o ? packed_threshold(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax)
+    const int term = a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
+                                    : a.pv * (w1all - w1v);
+    colterm[q] = n0 + col < a.o ? term : 0;
+  }
+  if (EPI == EPI_THR && tid < kFastBN) {
+    const int o = n0 + tid;
+    thr[tid] = o < a.o ? packed_threshold(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax)
                        : make_int2(1, 0);
   }
   __syncthreads();
 
   // The thread's 8 columns: (nf, jj) -> wn + 8 nf + 2 tq + jj.
-  const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
+  const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32, wq = warp & 3;
   const int gq = lane >> 2, tq = lane & 3;
   int clo[4][2], chi[4][2], cint[4][2];
   float cs[4][2], cb[4][2];
@@ -203,90 +258,72 @@ __global__ void __launch_bounds__(kFastThreads, 1) fast_conv_kernel(FastArgs a) 
       const int col = wn + nf * 8 + 2 * tq + jj, o = n0 + col;
       const int oc = min(o, a.o - 1);
       cint[nf][jj] = a.cls_int >= 0 ? colterm[a.cls_int * kFastBN + col] : 0;
-      cs[nf][jj] = __ldg(a.osc + oc);
-      cb[nf][jj] = __ldg(a.obias + oc);
-      if (a.thr) {
+      if (EPI == EPI_THR) {
         const int2 t2 = thr[col];
         clo[nf][jj] = t2.x;
         chi[nf][jj] = t2.y;
       } else {
-        clo[nf][jj] = o < a.o ? 0 : 1;  // used as the column-valid mask below
-        chi[nf][jj] = 0;
+        cs[nf][jj] = __ldg(a.osc + oc);
+        cb[nf][jj] = __ldg(a.obias + oc);
+        clo[nf][jj] = o < a.o;  // column valid
       }
     }
   const int kmul = a.type == XNOR ? 4 : 1;
+  const bool need_x1 = a.type == XNOR;
   const int half = lane >> 4;
   const int b_row = (lane & 7) + (lane >> 4) * 8, b_half = (lane >> 3) & 1;
-  const long long ow = (a.o + 31) / 32;
+  const int ow = (a.o + 31) / 32;
+  const int rowpv = a.pv * a.cg;
 
   int buf = 0;
   for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1) {
     if (mt + mstep < a.mtiles) load_tile(buf ^ 1, mt + mstep);
     cp_async_commit();
+    const int m0 = mt * kFastBM;
+    const int row0 = fdiv(m0, a.div_wo);
+
+    // ---- per-row data (does not need this tile's input)
+    if (tid < kFastBM) {
+      const int r = tid, m = m0 + r;
+      const bool valid = m < a.m;
+      const int rg = fdiv(m, a.div_wo);
+      const int x = m - rg * a.wo;
+      const int img = fdiv(rg, a.div_ho);
+      const int y = rg - img * a.ho;
+      const int yc = ycls[y], xc = xcls[x];
+      const int v = (yc >> 8) * (xc >> 8);
+      float beta = 1.0f;
+      if (a.beta) {
+        if (a.x_packed) {
+          beta = (float)v / (float)a.t;
+        } else if (valid) {
+          int ba, bb, bc, bd;
+          tap_range(y * a.sh - a.pt, a.h, a.kh, a.dh, ba, bb);
+          tap_range(x * a.sw - a.pl, a.w, a.kw, a.dw, bc, bd);
+          float asum = 0.0f;
+          for (int dy = ba; dy < bb; ++dy)
+            for (int dx = bc; dx < bd; ++dx)
+              asum += __ldg(a.aimg + ((long long)img * a.h + y * a.sh + dy * a.dh - a.pt) * a.w +
+                            x * a.sw + dx * a.dw - a.pl);
+          beta = asum / (float)a.t;
+        }
+      }
+      rows[r] = make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
+                          (yc & 255) * a.ncx + (xc & 255), valid ? 1 : 0);
+    }
     cp_async_wait<1>();
     __syncthreads();
     const uint4* as = reinterpret_cast<const uint4*>(fsm + (buf ? L.a1 : L.a0));
-    const long long m0 = (long long)mt * kFastBM;
-    const long long row0 = m0 / a.wo;
 
-    // ---- per-row data: 2 threads per row split the taps
-    {
-      const int r = tid >> 1, part = tid & 1;
-      const long long m = m0 + r;
-      const bool valid = m < a.m;
-      const long long rg = m / a.wo;
-      const int x = (int)(m - rg * a.wo);
-      const long long img = rg / a.ho;
-      const int y = (int)(rg - img * a.ho);
-      const int j = (int)(rg - row0);
-      int ba, bb, bc, bd;
-      tap_range(y * a.sh - a.pt, a.h, a.kh, a.dh, ba, bb);
-      tap_range(x * a.sw - a.pl, a.w, a.kw, a.dw, bc, bd);
-      const int v = (bb - ba) * (bd - bc);
-      int x1 = 0;
-      float asum = 0.0f;
-      if (a.type == XNOR || (a.beta && !a.x_packed)) {
-        const int base = j * a.wslot + x * a.sw;
-        for (int dy = ba; dy < bb; ++dy)
-          for (int dx = bc + part; dx < bd; dx += 2) {
-            if (a.type == XNOR) {
-              const int spx = base + dy * a.rmax * a.wslot + dx * a.dw;
-              for (int c = 0; c < a.p; ++c) {
-                const uint4 q = as[fast_chunk(a, spx, c)];
-                x1 += __popc(q.x) + __popc(q.y) + __popc(q.z) + __popc(q.w);
-              }
-            }
-            if (a.beta && !a.x_packed && valid) {
-              const int iy = y * a.sh + dy * a.dh - a.pt, ix = x * a.sw + dx * a.dw - a.pl;
-              asum += __ldg(a.aimg + (img * a.h + iy) * a.w + ix);
-            }
-          }
-      }
-      x1 += __shfl_xor_sync(kFull, x1, 1);
-      asum += __shfl_xor_sync(kFull, asum, 1);
-      if (part == 0) {
-        int cy = 0, cx = 0;
-        for (int i = 0; i < a.ncy; ++i)
-          if (a.cy_a[i] == ba && a.cy_b[i] == bb) cy = i;
-        for (int i = 0; i < a.ncx; ++i)
-          if (a.cx_c[i] == bc && a.cx_d[i] == bd) cx = i;
-        const int rowconst =
-            a.type == XNOR ? v * a.cg - a.pv * (a.t - v) * a.cg - 2 * x1 : 0;
-        float beta = 1.0f;
-        if (a.beta) beta = a.x_packed ? (float)v / (float)a.t : asum / (float)a.t;
-        rows[r] = make_int4(rowconst, __float_as_int(beta), cy * a.ncx + cx, valid ? 1 : 0);
-      }
-    }
-
-    // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step
+    // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
     int abase[4];
 #pragma unroll
     for (int mf = 0; mf < 4; ++mf) {
-      const long long m = m0 + wm + mf * 16 + (lane & 15);
-      const long long rg = m / a.wo;
-      abase[mf] = (int)(rg - row0) * a.wslot + (int)(m - rg * a.wo) * a.sw;
+      const int m = m0 + wm + mf * 16 + (lane & 15);
+      const int rg = fdiv(m, a.div_wo);
+      abase[mf] = (rg - row0) * a.wslot + (m - rg * a.wo) * a.sw;
     }
-    int acc[4][4][4];
+    int acc[4][4][4], x1acc[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -307,12 +344,18 @@ __global__ void __launch_bounds__(kFastThreads, 1) fast_conv_kernel(FastArgs a) 
       ldmatrix_x4(bf[0], brow0 + 2 * i);
       ldmatrix_x4(bf[1], brow1 + 2 * i);
 #pragma unroll
-      for (int mf = 0; mf < 4; ++mf)
+      for (int mf = 0; mf < 4; ++mf) {
 #pragma unroll
         for (int nf = 0; nf < 4; ++nf)
           mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2], bf[nf >> 1][(nf & 1) * 2 + 1]);
+        if (need_x1 && mf == wq) mma_b1_and(x1acc, af[mf], kFull, kFull);
+      }
     }
-    __syncthreads();  // rows[] complete (written before the GEMM by other threads)
+    if (need_x1 && tq == 0) {
+      x1s[wm + wq * 16 + gq] = x1acc[0];
+      x1s[wm + wq * 16 + gq + 8] = x1acc[2];
+    }
+    __syncthreads();  // x1s complete
 
     // ---- epilogue straight from the accumulators
 #pragma unroll
@@ -321,8 +364,8 @@ __global__ void __launch_bounds__(kFastThreads, 1) fast_conv_kernel(FastArgs a) 
       for (int hh = 0; hh < 2; ++hh) {
         const int r = wm + mf * 16 + gq + 8 * hh;
         const int4 rd = rows[r];
-        const long long m = m0 + r;
-        const float beta = __int_as_float(rd.y);
+        const int rowc = need_x1 ? rd.x - 2 * x1s[r] : 0;
+        const int m = m0 + r;
         const int* ct = colterm + rd.z * kFastBN + wn + 2 * tq;
         const bool interior = rd.z == a.cls_int;
         uint32_t bits = 0;
@@ -331,42 +374,43 @@ __global__ void __launch_bounds__(kFastThreads, 1) fast_conv_kernel(FastArgs a) 
           int accv[2];
 #pragma unroll
           for (int jj = 0; jj < 2; ++jj)
-            accv[jj] = kmul * acc[mf][nf][2 * hh + jj] + rd.x +
+            accv[jj] = kmul * acc[mf][nf][2 * hh + jj] + rowc +
                        (interior ? cint[nf][jj] : ct[nf * 8 + jj]);
-          if (a.thr) {
+          if (EPI == EPI_THR) {
 #pragma unroll
             for (int jj = 0; jj < 2; ++jj)
               if (accv[jj] >= clo[nf][jj] && accv[jj] <= chi[nf][jj])
                 bits |= 1u << (nf * 8 + 2 * tq + jj);
-            continue;
-          }
-          float val[2];
-#pragma unroll
-          for (int jj = 0; jj < 2; ++jj)
-            val[jj] = epilogue((float)accv[jj], cs[nf][jj], beta, cb[nf][jj], a.act, a.slope);
-          if (a.out_packed) {
+          } else {
+            const float beta = __int_as_float(rd.y);
+            float val[2];
 #pragma unroll
             for (int jj = 0; jj < 2; ++jj)
-              if (clo[nf][jj] == 0) bits |= bin_bit(val[jj]) << (nf * 8 + 2 * tq + jj);
-          } else if (rd.w) {
-            const int o = n0 + wn + nf * 8 + 2 * tq;
-            float* dst = static_cast<float*>(a.out) + m * a.o + o;
-            if ((a.o & 1) == 0 && o + 1 < a.o) {
-              *reinterpret_cast<float2*>(dst) = make_float2(val[0], val[1]);
-            } else {
-              if (o < a.o) dst[0] = val[0];
-              if (o + 1 < a.o) dst[1] = val[1];
+              val[jj] = epilogue((float)accv[jj], cs[nf][jj], beta, cb[nf][jj], a.act, a.slope);
+            if (EPI == EPI_PACKED) {
+#pragma unroll
+              for (int jj = 0; jj < 2; ++jj)
+                if (clo[nf][jj]) bits |= bin_bit(val[jj]) << (nf * 8 + 2 * tq + jj);
+            } else if (rd.w) {
+              const int o = n0 + wn + nf * 8 + 2 * tq;
+              float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
+              if ((a.o & 1) == 0 && o + 1 < a.o) {
+                *reinterpret_cast<float2*>(dst) = make_float2(val[0], val[1]);
+              } else {
+                if (o < a.o) dst[0] = val[0];
+                if (o + 1 < a.o) dst[1] = val[1];
+              }
             }
           }
         }
-        if (a.out_packed) {
+        if (EPI != EPI_FLOAT) {
           bits |= __shfl_xor_sync(kFull, bits, 1);
           bits |= __shfl_xor_sync(kFull, bits, 2);
           if (tq == 0 && rd.w && n0 + wn < a.o)
-            static_cast<uint32_t*>(a.out)[m * ow + (n0 + wn) / 32] = bits;
+            static_cast<uint32_t*>(a.out)[(long long)m * ow + (n0 + wn) / 32] = bits;
         }
       }
-    __syncthreads();  // this buffer and rows[] are reused two / one tiles on
+    __syncthreads();  // this buffer and rows[] / x1s[] are reused
   }
   cp_async_wait<0>();
 }

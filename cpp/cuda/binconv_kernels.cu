@@ -1127,8 +1127,6 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   while ((1LL << logp) < pch) ++logp;
   a.p = (int)pch;
   a.logp = logp;
-  a.swz_shift = logp >= 3 ? 0 : 3 - logp;
-  a.swz_mask = (int)std::min<long long>(pch, 8) - 1;
   a.t = (int)(p.kh * p.kw);
   a.kc = a.t * a.p;
   a.ks = (a.kc + 1) / 2;

@@ -19,7 +19,8 @@
 //
 // K order is (tap, 16-byte chunk of channels): an MMA k-step (256 bits) is
 // chunks 2i and 2i + 1, possibly of two taps (C = 128). An odd chunk count
-// is padded with a zero chunk on both operands.
+// is padded with a chunk whose weights are zero (the A side reads any real
+// data there; the X1 MMA masks it).
 //
 // Exactness. The MMA gives P = sum over valid taps of popc(x AND w) (padded
 // taps are zero words). With V valid taps, X1 = sum of popc(x) over them and
@@ -73,7 +74,6 @@ struct FastArgs {
   FastDiv div_wo, div_ho;
   int kh, kw, sh, sw, dh, dw, pt, pl;
   int t, p, logp, kc, ks;  // taps, chunks per pixel, log2 p, K chunks, K steps
-  int swz_shift, swz_mask;
   int rmax, wslot;  // output rows a tile can touch (bound); pixels per slot
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
@@ -86,7 +86,7 @@ struct FastArgs {
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
-  int b, a0, a1, zero, ktab, colterm, thr, rows, x1, ycls, xcls, ptap, total;
+  int b, a0, a1, ktab, colterm, thr, csc, cbi, rows, x1, ycls, xcls, ptap, total;
 };
 __host__ __device__ inline FastSmem fast_smem(int pitch_b, int a_chunks, int ks, int ncls, int t,
                                               int ho, int wo) {
@@ -100,10 +100,11 @@ __host__ __device__ inline FastSmem fast_smem(int pitch_b, int a_chunks, int ks,
   s.b = take(kFastBN * pitch_b * 16);
   s.a0 = take(a_chunks * 16);
   s.a1 = take(a_chunks * 16);
-  s.zero = take(16);
-  s.ktab = take(2 * ks * 8);
+  s.ktab = take(2 * ks * 4);
   s.colterm = take(ncls * kFastBN * 4);
   s.thr = take(kFastBN * 8);
+  s.csc = take(kFastBN * 4);
+  s.cbi = take(kFastBN * 4);
   s.rows = take(kFastBM * 16);
   s.x1 = take(kFastBM * 4);
   s.ycls = take(ho * 4);
@@ -113,11 +114,15 @@ __host__ __device__ inline FastSmem fast_smem(int pitch_b, int a_chunks, int ks,
   return s;
 }
 
-// Chunk position of (slot pixel, channel chunk): chunks are XOR-swizzled
-// inside a pixel so that the 8 consecutive pixels of one ldmatrix phase hit
-// distinct 16-byte bank groups.
-__device__ __forceinline__ int fast_chunk(const FastArgs& a, int spx, int c) {
-  return spx * a.p + (c ^ ((spx >> a.swz_shift) & a.swz_mask));
+// The input slots are stored chunk-planar: plane c (16-byte chunk c of
+// every pixel's channels) holds all slot pixels in order, so the 8
+// consecutive pixels of one ldmatrix phase are 128 contiguous bytes (no bank
+// conflict) and the address of (pixel, tap, chunk) is a per-lane base plus a
+// per-K-chunk offset from a table: one add per fragment.
+__device__ __forceinline__ void ldmatrix_x4_at(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 template <int EPI>
@@ -128,8 +133,9 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   const int a_chunks = slots * a.wslot * a.p;
   const FastSmem L = fast_smem(a.pitch_b, a_chunks, a.ks, ncls, a.t, a.ho, a.wo);
   uint4* bs = reinterpret_cast<uint4*>(fsm + L.b);
-  uint4* zero = reinterpret_cast<uint4*>(fsm + L.zero);
-  int2* ktab = reinterpret_cast<int2*>(fsm + L.ktab);
+  int* ktab = reinterpret_cast<int*>(fsm + L.ktab);
+  float* csc = reinterpret_cast<float*>(fsm + L.csc);
+  float* cbi = reinterpret_cast<float*>(fsm + L.cbi);
   int* colterm = reinterpret_cast<int*>(fsm + L.colterm);
   int2* thr = reinterpret_cast<int2*>(fsm + L.thr);
   int4* rows = reinterpret_cast<int4*>(fsm + L.rows);
@@ -153,13 +159,15 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   cp_async_commit();
   if (2 * a.ks > a.kc)
     for (int r = tid; r < kFastBN; r += kFastThreads) bs[r * a.pitch_b + a.kc] = make_uint4(0, 0, 0, 0);
-  if (tid == 0) *zero = make_uint4(0, 0, 0, 0);
+  const int plane = slots * a.wslot;  // chunks per plane
   for (int k = tid; k < 2 * a.ks; k += kFastThreads) {
-    int2 e = make_int2(0, -1);  // padding chunk: the zero chunk
+    // Byte offset of K chunk k from a lane's pixel base. The padding chunk
+    // (odd kc) reads real data: its weights are zero, and the X1 MMA masks it.
+    int e = 0;
     if (k < a.kc) {
       const int tap = k >> a.logp, c = k & (a.p - 1);
       const int dy = tap / a.kw, dx = tap - dy * a.kw;
-      e = make_int2(dy * a.rmax * a.wslot + dx * a.dw, c);
+      e = 16 * (c * plane + dy * a.rmax * a.wslot + dx * a.dw);
     }
     ktab[k] = e;
   }
@@ -193,15 +201,12 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
       const int iy = y * a.sh + dy * a.dh - a.pt;
       const bool rowok = img < a.n && iy >= 0 && iy < a.h;
       const uint4* src_row = a.x + ((long long)img * a.h + (rowok ? iy : 0)) * a.w * a.p;
-      uint4* dst_slot = as + s * per_slot;
-      const int spx0 = s * a.wslot;
+      uint4* dst_slot = as + s * a.wslot;
       for (int q = lane; q < per_slot; q += 32) {
         const int px = q >> a.logp, c = q & (a.p - 1);
         const int ix = px - a.pl;
         const bool ok = rowok && (unsigned)ix < (unsigned)a.w;
-        const int spx = spx0 + px;
-        cp_async<16>(dst_slot + (q - c) + (c ^ ((spx >> a.swz_shift) & a.swz_mask)),
-                     ok ? src_row + ix * a.p + c : a.x, ok);
+        cp_async<16>(dst_slot + c * plane + px, ok ? src_row + ix * a.p + c : a.x, ok);
       }
     }
   };
@@ -243,31 +248,16 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     const int o = n0 + tid;
     thr[tid] = o < a.o ? packed_threshold(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax)
                        : make_int2(1, 0);
+  } else if (EPI != EPI_THR && tid >= kFastBN) {
+    const int col = tid - kFastBN, o = min(n0 + col, a.o - 1);
+    csc[col] = __ldg(a.osc + o);
+    cbi[col] = __ldg(a.obias + o);
   }
   __syncthreads();
 
   // The thread's 8 columns: (nf, jj) -> wn + 8 nf + 2 tq + jj.
   const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32, wq = warp & 3;
   const int gq = lane >> 2, tq = lane & 3;
-  int clo[4][2], chi[4][2], cint[4][2];
-  float cs[4][2], cb[4][2];
-#pragma unroll
-  for (int nf = 0; nf < 4; ++nf)
-#pragma unroll
-    for (int jj = 0; jj < 2; ++jj) {
-      const int col = wn + nf * 8 + 2 * tq + jj, o = n0 + col;
-      const int oc = min(o, a.o - 1);
-      cint[nf][jj] = a.cls_int >= 0 ? colterm[a.cls_int * kFastBN + col] : 0;
-      if (EPI == EPI_THR) {
-        const int2 t2 = thr[col];
-        clo[nf][jj] = t2.x;
-        chi[nf][jj] = t2.y;
-      } else {
-        cs[nf][jj] = __ldg(a.osc + oc);
-        cb[nf][jj] = __ldg(a.obias + oc);
-        clo[nf][jj] = o < a.o;  // column valid
-      }
-    }
   const int kmul = a.type == XNOR ? 4 : 1;
   const bool need_x1 = a.type == XNOR;
   const int half = lane >> 4;
@@ -313,15 +303,15 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     }
     cp_async_wait<1>();
     __syncthreads();
-    const uint4* as = reinterpret_cast<const uint4*>(fsm + (buf ? L.a1 : L.a0));
+    const uint32_t as_addr = smem_u32(fsm + (buf ? L.a1 : L.a0));
 
     // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
-    int abase[4];
+    uint32_t abyte[4];
 #pragma unroll
     for (int mf = 0; mf < 4; ++mf) {
       const int m = m0 + wm + mf * 16 + (lane & 15);
       const int rg = fdiv(m, a.div_wo);
-      abase[mf] = (rg - row0) * a.wslot + (m - rg * a.wo) * a.sw;
+      abyte[mf] = as_addr + 16 * ((rg - row0) * a.wslot + (m - rg * a.wo) * a.sw);
     }
     int acc[4][4][4], x1acc[4] = {0, 0, 0, 0};
 #pragma unroll
@@ -330,25 +320,24 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
       for (int n = 0; n < 4; ++n)
 #pragma unroll
         for (int r = 0; r < 4; ++r) acc[i][n][r] = 0;
-    const uint4* brow0 = bs + (wn + b_row) * a.pitch_b + b_half;
-    const uint4* brow1 = brow0 + 16 * a.pitch_b;
+    uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);
+    const uint32_t bstep1 = 16 * 16 * a.pitch_b;
+    const int* kp = ktab + half;
 #pragma unroll 2
-    for (int i = 0; i < a.ks; ++i) {
-      const int2 kt = ktab[2 * i + half];
+    for (int i = 0; i < a.ks; ++i, bb0 += 32, kp += 2) {
+      const int koff = *kp;
       uint32_t af[4][4], bf[2][4];
 #pragma unroll
-      for (int mf = 0; mf < 4; ++mf) {
-        const int spx = abase[mf] + kt.x;
-        ldmatrix_x4(af[mf], kt.y >= 0 ? as + fast_chunk(a, spx, kt.y) : zero);
-      }
-      ldmatrix_x4(bf[0], brow0 + 2 * i);
-      ldmatrix_x4(bf[1], brow1 + 2 * i);
+      for (int mf = 0; mf < 4; ++mf) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
+      ldmatrix_x4_at(bf[0], bb0);
+      ldmatrix_x4_at(bf[1], bb0 + bstep1);
+      const uint32_t x1b1 = 2 * i + 1 < a.kc ? kFull : 0u;
 #pragma unroll
       for (int mf = 0; mf < 4; ++mf) {
 #pragma unroll
         for (int nf = 0; nf < 4; ++nf)
           mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2], bf[nf >> 1][(nf & 1) * 2 + 1]);
-        if (need_x1 && mf == wq) mma_b1_and(x1acc, af[mf], kFull, kFull);
+        if (need_x1 && mf == wq) mma_b1_and(x1acc, af[mf], kFull, x1b1);
       }
     }
     if (need_x1 && tq == 0) {
@@ -357,7 +346,25 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     }
     __syncthreads();  // x1s complete
 
-    // ---- epilogue straight from the accumulators
+    // ---- epilogue straight from the accumulators; the 8 columns' constants
+    int clo[4][2], chi[4][2], cint[4][2];
+    float cs[4][2], cb[4][2];
+#pragma unroll
+    for (int nf = 0; nf < 4; ++nf)
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int col = wn + nf * 8 + 2 * tq + jj;
+        cint[nf][jj] = a.cls_int >= 0 ? colterm[a.cls_int * kFastBN + col] : 0;
+        if (EPI == EPI_THR) {
+          const int2 t2 = thr[col];
+          clo[nf][jj] = t2.x;
+          chi[nf][jj] = t2.y;
+        } else {
+          cs[nf][jj] = csc[col];
+          cb[nf][jj] = cbi[col];
+          clo[nf][jj] = n0 + col < a.o;  // column valid
+        }
+      }
 #pragma unroll
     for (int mf = 0; mf < 4; ++mf)
 #pragma unroll

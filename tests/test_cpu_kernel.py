@@ -205,6 +205,31 @@ def test_weight_cache_never_serves_stale_weights():
                                           err_msg=isa)
 
 
+def test_weight_cache_checks_every_block():
+    """A cached candidate is picked by shape and a sample of the packed
+    weights (first and last words), then checked block by block: weights that
+    differ only in the middle (another block than the first), alternated,
+    must never reuse the other's re-blocked copy; on 1 and 2 threads."""
+    rng = np.random.default_rng(22)
+    x = _rand_x(rng, (2, 9, 9, 128))
+    w0 = rng.standard_normal((3, 3, 128, 96)).astype(np.float32)
+    w1 = w0.copy()
+    w1[1, 1, 70, 45] = -w1[1, 1, 70, 45]  # output 45: the second block of 32
+    w2 = w0.copy()
+    w2[2, 0, 3, 90] = -w2[2, 0, 3, 90]    # output 90: the last block
+    for kw in (dict(type="xnor", padding="SAME"), dict(type="and", padding="SAME", pad_value=1.0)):
+        fn = _conv_fn(**kw)
+        refs = [np.asarray(reference.binary_conv2d(x, w, **kw)) for w in (w0, w1, w2)]
+        for isa in ISAS:
+            _cpu.set_isa(isa)
+            for threads in (1, 2):
+                _cpu.set_num_threads(threads)
+                for i in (0, 1, 0, 2, 2, 1, 0):
+                    np.testing.assert_array_equal(np.asarray(fn(x, [w0, w1, w2][i])), refs[i],
+                                                  err_msg=f"{isa} threads={threads} w{i} {kw}")
+    _cpu.set_num_threads(0)
+
+
 @pytest.mark.parametrize("ctype", ["xnor", "and"])
 @pytest.mark.parametrize("activation", [None, "relu", "hard_tanh"])
 def test_full_blocks_float_and_packed(ctype, activation):
@@ -354,6 +379,47 @@ def test_env_forces_isa_in_fresh_process():
     r = subprocess.run([os.sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.stdout.strip() == ISAS[-1] and "JAX_BINCONV_CPU_ISA" in r.stderr
+
+
+@pytest.mark.parametrize("packed_io", [False, True])
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_thread_split_is_deterministic_lazy_packing(packed_io, activation):
+    """Without beta scaling, with cached weights, one parallel phase packs
+    input rows on demand (whichever thread needs a row first packs it, others
+    wait for it): bit-identical results for 1, 2 and 3 threads on every ISA,
+    float or packed input and output, several images (items span them)."""
+    rng = np.random.default_rng(98)
+    c, o = 128, 96
+    x = _rand_x(rng, (3, 13, 11, c))
+    w = rng.standard_normal((3, 3, c, o)).astype(np.float32)
+    kw = dict(type="xnor", padding="SAME", activation=activation,
+              output_scale=rng.uniform(0.5, 2, o).astype(np.float32),
+              output_bias=(rng.integers(-4, 4, o) + 0.5).astype(np.float32))
+    if packed_io:
+        xin = jb.pack_activations(jnp.asarray(x)).words
+        fn = jax.jit(lambda xw, w: jb.binary_conv2d(jb.PackedActivations(xw, c), w, output="packed",
+                                                    **kw).words)
+        want = np.asarray(jb.pack_activations(reference.binary_conv2d(x, w, **kw)).words)
+    else:
+        xin = x
+        fn = _conv_fn(**kw)
+        want = np.asarray(reference.binary_conv2d(x, w, **kw))
+    for isa in ISAS:
+        _cpu.set_isa(isa)
+        for threads in (1, 2, 3, 0):
+            _cpu.set_num_threads(threads)
+            for _ in range(2):  # the second call finds the weights cached
+                got = np.asarray(fn(xin, w))
+                if packed_io:
+                    np.testing.assert_array_equal(got, want, err_msg=f"{isa} threads={threads}")
+                else:
+                    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5,
+                                               err_msg=f"{isa} threads={threads}")
+                    if threads != 1:
+                        np.testing.assert_array_equal(got, first, err_msg=f"{isa} threads={threads}")
+                    else:
+                        first = got
+    _cpu.set_num_threads(0)
 
 
 @pytest.mark.parametrize("ctype", ["xnor", "and", "binary_weights"])

@@ -94,42 +94,53 @@ inline Arena& thread_arena() {
   return arena;
 }
 
-// Re-blocked weights of recent calls, keyed by the packed weights' content
-// (compared in full, so a reused buffer address can never serve stale
-// weights). Re-blocking costs about as much as the convolution itself on
-// layers with few pixels (7x7), while comparing is a memcmp. Entries are
-// immutable once published; a small LRU bounded in entries and bytes.
+// Re-blocked weights of recent calls. A call finds its candidate by shape
+// and by a sample of the packed weights (the first and last words); the
+// candidate's copy of the weights is then compared with the caller's in
+// full, block by block (one memcmp of the block's contiguous output rows),
+// before a block is used (run_binary), so a reused buffer can never serve
+// stale weights. The blocks are checked in parallel by the work items that
+// use them, not serially before the convolution. Re-blocking costs about as
+// much as the convolution itself on layers with few pixels (7x7). Entries
+// are immutable once published; a small LRU bounded in entries and bytes.
 struct WeightEntry {
   int64_t o = 0, t = 0, cg = 0, groups = 0;
   bool is_and = false;
-  std::vector<uint32_t> src;  // the packed weights as given
+  size_t nwords = 0;           // uint32 words of the packed weights
+  std::vector<uint32_t> sample;  // their first and last kSample words
+  std::vector<uint32_t> src;     // all of them, as given
   Buf<uint64_t> wr;           // [block][tap][word][lane]
   std::vector<int32_t> wsum;  // [tap][o]: sum over channels of the product-weight
-  size_t bytes() const { return src.size() * 4 + wsum.size() * 4 + wr_words * 8; }
+  size_t bytes() const { return (sample.size() + src.size() + wsum.size()) * 4 + wr_words * 8; }
   int64_t wr_words = 0;
+  static constexpr size_t kSample = 32;
+  static void take_sample(const uint32_t* w, size_t nwords, std::vector<uint32_t>& out) {
+    const size_t head = std::min(nwords, kSample);
+    const size_t tail = std::min(nwords - head, kSample);
+    out.assign(w, w + head);
+    out.insert(out.end(), w + nwords - tail, w + nwords);
+  }
+  bool sample_matches(const uint32_t* w) const {
+    const size_t head = std::min(nwords, kSample);
+    const size_t tail = sample.size() - head;
+    return std::memcmp(sample.data(), w, head * 4) == 0 &&
+           std::memcmp(sample.data() + head, w + nwords - tail, tail * 4) == 0;
+  }
 };
 
 class WeightCache {
  public:
+  // The most recently used entry of this shape whose sample matches (not yet
+  // verified in full), or null.
   std::shared_ptr<const WeightEntry> find(const uint32_t* w, size_t nwords, int64_t o, int64_t t,
                                           int64_t cg, int64_t groups, bool is_and) {
-    std::vector<std::shared_ptr<const WeightEntry>> cand;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (const auto& e : lru_)
-        if (e->o == o && e->t == t && e->cg == cg && e->groups == groups && e->is_and == is_and &&
-            e->src.size() == nwords)
-          cand.push_back(e);
-    }
-    for (const auto& e : cand) {
-      if (std::memcmp(e->src.data(), w, nwords * sizeof(uint32_t)) == 0) {
-        std::lock_guard<std::mutex> lock(mu_);
-        for (auto it = lru_.begin(); it != lru_.end(); ++it)
-          if (*it == e) {
-            lru_.splice(lru_.begin(), lru_, it);
-            break;
-          }
-        return e;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = lru_.begin(); it != lru_.end(); ++it) {
+      const WeightEntry& e = **it;
+      if (e.o == o && e.t == t && e.cg == cg && e.groups == groups && e.is_and == is_and &&
+          e.nwords == nwords && e.sample_matches(w)) {
+        if (it != lru_.begin()) lru_.splice(lru_.begin(), lru_, it);
+        return lru_.front();
       }
     }
     return nullptr;
@@ -151,6 +162,37 @@ class WeightCache {
   std::list<std::shared_ptr<const WeightEntry>> lru_;
   size_t bytes_ = 0;
 };
+
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
+
+// Claims a one-time task guarded by a state byte (0 to do, 1 running, 2 done,
+// 3 failed): runs it if nobody has, else waits for whoever runs it. Returns
+// whether it succeeded.
+template <class F>
+inline bool run_once(uint8_t* state, F&& task) {
+  uint8_t s = __atomic_load_n(state, __ATOMIC_ACQUIRE);
+  for (;;) {
+    if (s == 2) return true;
+    if (s == 3) return false;
+    if (s == 0) {
+      if (__atomic_compare_exchange_n(state, &s, uint8_t{1}, false, __ATOMIC_ACQ_REL,
+                                      __ATOMIC_ACQUIRE)) {
+        const bool ok = task();
+        __atomic_store_n(state, ok ? uint8_t{2} : uint8_t{3}, __ATOMIC_RELEASE);
+        return ok;
+      }
+      continue;  // s holds the state another thread set
+    }
+    cpu_relax();
+    s = __atomic_load_n(state, __ATOMIC_ACQUIRE);
+  }
+}
 
 inline WeightCache& weight_cache() {
   static WeightCache cache;
@@ -478,8 +520,10 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   const int64_t xp_n = g.N * g.Hp * g.Wp * PS, wr_n = NB * KT * OBW;
   const int64_t ab_n = p.beta_scaling ? g.N * g.H * g.W : 0, beta_n = p.beta_scaling ? g.NQ : 0;
   Arena& arena = thread_arena();
+  const int64_t nrows = g.N * g.Hp;
   if (!arena.reserve(Arena::bytes_for<uint64_t>(xp_n) + 2 * Arena::bytes_for<float>(NB * OBW) +
-                     Arena::bytes_for<float>(ab_n) + Arena::bytes_for<float>(beta_n)))
+                     Arena::bytes_for<float>(ab_n) + Arena::bytes_for<float>(beta_n) +
+                     Arena::bytes_for<uint8_t>(nrows) + Arena::bytes_for<uint8_t>(NB)))
     return "out of memory";
   uint64_t* const xp = arena.take<uint64_t>(xp_n);
   float* const osp = arena.take<float>(NB * OBW);
@@ -488,22 +532,6 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   float* const beta = p.beta_scaling ? arena.take<float>(beta_n) : nullptr;
 
   const size_t w_words32 = static_cast<size_t>(g.O * g.T * ((g.Cg + 31) / 32));
-  std::shared_ptr<const WeightEntry> cached =
-      weight_cache().find(call.w, w_words32, g.O, g.T, g.Cg, g.G, is_and);
-  std::shared_ptr<WeightEntry> fresh;
-  if (!cached) {
-    fresh = std::make_shared<WeightEntry>();
-    fresh->o = g.O, fresh->t = g.T, fresh->cg = g.Cg, fresh->groups = g.G, fresh->is_and = is_and;
-    fresh->src.assign(call.w, call.w + w_words32);
-    fresh->wr = alloc_buf<uint64_t>(wr_n);
-    fresh->wr_words = wr_n;
-    fresh->wsum.resize(g.O * g.T);
-    if (!fresh->wr) return "out of memory";
-  }
-  const WeightEntry& we = cached ? *cached : *fresh;
-  uint64_t* const wr = we.wr.get();
-  const int32_t* const wsum = we.wsum.data();
-  int32_t* const wsum_out = fresh ? fresh->wsum.data() : nullptr;
   for (int64_t blk = 0; blk < NB; ++blk) {
     const int64_t gi = blk / nbg, b = blk % nbg;
     for (int lane = 0; lane < OBW; ++lane) {
@@ -513,51 +541,23 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       obp[blk * OBW + lane] = valid ? call.output_bias[gi * g.Og + oi] : 0.0f;
     }
   }
-
-  // Weights: [O, KH, KW, ceil(Cg/32)] uint32 -> [block][tap][word][lane]
-  // uint64, lanes past Og zero; bits past Cg cleared whatever the caller sent.
-  // One work item per block, run in phase 1 beside the input packing.
   const int64_t W32 = (g.Cg + 31) / 32;
   const uint64_t last_mask = low_mask(g.Cg - 64 * (KW64 - 1));
-  auto repack_block = [&](int64_t blk) {
-    const int64_t gi = blk / nbg, b = blk % nbg;
-    uint64_t* dst = wr + blk * KT * OBW;
-    for (int lane = 0; lane < OBW; ++lane) {
-      const int64_t oi = b * OBW + lane;
-      const bool valid = oi < g.Og;
-      const int64_t o = gi * g.Og + oi;
-      if (!valid) {
-        for (int64_t tk = 0; tk < KT; ++tk) dst[tk * OBW + lane] = 0;
-        continue;
-      }
-      const uint32_t* srco = call.w + o * g.T * W32;
-      for (int64_t t = 0; t < g.T; ++t) {
-        const uint32_t* src = srco + t * W32;
-        uint64_t* d = dst + t * KW64 * OBW + lane;
-        int32_t pop = 0;
-        for (int64_t k = 0; k < KW64; ++k) {
-          uint64_t v;
-          if (2 * k + 1 < W32) {
-            std::memcpy(&v, src + 2 * k, sizeof(v));  // two LSB-first uint32 words = one uint64
-          } else {
-            v = src[2 * k];
-          }
-          if (k == KW64 - 1) v &= last_mask;
-          d[k * OBW] = v;
-          pop += static_cast<int32_t>(K::popcount64(v));
-        }
-        // sum over channels of the product-weight: 2*pop - Cg for XNOR, pop for AND
-        wsum_out[t * g.O + o] = is_and ? pop : 2 * pop - static_cast<int32_t>(g.Cg);
-      }
+  // Word k of tap t of output o, as the kernel reads it (bits past Cg cleared).
+  auto weight_word = [&](const uint32_t* src_t, int64_t k) {
+    uint64_t v;
+    if (2 * k + 1 < W32) {
+      std::memcpy(&v, src_t + 2 * k, sizeof(v));  // two LSB-first uint32 words = one uint64
+    } else {
+      v = src_t[2 * k];
     }
+    return k == KW64 - 1 ? v & last_mask : v;
   };
 
   std::vector<uint64_t> fill(PS);
   for (int64_t gi = 0; gi < g.G; ++gi)
     for (int64_t k = 0; k < KW64; ++k)
       fill[gi * KW64 + k] = fill_ones ? low_mask(g.Cg - 64 * k) : 0;
-
-  // Phase 1: pack the input (one padded row per item) and zero a packed output.
   const int64_t rows = g.N * g.Hp;
   // Blocks that own whole output words store them; otherwise bits are OR-ed
   // into a zeroed output.
@@ -569,17 +569,9 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   bool affine_identity = !p.x_packed;
   for (int64_t c = 0; affine_identity && c < g.C; ++c)
     affine_identity = call.input_bias[c] == 0.0f && call.input_scale[c] == 1.0f;
-  const int64_t nrepack = fresh ? NB : 0;
-  ex.parallel_for(nrepack + rows, [&](int64_t item) {
-    if (item < nrepack) {
-      repack_block(item);
-      return;
-    }
-    const int64_t r = item - nrepack;
-    if (out_zero) {
-      const int64_t z0 = out_zero * r / rows, z1 = out_zero * (r + 1) / rows;
-      std::memset(static_cast<uint32_t*>(call.out) + z0, 0, sizeof(uint32_t) * (z1 - z0));
-    }
+
+  // Binarizes and packs padded input row r (all its pixels, fill included).
+  auto pack_row = [&](int64_t r) {
     const int64_t n = r / g.Hp, y = r % g.Hp - p.pad_top;
     uint64_t* row = xp + r * g.Wp * PS;
     auto put_fill = [&](int64_t xx) { std::memcpy(row + xx * PS, fill.data(), sizeof(uint64_t) * PS); };
@@ -618,9 +610,106 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       }
       if (g.G > 1) scatter_groups(bits, nw, g.G, g.Cg, KW64, row + (p.pad_left + x) * PS);
     }
-  });
-  if (fresh) weight_cache().insert(fresh);
-  if (p.beta_scaling) compute_beta(p, g, A, beta, ex);
+  };
+
+  // One-time task states (see run_once): per padded input row and per weight block.
+  uint8_t* const row_state = arena.take<uint8_t>(rows);
+  uint8_t* const blk_state = arena.take<uint8_t>(NB);
+
+  // A cached candidate is used only after each block's check against the
+  // caller's weights; if one fails, the call runs again with fresh weights.
+  for (int attempt = 0;; ++attempt) {
+  std::shared_ptr<const WeightEntry> cached =
+      attempt == 0 ? weight_cache().find(call.w, w_words32, g.O, g.T, g.Cg, g.G, is_and) : nullptr;
+  std::shared_ptr<WeightEntry> fresh;
+  if (!cached) {
+    fresh = std::make_shared<WeightEntry>();
+    fresh->o = g.O, fresh->t = g.T, fresh->cg = g.Cg, fresh->groups = g.G, fresh->is_and = is_and;
+    fresh->nwords = w_words32;
+    WeightEntry::take_sample(call.w, w_words32, fresh->sample);
+    fresh->src.assign(call.w, call.w + w_words32);
+    fresh->wr = alloc_buf<uint64_t>(wr_n);
+    fresh->wr_words = wr_n;
+    fresh->wsum.resize(g.O * g.T);
+    if (!fresh->wr) return "out of memory";
+  }
+  const WeightEntry& we = cached ? *cached : *fresh;
+  uint64_t* const wr = we.wr.get();
+  const int32_t* const wsum = we.wsum.data();
+  int32_t* const wsum_out = fresh ? fresh->wsum.data() : nullptr;
+
+  // Weights: [O, KH, KW, ceil(Cg/32)] uint32 -> [block][tap][word][lane]
+  // uint64, lanes past Og zero; bits past Cg cleared whatever the caller sent.
+  auto repack_block = [&](int64_t blk) {
+    const int64_t gi = blk / nbg, b = blk % nbg;
+    uint64_t* dst = wr + blk * KT * OBW;
+    for (int lane = 0; lane < OBW; ++lane) {
+      const int64_t oi = b * OBW + lane;
+      const bool valid = oi < g.Og;
+      const int64_t o = gi * g.Og + oi;
+      if (!valid) {
+        for (int64_t tk = 0; tk < KT; ++tk) dst[tk * OBW + lane] = 0;
+        continue;
+      }
+      const uint32_t* srco = call.w + o * g.T * W32;
+      for (int64_t t = 0; t < g.T; ++t) {
+        uint64_t* d = dst + t * KW64 * OBW + lane;
+        int32_t pop = 0;
+        for (int64_t k = 0; k < KW64; ++k) {
+          const uint64_t v = weight_word(srco + t * W32, k);
+          d[k * OBW] = v;
+          pop += static_cast<int32_t>(K::popcount64(v));
+        }
+        // sum over channels of the product-weight: 2*pop - Cg for XNOR, pop for AND
+        wsum_out[t * g.O + o] = is_and ? pop : 2 * pop - static_cast<int32_t>(g.Cg);
+      }
+    }
+  };
+  // Whether a cached block was made from exactly the caller's weights (its
+  // outputs' rows of the packed weights are contiguous: one memcmp).
+  auto verify_block = [&](int64_t blk) {
+    const int64_t gi = blk / nbg, b = blk % nbg;
+    const int64_t nvalid = std::min<int64_t>(OBW, g.Og - b * OBW);
+    const int64_t off = (gi * g.Og + b * OBW) * g.T * W32;
+    return std::memcmp(we.src.data() + off, call.w + off,
+                       sizeof(uint32_t) * nvalid * g.T * W32) == 0;
+  };
+
+  // Lazy mode (cached weights, no beta, no output to zero first): one parallel
+  // phase. A work item first checks the weight blocks it uses and packs the
+  // input rows it reads, unless another thread already has (or is: then it
+  // waits for that row), so there is no barrier between packing and
+  // convolution, a helper thread that starts late joins whatever is left, and
+  // a band of input rows is packed just before the items that read it (at
+  // N=8 the packed band is still in L2). Otherwise phase 1 packs every row
+  // and re-blocks (fresh) or checks (cached) every weight block.
+  const bool lazy = cached && !p.beta_scaling && out_zero == 0;
+  std::memset(blk_state, 0, NB);
+  std::memset(row_state, lazy ? 0 : 2, rows);
+  bool mismatch = false;  // written with __atomic_store_n
+
+  if (!lazy) {
+    const int64_t nblk_items = NB;
+    ex.parallel_for(nblk_items + rows, [&](int64_t item) {
+      if (item < nblk_items) {
+        if (fresh)
+          repack_block(item);
+        else if (!verify_block(item))
+          __atomic_store_n(&mismatch, true, __ATOMIC_RELAXED);
+        return;
+      }
+      const int64_t r = item - nblk_items;
+      if (out_zero) {
+        const int64_t z0 = out_zero * r / rows, z1 = out_zero * (r + 1) / rows;
+        std::memset(static_cast<uint32_t*>(call.out) + z0, 0, sizeof(uint32_t) * (z1 - z0));
+      }
+      pack_row(r);
+    });
+    if (mismatch) continue;  // stale candidate: re-block the caller's weights
+    std::memset(blk_state, 2, NB);
+    if (fresh) weight_cache().insert(fresh);
+    if (p.beta_scaling) compute_beta(p, g, A, beta, ex);
+  }
 
   // Border correction by class: which taps of an output pixel fall in the
   // padding depends only on its row's and its column's pattern (3 x 3
@@ -732,6 +821,24 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const int64_t blk0 = grp * gsz, blk1 = std::min(NB, blk0 + gsz);
     const int64_t tile0 = chunk * tc, t_end = std::min(ntile, (chunk + 1) * tc);
     const int64_t q0 = tile0 * P, q_end = std::min(NQ, t_end * P);
+    if (lazy) {
+      if (__atomic_load_n(&mismatch, __ATOMIC_RELAXED)) return;
+      for (int64_t blk = blk0; blk < blk1; ++blk)
+        if (!run_once(blk_state + blk, [&] { return verify_block(blk); })) {
+          __atomic_store_n(&mismatch, true, __ATOMIC_RELAXED);
+          return;
+        }
+      // The padded rows this chunk's pixels read: from its first pixel's
+      // first tap row to its last pixel's last tap row.
+      const int64_t qa = q0, qb = q_end - 1;
+      const int64_t r_lo = (qa / HoWo) * Hp + ((qa % HoWo) / Wo) * sh;
+      const int64_t r_hi = std::min(nrows - 1, (qb / HoWo) * Hp + ((qb % HoWo) / Wo) * sh + (KH - 1) * dh);
+      for (int64_t r = r_lo; r <= r_hi; ++r)
+        run_once(row_state + r, [&] {
+          pack_row(r);
+          return true;
+        });
+    }
     // Per pixel of the chunk, once for every block of the group: its base word
     // offset, its border class row of the correction table (null inside the
     // image) and beta. Pixels past NQ repeat the last one (computed, never stored).
@@ -776,10 +883,10 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       const float* const ob_blk = obp + blk * OBW;
       const uint64_t* const xg = xpb + gi * KW64;
       // Tiles whose epilogue the ISA applies from registers: a full block,
-      // linear or ReLU, float rows written in place or whole packed words.
+      // linear or ReLU, float rows (streamed when stream_out) or whole packed words.
       const bool fused = K::kFused && !any_slow && cnt == OBW &&
                          (act == ACT_LINEAR || act == ACT_RELU) &&
-                         (direct ? !stream_out : words_owned);
+                         (direct || words_owned);
       if (fused) {
         if constexpr (K::kFused) {
           const bool relu = act == ACT_RELU, pk = !direct;
@@ -790,7 +897,8 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
 #define BINCONV_FUSED(AND_, RELU_, PK_)                                                          \
   K::template bin_tile_fused<AND_, RELU_, PK_>(xg, off + i0, koffs, kt, wblk, np, acc_base,      \
                                                crow + i0, o0, os_blk, ob_blk, bts,               \
-                                               outf + q * O + o0, out32 + q * ow + (o0 >> 5), O, ow)
+                                               outf + q * O + o0, out32 + q * ow + (o0 >> 5), O, ow, \
+                                               stream_out)
             if (is_and) {
               if (relu) { if (pk) BINCONV_FUSED(true, true, true); else BINCONV_FUSED(true, true, false); }
               else { if (pk) BINCONV_FUSED(true, false, true); else BINCONV_FUSED(true, false, false); }
@@ -845,7 +953,9 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     }
     if (stream_out) K::store_fence();  // order streaming stores before the item counts as done
   });
+  if (mismatch) continue;  // stale candidate: run again with the caller's weights re-blocked
   return {};
+  }  // attempts
 }
 
 template <class K>

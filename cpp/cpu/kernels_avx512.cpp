@@ -170,7 +170,9 @@ struct Avx512Traits {
                              int64_t KT, const uint64_t* w, int np, int32_t base,
                              const int32_t* const* crow, int64_t o0, const float* os,
                              const float* ob, const float* betas, float* dst, uint32_t* dst32,
-                             int64_t dst_stride, int64_t dst32_stride) {
+                             int64_t dst_stride, int64_t dst32_stride, bool stream) {
+    // Streaming (non-temporal) float stores when asked and every row is 64-byte aligned.
+    stream = stream && ((reinterpret_cast<uintptr_t>(dst) | (dst_stride * 4)) & 63) == 0;
     const uint64_t* xp[kP];
     for (int p = 0; p < kP; ++p) xp[p] = xbase + off[p];
     BINCONV_ACCUMULATE
@@ -211,8 +213,13 @@ struct Avx512Traits {
       const __mmask16 m1 = _mm512_cmp_ps_mask(z1, zero, _CMP_NLT_UQ);                           \
       dst32[P * dst32_stride] = _cvtmask32_u32(_mm512_kunpackw(m1, m0));                        \
     } else {                                                                                    \
-      _mm512_storeu_ps(dst + P * dst_stride, z0);                                               \
-      _mm512_storeu_ps(dst + P * dst_stride + 16, z1);                                          \
+      if (stream) {                                                                             \
+        _mm512_stream_ps(dst + P * dst_stride, z0);                                             \
+        _mm512_stream_ps(dst + P * dst_stride + 16, z1);                                        \
+      } else {                                                                                  \
+        _mm512_storeu_ps(dst + P * dst_stride, z0);                                             \
+        _mm512_storeu_ps(dst + P * dst_stride + 16, z1);                                        \
+      }                                                                                         \
     }                                                                                           \
   }
     BINCONV_FINISH(0)

@@ -202,8 +202,18 @@ def _resolve_padding(padding, in_hw, eff_k, strides):
 
 
 def _vector(value, length, name, default):
+    # Defaults and concrete host values become numpy constants: XLA embeds
+    # them as literals, where a traced broadcast would be one more tiny kernel
+    # per call on a GPU.
     if value is None:
-        return jnp.full((length,), default, jnp.float32)
+        return np.full((length,), default, np.float32)
+    if isinstance(value, (numbers.Real, np.ndarray, np.generic)) and not isinstance(value, bool):
+        host = np.asarray(value)
+        if host.dtype.kind in "fiub":
+            if host.ndim == 0 or host.shape == (1,):
+                return np.full((length,), host.reshape(()), np.float32)
+            if host.shape == (length,):
+                return host.astype(np.float32)
     v = jnp.asarray(value)
     if not (jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
             or v.dtype == jnp.bool_):

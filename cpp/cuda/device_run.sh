@@ -98,6 +98,25 @@ LIST
       cat "$OUT"/san_*.log > "$OUT/sanitize_all.log"; rm -f "$OUT"/san_*.log
       unset XLA_PYTHON_CLIENT_ALLOCATOR
       ;;
+    sanfast)
+      # compute-sanitizer on the fast kernel's tests (one process per selection).
+      export XLA_PYTHON_CLIENT_ALLOCATOR=platform
+      i=0
+      while IFS= read -r line; do
+        tool=${line%%:*}; k=${line#*:}; i=$((i + 1))
+        timeout 120 compute-sanitizer --tool $tool --kernel-name regex:fast_conv --print-limit 20 \
+          python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$k" >"$OUT/sf_$i.log" 2>&1
+        echo "[$tool] $k: rc=$? $(grep -E 'passed|failed' "$OUT/sf_$i.log" | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sf_$i.log" | tail -1)"
+      done <<'LIST'
+memcheck:fast_kernel_packed_io and auto and (0-xnor or 2-and or 4-xnor or 7-and)
+memcheck:fast_kernel_float_io and auto and (1-xnor or 3-and or 5-xnor or 8-and)
+memcheck:fast_kernel_persistent
+racecheck:fast_kernel_packed_io and auto and (1-xnor or 6-and)
+racecheck:fast_kernel_float_io and auto and (2-xnor or 8-and)
+LIST
+      cat "$OUT"/sf_*.log > "$OUT/sanitize_fast.log"; rm -f "$OUT"/sf_*.log
+      unset XLA_PYTHON_CLIENT_ALLOCATOR
+      ;;
     bench)
       stamp bench
       timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60

@@ -150,11 +150,11 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   const int n0 = nt * kFastBN;
 
   // ---- weights of this block's channels (zero rows past O), the K table
-  for (int q = tid; q < kFastBN * a.kc; q += kFastThreads) {
-    const int r = q / a.kc, k = q - r * a.kc;
+  for (int r = warp; r < kFastBN; r += kFastThreads / 32) {
     const int o = n0 + r;
     const bool ok = o < a.o;
-    cp_async<16>(bs + r * a.pitch_b + k, ok ? a.wt + (long long)o * a.kc + k : a.wt, ok);
+    const uint4* src = a.wt + (long long)(ok ? o : 0) * a.kc;
+    for (int k = lane; k < a.kc; k += 32) cp_async<16>(bs + r * a.pitch_b + k, src + k, ok);
   }
   cp_async_commit();
   if (2 * a.ks > a.kc)
@@ -234,20 +234,22 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     const int cls = q / kFastBN, col = q - cls * kFastBN;
     const int cy = cls / a.ncx, cx = cls - cy * a.ncx;
     int w1all = 0, w1v = 0;
-    for (int dy = 0; dy < a.kh; ++dy)
-      for (int dx = 0; dx < a.kw; ++dx) {
-        const int v = ptap[(dy * a.kw + dx) * kFastBN + col];
-        w1all += v;
-        if (dy >= a.cy_a[cy] && dy < a.cy_b[cy] && dx >= a.cx_c[cx] && dx < a.cx_d[cx]) w1v += v;
-      }
+    for (int tap = 0; tap < a.t; ++tap) w1all += ptap[tap * kFastBN + col];
+    for (int dy = a.cy_a[cy]; dy < a.cy_b[cy]; ++dy)
+      for (int dx = a.cx_c[cx]; dx < a.cx_d[cx]; ++dx) w1v += ptap[(dy * a.kw + dx) * kFastBN + col];
     const int term = a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
                                     : a.pv * (w1all - w1v);
     colterm[q] = n0 + col < a.o ? term : 0;
   }
   if (EPI == EPI_THR && tid < kFastBN) {
     const int o = n0 + tid;
-    thr[tid] = o < a.o ? packed_threshold(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax)
-                       : make_int2(1, 0);
+    // Clamped into [amin - 1, amax + 1] (same bits for every reachable acc),
+    // so that the epilogue can move column terms across without overflow.
+    int2 t2 = o < a.o ? packed_threshold(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax)
+                      : make_int2(1, 0);
+    t2.x = max(min(t2.x, a.amax + 1), a.amin - 1);
+    t2.y = max(min(t2.y, a.amax + 1), a.amin - 1);
+    thr[tid] = t2;
   } else if (EPI != EPI_THR && tid >= kFastBN) {
     const int col = tid - kFastBN, o = min(n0 + col, a.o - 1);
     csc[col] = __ldg(a.osc + o);
@@ -356,9 +358,11 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
         const int col = wn + nf * 8 + 2 * tq + jj;
         cint[nf][jj] = a.cls_int >= 0 ? colterm[a.cls_int * kFastBN + col] : 0;
         if (EPI == EPI_THR) {
+          // Interior rows compare kmul * P + rowc against thresholds that
+          // already hold the column term.
           const int2 t2 = thr[col];
-          clo[nf][jj] = t2.x;
-          chi[nf][jj] = t2.y;
+          clo[nf][jj] = t2.x - cint[nf][jj];
+          chi[nf][jj] = t2.y - cint[nf][jj];
         } else {
           cs[nf][jj] = csc[col];
           cb[nf][jj] = cbi[col];
@@ -376,24 +380,36 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
         const int* ct = colterm + rd.z * kFastBN + wn + 2 * tq;
         const bool interior = rd.z == a.cls_int;
         uint32_t bits = 0;
+        if (EPI == EPI_THR) {
+          if (__all_sync(kFull, interior)) {
 #pragma unroll
-        for (int nf = 0; nf < 4; ++nf) {
-          int accv[2];
+            for (int nf = 0; nf < 4; ++nf)
 #pragma unroll
-          for (int jj = 0; jj < 2; ++jj)
-            accv[jj] = kmul * acc[mf][nf][2 * hh + jj] + rowc +
-                       (interior ? cint[nf][jj] : ct[nf * 8 + jj]);
-          if (EPI == EPI_THR) {
-#pragma unroll
-            for (int jj = 0; jj < 2; ++jj)
-              if (accv[jj] >= clo[nf][jj] && accv[jj] <= chi[nf][jj])
-                bits |= 1u << (nf * 8 + 2 * tq + jj);
+              for (int jj = 0; jj < 2; ++jj) {
+                const int v = kmul * acc[mf][nf][2 * hh + jj] + rowc;
+                if (v >= clo[nf][jj] && v <= chi[nf][jj]) bits |= 1u << (nf * 8 + 2 * tq + jj);
+              }
           } else {
-            const float beta = __int_as_float(rd.y);
+#pragma unroll
+            for (int nf = 0; nf < 4; ++nf)
+#pragma unroll
+              for (int jj = 0; jj < 2; ++jj) {
+                const int d = (interior ? cint[nf][jj] : ct[nf * 8 + jj]) - cint[nf][jj];
+                const int v = kmul * acc[mf][nf][2 * hh + jj] + rowc + d;
+                if (v >= clo[nf][jj] && v <= chi[nf][jj]) bits |= 1u << (nf * 8 + 2 * tq + jj);
+              }
+          }
+        } else {
+          const float beta = __int_as_float(rd.y);
+#pragma unroll
+          for (int nf = 0; nf < 4; ++nf) {
             float val[2];
 #pragma unroll
-            for (int jj = 0; jj < 2; ++jj)
-              val[jj] = epilogue((float)accv[jj], cs[nf][jj], beta, cb[nf][jj], a.act, a.slope);
+            for (int jj = 0; jj < 2; ++jj) {
+              const int accv = kmul * acc[mf][nf][2 * hh + jj] + rowc +
+                               (interior ? cint[nf][jj] : ct[nf * 8 + jj]);
+              val[jj] = epilogue((float)accv, cs[nf][jj], beta, cb[nf][jj], a.act, a.slope);
+            }
             if (EPI == EPI_PACKED) {
 #pragma unroll
               for (int jj = 0; jj < 2; ++jj)

@@ -36,6 +36,7 @@ struct PhaseTiming {
 struct CallTimings {
   double kernel_us = 0;
   std::vector<PhaseTiming> phases;
+  double sched_us = 0;  // last phase: publishing the job and waking helpers
 };
 CallTimings last_call_timings();
 

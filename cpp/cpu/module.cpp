@@ -49,11 +49,12 @@ PYBIND11_MODULE(_cpu, m) {
       phases.append(e);
     }
     d["phases"] = phases;
+    d["sched_us"] = t.sched_us;
     return d;
   }, "Diagnostics of the last call: threads that ran work items in its last phase, the "
      "size of XLA's intra-op pool, the kernel's time (kernel_us) and per parallel phase its "
      "time, when the first helper thread joined (helper_us, -1: none), its items and those the "
-     "calling thread ran.");
+     "calling thread ran; sched_us: how long the last phase's publishing and wake-up took.");
   m.def("get_num_threads", &max_threads, "Thread cap (0: all threads of XLA's intra-op pool).");
   m.def("set_num_threads", &set_max_threads, py::arg("n"),
         "Cap the threads a call uses (0: all of XLA's intra-op pool). Results do not depend on it.");

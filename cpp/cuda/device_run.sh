@@ -104,7 +104,7 @@ LIST
       i=0
       while IFS= read -r line; do
         tool=${line%%:*}; k=${line#*:}; i=$((i + 1))
-        timeout 120 compute-sanitizer --tool $tool --kernel-name regex:fast_conv --print-limit 20 \
+        timeout 120 compute-sanitizer --tool $tool --kernel-name kns=fast_conv --print-limit 20 \
           python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$k" >"$OUT/sf_$i.log" 2>&1
         echo "[$tool] $k: rc=$? $(grep -E 'passed|failed' "$OUT/sf_$i.log" | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sf_$i.log" | tail -1)"
       done <<'LIST'

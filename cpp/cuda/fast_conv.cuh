@@ -105,7 +105,7 @@ __host__ __device__ inline FastSmem fast_smem(int pitch_b, int a_chunks, int ks,
   s.thr = take(kFastBN * 8);
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
-  s.rows = take(kFastBM * 16);
+  s.rows = take(2 * kFastBM * 16);  // double-buffered by tile parity
   s.x1 = take(kFastBM * 4);
   s.ycls = take(ho * 4);
   s.xcls = take(wo * 4);
@@ -269,8 +269,6 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
 
   int buf = 0;
   for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1) {
-    if (mt + mstep < a.mtiles) load_tile(buf ^ 1, mt + mstep);
-    cp_async_commit();
     const int m0 = mt * kFastBM;
     const int row0 = fdiv(m0, a.div_wo);
 
@@ -300,11 +298,18 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
           beta = asum / (float)a.t;
         }
       }
-      rows[r] = make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
+      rows[buf * kFastBM + r] = make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
                           (yc & 255) * a.ncx + (xc & 255), valid ? 1 : 0);
     }
-    cp_async_wait<1>();
+    cp_async_wait<0>();  // this tile's slots (the only copies in flight)
+    // Two barriers per tile. This one: the slots are visible, and every warp
+    // is past the previous tile's GEMM, so the other buffer may be refilled
+    // (with the next tile, overlapping this tile's GEMM) and x1s rewritten.
+    // rows[] is double-buffered: it is written before this barrier, while a
+    // slower warp may still read the previous tile's half.
     __syncthreads();
+    if (mt + mstep < a.mtiles) load_tile(buf ^ 1, mt + mstep);
+    cp_async_commit();
     const uint32_t as_addr = smem_u32(fsm + (buf ? L.a1 : L.a0));
 
     // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
@@ -374,7 +379,7 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int r = wm + mf * 16 + gq + 8 * hh;
-        const int4 rd = rows[r];
+        const int4 rd = rows[buf * kFastBM + r];
         const int rowc = need_x1 ? rd.x - 2 * x1s[r] : 0;
         const int m = m0 + r;
         const int* ct = colterm + rd.z * kFastBN + wn + 2 * tq;
@@ -433,7 +438,6 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
             static_cast<uint32_t*>(a.out)[(long long)m * ow + (n0 + wn) / 32] = bits;
         }
       }
-    __syncthreads();  // this buffer and rows[] / x1s[] are reused
   }
   cp_async_wait<0>();
 }

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -172,6 +174,88 @@ std::atomic<double> last_helper_us_[kMaxPhases];
 std::atomic<int64_t> last_phase_items_[kMaxPhases];
 std::atomic<int64_t> last_caller_items_[kMaxPhases];
 
+// Helper threads of our own, parked on a condition variable (a futex) and
+// woken by the call that needs them. XLA's FFI ThreadPool::Schedule queues a
+// task with Eigen's enqueueNoNotification: no parked pool thread is woken,
+// so a helper starts only when some pool thread happens to be awake. On the
+// 2-vCPU dev VM, interleaved with XLA convolutions, helpers scheduled there
+// joined in a small fraction of calls (the caller ran the layer alone); a
+// woken thread of our own starts in about 3 us. A helper runs helper tasks
+// (one executor's jobs, until it closes or idles) and between them spins
+// briefly for the next task (binary layers back to back) before sleeping.
+// The number of threads used still follows XLA's intra-op pool size (or
+// set_num_threads). Never destroyed: threads may still wait at process exit.
+// JAX_BINCONV_CPU_HELPERS=xla schedules helpers on XLA's pool instead.
+bool own_helpers() {
+  static const bool own = [] {
+    const char* env = std::getenv("JAX_BINCONV_CPU_HELPERS");
+    return !(env && std::string(env) == "xla");
+  }();
+  return own;
+}
+
+class HelperThreads {
+ public:
+  static HelperThreads& get() {
+    static HelperThreads* p = new HelperThreads;
+    return *p;
+  }
+  // Queues `count` copies of the task and wakes (or starts) threads for them.
+  void run(int count, const std::function<void()>& task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int i = 0; i < count; ++i) tasks_.push_back(task);
+      queued_.fetch_add(count, std::memory_order_release);
+      while (threads_ < kMaxThreads && threads_ - busy_ < static_cast<int>(tasks_.size())) {
+        ++threads_;
+        std::thread(&HelperThreads::loop, this).detach();
+      }
+    }
+    if (count == 1)
+      cv_.notify_one();
+    else
+      cv_.notify_all();
+  }
+
+ private:
+  static constexpr int kMaxThreads = 256;
+  static constexpr int kSpinUs = 50;
+
+  void loop() {
+    for (;;) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int spins = 0; queued_.load(std::memory_order_acquire) == 0; ++spins) {
+        if ((spins & 63) == 0 &&
+            std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kSpinUs))
+          break;
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ volatile("yield");
+#endif
+      }
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return !tasks_.empty(); });
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+        queued_.fetch_sub(1, std::memory_order_relaxed);
+        ++busy_;
+      }
+      task();
+      std::lock_guard<std::mutex> lock(mu_);
+      --busy_;
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  std::atomic<int> queued_{0};
+  int threads_ = 0, busy_ = 0;
+};
+
 // parallel_for on XLA's intra-op pool. The calling thread works too; helpers
 // take items from a shared counter. The caller waits for items, not for
 // helpers, so a helper the pool starts late (or never, when the other cores
@@ -310,7 +394,10 @@ class PoolExecutor final : public Executor {
     if (more > 0) {
       sh_->alive.fetch_add(static_cast<int>(more), std::memory_order_acq_rel);
       std::shared_ptr<Shared> sh = sh_;
-      for (int64_t h = 0; h < more; ++h) pool_->Schedule([sh] { helper_loop(sh); });
+      if (own_helpers())
+        HelperThreads::get().run(static_cast<int>(more), [sh] { helper_loop(sh); });
+      else
+        for (int64_t h = 0; h < more; ++h) pool_->Schedule([sh] { helper_loop(sh); });
     }
     last_sched_us_.store(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
                                                                     job->published).count(),

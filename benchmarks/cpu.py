@@ -213,6 +213,7 @@ def main():
             continue
         rows += [json.loads(line[7:]) for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     _print_table(rows, ceiling)
+    print(f"# load average at the end: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
 
 
 def _model_name():

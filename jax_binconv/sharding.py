@@ -20,8 +20,10 @@ that are whole 32-bit words.
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
+import jax.extend.core
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -117,6 +119,22 @@ def partitioned_kernel_call(call, frozen_params, x_ndim, w_packed, x_packed):
 
     def partition(mesh, arg_shapes, result_shape):
         arg_sh, out_sh = _decide(mesh, arg_shapes, params)
+        mode = os.environ.get("JAX_BINCONV_CP_TRACE", "")
+        if mode == "premesh":
+            # Trace the per-shard call here, with no mesh in context (an
+            # Explicit mesh of the caller would otherwise give its ops
+            # sharding annotations that nothing partitions any more).
+            local = [jax.ShapeDtypeStruct(sh.shard_shape(a.shape), a.dtype)
+                     for sh, a in zip(arg_sh, arg_shapes)]
+            with jax.set_mesh(None):
+                closed = jax.make_jaxpr(fn)(*local)
+            run = jax.extend.core.jaxpr_as_fun(closed)
+            return mesh, lambda *a: run(*a)[0], out_sh, arg_sh
+        if mode == "nomesh":
+            def unmeshed(*a):
+                with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+                    return fn(*a)
+            return mesh, unmeshed, out_sh, arg_sh
         return mesh, fn, out_sh, arg_sh
 
     rule, need = _sharding_rule(x_ndim, w_packed, x_packed, params["output"], params["groups"])

@@ -185,13 +185,17 @@ std::atomic<int64_t> last_caller_items_[kMaxPhases];
 // briefly for the next task (binary layers back to back) before sleeping.
 // The number of threads used still follows XLA's intra-op pool size (or
 // set_num_threads). Never destroyed: threads may still wait at process exit.
-// JAX_BINCONV_CPU_HELPERS=xla schedules helpers on XLA's pool instead.
-bool own_helpers() {
-  static const bool own = [] {
+// JAX_BINCONV_CPU_HELPERS=xla schedules helpers on XLA's pool instead;
+// =both requests each helper from both (the first to start works, at most
+// threads - 1 helpers work). On the dev VM neither beat our own threads alone.
+constexpr int kHelpersOwn = 0, kHelpersXla = 1, kHelpersBoth = 2;
+int helper_mode() {
+  static const int mode = [] {
     const char* env = std::getenv("JAX_BINCONV_CPU_HELPERS");
-    return !(env && std::string(env) == "xla");
+    const std::string v = env ? env : "";
+    return v == "xla" ? kHelpersXla : v == "both" ? kHelpersBoth : kHelpersOwn;
   }();
-  return own;
+  return mode;
 }
 
 class HelperThreads {
@@ -296,7 +300,9 @@ class PoolExecutor final : public Executor {
   struct Shared {
     std::shared_ptr<Job> job;  // accessed with std::atomic_load/atomic_store
     std::atomic<bool> closed{false};
-    std::atomic<int> alive{0};
+    std::atomic<int> alive{0};    // helper tasks queued or running
+    std::atomic<int> running{0};  // helper tasks past the slot check
+    int max_helpers = 0;          // threads - 1
     uint64_t last_id = 0;  // caller thread only
   };
 
@@ -322,6 +328,13 @@ class PoolExecutor final : public Executor {
     // inside Schedule until the phase was over (3x the one-thread time).
     // Giving the core back once first lets the caller take its share.
     std::this_thread::yield();
+    // Helpers may be requested twice over (XLA's pool and our threads, see
+    // helper_mode): at most max_helpers of them work, the others leave.
+    if (sh->running.fetch_add(1, std::memory_order_acq_rel) >= sh->max_helpers) {
+      sh->running.fetch_sub(1, std::memory_order_acq_rel);
+      sh->alive.fetch_sub(1, std::memory_order_acq_rel);
+      return;
+    }
     const bool dbg = debug_pool();
     uint64_t seen = 0;
     auto idle_since = std::chrono::steady_clock::now();
@@ -352,6 +365,7 @@ class PoolExecutor final : public Executor {
         break;
       pause();
     }
+    sh->running.fetch_sub(1, std::memory_order_acq_rel);
     sh->alive.fetch_sub(1, std::memory_order_acq_rel);
   }
 
@@ -365,7 +379,9 @@ class PoolExecutor final : public Executor {
     last_phase_us_[i].store(us, std::memory_order_relaxed);
   }
   PoolExecutor(ffi::ThreadPool* pool, int threads)
-      : pool_(pool), threads_(threads), sh_(std::make_shared<Shared>()) {}
+      : pool_(pool), threads_(threads), sh_(std::make_shared<Shared>()) {
+    sh_->max_helpers = threads - 1;
+  }
   ~PoolExecutor() override { sh_->closed.store(true, std::memory_order_release); }
   int num_threads() const override { return threads_; }
 
@@ -390,14 +406,16 @@ class PoolExecutor final : public Executor {
     job->fn = &fn;
     job->published = std::chrono::steady_clock::now();
     std::atomic_store(&sh_->job, job);
-    const int64_t more = want - sh_->alive.load(std::memory_order_acquire);
+    const int mode = helper_mode();
+    const int per_helper = mode == kHelpersBoth ? 2 : 1;
+    const int64_t more = want - sh_->alive.load(std::memory_order_acquire) / per_helper;
     if (more > 0) {
-      sh_->alive.fetch_add(static_cast<int>(more), std::memory_order_acq_rel);
+      sh_->alive.fetch_add(static_cast<int>(more * per_helper), std::memory_order_acq_rel);
       std::shared_ptr<Shared> sh = sh_;
-      if (own_helpers())
-        HelperThreads::get().run(static_cast<int>(more), [sh] { helper_loop(sh); });
-      else
+      if (mode != kHelpersOwn)
         for (int64_t h = 0; h < more; ++h) pool_->Schedule([sh] { helper_loop(sh); });
+      if (mode != kHelpersXla)
+        HelperThreads::get().run(static_cast<int>(more), [sh] { helper_loop(sh); });
     }
     last_sched_us_.store(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
                                                                     job->published).count(),

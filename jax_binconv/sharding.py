@@ -20,10 +20,8 @@ that are whole 32-bit words.
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
-import jax.extend.core
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -107,6 +105,24 @@ def _sharding_rule(x_ndim, w_packed, x_packed, output, groups):
     return rule, tuple(sorted(set(need), key=order.index))
 
 
+def _without_mesh(fn):
+    """``fn`` traced with no mesh in context.
+
+    JAX traces the per-shard function while compiling the caller, so a
+    caller's ``jax.set_mesh`` with Explicit axes is still in effect: on JAX
+    0.11 that gave the per-shard ops sharding annotations (``Sharding``
+    custom calls) inside code the partitioner has already processed, and the
+    program failed at run time ("No registered implementation for custom
+    call to Sharding", seen on two H100s). The shard's operands are local
+    arrays: no mesh applies to them."""
+
+    def local(*args):
+        with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+            return fn(*args)
+
+    return local
+
+
 @functools.lru_cache(maxsize=512)
 def partitioned_kernel_call(call, frozen_params, x_ndim, w_packed, x_packed):
     """A ``custom_partitioning`` function for the kernel call ``call(*operands, **params)``."""
@@ -119,23 +135,7 @@ def partitioned_kernel_call(call, frozen_params, x_ndim, w_packed, x_packed):
 
     def partition(mesh, arg_shapes, result_shape):
         arg_sh, out_sh = _decide(mesh, arg_shapes, params)
-        mode = os.environ.get("JAX_BINCONV_CP_TRACE", "")
-        if mode == "premesh":
-            # Trace the per-shard call here, with no mesh in context (an
-            # Explicit mesh of the caller would otherwise give its ops
-            # sharding annotations that nothing partitions any more).
-            local = [jax.ShapeDtypeStruct(sh.shard_shape(a.shape), a.dtype)
-                     for sh, a in zip(arg_sh, arg_shapes)]
-            with jax.set_mesh(None):
-                closed = jax.make_jaxpr(fn)(*local)
-            run = jax.extend.core.jaxpr_as_fun(closed)
-            return mesh, lambda *a: run(*a)[0], out_sh, arg_sh
-        if mode == "nomesh":
-            def unmeshed(*a):
-                with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
-                    return fn(*a)
-            return mesh, unmeshed, out_sh, arg_sh
-        return mesh, fn, out_sh, arg_sh
+        return mesh, _without_mesh(fn), out_sh, arg_sh
 
     rule, need = _sharding_rule(x_ndim, w_packed, x_packed, params["output"], params["groups"])
     cp.def_partition(partition=partition, sharding_rule=rule,

@@ -105,16 +105,27 @@ struct Avx512Traits {
 // The register-tiled accumulation shared by bin_tile and bin_tile_fused:
 // leaves 24 accumulators a<pixel><vector> of 8 x 64-bit popcount sums.
 #define BINCONV_ACCUMULATE                                                                  \
-  __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;                   \
-  __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;                                      \
-  __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;                                      \
-  __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;                                      \
-  __m512i a40 = a00, a41 = a00, a42 = a00, a43 = a00;                                      \
-  __m512i a50 = a00, a51 = a00, a52 = a00, a53 = a00;                                      \
+  __m512i a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23;                      \
+  __m512i a30, a31, a32, a33, a40, a41, a42, a43, a50, a51, a52, a53;                      \
   {                                                                                         \
     const uint64_t *x0 = xp[0], *x1 = xp[1], *x2 = xp[2], *x3 = xp[3], *x4 = xp[4],       \
                    *x5 = xp[5];                                                            \
-    for (int64_t i = 0; i < KT; ++i) {                                                      \
+    /* Step 0 initializes the accumulators (no zeroing, no first add; KT >= 1). */          \
+    {                                                                                       \
+      const int64_t k = koff[0];                                                            \
+      const __m512i w0 = _mm512_load_si512(w);                                              \
+      const __m512i w1 = _mm512_load_si512(w + 8);                                          \
+      const __m512i w2 = _mm512_load_si512(w + 16);                                         \
+      const __m512i w3 = _mm512_load_si512(w + 24);                                         \
+      w += 32;                                                                              \
+      BINCONV_ROW0(0, x0)                                                                   \
+      BINCONV_ROW0(1, x1)                                                                   \
+      BINCONV_ROW0(2, x2)                                                                   \
+      BINCONV_ROW0(3, x3)                                                                   \
+      BINCONV_ROW0(4, x4)                                                                   \
+      BINCONV_ROW0(5, x5)                                                                   \
+    }                                                                                       \
+    for (int64_t i = 1; i < KT; ++i) {                                                      \
       const int64_t k = koff[i];                                                            \
       const __m512i w0 = _mm512_load_si512(w);                                              \
       const __m512i w1 = _mm512_load_si512(w + 8);                                          \
@@ -128,6 +139,14 @@ struct Avx512Traits {
       BINCONV_ROW(4, x4)                                                                    \
       BINCONV_ROW(5, x5)                                                                    \
     }                                                                                       \
+  }
+#define BINCONV_ROW0(P, Y)                                                          \
+  {                                                                                 \
+    const __m512i xb = _mm512_set1_epi64(static_cast<long long>(Y[k]));           \
+    a##P##0 = _mm512_popcnt_epi64(op<AND>(xb, w0));                                 \
+    a##P##1 = _mm512_popcnt_epi64(op<AND>(xb, w1));                                 \
+    a##P##2 = _mm512_popcnt_epi64(op<AND>(xb, w2));                                 \
+    a##P##3 = _mm512_popcnt_epi64(op<AND>(xb, w3));                                 \
   }
 #define BINCONV_ROW(P, Y)                                                           \
   {                                                                                 \
@@ -231,6 +250,7 @@ struct Avx512Traits {
 #undef BINCONV_FINISH
   }
 #undef BINCONV_ROW
+#undef BINCONV_ROW0
 #undef BINCONV_ACCUMULATE
 
   // BINARY_WEIGHTS: x * (+-1) is exact, so mul+add here rounds exactly like the

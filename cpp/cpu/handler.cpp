@@ -1,6 +1,7 @@
 // The XLA FFI handler jax_binconv_conv2d_cpu_v1 (contract: docs/ffi.md):
 // checks every operand against the attributes, then runs the kernel of the
-// currently selected ISA on XLA's intra-op thread pool.
+// currently selected ISA on the calling thread plus as many helper threads
+// as XLA's intra-op pool has (minus one; see HelperThreads).
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -148,10 +149,6 @@ void set_max_threads(int n) { threads_state().store(n > 0 ? n : 0, std::memory_o
 
 namespace {
 
-// parallel_for on XLA's intra-op pool. The calling thread works too; helpers
-// take items from a shared counter. The caller waits for items, not for
-// helpers, so a helper the pool starts late (or never) cannot block it: the
-// shared state outlives the call and a late helper finds no work left.
 // JAX_BINCONV_DEBUG_POOL=1 prints, per call, when helpers start, how the
 // items split and how long each phase takes (stderr).
 bool debug_pool() {
@@ -260,12 +257,13 @@ class HelperThreads {
   int threads_ = 0, busy_ = 0;
 };
 
-// parallel_for on XLA's intra-op pool. The calling thread works too; helpers
-// take items from a shared counter. The caller waits for items, not for
-// helpers, so a helper the pool starts late (or never, when the other cores
-// are busy) cannot block it: every job outlives the call, and a late helper
-// finds no work left. Helpers stay alive across the phases of one handler
-// call (packing, then convolution), spinning briefly between them, so each
+// parallel_for with helper threads (HelperThreads, or tasks on XLA's intra-op
+// pool). The calling thread works too; helpers take items from a shared
+// counter. The caller waits for items, not for helpers, so a helper that
+// starts late (or never, when the other cores are busy) cannot block it:
+// every job outlives the call, and a late helper finds no work left. Helpers
+// stay alive across the phases of one handler call (packing, then
+// convolution, when there are two), spinning briefly between them, so each
 // call pays for one thread wake-up, not one per phase.
 class PoolExecutor final : public Executor {
   struct Job {

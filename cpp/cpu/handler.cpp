@@ -12,6 +12,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <pthread.h>
 #include <string>
 #include <thread>
 
@@ -198,7 +199,23 @@ int helper_mode() {
 class HelperThreads {
  public:
   static HelperThreads& get() {
-    static HelperThreads* p = new HelperThreads;
+    static const bool registered = [] {
+      // A forked child has none of the parent's threads (and maybe a locked
+      // mutex): it starts over with a fresh instance (the old one is leaked).
+      pthread_atfork(nullptr, nullptr, [] {
+        instance().store(new HelperThreads, std::memory_order_release);
+      });
+      return true;
+    }();
+    (void)registered;
+    HelperThreads* p = instance().load(std::memory_order_acquire);
+    if (!p) {
+      HelperThreads* fresh = new HelperThreads;
+      if (instance().compare_exchange_strong(p, fresh, std::memory_order_acq_rel))
+        p = fresh;
+      else
+        delete fresh;
+    }
     return *p;
   }
   // Queues `count` copies of the task and wakes (or starts) threads for them.
@@ -248,6 +265,11 @@ class HelperThreads {
       std::lock_guard<std::mutex> lock(mu_);
       --busy_;
     }
+  }
+
+  static std::atomic<HelperThreads*>& instance() {
+    static std::atomic<HelperThreads*> p{nullptr};
+    return p;
   }
 
   std::mutex mu_;

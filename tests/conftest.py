@@ -33,6 +33,18 @@ def rand_vec(seed, n, lo=0.5, hi=1.5, signed=False):
     return jnp.asarray(v)
 
 
+def pad_values(t):
+    """The pad values each type allows (SPEC section 4), for the test grids."""
+    return {"binary_weights": [0.0, 0.75, -2.0], "xnor": [0.0, 1.0, -1.0], "and": [0.0, 1.0]}[t]
+
+
+# Grid axes shared by the kernel test files (CPU kernel, CUDA kernel): channel
+# counts that straddle word boundaries, kernel shapes, paddings.
+GRID_CHANNELS = [1, 3, 31, 33, 65, 130]
+GRID_KERNELS = [(1, 1), (3, 3), (5, 5), (1, 3)]
+GRID_PADDINGS = ["SAME", "VALID", ((1, 0), (2, 1)), ((0, 2), (0, 0))]
+
+
 INTEGER_KEYS = ("input_bias", "input_scale", "type", "strides", "padding", "dilation",
                 "groups", "pad_value", "dimension_numbers")
 

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_conv_matches, rand_vec, rand_x
+from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, assert_conv_matches,
+                      pad_values, rand_vec, rand_x)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,13 +42,7 @@ def test_reference_override_lowers_without_custom_call():
 # One axis varied at a time around a base case, for each type, plus channel
 # counts that straddle word boundaries.
 
-CHANNELS = [1, 3, 31, 33, 65, 130]
-KERNELS = [(1, 1), (3, 3), (5, 5), (1, 3)]
-PADDINGS = ["SAME", "VALID", ((1, 0), (2, 1)), ((0, 2), (0, 0))]
-
-
-def _pad_values(t):
-    return {"binary_weights": [0.0, 0.75, -2.0], "xnor": [0.0, 1.0, -1.0], "and": [0.0, 1.0]}[t]
+CHANNELS, KERNELS, PADDINGS = GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS
 
 
 def _case(t, c=33, o=20, k=(3, 3), hw=(9, 8), n=2, seed=0, groups=1, **kw):
@@ -78,7 +73,7 @@ def test_strides_dilation(t, strides, dilation, padding):
     _case(t, strides=strides, dilation=dilation, padding=padding, hw=(11, 10))
 
 
-@pytest.mark.parametrize("t,pad_value", [(t, v) for t in TYPES for v in _pad_values(t)])
+@pytest.mark.parametrize("t,pad_value", [(t, v) for t in TYPES for v in pad_values(t)])
 @pytest.mark.parametrize("padding", ["SAME", ((2, 1), (0, 3))])
 def test_pad_values(t, pad_value, padding):
     _case(t, pad_value=pad_value, padding=padding)
@@ -303,7 +298,7 @@ def test_hypothesis_random_configurations(t, n, h, w, c, o, kh, kw, sh, sw, dh, 
         return
     if isinstance(pad, tuple) and (h + sum(pad[0]) < eff[0] or w + sum(pad[1]) < eff[1]):
         return
-    pv = _pad_values(t)[pv_index % len(_pad_values(t))]
+    pv = pad_values(t)[pv_index % len(pad_values(t))]
     x = rand_x(seed, (n, h, w, c))
     wt = rand_x(seed + 1, (kh, kw, c // groups, o))
     assert_conv_matches(x, wt, type=t, strides=(sh, sw), dilation=(dh, dw), padding=pad,

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import INTEGER_KEYS, rand_vec, rand_x
+from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, INTEGER_KEYS, pad_values,
+                      rand_vec, rand_x)
 
 import jax_binconv as jb
 
@@ -89,10 +90,6 @@ def _case(t, c=33, o=20, k=(3, 3), hw=(9, 8), n=2, seed=0, groups=1, **kw):
     return check(x, w, type=t, groups=groups, **kw)
 
 
-def _pad_values(t):
-    return {"binary_weights": [0.0, 0.75, -2.0], "xnor": [0.0, 1.0, -1.0], "and": [0.0, 1.0]}[t]
-
-
 # ------------------------------------------------------------ lowering
 
 
@@ -107,9 +104,8 @@ def test_cuda_lowering_contains_our_custom_call():
 
 # ------------------------------------------------------------ the grid
 
-CHANNELS = [1, 3, 31, 33, 65, 130]
-KERNELS = [(1, 1), (3, 3), (5, 5), (1, 3)]
-PADDINGS = ["SAME", "VALID", ((1, 0), (2, 1)), ((0, 2), (0, 0)), ((3, 3), (4, 0))]
+CHANNELS, KERNELS = GRID_CHANNELS, GRID_KERNELS
+PADDINGS = GRID_PADDINGS + [((3, 3), (4, 0))]
 
 
 @pytest.mark.parametrize("t", TYPES)
@@ -138,7 +134,7 @@ def test_strides_dilation(t, strides, dilation, padding):
 @pytest.mark.parametrize("padding", ["SAME", ((2, 1), (0, 3)), ((4, 4), (4, 4))])
 @pytest.mark.parametrize("c", [33, 256])
 def test_pad_values(t, pv_index, padding, c):
-    values = _pad_values(t)
+    values = pad_values(t)
     if pv_index >= len(values):
         pytest.skip(f"type {t} allows only pad values {values}")
     _case(t, c=c, o=40, pad_value=values[pv_index], padding=padding, seed=pv_index + c)
@@ -202,7 +198,7 @@ def test_nchw_oihw(t):
                                         (256, 100, 1), (64, 40, 4)])
 @pytest.mark.parametrize("pv_index", [0, 1])
 def test_packed_in_and_out(t, c, o, groups, pv_index):
-    pv = _pad_values(t)[pv_index]
+    pv = pad_values(t)[pv_index]
     x = np.asarray(rand_x(16 + c, (2, 7, 7, c)))
     w = np.asarray(rand_x(17 + o, (3, 3, c // groups, o)))
     scale = rand_vec(18, o, 0.5, 1.0, signed=True)
@@ -478,7 +474,7 @@ def _expect_path(policy):
 @pytest.mark.parametrize("case", range(len(FAST_CASES)))
 def test_fast_kernel_float_io(kernel_policy, t, case):
     c, o, hw, n, k, s, d, pad = FAST_CASES[case]
-    pv = _pad_values(t)[case % len(_pad_values(t))]
+    pv = pad_values(t)[case % len(pad_values(t))]
     x = np.asarray(rand_x(500 + case, (n,) + hw + (c,)))
     w = np.asarray(rand_x(600 + case, k + (c, o)))
     check(x, w, type=t, strides=s, dilation=d, padding=pad, pad_value=pv,
@@ -493,7 +489,7 @@ def test_fast_kernel_float_io(kernel_policy, t, case):
 @pytest.mark.parametrize("case", range(len(FAST_CASES)))
 def test_fast_kernel_packed_io(kernel_policy, t, case):
     c, o, hw, n, k, s, d, pad = FAST_CASES[case]
-    pv = _pad_values(t)[(case + 1) % len(_pad_values(t))]
+    pv = pad_values(t)[(case + 1) % len(pad_values(t))]
     x = np.asarray(rand_x(510 + case, (n,) + hw + (c,)))
     xp = _np(jb.pack_activations(jnp.asarray(x)))
     w = np.asarray(rand_x(610 + case, k + (c, o)))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import rand_vec, rand_x
+from conftest import pad_values, rand_vec, rand_x
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -91,10 +91,6 @@ def case(t, c=33, o=20, k=(3, 3), hw=(6, 5), n=2, seed=0, groups=1, **kw):
     x = rand_x(seed, (n,) + hw + (c,))
     w = rand_x(seed + 1, k + (c // groups, o))
     return check(x, w, type=t, groups=groups, **kw)
-
-
-def pad_values(t):
-    return {"binary_weights": [0.0, 0.75, -2.0], "xnor": [0.0, 1.0, -1.0], "and": [0.0, 1.0]}[t]
 
 
 # ------------------------------------------------------------------ the grid

@@ -33,7 +33,7 @@ from jax_binconv._bench_layers import LAYERS  # id: (H, W, C, O, k, stride)
 
 
 def _timed_loop(apply, inner, loop):
-    """jit of `inner` applications of `apply(x)`.
+    """jit of `inner` applications of `apply(x, *rest)`.
 
     loop="unrolled" (default): the applications are written out one after the
     other in one XLA computation, so nothing but the kernels runs between
@@ -46,15 +46,14 @@ def _timed_loop(apply, inner, loop):
     """
 
     def body(_, carry):
-        xx, wt, acc = carry
+        xx, rest, acc = carry
         xx, acc = lax.optimization_barrier((xx, acc))
-        y = apply(xx, wt)
-        y = y.words if isinstance(y, jb.PackedActivations) else y
-        return xx, wt, acc + y.reshape(-1)[0].astype(jnp.float32)
+        y = jax.tree.leaves(apply(xx, *rest))[0]  # PackedActivations: its words
+        return xx, rest, acc + y.reshape(-1)[0].astype(jnp.float32)
 
     @jax.jit
-    def run(xx, wt):
-        carry = (xx, wt, jnp.float32(0))
+    def run(xx, *rest):
+        carry = (xx, rest, jnp.float32(0))
         if loop == "fori":
             return lax.fori_loop(0, inner, body, carry)[2]
         for i in range(inner):
@@ -64,24 +63,25 @@ def _timed_loop(apply, inner, loop):
     return run
 
 
-def bench(apply, x, wt, reps, loop="unrolled", target_ms=4.0):
-    """(min, median) ms per application of apply(x, wt)."""
+def bench(apply, args, reps, loop="unrolled", target_ms=4.0):
+    """(min, median) ms per application of apply(*args); args[0] is tied to
+    the loop carry (see _timed_loop)."""
     inner = 8
     run = _timed_loop(apply, inner, loop)
-    run(x, wt).block_until_ready()
+    run(*args).block_until_ready()
     t0 = time.perf_counter()
-    run(x, wt).block_until_ready()
+    run(*args).block_until_ready()
     per = (time.perf_counter() - t0) * 1e3 / inner
     # One re-calibration so that each repetition lasts about target_ms (at
     # most 128 unrolled copies: compile time grows with them).
     cap = 128 if loop == "unrolled" else 5000
     inner = int(max(4, min(cap, target_ms / max(per, 1e-4))))
     run = _timed_loop(apply, inner, loop)
-    run(x, wt).block_until_ready()
+    run(*args).block_until_ready()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        run(x, wt).block_until_ready()
+        run(*args).block_until_ready()
         times.append((time.perf_counter() - t0) * 1e3 / inner)
     return min(times), statistics.median(times)
 
@@ -138,10 +138,10 @@ def main(argv=None):
             w16 = jax.device_put(jnp.asarray(wf, jnp.bfloat16), gpu)
             w32 = jax.device_put(jnp.asarray(wf), gpu)
             x16 = x.astype(jnp.bfloat16)
-            t_of = bench(ours_f, x, wpk, args.reps, args.loop)
-            t_op = bench(ours_p, xp.words, wpk, args.reps, args.loop)
-            t_16 = bench(cudnn, x16, w16, args.reps, args.loop)
-            t_32 = bench(cudnn, x, w32, args.reps, args.loop)
+            t_of = bench(ours_f, (x, wpk), args.reps, args.loop)
+            t_op = bench(ours_p, (xp.words, wpk), args.reps, args.loop)
+            t_16 = bench(cudnn, (x16, w16), args.reps, args.loop)
+            t_32 = bench(cudnn, (x, w32), args.reps, args.loop)
             bytes_f = 4 * (n * h * w * c + n * ho * wo * o)
             bytes_p = 4 * (n * h * w * -(-c // 32) + n * ho * wo * -(-o // 32))
             for io, t, nbytes in (("float", t_of, bytes_f), ("packed", t_op, bytes_p)):

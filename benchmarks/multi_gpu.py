@@ -12,25 +12,23 @@ Checks, on a 1-D mesh over the GPUs (Auto and Explicit axes):
 Then times a data-parallel step of four BENCH.md L3 layers (14x14, 256->256)
 at batch N on one GPU and on all of them: the forward chain with packed links
 and a training step (gradients of a loss with respect to the four latent
-weights, float links). Each timed call runs `inner` steps written out inside
-one jit; min and median ms per step over the repetitions.
+weights, float links). Timed with benchmarks/gpu.py's loop (steps written out
+inside one jit); min and median ms per step over the repetitions.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jax_binconv as jb
+from gpu import bench  # benchmarks/gpu.py: the timed loop of every GPU benchmark
 
 TARGET = jb.TARGETS["cuda"]  # --platform cpu (a dry run on forced host devices) swaps it
 OPTS = dict(type="xnor", beta_scaling=True, activation="hard_tanh")
@@ -108,30 +106,7 @@ def check(ndev):
     print(f"  packed chain: batch-sharded result {y.sharding.spec}, equal, no all-gather")
 
 
-def timed(fn, args, reps, inner):
-    def body(carry):
-        xx, acc = lax.optimization_barrier(carry)
-        out = fn(xx, *args[1:])
-        leaf = jax.tree.leaves(out)[0]
-        return xx, acc + leaf.reshape(-1)[0].astype(jnp.float32)
-
-    @jax.jit
-    def run(*a):
-        carry = (a[0], jnp.float32(0))
-        for _ in range(inner):
-            carry = body(carry)
-        return carry[1]
-
-    run(*args).block_until_ready()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run(*args).block_until_ready()
-        times.append((time.perf_counter() - t0) * 1e3 / inner)
-    return min(times), statistics.median(times)
-
-
-def bench(ndev, n, reps, inner):
+def bench_steps(ndev, n, reps):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n, 14, 14, 256), np.float32)
     ws = [rng.standard_normal((3, 3, 256, 256), np.float32) / 48 for _ in range(4)]
@@ -158,8 +133,8 @@ def bench(ndev, n, reps, inner):
         xs = jax.device_put(x, NamedSharding(mesh, P("d")))
         wr = [jax.device_put(w, NamedSharding(mesh, P())) for w in ws]
         with jax.set_mesh(mesh):
-            t_f = timed(fwd, [xs] + wr, reps, inner)
-            t_s = timed(step, [xs] + wr, reps, inner)
+            t_f = bench(fwd, [xs] + wr, reps)
+            t_s = bench(step, [xs] + wr, reps)
         rows.append((k, t_f, t_s))
         print(f"  {k} GPU(s): forward {t_f[0]:.4f} ms (median {t_f[1]:.4f}), "
               f"training step {t_s[0]:.4f} ms (median {t_s[1]:.4f})", flush=True)
@@ -172,7 +147,6 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--inner", type=int, default=10)
     ap.add_argument("--checks-only", action="store_true")
     ap.add_argument("--platform", default="gpu", choices=["gpu", "cpu"],
                     help="cpu: a dry run of the script on forced host devices")
@@ -190,7 +164,7 @@ def main():
     if args.checks_only:
         return
     print(f"timing: four L3 layers, N={args.n}, data parallel")
-    bench(len(gpus), args.n, args.reps, args.inner)
+    bench_steps(len(gpus), args.n, args.reps)
 
 
 if __name__ == "__main__":

@@ -498,6 +498,22 @@ inline void store_outputs(const ConvParams& p, const float* res, int64_t q, int6
   if (hi) __atomic_fetch_or(dst + 1, hi, __ATOMIC_RELAXED);
 }
 
+// Output scale and bias by (weight block of OBW outputs, lane), zero past
+// each group's Og: the layout the epilogue reads. Blocks are group-major.
+template <int OBW>
+inline void block_scales(const ConvCall& call, const Geometry& g, float* osp, float* obp) {
+  const int64_t nbg = (g.Og + OBW - 1) / OBW;
+  for (int64_t blk = 0; blk < g.G * nbg; ++blk) {
+    const int64_t gi = blk / nbg, b = blk % nbg;
+    for (int lane = 0; lane < OBW; ++lane) {
+      const int64_t oi = b * OBW + lane;
+      const bool valid = oi < g.Og;
+      osp[blk * OBW + lane] = valid ? call.output_scale[gi * g.Og + oi] : 0.0f;
+      obp[blk * OBW + lane] = valid ? call.output_bias[gi * g.Og + oi] : 0.0f;
+    }
+  }
+}
+
 template <class K>
 std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& ex) {
   const ConvParams& p = call.p;
@@ -532,15 +548,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   float* const beta = p.beta_scaling ? arena.take<float>(beta_n) : nullptr;
 
   const size_t w_words32 = static_cast<size_t>(g.O * g.T * ((g.Cg + 31) / 32));
-  for (int64_t blk = 0; blk < NB; ++blk) {
-    const int64_t gi = blk / nbg, b = blk % nbg;
-    for (int lane = 0; lane < OBW; ++lane) {
-      const int64_t oi = b * OBW + lane;
-      const bool valid = oi < g.Og;
-      osp[blk * OBW + lane] = valid ? call.output_scale[gi * g.Og + oi] : 0.0f;
-      obp[blk * OBW + lane] = valid ? call.output_bias[gi * g.Og + oi] : 0.0f;
-    }
-  }
+  block_scales<OBW>(call, g, osp, obp);
   const int64_t W32 = (g.Cg + 31) / 32;
   const uint64_t last_mask = low_mask(g.Cg - 64 * (KW64 - 1));
   // Word k of tap t of output o, as the kernel reads it (bits past Cg cleared).
@@ -993,15 +1001,7 @@ std::string run_float(const ConvCall& call, const Geometry& g, const Executor& e
       }
     }
   }
-  for (int64_t blk = 0; blk < NB; ++blk) {
-    const int64_t gi = blk / nbg, b = blk % nbg;
-    for (int j = 0; j < OBW; ++j) {
-      const int64_t oi = b * OBW + j;
-      const bool ok = oi < g.Og;
-      osp[blk * OBW + j] = ok ? call.output_scale[gi * g.Og + oi] : 0.0f;
-      obp[blk * OBW + j] = ok ? call.output_bias[gi * g.Og + oi] : 0.0f;
-    }
-  }
+  block_scales<OBW>(call, g, osp.get(), obp.get());
 
   // Padded positions hold pad_value itself, so the sum needs no correction.
   const int64_t rows = g.N * g.Hp;

@@ -33,6 +33,23 @@ fi
 grep -iE "warning|spill" "$OUT/build.log" | grep -i cuda | head -20
 python3 -c "import jax_binconv as jb; print('available:', sorted(jb.lowering.available), jb.lowering.load_errors)"
 
+# compute-sanitizer, one process per "tool:pytest -k selection" line on stdin
+# (long runs of a whole selection crashed inside the sanitizer at random
+# points; short ones are reliable). $1: kernel-name substring, $2: timeout
+# per selection (s), $3: name of the combined log in $OUT.
+san_list() {
+  export XLA_PYTHON_CLIENT_ALLOCATOR=platform
+  local i=0 line tool k
+  while IFS= read -r line; do
+    tool=${line%%:*}; k=${line#*:}; i=$((i + 1))
+    timeout "$2" compute-sanitizer --tool "$tool" --kernel-name "kns=$1" --print-limit 20 \
+      python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$k" >"$OUT/san_$i.log" 2>&1
+    echo "[$tool] $k: rc=$? $(grep -E 'passed|failed' "$OUT/san_$i.log" | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san_$i.log" | tail -1)"
+  done
+  cat "$OUT"/san_*.log > "$OUT/$3.log"; rm -f "$OUT"/san_*.log
+  unset XLA_PYTHON_CLIENT_ALLOCATOR
+}
+
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 for stage in "$@"; do
   case "$stage" in
@@ -71,17 +88,8 @@ for stage in "$@"; do
       unset XLA_PYTHON_CLIENT_ALLOCATOR
       ;;
     sanitize1)
-      # One sanitizer process per selection: long sanitizer runs of the whole
-      # selection crashed (segfault in the sanitizer/python process) at random
-      # points; short ones are reliable.
-      export XLA_PYTHON_CLIENT_ALLOCATOR=platform
-      i=0
-      while IFS= read -r line; do
-        tool=${line%%:*}; k=${line#*:}; i=$((i + 1))
-        timeout 90 compute-sanitizer --tool $tool --kernel-name kns=binconv --print-limit 20 \
-          python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$k" >"$OUT/san_$i.log" 2>&1
-        echo "[$tool] $k: rc=$? $(grep -E 'passed|failed' "$OUT/san_$i.log" | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san_$i.log" | tail -1)"
-      done <<'LIST'
+      # The general kernels (see san_list).
+      san_list binconv 90 sanitize_all <<'LIST'
 memcheck:big_layer
 memcheck:packed_in_and_out and 64-128-2
 memcheck:test_groups and 2-66
@@ -95,27 +103,16 @@ racecheck:tiny or test_groups and 2-66 and xnor
 racecheck:packed_output_edges and sign
 racecheck:test_epilogue and tanh and binary
 LIST
-      cat "$OUT"/san_*.log > "$OUT/sanitize_all.log"; rm -f "$OUT"/san_*.log
-      unset XLA_PYTHON_CLIENT_ALLOCATOR
       ;;
     sanfast)
       # compute-sanitizer on the fast kernel's tests (one process per selection).
-      export XLA_PYTHON_CLIENT_ALLOCATOR=platform
-      i=0
-      while IFS= read -r line; do
-        tool=${line%%:*}; k=${line#*:}; i=$((i + 1))
-        timeout 120 compute-sanitizer --tool $tool --kernel-name kns=fast_conv --print-limit 20 \
-          python3 -m pytest tests/test_gpu.py -q -p no:xdist -k "$k" >"$OUT/sf_$i.log" 2>&1
-        echo "[$tool] $k: rc=$? $(grep -E 'passed|failed' "$OUT/sf_$i.log" | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sf_$i.log" | tail -1)"
-      done <<'LIST'
+      san_list fast_conv 120 sanitize_fast <<'LIST'
 memcheck:fast_kernel_packed_io and auto and (0-xnor or 2-and or 4-xnor or 7-and)
 memcheck:fast_kernel_float_io and auto and (1-xnor or 3-and or 5-xnor or 8-and)
 memcheck:fast_kernel_persistent
 racecheck:fast_kernel_packed_io and auto and (1-xnor or 6-and)
 racecheck:fast_kernel_float_io and auto and (2-xnor or 8-and)
 LIST
-      cat "$OUT"/sf_*.log > "$OUT/sanitize_fast.log"; rm -f "$OUT"/sf_*.log
-      unset XLA_PYTHON_CLIENT_ALLOCATOR
       ;;
     bench)
       stamp bench

@@ -202,27 +202,21 @@ def _resolve_padding(padding, in_hw, eff_k, strides):
 
 
 def _vector(value, length, name, default):
-    # Defaults and concrete host values become numpy constants: XLA embeds
-    # them as literals, where a traced broadcast would be one more tiny kernel
-    # per call on a GPU.
+    # Defaults and concrete host values stay numpy: XLA embeds them as
+    # literals, where a traced broadcast would be one more tiny kernel per
+    # call on a GPU. Traced and device values go through jnp.
     if value is None:
         return np.full((length,), default, np.float32)
-    if isinstance(value, (numbers.Real, np.ndarray, np.generic)) and not isinstance(value, bool):
-        host = np.asarray(value)
-        if host.dtype.kind in "fiub":
-            if host.ndim == 0 or host.shape == (1,):
-                return np.full((length,), host.reshape(()), np.float32)
-            if host.shape == (length,):
-                return host.astype(np.float32)
-    v = jnp.asarray(value)
-    if not (jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)
-            or v.dtype == jnp.bool_):
+    xp = np if isinstance(value, (numbers.Real, np.ndarray, np.generic)) else jnp
+    v = xp.asarray(value)
+    if not (xp.issubdtype(v.dtype, xp.floating) or xp.issubdtype(v.dtype, xp.integer)
+            or v.dtype == xp.bool_):
         raise TypeError(f"{name} must be a real number or array; got dtype {v.dtype}")
     if v.ndim == 0 or v.shape == (1,):
-        return jnp.broadcast_to(v.reshape(()).astype(jnp.float32), (length,))
+        return xp.broadcast_to(v.reshape(()).astype(np.float32), (length,))
     if v.shape != (length,):
         raise ValueError(f"{name} must be a scalar or have shape ({length},); got shape {v.shape}")
-    return v.astype(jnp.float32)
+    return v.astype(np.float32)
 
 
 def _dimension_specs(dimension_numbers, x_ndim, w_ndim):

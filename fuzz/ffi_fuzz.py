@@ -476,15 +476,20 @@ def _act(z, act, slope):
     return z
 
 
-def oracle(operands, a):
-    """docs/ffi.md's computation in numpy: (z before activation, output, tolerance of z)."""
-    x, w, ib, isc, osc, ob = operands
+def _oracle_dims(x, w, a):
+    """The sizes both oracles start from, and x with its batch dims flattened."""
     ct, c, g = a["conv_type"], a["in_channels"], a["groups"]
     cg, o, kh, kw = c // g, w.shape[0], w.shape[1], w.shape[2]
-    og = o // g
     lead = x.shape[:-3]
     xn = x.reshape((_prod(lead),) + x.shape[-3:])
     n, h, wd = xn.shape[:3]
+    return ct, c, g, cg, o, o // g, kh, kw, lead, xn, n, h, wd
+
+
+def oracle(operands, a):
+    """docs/ffi.md's computation in numpy: (z before activation, output, tolerance of z)."""
+    x, w, ib, isc, osc, ob = operands
+    ct, c, g, cg, o, og, kh, kw, lead, xn, n, h, wd = _oracle_dims(x, w, a)
     with np.errstate(all="ignore"):
         if x.dtype == np.uint32:
             b = _unpack(xn, c)
@@ -538,12 +543,7 @@ def oracle_direct(operands, a, out_shape):
     """The same as :func:`oracle`, tap by tap with Python integers, for
     attributes too large to pad arrays with (tiny outputs only)."""
     x, w, ib, isc, osc, ob = operands
-    ct, c, g = a["conv_type"], a["in_channels"], a["groups"]
-    cg, o, kh, kw = c // g, w.shape[0], w.shape[1], w.shape[2]
-    og = o // g
-    lead = x.shape[:-3]
-    xn = x.reshape((_prod(lead),) + x.shape[-3:])
-    n, h, wd = xn.shape[:3]
+    ct, c, g, cg, o, og, kh, kw, lead, xn, n, h, wd = _oracle_dims(x, w, a)
     ho, wo = out_shape[-3], out_shape[-2]
     with np.errstate(all="ignore"):
         if x.dtype == np.uint32:

@@ -1,7 +1,7 @@
 // The XLA FFI handler jax_binconv_conv2d_cpu_v1 (contract: docs/ffi.md):
 // checks every operand against the attributes, then runs the kernel of the
 // currently selected ISA on the calling thread plus as many helper threads
-// as XLA's intra-op pool has (minus one; see HelperThreads).
+// as XLA's intra-op pool has (minus one; see HelperPool).
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -9,12 +9,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <pthread.h>
 #include <string>
 #include <thread>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "cpu_runtime.h"
 #include "kernel_api.h"
@@ -172,45 +176,82 @@ std::atomic<double> last_helper_us_[kMaxPhases];
 std::atomic<int64_t> last_phase_items_[kMaxPhases];
 std::atomic<int64_t> last_caller_items_[kMaxPhases];
 
-// Helper threads of our own, parked on a condition variable (a futex) and
-// woken by the call that needs them. XLA's FFI ThreadPool::Schedule queues a
-// task with Eigen's enqueueNoNotification: no parked pool thread is woken,
-// so a helper starts only when some pool thread happens to be awake. On the
-// 2-vCPU dev VM, interleaved with XLA convolutions, helpers scheduled there
-// joined in a small fraction of calls (the caller ran the layer alone); a
-// woken thread of our own starts in about 3 us. A helper runs helper tasks
-// (one executor's jobs, until it closes or idles) and between them spins
-// briefly for the next task (binary layers back to back) before sleeping.
-// The number of threads used still follows XLA's intra-op pool size (or
-// set_num_threads). Never destroyed: threads may still wait at process exit.
-// JAX_BINCONV_CPU_HELPERS=xla schedules helpers on XLA's pool instead;
-// =both requests each helper from both (the first to start works, at most
-// threads - 1 helpers work). On the dev VM neither beat our own threads alone.
-constexpr int kHelpersOwn = 0, kHelpersXla = 1, kHelpersBoth = 2;
-int helper_mode() {
-  static const int mode = [] {
-    const char* env = std::getenv("JAX_BINCONV_CPU_HELPERS");
-    const std::string v = env ? env : "";
-    return v == "xla" ? kHelpersXla : v == "both" ? kHelpersBoth : kHelpersOwn;
-  }();
-  return mode;
+// Waiting on a 32-bit atomic word: a futex on Linux, a mutex and condition
+// variable elsewhere. wait() returns when the word may differ from `expected`
+// (spurious returns allowed: callers re-check).
+#if defined(__linux__)
+void word_wait(std::atomic<uint32_t>* a, uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(a), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
+}
+void word_wake(std::atomic<uint32_t>* a, int count) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(a), FUTEX_WAKE_PRIVATE, count, nullptr, nullptr,
+          0);
+}
+#else
+std::mutex& word_mu() {
+  static std::mutex* m = new std::mutex;
+  return *m;
+}
+std::condition_variable& word_cv() {
+  static std::condition_variable* cv = new std::condition_variable;
+  return *cv;
+}
+void word_wait(std::atomic<uint32_t>* a, uint32_t expected) {
+  std::unique_lock<std::mutex> lock(word_mu());
+  if (a->load(std::memory_order_seq_cst) == expected) word_cv().wait(lock);
+}
+void word_wake(std::atomic<uint32_t>*, int) {
+  { std::lock_guard<std::mutex> lock(word_mu()); }
+  word_cv().notify_all();
+}
+#endif
+
+void cpu_pause() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
 }
 
-class HelperThreads {
+double us_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Helper threads of our own, persistent across calls: one job slot that a
+// calling thread owns for the duration of a parallel_for (another caller
+// that finds the slot taken runs its items alone), helpers that spin on the
+// slot's epoch word for a short while after their last work and then sleep
+// on it (a futex). Publishing a job bumps the epoch; the caller makes the
+// wake-up system call only when a helper actually sleeps, so binary layers
+// that follow each other (a chain) hand work to helpers that are still
+// spinning, without a system call and without waking threads that have
+// nothing to do. XLA's FFI ThreadPool::Schedule queues with Eigen's
+// enqueueNoNotification, which wakes no parked pool thread: helpers
+// scheduled there rarely joined a call on the 2-vCPU dev VM; the number of
+// helpers used still follows XLA's intra-op pool size (or set_num_threads).
+//
+// Items are claimed from one 64-bit word, generation (high 32 bits) and next
+// item (low 32 bits), with compare-and-swap: a helper that is late for a job
+// can never claim an item of a later one, and between jobs the word holds an
+// index no job reaches, so a claim against a half-published job fails.
+// Never destroyed: helpers may still wait at process exit.
+class HelperPool {
  public:
-  static HelperThreads& get() {
+  static HelperPool& get() {
     static const bool registered = [] {
-      // A forked child has none of the parent's threads (and maybe a locked
-      // mutex): it starts over with a fresh instance (the old one is leaked).
+      // A forked child has none of the parent's threads (and maybe a held
+      // slot): it starts over with a fresh instance (the old one is leaked).
       pthread_atfork(nullptr, nullptr, [] {
-        instance().store(new HelperThreads, std::memory_order_release);
+        instance().store(new HelperPool, std::memory_order_release);
       });
       return true;
     }();
     (void)registered;
-    HelperThreads* p = instance().load(std::memory_order_acquire);
+    HelperPool* p = instance().load(std::memory_order_acquire);
     if (!p) {
-      HelperThreads* fresh = new HelperThreads;
+      HelperPool* fresh = new HelperPool;
       if (instance().compare_exchange_strong(p, fresh, std::memory_order_acq_rel))
         p = fresh;
       else
@@ -218,177 +259,174 @@ class HelperThreads {
     }
     return *p;
   }
-  // Queues `count` copies of the task and wakes (or starts) threads for them.
-  void run(int count, const std::function<void()>& task) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (int i = 0; i < count; ++i) tasks_.push_back(task);
-      queued_.fetch_add(count, std::memory_order_release);
-      while (threads_ < kMaxThreads && threads_ - busy_ < static_cast<int>(tasks_.size())) {
-        ++threads_;
-        std::thread(&HelperThreads::loop, this).detach();
-      }
+
+  // Takes the job slot for the calling thread; false when another thread holds it.
+  bool try_acquire() { return !busy_.exchange(true, std::memory_order_acquire); }
+  void release() { busy_.store(false, std::memory_order_release); }
+
+  // Wakes sleeping helpers early (before the job is ready): waking an idle
+  // vCPU takes tens of microseconds on the dev VM, so the handler asks for
+  // them before its setup. They spin on the epoch until the job comes.
+  void prewake(int helpers) {
+    ensure_threads(helpers);
+    active_.store(helpers, std::memory_order_relaxed);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      epoch_.fetch_add(1, std::memory_order_seq_cst);
+      word_wake(&epoch_, helpers);
     }
-    if (count == 1)
-      cv_.notify_one();
-    else
-      cv_.notify_all();
+  }
+
+  struct Result {
+    int64_t caller_items = 0;
+    int workers = 1;
+    double helper_us = -1.0, sched_us = 0.0;
+  };
+
+  // Runs fn(0..n-1) on the caller (which must hold the slot) and up to
+  // `helpers` helper threads; returns when every item has finished.
+  Result run(int64_t n, int helpers, const std::function<void(int64_t)>& fn) {
+    Result res;
+    ensure_threads(helpers);
+    const auto t0 = std::chrono::steady_clock::now();
+    // Close the previous generation before touching the job fields: from here
+    // on no claim against it (or against this one, until published) succeeds.
+    const uint64_t gen = (ctr_.load(std::memory_order_relaxed) >> 32) + 1;
+    ctr_.store((gen << 32) | kClosed, std::memory_order_seq_cst);
+    n_.store(n, std::memory_order_release);
+    fn_.store(&fn, std::memory_order_release);
+    done_.store(0, std::memory_order_relaxed);
+    workers_.store(0, std::memory_order_relaxed);
+    first_claim_ns_.store(-1, std::memory_order_relaxed);
+    active_.store(helpers, std::memory_order_relaxed);
+    published_ = t0;
+    ctr_.store(gen << 32, std::memory_order_release);
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) word_wake(&epoch_, helpers);
+    res.sched_us = us_since(t0);
+    res.caller_items = work(gen, /*helper=*/false);
+    // The last items usually finish within microseconds: spin before sleeping.
+    const uint32_t nn = static_cast<uint32_t>(n);
+    for (int spin = 0; spin < 20000 && done_.load(std::memory_order_acquire) != nn; ++spin)
+      cpu_pause();
+    while (done_.load(std::memory_order_acquire) != nn) {
+      waiting_.store(1, std::memory_order_seq_cst);
+      const uint32_t d = done_.load(std::memory_order_seq_cst);
+      if (d != nn) word_wait(&done_, d);
+    }
+    waiting_.store(0, std::memory_order_relaxed);
+    res.workers = 1 + workers_.load(std::memory_order_relaxed);
+    const int64_t ns = first_claim_ns_.load(std::memory_order_relaxed);
+    res.helper_us = ns < 0 ? -1.0 : ns / 1000.0;
+    return res;
   }
 
  private:
+  static constexpr uint64_t kClosed = 0xffffffffu;  // no job has this many items
   static constexpr int kMaxThreads = 256;
-  static constexpr int kSpinUs = 50;
+  // How long a helper spins for the next job after its last work before it
+  // sleeps: long enough to bridge the gap between binary layers that follow
+  // each other, short enough not to hold a core from XLA's own work.
+  static constexpr int kSpinUs = 100;
 
-  void loop() {
-    for (;;) {
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int spins = 0; queued_.load(std::memory_order_acquire) == 0; ++spins) {
-        if ((spins & 63) == 0 &&
-            std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(kSpinUs))
-          break;
-#if defined(__x86_64__)
-        __builtin_ia32_pause();
-#elif defined(__aarch64__)
-        __asm__ volatile("yield");
-#endif
-      }
-      std::function<void()> task;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return !tasks_.empty(); });
-        task = std::move(tasks_.front());
-        tasks_.pop_front();
-        queued_.fetch_sub(1, std::memory_order_relaxed);
-        ++busy_;
-      }
-      task();
-      std::lock_guard<std::mutex> lock(mu_);
-      --busy_;
-    }
-  }
-
-  static std::atomic<HelperThreads*>& instance() {
-    static std::atomic<HelperThreads*> p{nullptr};
+  static std::atomic<HelperPool*>& instance() {
+    static std::atomic<HelperPool*> p{nullptr};
     return p;
   }
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> tasks_;
-  std::atomic<int> queued_{0};
-  int threads_ = 0, busy_ = 0;
+  void ensure_threads(int count) {
+    count = std::min(count, kMaxThreads);
+    if (nthreads_.load(std::memory_order_acquire) >= count) return;
+    std::lock_guard<std::mutex> lock(grow_mu_);
+    for (int i = nthreads_.load(std::memory_order_relaxed); i < count; ++i) {
+      std::thread(&HelperPool::loop, this, i).detach();
+      nthreads_.store(i + 1, std::memory_order_release);
+    }
+  }
+
+  // Claims and runs items of generation `gen` until none is left; returns how many.
+  int64_t work(uint64_t gen, bool helper) {
+    int64_t mine = 0;
+    uint64_t c = ctr_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((c >> 32) != gen) return mine;
+      const int64_t i = static_cast<int64_t>(c & 0xffffffffu);
+      if (i >= n_.load(std::memory_order_acquire)) return mine;
+      const std::function<void(int64_t)>* fn = fn_.load(std::memory_order_acquire);
+      if (!ctr_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel,
+                                      std::memory_order_acquire))
+        continue;  // c holds the current value
+      if (mine++ == 0 && helper) {
+        workers_.fetch_add(1, std::memory_order_relaxed);
+        int64_t expect = -1;
+        first_claim_ns_.compare_exchange_strong(
+            expect, static_cast<int64_t>(us_since(published_) * 1000.0), std::memory_order_relaxed);
+      }
+      (*fn)(i);
+      const uint32_t d = done_.fetch_add(1, std::memory_order_seq_cst) + 1;
+      if (d == static_cast<uint32_t>(n_.load(std::memory_order_relaxed)) &&
+          waiting_.load(std::memory_order_seq_cst))
+        word_wake(&done_, 1);
+      c = ctr_.load(std::memory_order_acquire);
+    }
+  }
+
+  void loop(int index) {
+#if defined(__linux__)
+    pthread_setname_np(pthread_self(), "binconv-helper");  // visible in perf / top -H
+#endif
+    uint32_t seen = epoch_.load(std::memory_order_acquire);
+    auto idle_since = std::chrono::steady_clock::now();
+    for (;;) {
+      uint32_t e = epoch_.load(std::memory_order_acquire);
+      bool slept = false;
+      for (int spins = 0; e == seen; ++spins) {
+        if ((spins & 63) == 63 && us_since(idle_since) > kSpinUs) {
+          sleepers_.fetch_add(1, std::memory_order_seq_cst);
+          if (epoch_.load(std::memory_order_seq_cst) == seen) word_wait(&epoch_, seen);
+          sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+          slept = true;
+          spins = 0;
+        } else {
+          cpu_pause();
+        }
+        e = epoch_.load(std::memory_order_acquire);
+      }
+      seen = e;
+      if (slept) {
+        idle_since = std::chrono::steady_clock::now();
+        // Woken on a busy machine, this thread may have preempted the caller
+        // on the caller's own core (measured on the dev VM: the caller then sat
+        // in the wake-up call while the helper worked alone). Give the core
+        // back once first.
+        std::this_thread::yield();
+      }
+      if (index >= active_.load(std::memory_order_relaxed)) continue;  // not needed now
+      const uint64_t c = ctr_.load(std::memory_order_acquire);
+      if (work(c >> 32, /*helper=*/true) > 0) idle_since = std::chrono::steady_clock::now();
+    }
+  }
+
+  std::atomic<bool> busy_{false};
+  std::atomic<uint64_t> ctr_{kClosed};  // generation << 32 | next item
+  std::atomic<int64_t> n_{0};
+  std::atomic<const std::function<void(int64_t)>*> fn_{nullptr};
+  std::atomic<uint32_t> done_{0};
+  std::atomic<uint32_t> waiting_{0};  // the caller sleeps on done_
+  std::atomic<uint32_t> epoch_{0};    // bumped per job (and prewake); helpers wait on it
+  std::atomic<int> sleepers_{0};
+  std::atomic<int> active_{0};        // helpers with index < active_ take part
+  std::atomic<int> workers_{0};       // helpers that ran an item of the current job
+  std::atomic<int64_t> first_claim_ns_{-1};
+  std::chrono::steady_clock::time_point published_;  // written before the job is published
+  std::atomic<int> nthreads_{0};
+  std::mutex grow_mu_;
 };
 
-// parallel_for with helper threads (HelperThreads, or tasks on XLA's intra-op
-// pool). The calling thread works too; helpers take items from a shared
-// counter. The caller waits for items, not for helpers, so a helper that
-// starts late (or never, when the other cores are busy) cannot block it:
-// every job outlives the call, and a late helper finds no work left. Helpers
-// stay alive across the phases of one handler call (packing, then
-// convolution, when there are two), spinning briefly between them, so each
-// call pays for one thread wake-up, not one per phase.
+// parallel_for on the calling thread plus helper threads (HelperPool). The
+// caller waits for items, not for helpers, so a helper that starts late (or
+// never, when the other cores are busy) cannot block it: a late helper finds
+// no work left.
 class PoolExecutor final : public Executor {
-  struct Job {
-    uint64_t id = 0;
-    int64_t n = 0;
-    const std::function<void(int64_t)>* fn = nullptr;
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::atomic<int> workers{0};
-    std::chrono::steady_clock::time_point published;  // diagnostics
-    std::atomic<double> helper_us{-1.0};                // diagnostics: first helper's start
-    std::mutex mu;
-    std::condition_variable cv;
-    int64_t work() {  // returns the number of items this thread ran
-      bool counted = false;
-      int64_t mine = 0;
-      for (;; ++mine) {
-        const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
-        if (i >= n) return mine;  // never touches fn once every item is taken
-        if (!counted) {
-          counted = true;
-          workers.fetch_add(1, std::memory_order_relaxed);
-        }
-        (*fn)(i);
-        if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
-          std::lock_guard<std::mutex> lock(mu);
-          cv.notify_all();
-        }
-      }
-    }
-  };
-  struct Shared {
-    std::shared_ptr<Job> job;  // accessed with std::atomic_load/atomic_store
-    std::atomic<bool> closed{false};
-    std::atomic<int> alive{0};    // helper tasks queued or running
-    std::atomic<int> running{0};  // helper tasks past the slot check
-    int max_helpers = 0;          // threads - 1
-    uint64_t last_id = 0;  // caller thread only
-  };
-
-  static void pause() {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ volatile("yield");
-#endif
-  }
-
-  // How long an idle helper spins for the next phase or call before handing
-  // its pool thread back. Long enough to bridge the gap between the phases of
-  // a call and between binary layers that follow each other; short enough not
-  // to hold a core while XLA runs other work on its pool.
-  static constexpr int kHelperIdleUs = 100;
-
-  static void helper_loop(const std::shared_ptr<Shared>& sh) {
-    // Measured on the 2-vCPU dev VM, interleaved with XLA convolutions: in
-    // about half the calls the woken pool thread preempted the caller on the
-    // caller's own core (the other core busy with XLA's pool threads, which
-    // spin a while after their work) and worked alone, while the caller sat
-    // inside Schedule until the phase was over (3x the one-thread time).
-    // Giving the core back once first lets the caller take its share.
-    std::this_thread::yield();
-    // Helpers may be requested twice over (XLA's pool and our threads, see
-    // helper_mode): at most max_helpers of them work, the others leave.
-    if (sh->running.fetch_add(1, std::memory_order_acq_rel) >= sh->max_helpers) {
-      sh->running.fetch_sub(1, std::memory_order_acq_rel);
-      sh->alive.fetch_sub(1, std::memory_order_acq_rel);
-      return;
-    }
-    const bool dbg = debug_pool();
-    uint64_t seen = 0;
-    auto idle_since = std::chrono::steady_clock::now();
-    for (int spins = 0;; ++spins) {
-      std::shared_ptr<Job> job = std::atomic_load(&sh->job);
-      if (job && job->id != seen) {
-        seen = job->id;
-        {
-          double expect = -1.0;
-          job->helper_us.compare_exchange_strong(
-              expect, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
-                                                                job->published).count());
-        }
-        if (dbg)
-          std::fprintf(stderr, "jax_binconv helper: job %lu, +%.1f us after publish, item %ld of %ld taken\n",
-                       (unsigned long)job->id,
-                       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
-                                                                 job->published).count(),
-                       (long)job->next.load(), (long)job->n);
-        job->work();
-        idle_since = std::chrono::steady_clock::now();
-        continue;
-      }
-      if (sh->closed.load(std::memory_order_acquire)) break;
-      // Safety net: never hold a pool thread long if the caller stalls.
-      if ((spins & 255) == 0 &&
-          std::chrono::steady_clock::now() - idle_since > std::chrono::microseconds(kHelperIdleUs))
-        break;
-      pause();
-    }
-    sh->running.fetch_sub(1, std::memory_order_acq_rel);
-    sh->alive.fetch_sub(1, std::memory_order_acq_rel);
-  }
-
  public:
   static void record_phase(int64_t n, int64_t caller_items, double helper_us, double us) {
     const int i = last_phases_.fetch_add(1, std::memory_order_relaxed);
@@ -398,84 +436,58 @@ class PoolExecutor final : public Executor {
     last_helper_us_[i].store(helper_us, std::memory_order_relaxed);
     last_phase_us_[i].store(us, std::memory_order_relaxed);
   }
-  PoolExecutor(ffi::ThreadPool* pool, int threads)
-      : pool_(pool), threads_(threads), sh_(std::make_shared<Shared>()) {
-    sh_->max_helpers = threads - 1;
+  explicit PoolExecutor(int threads) : threads_(threads) {
+    if (threads_ > 1) {
+      HelperPool& hp = HelperPool::get();
+      owner_ = hp.try_acquire();
+      if (owner_) hp.prewake(threads_ - 1);
+    }
   }
-  ~PoolExecutor() override { sh_->closed.store(true, std::memory_order_release); }
+  ~PoolExecutor() override {
+    if (owner_) HelperPool::get().release();
+  }
   int num_threads() const override { return threads_; }
 
   void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) const override {
     if (n <= 0) return;
-    const int64_t want = std::min<int64_t>(threads_, n) - 1;
-    if (want <= 0 || pool_ == nullptr) {
     const bool dbg = debug_pool();
-      const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t want = std::min<int64_t>(threads_, n) - 1;
+    if (want <= 0 || !owner_ || n >= (int64_t{1} << 31)) {
       for (int64_t i = 0; i < n; ++i) fn(i);
       last_workers_.store(1, std::memory_order_relaxed);
-      record_phase(n, n, -1.0,
-                   std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-      if (dbg)
-        std::fprintf(stderr, "jax_binconv serial: %ld items in %.1f us\n", (long)n,
-                     std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      record_phase(n, n, -1.0, us_since(t0));
+      if (dbg) std::fprintf(stderr, "jax_binconv serial: %ld items in %.1f us\n", (long)n, us_since(t0));
       return;
     }
-    auto job = std::make_shared<Job>();
-    job->id = ++sh_->last_id;
-    job->n = n;
-    job->fn = &fn;
-    job->published = std::chrono::steady_clock::now();
-    std::atomic_store(&sh_->job, job);
-    const int mode = helper_mode();
-    const int per_helper = mode == kHelpersBoth ? 2 : 1;
-    const int64_t more = want - sh_->alive.load(std::memory_order_acquire) / per_helper;
-    if (more > 0) {
-      sh_->alive.fetch_add(static_cast<int>(more * per_helper), std::memory_order_acq_rel);
-      std::shared_ptr<Shared> sh = sh_;
-      if (mode != kHelpersOwn)
-        for (int64_t h = 0; h < more; ++h) pool_->Schedule([sh] { helper_loop(sh); });
-      if (mode != kHelpersXla)
-        HelperThreads::get().run(static_cast<int>(more), [sh] { helper_loop(sh); });
-    }
-    last_sched_us_.store(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
-                                                                    job->published).count(),
-                         std::memory_order_relaxed);
-    const int64_t caller_items = job->work();
-    // The last items usually finish within microseconds: spin briefly before
-    // sleeping, since a futex wake costs about as much as a small layer.
-    for (int spin = 0; spin < 20000; ++spin) {
-      if (job->done.load(std::memory_order_acquire) == n) break;
-      pause();
-    }
-    if (job->done.load(std::memory_order_acquire) != n) {
-      std::unique_lock<std::mutex> lock(job->mu);
-      job->cv.wait(lock, [&] { return job->done.load(std::memory_order_acquire) == n; });
-    }
-    last_workers_.store(job->workers.load(), std::memory_order_relaxed);
-    record_phase(n, caller_items, job->helper_us.load(),
-                 std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
-                                                           job->published).count());
-    const bool dbg = debug_pool();
+    const HelperPool::Result r = HelperPool::get().run(n, static_cast<int>(want), fn);
+    last_workers_.store(r.workers, std::memory_order_relaxed);
+    last_sched_us_.store(r.sched_us, std::memory_order_relaxed);
+    record_phase(n, r.caller_items, r.helper_us, us_since(t0));
     if (dbg)
-      std::fprintf(stderr, "jax_binconv caller: job %lu (%ld items) done in %.1f us, caller took %ld\n",
-                   (unsigned long)job->id, (long)n,
-                   std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
-                                                             job->published).count(),
-                   (long)caller_items);
+      std::fprintf(stderr,
+                   "jax_binconv caller: %ld items done in %.1f us, caller took %ld, first helper "
+                   "claim +%.1f us\n",
+                   (long)n, us_since(t0), (long)r.caller_items, r.helper_us);
   }
 
  private:
-  ffi::ThreadPool* pool_;
   int threads_;
-  std::shared_ptr<Shared> sh_;
+  bool owner_ = false;
 };
-
 // ---------------------------------------------------------------- handler
 
 ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
                      ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
                      ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
                      ffi::Result<ffi::AnyBuffer> out, ConvAttrs attrs) {
+  // Helpers first: a sleeping one takes tens of microseconds to start on an
+  // idle vCPU, so it is woken before the operands are checked.
+  int threads = static_cast<int>(std::max<int64_t>(1, pool.num_threads()));
+  last_pool_threads_.store(threads, std::memory_order_relaxed);
+  if (const int cap = max_threads(); cap > 0) threads = cap;
+  PoolExecutor ex(threads);
+
   ConvParams p;
   if (auto e = parse_conv2d("jax_binconv_conv2d_cpu_v1", x, w, input_bias, input_scale,
                             output_scale, output_bias, *out, attrs, &p);
@@ -505,11 +517,6 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
     }
   }
 #endif
-
-  int threads = static_cast<int>(std::max<int64_t>(1, pool.num_threads()));
-  last_pool_threads_.store(threads, std::memory_order_relaxed);
-  if (const int cap = max_threads(); cap > 0) threads = cap;
-  PoolExecutor ex(&pool, threads);
 
   const bool dbg = debug_pool();
   last_phases_.store(0, std::memory_order_relaxed);

@@ -958,13 +958,26 @@ struct Plan {
   long long nhw, m;
   int g, cg, og, wg, t, k, kpad, ogpad, bn, vec;
   bool thr;  // packed output through per-column integer thresholds
-  size_t off_xp, off_popc, off_a, off_ws, off_pre, off_thr, total;
+  size_t off_xp, off_popc, off_a, off_ws, off_pre, off_thr, off_ftab, total;
 };
 
 size_t align256(size_t v) { return (v + 255) & ~size_t(255); }
 
-Plan make_plan(const ConvParams& p, bool fast) {
+// Packed output without beta goes through per-column integer thresholds.
+// Monotone activations only (sigmoid and tanh go through float library code
+// whose monotonicity we do not rely on); beta varies per row.
+bool packed_by_threshold(const ConvParams& p) {
+  return p.type != BINARY_WEIGHTS && p.out_packed && !p.beta_scaling &&
+         (p.activation == ACT_LINEAR || p.activation == ACT_RELU ||
+          p.activation == ACT_RELU6 || p.activation == ACT_SIGN ||
+          p.activation == ACT_HARD_TANH ||
+          (p.activation == ACT_LEAKY_RELU && p.negative_slope >= 0.0f));
+}
+
+// fa: the fast kernel's geometry when it runs, else null.
+Plan make_plan(const ConvParams& p, const FastArgs* fa) {
   Plan pl{};
+  const bool fast = fa != nullptr;
   pl.fast = fast;
   pl.binary = p.type != BINARY_WEIGHTS;
   pl.nhw = p.n * p.h * p.w;
@@ -986,16 +999,11 @@ Plan make_plan(const ConvParams& p, bool fast) {
     return at;
   };
   const size_t none = ~size_t(0);
-  pl.off_xp = pl.off_popc = pl.off_a = pl.off_ws = pl.off_pre = pl.off_thr = none;
-  // Monotone activations only (sigmoid and tanh go through float library
-  // code whose monotonicity we do not rely on); beta varies per row.
-  pl.thr = pl.binary && p.out_packed && !p.beta_scaling &&
-           (p.activation == ACT_LINEAR || p.activation == ACT_RELU ||
-            p.activation == ACT_RELU6 || p.activation == ACT_SIGN ||
-            p.activation == ACT_HARD_TANH ||
-            (p.activation == ACT_LEAKY_RELU && p.negative_slope >= 0.0f));
+  pl.off_xp = pl.off_popc = pl.off_a = pl.off_ws = pl.off_pre = pl.off_thr = pl.off_ftab = none;
+  pl.thr = packed_by_threshold(p);
   if (pl.binary && fast) {
     if (!p.x_packed) pl.off_xp = take(sizeof(uint32_t) * pl.nhw * pl.g * pl.wg);
+    pl.off_ftab = take((size_t)fa->ncy * fa->ncx * fa->opad * fast_tab_entry(fa->thr));
   } else if (pl.binary) {
     if (!p.x_packed) pl.off_xp = take(sizeof(uint32_t) * pl.nhw * pl.g * pl.wg);
     if (p.type == XNOR) pl.off_popc = take(sizeof(int) * pl.nhw * pl.g);
@@ -1121,6 +1129,7 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   const long long m = p.n * ho * wo;
   // 32-bit row arithmetic (with multiply-shift division) inside the kernel.
   if ((m + kFastBM) >= (1LL << 31) || p.n * ho >= (1LL << 31)) return false;
+  if (p.n * p.h * p.w * pch >= (1LL << 31)) return false;  // chunk indices of x
   if (ho > kFastMaxSide || wo > kFastMaxSide || p.kh * p.kw > kFastMaxTaps) return false;
   FastArgs a{};
   int logp = 0;
@@ -1159,20 +1168,8 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
       a.cx_d[a.ncx++] = hi;
     }
   }
-  a.cls_int = -1;
-  for (int i = 0; i < a.ncy; ++i)
-    for (int j = 0; j < a.ncx; ++j)
-      if (a.cy_a[i] == 0 && a.cy_b[i] == p.kh && a.cx_c[j] == 0 && a.cx_d[j] == p.kw)
-        a.cls_int = i * a.ncx + j;
   const long long a_chunks = (long long)a.rmax * p.kh * a.wslot * a.p;
   if (a_chunks > (1 << 20)) return false;
-  const FastSmem L =
-      fast_smem(a.pitch_b, (int)a_chunks, a.ks, a.ncy * a.ncx, a.t, (int)ho, (int)wo);
-  int dev = 0, optin = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-    return false;
-  if (L.total > optin) return false;
   a.m = (int)m;
   a.n = (int)p.n;
   a.h = (int)p.h;
@@ -1201,6 +1198,15 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   a.slope = p.negative_slope;
   a.amax = a.t * (int)p.c;
   a.amin = p.type == XNOR ? -a.amax : 0;
+  a.thr = packed_by_threshold(p) ? 1 : 0;
+  a.opad = a.ntiles * kFastBN;
+  a.div_kc = make_fastdiv((uint32_t)a.kc);
+  const FastSmem L = fast_smem(a);
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return false;
+  if (L.total > optin) return false;
   *fa = a;
   *smem = L.total;
   return true;
@@ -1229,8 +1235,27 @@ cudaError_t launch_fast_epi(const FastArgs& a, int smem, cudaStream_t stream) {
   const long long items = (long long)a.mtiles * a.ntiles;
   const long long cap = (long long)sms * std::max(per_sm, 1);
   long long grid = items <= cap ? items : std::max<long long>(cap / a.ntiles, 1) * a.ntiles;
-  fast_conv_kernel<EPI><<<(unsigned)grid, kFastThreads, smem, stream>>>(a);
-  return cudaGetLastError();
+  // Programmatic dependent launch on fast_tables_kernel (see pdl_wait); where
+  // the launch is refused with it, once, never again in this process.
+  static std::atomic<bool> pdl_ok{true};
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3((unsigned)grid);
+  cfg.blockDim = dim3(kFastThreads);
+  cfg.dynamicSmemBytes = (size_t)smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  if (pdl_ok.load(std::memory_order_relaxed)) {
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (cudaLaunchKernelEx(&cfg, fast_conv_kernel<EPI>, a) == cudaSuccess) return cudaSuccess;
+    cudaGetLastError();  // clear it, and launch without
+    pdl_ok.store(false, std::memory_order_relaxed);
+  }
+  cfg.attrs = nullptr;
+  cfg.numAttrs = 0;
+  return cudaLaunchKernelEx(&cfg, fast_conv_kernel<EPI>, a);
 }
 
 cudaError_t launch_fast(const FastArgs& a, int epi, int smem, cudaStream_t stream) {
@@ -1248,7 +1273,7 @@ size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast) {
   int smem = 0;
   *fast = g_policy.load(std::memory_order_relaxed) != KERNEL_GENERAL &&
           plan_fast(p, b.x, b.w, &fa, &smem);
-  return make_plan(p, *fast).total;
+  return make_plan(p, *fast ? &fa : nullptr).total;
 }
 
 cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch, bool fast_in,
@@ -1258,7 +1283,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
   // Same inputs as in scratch_bytes, so the same answer (the policy is not
   // read twice: another thread may change it in between).
   const bool fast = fast_in && plan_fast(p, b.x, b.w, &fa, &fsmem);
-  const Plan pl = make_plan(p, fast);
+  const Plan pl = make_plan(p, fast ? &fa : nullptr);
   const long long ho = p.ho(), wo = p.wo();
   if (pl.m == 0 || p.o == 0) return cudaSuccess;
   cudaError_t err = cudaGetLastError();  // do not report an unrelated earlier error as ours
@@ -1382,7 +1407,11 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     fa.osc = b.output_scale;
     fa.obias = b.output_bias;
     fa.out = b.out;
-    return launch_fast(fa, pl.thr ? EPI_THR : (p.out_packed ? EPI_PACKED : EPI_FLOAT), fsmem,
+    fa.tab = at<void>(scratch, pl.off_ftab);
+    fast_tables_kernel<<<(unsigned)(fa.opad / 8), 256, 0, stream>>>(fa);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    return launch_fast(fa, fa.thr ? EPI_THR : (p.out_packed ? EPI_PACKED : EPI_FLOAT), fsmem,
                        stream);
   }
   g_last_path.store(pl.binary ? KERNEL_PATH_GENERAL : KERNEL_PATH_BINARY_WEIGHTS,

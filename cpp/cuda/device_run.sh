@@ -114,6 +114,24 @@ racecheck:fast_kernel_packed_io and auto and (1-xnor or 6-and)
 racecheck:fast_kernel_float_io and auto and (2-xnor or 8-and)
 LIST
       ;;
+    prof)
+      # ncu of the fast kernel: one launch per $PROF_LAYERS entry (layer:N:io),
+      # summary sections as text, SASS source counters (stall samples) as CSV.
+      for spec in ${PROF_LAYERS:-L3:256:packed}; do
+        IFS=: read -r pl pn pio <<<"$spec"
+        stamp "prof $pl $pn $pio"
+        rep="$OUT/prof_${pl}_${pn}_${pio}"
+        timeout 240 ncu --kernel-name regex:${PROF_KERNEL:-fast_conv} --launch-skip 1 --launch-count 1 \
+          --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
+          --section WarpStateStats --section ComputeWorkloadAnalysis --section SourceCounters \
+          --import-source no -f -o "$rep" python3 benchmarks/gpu_profile.py "$pl" "$pn" auto "$pio" >"$rep.run.log" 2>&1
+        echo "ncu rc=$?"; tail -2 "$rep.run.log"
+        ncu --import "$rep.ncu-rep" --page details >"$rep.txt" 2>&1
+        grep -E "Duration|Executed Ipc A|Registers Per|Achieved Occupancy|No Eligible|Issued Warp|Warp Cycles Per Issued|Stall" "$rep.txt" | head -30
+        ncu --import "$rep.ncu-rep" --page source --print-source sass --csv >"$rep.sass.csv" 2>&1
+        rm -f "$rep.ncu-rep"
+      done
+      ;;
     bench)
       stamp bench
       timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60

@@ -29,14 +29,19 @@
 //   AND:  acc = P + [pv (W1all - W1valid)]
 // The first bracket depends on the row only; the second on the column and on
 // the row's valid-tap box. Boxes come in few classes (top/bottom/left/right
-// borders and the interior), listed by the host; the block tabulates the
-// column term per class once. X1 comes from the tensor cores too: one extra
+// borders and the interior), listed by the host. A small kernel run before
+// the convolution (fast_tables_kernel, one warp per output channel) tabulates
+// per (box class, channel) the column term, or for packed output without beta
+// the acc interval whose bit is 1 with the column term already folded in; a
+// block copies its channels' rows of that table with its weights. X1 comes
+// from the tensor cores too: one extra
 // MMA per K step against an all-ones B fragment (each of the 4 warps that
 // share a row range does it for one of its 4 row fragments).
 //
 // Per-tile work outside the MMAs is kept to a few instructions per row: row
 // geometry with multiply-shift division, box classes and valid-tap counts
-// from per-y and per-x tables built once per block.
+// from per-y and per-x tables built once per block; the slot copies take
+// their per-lane offsets from a table built once per block too.
 
 constexpr int kFastThreads = 256;
 constexpr int kFastBM = 128;  // output pixels per tile: 2 warps x 64
@@ -68,28 +73,32 @@ struct FastArgs {
   const float* aimg;  // mean |x'| per pixel (float x with beta), else null
   const float* osc;
   const float* obias;
+  void* tab;  // [ncls][opad]: int2 acc interval (EPI_THR) or int column term
   void* out;
   int m;  // N * Ho * Wo (< 2^31)
-  int n, h, w, ho, wo, o, cg;
-  FastDiv div_wo, div_ho;
+  int n, h, w, ho, wo, o, cg, opad;
+  FastDiv div_wo, div_ho, div_kc;
   int kh, kw, sh, sw, dh, dw, pt, pl;
   int t, p, logp, kc, ks;  // taps, chunks per pixel, log2 p, K chunks, K steps
   int rmax, wslot;  // output rows a tile can touch (bound); pixels per slot
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
-  int type, pv, beta, x_packed, act;
+  int type, pv, beta, x_packed, act, thr;
   float slope;
   int amin, amax;
-  int ncy, ncx, cls_int;  // box classes per axis; interior class or -1
+  int ncy, ncx;  // box classes per axis
   int cy_a[kMaxCls], cy_b[kMaxCls], cx_c[kMaxCls], cx_d[kMaxCls];
 };
 
+// Bytes per entry of the (class, channel) table.
+__host__ __device__ inline int fast_tab_entry(int thr) { return thr ? 8 : 4; }
+
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
-  int b, a0, a1, ktab, colterm, thr, csc, cbi, rows, x1, ycls, xcls, ptap, total;
+  int b, a0, a1, ktab, tab, csc, cbi, rows, x1, ycls, xcls, ltab, total;
 };
-__host__ __device__ inline FastSmem fast_smem(int pitch_b, int a_chunks, int ks, int ncls, int t,
-                                              int ho, int wo) {
+__host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
+  const int a_chunks = a.rmax * a.kh * a.wslot * a.p;
   FastSmem s;
   int off = 0;
   auto take = [&](int bytes) {
@@ -97,21 +106,115 @@ __host__ __device__ inline FastSmem fast_smem(int pitch_b, int a_chunks, int ks,
     off = (off + bytes + 15) & ~15;
     return at;
   };
-  s.b = take(kFastBN * pitch_b * 16);
+  s.b = take(kFastBN * a.pitch_b * 16);
   s.a0 = take(a_chunks * 16);
   s.a1 = take(a_chunks * 16);
-  s.ktab = take(2 * ks * 4);
-  s.colterm = take(ncls * kFastBN * 4);
-  s.thr = take(kFastBN * 8);
+  s.ktab = take(2 * a.ks * 4);
+  s.tab = take(a.ncy * a.ncx * kFastBN * fast_tab_entry(a.thr));
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
   s.rows = take(2 * kFastBM * 16);  // double-buffered by tile parity
   s.x1 = take(kFastBM * 4);
-  s.ycls = take(ho * 4);
-  s.xcls = take(wo * 4);
-  s.ptap = take(t * kFastBN * 2);
+  s.ycls = take(a.ho * 4);
+  s.xcls = take(a.wo * 4);
+  s.ltab = take(a.wslot * a.p * 8);
   s.total = off;
   return s;
+}
+
+// One warp per output channel (columns o < opad; those past O get entries
+// that never fire / add nothing): the per-(box class, channel) table.
+//   XNOR: term = 2 pv W1all - (2 + 2 pv) W1valid;  AND: term = pv (W1all - W1valid)
+// thr: the acc interval [lo, hi] whose packed bit is 1 (packed_threshold),
+// clamped into [amin - 1, amax + 1] (same bits for every reachable acc) and
+// shifted by the term, so that the convolution compares kmul P + rowconst
+// with it directly.
+// Programmatic dependent launch (sm_90): the convolution is launched so that
+// it may start while this kernel runs; it waits for it (pdl_wait) only
+// before it reads the table. Without PDL both are no-ops.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// packed_threshold's interval, with the warp splitting each search range in
+// 32 (a few rounds instead of one bisection step per round). Same bit
+// function f, same answer: f is monotone on [amin, amax] (see there).
+__device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, int amin,
+                                      int amax, int lane) {
+  auto f = [&](int v) { return bin_bit(epilogue((float)v, sc, 1.0f, bi, act, slope)) != 0; };
+  if (sc == 0.0f)
+    return f(amin) ? make_int2(-0x7fffffff - 1, 0x7fffffff) : make_int2(1, 0);
+  const bool up = sc > 0.0f;  // f non-decreasing in v, else non-increasing
+  if (!f(up ? amax : amin)) return make_int2(1, 0);
+  // g(v) = (f(v) == up), and true at the virtual point amax + 1: false...false
+  // true...true on [l, h] with g(h) true. Finds the first true point: lanes
+  // test 32 points spread over the range, the first true one and the one
+  // before it bound the edge.
+  int l = amin, h = amax + 1;
+  while (h > l) {
+    const int step = (h - l) / 32 + 1;
+    const int v = min(l + lane * step, h);
+    const bool g = v > amax || f(v) == up;
+    const unsigned bal = __ballot_sync(kFull, g);
+    const int first = bal ? __ffs(bal) - 1 : 32;
+    const int hi_new = first < 32 ? min(l + first * step, h) : h;
+    l = first > 0 ? min(l + (first - 1) * step, h) + 1 : l;
+    h = hi_new;
+  }
+  // up: bit 1 from the edge on; down: up to the point before it.
+  return up ? make_int2(l, 0x7fffffff) : make_int2(-0x7fffffff - 1, l - 1);
+}
+
+__global__ void __launch_bounds__(256) fast_tables_kernel(FastArgs a) {
+  __shared__ int sp[8][kFastMaxTaps];
+  pdl_launch_dependents();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int o = blockIdx.x * 8 + warp;
+  if (o >= a.opad) return;
+  const int ncls = a.ncy * a.ncx;
+  const bool real = o < a.o;
+  int* ps = sp[warp];
+  for (int tap = lane; tap < a.t; tap += 32) {
+    int s = 0;
+    if (real) {
+      const uint4* src = a.wt + (long long)o * a.kc + tap * a.p;
+      for (int c = 0; c < a.p; ++c) {
+        const uint4 v = __ldg(src + c);
+        s += __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w);
+      }
+    }
+    ps[tap] = s;
+  }
+  int2 t2 = make_int2(1, 0);
+  if (a.thr && real) {
+    t2 = packed_threshold_warp(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax, lane);
+    t2.x = max(min(t2.x, a.amax + 1), a.amin - 1);
+    t2.y = max(min(t2.y, a.amax + 1), a.amin - 1);
+  }
+  __syncwarp();
+  int w1all = 0;
+  for (int tap = 0; tap < a.t; ++tap) w1all += ps[tap];
+  for (int cls = lane; cls < ncls; cls += 32) {
+    const int cy = cls / a.ncx, cx = cls - cy * a.ncx;
+    int w1v = 0;
+    for (int dy = a.cy_a[cy]; dy < a.cy_b[cy]; ++dy)
+      for (int dx = a.cx_c[cx]; dx < a.cx_d[cx]; ++dx) w1v += ps[dy * a.kw + dx];
+    const int term = a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
+                                    : a.pv * (w1all - w1v);
+    const long long at = (long long)cls * a.opad + o;
+    if (a.thr) {
+      static_cast<int2*>(a.tab)[at] = real ? make_int2(t2.x - term, t2.y - term) : t2;
+    } else {
+      static_cast<int*>(a.tab)[at] = real ? term : 0;
+    }
+  }
 }
 
 // The input slots are stored chunk-planar: plane c (16-byte chunk c of
@@ -130,31 +233,31 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   extern __shared__ __align__(16) unsigned char fsm[];
   const int ncls = a.ncy * a.ncx;
   const int slots = a.rmax * a.kh;
-  const int a_chunks = slots * a.wslot * a.p;
-  const FastSmem L = fast_smem(a.pitch_b, a_chunks, a.ks, ncls, a.t, a.ho, a.wo);
+  const FastSmem L = fast_smem(a);
   uint4* bs = reinterpret_cast<uint4*>(fsm + L.b);
   int* ktab = reinterpret_cast<int*>(fsm + L.ktab);
   float* csc = reinterpret_cast<float*>(fsm + L.csc);
   float* cbi = reinterpret_cast<float*>(fsm + L.cbi);
-  int* colterm = reinterpret_cast<int*>(fsm + L.colterm);
-  int2* thr = reinterpret_cast<int2*>(fsm + L.thr);
   int4* rows = reinterpret_cast<int4*>(fsm + L.rows);
   int* x1s = reinterpret_cast<int*>(fsm + L.x1);
   int* ycls = reinterpret_cast<int*>(fsm + L.ycls);
   int* xcls = reinterpret_cast<int*>(fsm + L.xcls);
-  uint16_t* ptap = reinterpret_cast<uint16_t*>(fsm + L.ptap);
+  int2* ltab = reinterpret_cast<int2*>(fsm + L.ltab);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nt = blockIdx.x % a.ntiles;
   const int mstep = gridDim.x / a.ntiles;
   const int n0 = nt * kFastBN;
 
-  // ---- weights of this block's channels (zero rows past O), the K table
-  for (int r = warp; r < kFastBN; r += kFastThreads / 32) {
-    const int o = n0 + r;
-    const bool ok = o < a.o;
-    const uint4* src = a.wt + (long long)(ok ? o : 0) * a.kc;
-    for (int k = lane; k < a.kc; k += 32) cp_async<16>(bs + r * a.pitch_b + k, src + k, ok);
+  // ---- weights of this block's channels (zero rows past O: rows n0.. are
+  // contiguous in the operand)
+  {
+    const uint4* src = a.wt + (long long)n0 * a.kc;
+    const int avail = min(a.o - n0, kFastBN) * a.kc;
+    for (int q = tid; q < kFastBN * a.kc; q += kFastThreads) {
+      const int r = fdiv(q, a.div_kc), k = q - r * a.kc;
+      cp_async<16>(bs + r * a.pitch_b + k, src + (q < avail ? q : 0), q < avail);
+    }
   }
   cp_async_commit();
   if (2 * a.ks > a.kc)
@@ -186,27 +289,62 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
       if (a.cx_c[i] == lo && a.cx_d[i] == hi) ci = i;
     xcls[x] = ci | ((hi - lo) << 8);
   }
+  // Per slot element q (pixel px, chunk c): destination chunk in the slot
+  // (chunk-planar) and source chunk in the input row, -1 outside the image.
+  const int per_slot = a.wslot * a.p;
+  for (int q = tid; q < per_slot; q += kFastThreads) {
+    const int px = q >> a.logp, c = q & (a.p - 1);
+    const int ix = px - a.pl;
+    ltab[q] = make_int2(c * plane + px, (unsigned)ix < (unsigned)a.w ? ix * a.p + c : -1);
+  }
+  if (EPI != EPI_THR && tid < kFastBN) {
+    const int o = min(n0 + tid, a.o - 1);
+    csc[tid] = __ldg(a.osc + o);
+    cbi[tid] = __ldg(a.obias + o);
+  }
+  // This block's rows of the (class, channel) table, once fast_tables_kernel
+  // (launched just before) is done.
+  pdl_wait();
+  {
+    const int esz = fast_tab_entry(a.thr);
+    const int per_cls = kFastBN * esz / 16;  // chunks per class row
+    const unsigned char* tsrc = static_cast<const unsigned char*>(a.tab) + (long long)n0 * esz;
+    for (int q = tid; q < ncls * per_cls; q += kFastThreads) {
+      const int cls = q / per_cls, j = q - cls * per_cls;
+      cp_async<16>(fsm + L.tab + q * 16, tsrc + (long long)cls * a.opad * esz + j * 16, true);
+    }
+  }
+  cp_async_commit();
+  __syncthreads();  // ltab
 
-  // ---- input slots of one M tile
+  // ---- input slots of one M tile. Warp w copies slots w, w + 8, ...; slot
+  // s = dy * rmax + j is stepped without a division per slot. Chunk indices
+  // of x fit in 32 bits (checked by the host).
+  const int s_dy0 = warp / a.rmax, s_j0 = warp - s_dy0 * a.rmax;
+  const int s_ddy = (kFastThreads / 32) / a.rmax, s_dj = (kFastThreads / 32) - s_ddy * a.rmax;
   auto load_tile = [&](int buf, int mt) {
-    uint4* as = reinterpret_cast<uint4*>(fsm + (buf ? L.a1 : L.a0));
-    const int m0 = mt * kFastBM;
-    const int row0 = fdiv(m0, a.div_wo);
-    const int per_slot = a.wslot * a.p;
+    const uint32_t as = smem_u32(fsm + (buf ? L.a1 : L.a0));
+    const int row0 = fdiv(mt * kFastBM, a.div_wo);
+    int dy = s_dy0, j = s_j0;
     for (int s = warp; s < slots; s += kFastThreads / 32) {
-      const int dy = s / a.rmax, j = s - dy * a.rmax;
       const int rg = row0 + j;
       const int img = fdiv(rg, a.div_ho);
-      const int y = rg - img * a.ho;
-      const int iy = y * a.sh + dy * a.dh - a.pt;
-      const bool rowok = img < a.n && iy >= 0 && iy < a.h;
-      const uint4* src_row = a.x + ((long long)img * a.h + (rowok ? iy : 0)) * a.w * a.p;
-      uint4* dst_slot = as + s * a.wslot;
+      const int iy = (rg - img * a.ho) * a.sh + dy * a.dh - a.pt;
+      const bool rowok = img < a.n && (unsigned)iy < (unsigned)a.h;
+      const uint32_t row_chunk = (uint32_t)((img * a.h + iy) * a.w) * (uint32_t)a.p;
+      const uint32_t dst_slot = as + 16 * s * a.wslot;
       for (int q = lane; q < per_slot; q += 32) {
-        const int px = q >> a.logp, c = q & (a.p - 1);
-        const int ix = px - a.pl;
-        const bool ok = rowok && (unsigned)ix < (unsigned)a.w;
-        cp_async<16>(dst_slot + c * plane + px, ok ? src_row + ix * a.p + c : a.x, ok);
+        const int2 e = ltab[q];
+        const bool ok = rowok && e.y >= 0;
+        const uint4* src = a.x + (ok ? row_chunk + (uint32_t)e.y : 0u);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_slot + 16 * e.x),
+                     "l"(src), "r"(ok ? 16 : 0));
+      }
+      j += s_dj;
+      dy += s_ddy;
+      if (j >= a.rmax) {
+        j -= a.rmax;
+        ++dy;
       }
     }
   };
@@ -214,48 +352,6 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   const int mt0 = blockIdx.x / a.ntiles;
   if (mt0 < a.mtiles) load_tile(0, mt0);
   cp_async_commit();
-  cp_async_wait<1>();  // the weights
-  __syncthreads();
-
-  // ---- per-channel constants: weight popcount per tap, column term per box
-  // class, thresholds
-  for (int q = tid; q < a.t * kFastBN; q += kFastThreads) {
-    const int tap = q / kFastBN, col = q - tap * kFastBN;
-    const uint4* src = bs + col * a.pitch_b + (tap << a.logp);
-    int s = 0;
-    for (int c = 0; c < a.p; ++c) {
-      const uint4 v = src[c];
-      s += __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w);
-    }
-    ptap[q] = (uint16_t)s;
-  }
-  __syncthreads();
-  for (int q = tid; q < ncls * kFastBN; q += kFastThreads) {
-    const int cls = q / kFastBN, col = q - cls * kFastBN;
-    const int cy = cls / a.ncx, cx = cls - cy * a.ncx;
-    int w1all = 0, w1v = 0;
-    for (int tap = 0; tap < a.t; ++tap) w1all += ptap[tap * kFastBN + col];
-    for (int dy = a.cy_a[cy]; dy < a.cy_b[cy]; ++dy)
-      for (int dx = a.cx_c[cx]; dx < a.cx_d[cx]; ++dx) w1v += ptap[(dy * a.kw + dx) * kFastBN + col];
-    const int term = a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
-                                    : a.pv * (w1all - w1v);
-    colterm[q] = n0 + col < a.o ? term : 0;
-  }
-  if (EPI == EPI_THR && tid < kFastBN) {
-    const int o = n0 + tid;
-    // Clamped into [amin - 1, amax + 1] (same bits for every reachable acc),
-    // so that the epilogue can move column terms across without overflow.
-    int2 t2 = o < a.o ? packed_threshold(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax)
-                      : make_int2(1, 0);
-    t2.x = max(min(t2.x, a.amax + 1), a.amin - 1);
-    t2.y = max(min(t2.y, a.amax + 1), a.amin - 1);
-    thr[tid] = t2;
-  } else if (EPI != EPI_THR && tid >= kFastBN) {
-    const int col = tid - kFastBN, o = min(n0 + col, a.o - 1);
-    csc[col] = __ldg(a.osc + o);
-    cbi[col] = __ldg(a.obias + o);
-  }
-  __syncthreads();
 
   // The thread's 8 columns: (nf, jj) -> wn + 8 nf + 2 tq + jj.
   const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32, wq = warp & 3;
@@ -301,7 +397,7 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
       rows[buf * kFastBM + r] = make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
                           (yc & 255) * a.ncx + (xc & 255), valid ? 1 : 0);
     }
-    cp_async_wait<0>();  // this tile's slots (the only copies in flight)
+    cp_async_wait<0>();  // this tile's slots (and, the first time, weights and table)
     // Two barriers per tile. This one: the slots are visible, and every warp
     // is past the previous tile's GEMM, so the other buffer may be refilled
     // (with the next tile, overlapping this tile's GEMM) and x1s rewritten.
@@ -353,74 +449,46 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     }
     __syncthreads();  // x1s complete
 
-    // ---- epilogue straight from the accumulators; the 8 columns' constants
-    int clo[4][2], chi[4][2], cint[4][2];
-    float cs[4][2], cb[4][2];
-#pragma unroll
-    for (int nf = 0; nf < 4; ++nf)
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj) {
-        const int col = wn + nf * 8 + 2 * tq + jj;
-        cint[nf][jj] = a.cls_int >= 0 ? colterm[a.cls_int * kFastBN + col] : 0;
-        if (EPI == EPI_THR) {
-          // Interior rows compare kmul * P + rowc against thresholds that
-          // already hold the column term.
-          const int2 t2 = thr[col];
-          clo[nf][jj] = t2.x - cint[nf][jj];
-          chi[nf][jj] = t2.y - cint[nf][jj];
-        } else {
-          cs[nf][jj] = csc[col];
-          cb[nf][jj] = cbi[col];
-          clo[nf][jj] = n0 + col < a.o;  // column valid
-        }
-      }
+    // ---- epilogue straight from the accumulators. The row's table entries
+    // for the thread's column pairs (2 tq, 2 tq + 1) + 8 nf: one 16-byte
+    // (interval pair) or 8-byte (term pair) load per nf.
 #pragma unroll
     for (int mf = 0; mf < 4; ++mf)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int r = wm + mf * 16 + gq + 8 * hh;
         const int4 rd = rows[buf * kFastBM + r];
-        const int rowc = need_x1 ? rd.x - 2 * x1s[r] : 0;
+        const int rowc = need_x1 ? rd.x - 2 * x1s[r] : 0;  // AND: the row term is 0
         const int m = m0 + r;
-        const int* ct = colterm + rd.z * kFastBN + wn + 2 * tq;
-        const bool interior = rd.z == a.cls_int;
+        const int tcol = rd.z * kFastBN + wn + 2 * tq;  // table entry of (nf 0, jj 0)
         uint32_t bits = 0;
         if (EPI == EPI_THR) {
-          if (__all_sync(kFull, interior)) {
+          const int4* tb = reinterpret_cast<const int4*>(fsm + L.tab) + (tcol >> 1);
 #pragma unroll
-            for (int nf = 0; nf < 4; ++nf)
-#pragma unroll
-              for (int jj = 0; jj < 2; ++jj) {
-                const int v = kmul * acc[mf][nf][2 * hh + jj] + rowc;
-                if (v >= clo[nf][jj] && v <= chi[nf][jj]) bits |= 1u << (nf * 8 + 2 * tq + jj);
-              }
-          } else {
-#pragma unroll
-            for (int nf = 0; nf < 4; ++nf)
-#pragma unroll
-              for (int jj = 0; jj < 2; ++jj) {
-                const int d = (interior ? cint[nf][jj] : ct[nf * 8 + jj]) - cint[nf][jj];
-                const int v = kmul * acc[mf][nf][2 * hh + jj] + rowc + d;
-                if (v >= clo[nf][jj] && v <= chi[nf][jj]) bits |= 1u << (nf * 8 + 2 * tq + jj);
-              }
+          for (int nf = 0; nf < 4; ++nf) {
+            const int4 lh = tb[nf * 4];
+            const int v0 = kmul * acc[mf][nf][2 * hh] + rowc;
+            const int v1 = kmul * acc[mf][nf][2 * hh + 1] + rowc;
+            if (v0 >= lh.x && v0 <= lh.y) bits |= 1u << (nf * 8 + 2 * tq);
+            if (v1 >= lh.z && v1 <= lh.w) bits |= 2u << (nf * 8 + 2 * tq);
           }
         } else {
+          const int2* tb = reinterpret_cast<const int2*>(fsm + L.tab) + (tcol >> 1);
           const float beta = __int_as_float(rd.y);
 #pragma unroll
           for (int nf = 0; nf < 4; ++nf) {
+            const int2 ct = tb[nf * 4];
+            const int col = wn + nf * 8 + 2 * tq;
             float val[2];
-#pragma unroll
-            for (int jj = 0; jj < 2; ++jj) {
-              const int accv = kmul * acc[mf][nf][2 * hh + jj] + rowc +
-                               (interior ? cint[nf][jj] : ct[nf * 8 + jj]);
-              val[jj] = epilogue((float)accv, cs[nf][jj], beta, cb[nf][jj], a.act, a.slope);
-            }
+            val[0] = epilogue((float)(kmul * acc[mf][nf][2 * hh] + rowc + ct.x), csc[col], beta,
+                              cbi[col], a.act, a.slope);
+            val[1] = epilogue((float)(kmul * acc[mf][nf][2 * hh + 1] + rowc + ct.y), csc[col + 1],
+                              beta, cbi[col + 1], a.act, a.slope);
+            const int o = n0 + col;
             if (EPI == EPI_PACKED) {
-#pragma unroll
-              for (int jj = 0; jj < 2; ++jj)
-                if (clo[nf][jj]) bits |= bin_bit(val[jj]) << (nf * 8 + 2 * tq + jj);
+              if (o < a.o) bits |= bin_bit(val[0]) << (nf * 8 + 2 * tq);
+              if (o + 1 < a.o) bits |= bin_bit(val[1]) << (nf * 8 + 2 * tq + 1);
             } else if (rd.w) {
-              const int o = n0 + wn + nf * 8 + 2 * tq;
               float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
               if ((a.o & 1) == 0 && o + 1 < a.o) {
                 *reinterpret_cast<float2*>(dst) = make_float2(val[0], val[1]);

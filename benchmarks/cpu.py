@@ -21,7 +21,12 @@ What it does (method of ../shared/BENCH.md):
    between binary layers); then a chain of four L3 layers, float32 XLA vs
    ours packed (float in -> packed -> packed -> packed -> float out).
    Warm-up, then >= 20 interleaved repetitions, block_until_ready; min and
-   median reported; speed-up = XLA min / ours min, same run.
+   median reported; speed-up = XLA min / ours min, same run. Each timed call
+   follows an untimed call of the same function (steady state: caches and
+   thread pools equally warm for XLA and for ours), and the functions
+   alternate within every repetition. --after-xla times each of ours right
+   after an XLA convolution instead (cold caches and a sleeping helper
+   thread for ours, while XLA follows one of ours).
 
 Binary MACs of a layer: N * Ho * Wo * O * KH * KW * C. "% ceil" compares our
 rate with the ceiling measured for the same number of threads.
@@ -106,7 +111,8 @@ def build_and_run_ceiling(seconds: float) -> dict:
 
 # -------------------------------------------------------------------- child
 
-def child(threads: int, batches: list[int], layers: list[str], reps: int, chain: bool):
+def child(threads: int, batches: list[int], layers: list[str], reps: int, chain: bool,
+          after_xla: bool = False):
     # Must precede the jax import: XLA sizes its intra-op pool from the affinity mask.
     cpus = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cpus[:threads])
@@ -122,16 +128,37 @@ def child(threads: int, batches: list[int], layers: list[str], reps: int, chain:
     rng = np.random.default_rng(0)
 
     def timeit(fns, args):
-        """Interleaved timing of several functions; returns [(min, median)]."""
+        """Interleaved timing of fns (fns[0] is XLA's); returns [(min, median)].
+
+        Default (steady state): in each repetition every function runs twice
+        in a row and the second call is timed, so each timed call follows a
+        call of the same function: caches and thread pools (XLA's Eigen
+        threads, our helper thread) are in the same warm state for both
+        sides, and the functions alternate within every repetition, so the
+        machine's noise hits them alike. With after_xla, XLA instead runs
+        (untimed) before each of ours: ours then starts with cold caches and
+        a sleeping helper while XLA follows one of ours (small footprint),
+        which is the harsher case for ours."""
         for f, a in zip(fns, args):
             for _ in range(3):
                 jax.block_until_ready(f(*a))
         ts = [[] for _ in fns]
-        for _ in range(reps):
-            for i, (f, a) in enumerate(zip(fns, args)):
-                t0 = time.perf_counter()
-                jax.block_until_ready(f(*a))
+
+        def once(i, record=True):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[i](*args[i]))
+            if record:
                 ts[i].append(time.perf_counter() - t0)
+
+        for _ in range(reps):
+            for i in range(len(fns)):
+                if after_xla:
+                    if i > 0:
+                        once(0, record=False)
+                    once(i)
+                else:
+                    once(i, record=False)
+                    once(i)
         return [(float(np.min(t)), float(np.median(t))) for t in ts]
 
     def emit(rec):
@@ -151,7 +178,7 @@ def child(threads: int, batches: list[int], layers: list[str], reps: int, chain:
             ours_p = jax.jit(lambda xw, pw: jb.binary_conv2d(
                 jb.PackedActivations(xw, c), pw, type="xnor", strides=(s, s), padding="SAME",
                 output="packed").words)
-            (t_o, t_x, t_p) = timeit([ours, xla, ours_p], [(x, pw), (x, wf), (xp.words, pw)])
+            (t_x, t_o, t_p) = timeit([xla, ours, ours_p], [(x, wf), (x, pw), (xp.words, pw)])
             ho = (h + s - 1) // s
             macs = n * ho * ho * o * k * k * c
             emit(dict(kind="layer", layer=name, n=n, macs=macs, ours=t_o, xla=t_x, packed=t_p))
@@ -173,7 +200,7 @@ def child(threads: int, batches: list[int], layers: list[str], reps: int, chain:
                     y = jb.binary_conv2d(y, pwi, type="xnor", padding="SAME", output="packed")
                 return jb.binary_conv2d(y, pws[3], type="xnor", padding="SAME")
 
-            (t_b, t_f) = timeit([jax.jit(b_chain), jax.jit(f_chain)], [(x, pws), (x, ws)])
+            (t_f, t_b) = timeit([jax.jit(f_chain), jax.jit(b_chain)], [(x, ws), (x, pws)])
             emit(dict(kind="chain", layer="4xL3", n=n, macs=4 * n * h * w * c * c * 9, ours=t_b, xla=t_f))
 
 
@@ -187,6 +214,8 @@ def main():
     ap.add_argument("--layers", default=",".join(LAYERS))
     ap.add_argument("--quick", action="store_true", help="N=1, 8 reps")
     ap.add_argument("--no-chain", action="store_true")
+    ap.add_argument("--after-xla", action="store_true",
+                    help="time each of ours right after an XLA call (cold case) instead of after itself")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.quick:
@@ -194,7 +223,7 @@ def main():
     batches = [int(v) for v in a.batches.split(",")]
     layers = a.layers.split(",")
     if a.child:
-        child(a.child, batches, layers, max(a.reps, 1), not a.no_chain)
+        child(a.child, batches, layers, max(a.reps, 1), not a.no_chain, a.after_xla)
         return
     ncpu = len(os.sched_getaffinity(0))
     threads = [int(v) for v in a.threads.split(",")] if a.threads else sorted({1, ncpu})
@@ -204,7 +233,8 @@ def main():
     rows = []
     for t in threads:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(t), "--reps", str(a.reps),
-               "--batches", a.batches, "--layers", a.layers] + (["--no-chain"] if a.no_chain else [])
+               "--batches", a.batches, "--layers", a.layers] + (["--no-chain"] if a.no_chain else []) \
+            + (["--after-xla"] if a.after_xla else [])
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -212,7 +242,7 @@ def main():
             print(f"child for {t} threads failed:\n{r.stderr[-3000:]}")
             continue
         rows += [json.loads(line[7:]) for line in r.stdout.splitlines() if line.startswith("RESULT ")]
-    _print_table(rows, ceiling)
+    _print_table(rows, ceiling, a.after_xla)
     print(f"# load average at the end: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
 
 
@@ -227,9 +257,11 @@ def _model_name():
     return platform.processor() or "unknown CPU"
 
 
-def _print_table(rows, ceiling):
+def _print_table(rows, ceiling, after_xla=False):
     isa = rows[0]["isa"] if rows else "?"
-    print(f"\n# kernel ISA: {isa}; times in ms, min (median) of interleaved reps; "
+    order = ("each of ours timed right after an XLA call" if after_xla
+             else "each timed call follows a call of the same function")
+    print(f"\n# kernel ISA: {isa}; times in ms, min (median) of interleaved reps ({order}); "
           "speed-up = XLA f32 min / ours min")
     hdr = (f"{'layer':6} {'N':>2} {'thr':>3} | {'ours ms':>17} {'XLA f32 ms':>17} {'speed-up':>8} "
            f"{'GMAC/s':>7} {'% ceil':>6} | {'packed in/out ms':>17} {'speed-up':>8} {'% ceil':>6}")

@@ -298,7 +298,7 @@ class HelperPool {
     workers_.store(0, std::memory_order_relaxed);
     first_claim_ns_.store(-1, std::memory_order_relaxed);
     active_.store(helpers, std::memory_order_relaxed);
-    published_ = t0;
+    published_.store(t0.time_since_epoch().count(), std::memory_order_relaxed);
     ctr_.store(gen << 32, std::memory_order_release);
     epoch_.fetch_add(1, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) word_wake(&epoch_, helpers);
@@ -325,8 +325,10 @@ class HelperPool {
   static constexpr int kMaxThreads = 256;
   // How long a helper spins for the next job after its last work before it
   // sleeps: long enough to bridge the gap between binary layers that follow
-  // each other, short enough not to hold a core from XLA's own work.
-  static constexpr int kSpinUs = 100;
+  // each other (~2 us in a jitted chain), short enough not to hold a core
+  // from XLA's own work (100 us and 20 us gave the same XLA times in
+  // benchmarks/cpu.py on the dev VM).
+  static constexpr int kSpinUs = 50;
 
   static std::atomic<HelperPool*>& instance() {
     static std::atomic<HelperPool*> p{nullptr};
@@ -359,7 +361,7 @@ class HelperPool {
         workers_.fetch_add(1, std::memory_order_relaxed);
         int64_t expect = -1;
         first_claim_ns_.compare_exchange_strong(
-            expect, static_cast<int64_t>(us_since(published_) * 1000.0), std::memory_order_relaxed);
+            expect, static_cast<int64_t>(us_since_published() * 1000.0), std::memory_order_relaxed);
       }
       (*fn)(i);
       const uint32_t d = done_.fetch_add(1, std::memory_order_seq_cst) + 1;
@@ -402,6 +404,9 @@ class HelperPool {
       }
       if (index >= active_.load(std::memory_order_relaxed)) continue;  // not needed now
       const uint64_t c = ctr_.load(std::memory_order_acquire);
+      if (debug_pool())
+        std::fprintf(stderr, "jax_binconv helper %d: epoch %u, slept %d, +%.1f us after publish\n",
+                     index, seen, slept ? 1 : 0, us_since_published());
       if (work(c >> 32, /*helper=*/true) > 0) idle_since = std::chrono::steady_clock::now();
     }
   }
@@ -417,7 +422,12 @@ class HelperPool {
   std::atomic<int> active_{0};        // helpers with index < active_ take part
   std::atomic<int> workers_{0};       // helpers that ran an item of the current job
   std::atomic<int64_t> first_claim_ns_{-1};
-  std::chrono::steady_clock::time_point published_;  // written before the job is published
+  std::atomic<std::chrono::steady_clock::rep> published_{0};  // when the current job was published
+  double us_since_published() const {
+    const std::chrono::steady_clock::time_point t(
+        std::chrono::steady_clock::duration(published_.load(std::memory_order_relaxed)));
+    return us_since(t);
+  }
   std::atomic<int> nthreads_{0};
   std::mutex grow_mu_;
 };

@@ -590,6 +590,18 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     for (int64_t xx = 0; xx < p.pad_left; ++xx) put_fill(xx);
     for (int64_t xx = p.pad_left + g.W; xx < g.Wp; ++xx) put_fill(xx);
     const int64_t nw = (g.C + 63) / 64;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (p.x_packed && g.G == 1 && g.C % 64 == 0) {
+      // Two LSB-first uint32 words are one uint64 word and every bit is a
+      // channel: the row's pixels are copied as they are, in one piece.
+      std::memcpy(row + p.pad_left * PS,
+                  static_cast<const uint32_t*>(call.x) + (n * g.H + y) * g.W * xw,
+                  sizeof(uint64_t) * g.W * PS);
+      if (A)
+        for (int64_t x = 0; x < g.W; ++x) A[(n * g.H + y) * g.W + x] = 1.0f;
+      return;
+    }
+#endif
     std::vector<uint64_t> tmp(g.G == 1 ? 0 : nw + 1);
     for (int64_t x = 0; x < g.W; ++x) {
       const int64_t pix = (n * g.H + y) * g.W + x;

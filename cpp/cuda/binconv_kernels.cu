@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 
 #include "binconv_kernels.h"
 #include "binconv_params.h"
@@ -1115,6 +1116,43 @@ cudaError_t measure_ceilings(Ceilings* out, size_t copy_bytes) {
 std::atomic<int> g_policy{0};     // KernelPolicy
 std::atomic<int> g_last_path{0};  // KernelPath of the last launch_conv
 
+// Per-device attributes the fast path reads on every call, queried once per
+// device (a handful of runtime calls less per call: N = 1 layers are bound
+// by such host work).
+struct DevInfo {
+  int sms, optin, smem_sm, reserved;
+};
+cudaError_t dev_info(DevInfo* out) {
+  constexpr int kMaxDev = 64;
+  static DevInfo info[kMaxDev];
+  static std::atomic<uint64_t> have{0};
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = uint64_t(1) << (dev & (kMaxDev - 1));
+  if (dev < kMaxDev && (have.load(std::memory_order_acquire) & bit)) {
+    *out = info[dev];
+    return cudaSuccess;
+  }
+  DevInfo d{};
+  if ((err = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
+      (err = cudaDeviceGetAttribute(&d.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) !=
+          cudaSuccess ||
+      (err = cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor,
+                                    dev)) != cudaSuccess ||
+      (err = cudaDeviceGetAttribute(&d.reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev)) !=
+          cudaSuccess)
+    return err;
+  if (dev < kMaxDev) {
+    static std::mutex mu;
+    std::lock_guard<std::mutex> lock(mu);
+    info[dev] = d;
+    have.fetch_or(bit, std::memory_order_release);
+  }
+  *out = d;
+  return cudaSuccess;
+}
+
 // Geometry of fast_conv_kernel for these parameters, or false when the call
 // is outside what it handles (the general kernels then run). x and w are the
 // operand pointers (packed x: 16-byte chunks must be aligned; float x is
@@ -1202,11 +1240,8 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   a.opad = a.ntiles * kFastBN;
   a.div_kc = make_fastdiv((uint32_t)a.kc);
   const FastSmem L = fast_smem(a);
-  int dev = 0, optin = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-    return false;
-  if (L.total > optin) return false;
+  DevInfo di;
+  if (dev_info(&di) != cudaSuccess || L.total > di.optin) return false;
   *fa = a;
   *smem = L.total;
   return true;
@@ -1215,23 +1250,23 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
 template <int EPI>
 cudaError_t launch_fast_epi(const FastArgs& a, int smem, cudaStream_t stream) {
   static std::atomic<uint64_t> attr_set{0};
-  int dev = 0, sms = 0, optin = 0, per_sm = 0;
+  DevInfo di;
+  int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = dev_info(&di);
   if (err != cudaSuccess) return err;
   const uint64_t bit = uint64_t(1) << (dev & 63);
   if (!(attr_set.load(std::memory_order_relaxed) & bit)) {
-    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    if (err != cudaSuccess) return err;
     err = cudaFuncSetAttribute(fast_conv_kernel<EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               optin);
+                               di.optin);
     if (err != cudaSuccess) return err;
     attr_set.fetch_or(bit, std::memory_order_relaxed);
   }
-  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (err != cudaSuccess) return err;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fast_conv_kernel<EPI>,
-                                                      kFastThreads, smem);
-  if (err != cudaSuccess) return err;
+  // Blocks per SM: registers allow 2 (__launch_bounds__), shared memory as
+  // computed here (what cudaOccupancyMaxActiveBlocksPerMultiprocessor gives,
+  // without its cost on every call).
+  const int per_sm = std::max(1, std::min(2, di.smem_sm / (smem + di.reserved)));
+  const int sms = di.sms;
   const long long items = (long long)a.mtiles * a.ntiles;
   const long long cap = (long long)sms * std::max(per_sm, 1);
   long long grid = items <= cap ? items : std::max<long long>(cap / a.ntiles, 1) * a.ntiles;

@@ -105,8 +105,8 @@ racecheck:test_epilogue and tanh and binary
 LIST
       ;;
     sanfast)
-      # compute-sanitizer on the fast kernel's tests (one process per selection).
-      san_list fast_conv 120 sanitize_fast <<'LIST'
+      # compute-sanitizer on the fast kernels (fast_conv_kernel, fast_tables_kernel), one process per selection.
+      san_list fast_ 120 sanitize_fast <<'LIST'
 memcheck:fast_kernel_packed_io and auto and (0-xnor or 2-and or 4-xnor or 7-and)
 memcheck:fast_kernel_float_io and auto and (1-xnor or 3-and or 5-xnor or 8-and)
 memcheck:fast_kernel_persistent

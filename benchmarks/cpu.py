@@ -24,9 +24,12 @@ What it does (method of ../shared/BENCH.md):
    median reported; speed-up = XLA min / ours min, same run. Each timed call
    follows an untimed call of the same function (steady state: caches and
    thread pools equally warm for XLA and for ours), and the functions
-   alternate within every repetition. --after-xla times each of ours right
-   after an XLA convolution instead (cold caches and a sleeping helper
-   thread for ours, while XLA follows one of ours).
+   alternate within every repetition. The repetitions of every case are
+   spread over --rounds rounds (default 3) over all cases, so that a burst
+   of load from other processes spoils at most part of a case's samples.
+   --after-xla times each of ours right after an XLA convolution instead
+   (cold caches and a sleeping helper thread for ours, while XLA follows
+   one of ours).
 
 Binary MACs of a layer: N * Ho * Wo * O * KH * KW * C. "% ceil" compares our
 rate with the ceiling measured for the same number of threads.
@@ -112,7 +115,7 @@ def build_and_run_ceiling(seconds: float) -> dict:
 # -------------------------------------------------------------------- child
 
 def child(threads: int, batches: list[int], layers: list[str], reps: int, chain: bool,
-          after_xla: bool = False):
+          after_xla: bool = False, rounds: int = 3):
     # Must precede the jax import: XLA sizes its intra-op pool from the affinity mask.
     cpus = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cpus[:threads])
@@ -127,8 +130,8 @@ def child(threads: int, batches: list[int], layers: list[str], reps: int, chain:
     _cpu.set_num_threads(threads)
     rng = np.random.default_rng(0)
 
-    def timeit(fns, args):
-        """Interleaved timing of fns (fns[0] is XLA's); returns [(min, median)].
+    def timeit(fns, args, reps, ts):
+        """Interleaved timing of fns (fns[0] is XLA's); appends to ts[i].
 
         Default (steady state): in each repetition every function runs twice
         in a row and the second call is timed, so each timed call follows a
@@ -139,10 +142,6 @@ def child(threads: int, batches: list[int], layers: list[str], reps: int, chain:
         (untimed) before each of ours: ours then starts with cold caches and
         a sleeping helper while XLA follows one of ours (small footprint),
         which is the harsher case for ours."""
-        for f, a in zip(fns, args):
-            for _ in range(3):
-                jax.block_until_ready(f(*a))
-        ts = [[] for _ in fns]
 
         def once(i, record=True):
             t0 = time.perf_counter()
@@ -159,12 +158,16 @@ def child(threads: int, batches: list[int], layers: list[str], reps: int, chain:
                 else:
                     once(i, record=False)
                     once(i)
-        return [(float(np.min(t)), float(np.median(t))) for t in ts]
 
     def emit(rec):
         rec.update(threads=threads, isa=_cpu.get_isa())
         print("RESULT " + json.dumps(rec), flush=True)
 
+    # Every case is set up (and compiled, and warmed up) first; then the
+    # repetitions run in `rounds` rounds over all cases, so that a burst of
+    # load from other processes on the shared machine spoils at most part of
+    # one case's samples (min and median are over all rounds).
+    cases = []
     dn = ("NHWC", "HWIO", "NHWC")
     for n in batches:
         for name in layers:
@@ -173,35 +176,50 @@ def child(threads: int, batches: list[int], layers: list[str], reps: int, chain:
             wf = jnp.asarray(rng.standard_normal((k, k, c, o)).astype(np.float32))
             pw = jb.pack_weights(wf)
             xp = jb.pack_activations(x)
-            xla = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=dn))
-            ours = jax.jit(lambda x, pw: jb.binary_conv2d(x, pw, type="xnor", strides=(s, s), padding="SAME"))
-            ours_p = jax.jit(lambda xw, pw: jb.binary_conv2d(
+            xla = jax.jit(lambda x, w, s=s: jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=dn))
+            ours = jax.jit(lambda x, pw, s=s: jb.binary_conv2d(x, pw, type="xnor", strides=(s, s), padding="SAME"))
+            ours_p = jax.jit(lambda xw, pw, s=s, c=c: jb.binary_conv2d(
                 jb.PackedActivations(xw, c), pw, type="xnor", strides=(s, s), padding="SAME",
                 output="packed").words)
-            (t_x, t_o, t_p) = timeit([xla, ours, ours_p], [(x, wf), (x, pw), (xp.words, pw)])
             ho = (h + s - 1) // s
-            macs = n * ho * ho * o * k * k * c
-            emit(dict(kind="layer", layer=name, n=n, macs=macs, ours=t_o, xla=t_x, packed=t_p))
+            cases.append(dict(rec=dict(kind="layer", layer=name, n=n, macs=n * ho * ho * o * k * k * c),
+                              keys=("xla", "ours", "packed"), fns=[xla, ours, ours_p],
+                              args=[(x, wf), (x, pw), (xp.words, pw)]))
     if chain:
         h, w, c, o, k, s = LAYERS["L3"]
+
+        def f_chain(x, ws):
+            for wi in ws:
+                x = jax.lax.conv_general_dilated(x, wi, (1, 1), "SAME", dimension_numbers=dn)
+            return x
+
+        def b_chain(x, pws):
+            y = jb.binary_conv2d(x, pws[0], type="xnor", padding="SAME", output="packed")
+            for pwi in pws[1:3]:
+                y = jb.binary_conv2d(y, pwi, type="xnor", padding="SAME", output="packed")
+            return jb.binary_conv2d(y, pws[3], type="xnor", padding="SAME")
+
         for n in batches:
             x = jnp.asarray(rng.standard_normal((n, h, w, c)).astype(np.float32))
             ws = [jnp.asarray(rng.standard_normal((3, 3, c, c)).astype(np.float32)) for _ in range(4)]
             pws = [jb.pack_weights(wi) for wi in ws]
-
-            def f_chain(x, ws):
-                for wi in ws:
-                    x = jax.lax.conv_general_dilated(x, wi, (1, 1), "SAME", dimension_numbers=dn)
-                return x
-
-            def b_chain(x, pws):
-                y = jb.binary_conv2d(x, pws[0], type="xnor", padding="SAME", output="packed")
-                for pwi in pws[1:3]:
-                    y = jb.binary_conv2d(y, pwi, type="xnor", padding="SAME", output="packed")
-                return jb.binary_conv2d(y, pws[3], type="xnor", padding="SAME")
-
-            (t_f, t_b) = timeit([jax.jit(f_chain), jax.jit(b_chain)], [(x, ws), (x, pws)])
-            emit(dict(kind="chain", layer="4xL3", n=n, macs=4 * n * h * w * c * c * 9, ours=t_b, xla=t_f))
+            cases.append(dict(rec=dict(kind="chain", layer="4xL3", n=n, macs=4 * n * h * w * c * c * 9),
+                              keys=("xla", "ours"), fns=[jax.jit(f_chain), jax.jit(b_chain)],
+                              args=[(x, ws), (x, pws)]))
+    for cs in cases:
+        for f, a in zip(cs["fns"], cs["args"]):
+            for _ in range(3):
+                jax.block_until_ready(f(*a))
+        cs["ts"] = [[] for _ in cs["fns"]]
+    rounds = max(1, min(rounds, reps))
+    for r in range(rounds):
+        for cs in cases:
+            timeit(cs["fns"], cs["args"], reps * (r + 1) // rounds - reps * r // rounds, cs["ts"])
+    for cs in cases:
+        rec = dict(cs["rec"])
+        for key, t in zip(cs["keys"], cs["ts"]):
+            rec[key] = (float(np.min(t)), float(np.median(t)))
+        emit(rec)
 
 
 # ------------------------------------------------------------------- parent
@@ -214,6 +232,8 @@ def main():
     ap.add_argument("--layers", default=",".join(LAYERS))
     ap.add_argument("--quick", action="store_true", help="N=1, 8 reps")
     ap.add_argument("--no-chain", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="spread each case's repetitions over this many rounds over all cases")
     ap.add_argument("--after-xla", action="store_true",
                     help="time each of ours right after an XLA call (cold case) instead of after itself")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
@@ -223,7 +243,7 @@ def main():
     batches = [int(v) for v in a.batches.split(",")]
     layers = a.layers.split(",")
     if a.child:
-        child(a.child, batches, layers, max(a.reps, 1), not a.no_chain, a.after_xla)
+        child(a.child, batches, layers, max(a.reps, 1), not a.no_chain, a.after_xla, a.rounds)
         return
     ncpu = len(os.sched_getaffinity(0))
     threads = [int(v) for v in a.threads.split(",")] if a.threads else sorted({1, ncpu})
@@ -233,7 +253,8 @@ def main():
     rows = []
     for t in threads:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", str(t), "--reps", str(a.reps),
-               "--batches", a.batches, "--layers", a.layers] + (["--no-chain"] if a.no_chain else []) \
+               "--batches", a.batches, "--layers", a.layers, "--rounds", str(a.rounds)] \
+            + (["--no-chain"] if a.no_chain else []) \
             + (["--after-xla"] if a.after_xla else [])
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")

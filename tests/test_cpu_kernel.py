@@ -230,6 +230,31 @@ def test_weight_cache_checks_every_block():
     _cpu.set_num_threads(0)
 
 
+def test_border_correction_follows_the_geometry():
+    """The border correction (per output row/column class, from the weights'
+    per-tap sums) is kept with the cached weights for the geometry it was
+    built for: the same weights alternated over input sizes, paddings,
+    strides and pad values must rebuild it whenever the geometry changes."""
+    rng = np.random.default_rng(23)
+    w = rng.standard_normal((3, 3, 64, 40)).astype(np.float32)
+    xs = {hw: _rand_x(rng, (1, hw[0], hw[1], 64)) for hw in ((9, 9), (6, 11), (13, 5))}
+    variants = [
+        ((9, 9), dict(type="xnor", padding="SAME")),
+        ((6, 11), dict(type="xnor", padding="SAME")),
+        ((9, 9), dict(type="xnor", padding=((2, 0), (0, 2)))),
+        ((13, 5), dict(type="xnor", padding="SAME", strides=2)),
+        ((9, 9), dict(type="xnor", padding="SAME", pad_value=-1.0)),
+        ((9, 9), dict(type="xnor", padding=((1, 1), (1, 1)), dilation=2)),
+    ]
+    fns = [_conv_fn(**kw) for _, kw in variants]
+    refs = [np.asarray(reference.binary_conv2d(xs[hw], w, **kw)) for hw, kw in variants]
+    for isa in ISAS:
+        _cpu.set_isa(isa)
+        for i in (0, 1, 0, 2, 3, 0, 4, 5, 1, 5, 0):
+            np.testing.assert_array_equal(np.asarray(fns[i](xs[variants[i][0]], w)), refs[i],
+                                          err_msg=f"{isa} {variants[i]}")
+
+
 @pytest.mark.parametrize("ctype", ["xnor", "and"])
 @pytest.mark.parametrize("activation", [None, "relu", "hard_tanh"])
 def test_full_blocks_float_and_packed(ctype, activation):

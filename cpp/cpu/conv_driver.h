@@ -103,7 +103,21 @@ inline Arena& thread_arena() {
 // use them, not serially before the convolution. Re-blocking costs about as
 // much as the convolution itself on layers with few pixels (7x7). Entries
 // are immutable once published; a small LRU bounded in entries and bytes.
+// The border correction of one geometry for one entry's weights: which
+// class each output row and column is in (its taps' pattern of padding) and
+// one table row per (row class, column class) of per-output corrections.
+struct CorrPlan {
+  std::vector<int64_t> key;  // the geometry it was built for
+  std::vector<int32_t> row_cls, col_cls, corr_tab;
+  int64_t ncol_cls = 0;
+};
+
 struct WeightEntry {
+  // The correction plan of the last geometry these weights ran with: it
+  // depends only on the weights and the geometry, and building it (O x
+  // classes x taps) costs about a microsecond per call on L3.
+  mutable std::mutex plan_mu;
+  mutable std::shared_ptr<const CorrPlan> plan;
   int64_t o = 0, t = 0, cg = 0, groups = 0;
   bool is_and = false;
   size_t nwords = 0;           // uint32 words of the packed weights
@@ -735,44 +749,71 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   // padding depends only on its row's and its column's pattern (3 x 3
   // classes for a 3x3 SAME layer), so the correction is one table row per
   // class, looked up instead of summed per pixel.
-  std::vector<int32_t> row_cls(g.Ho), col_cls(g.Wo);
-  std::vector<std::vector<uint8_t>> row_pad, col_pad;  // per class: tap row/col in padding
-  auto classify = [](int64_t n_out, int64_t n_tap, int64_t stride, int64_t dil, int64_t pad,
-                     int64_t size, std::vector<int32_t>& cls, std::vector<std::vector<uint8_t>>& pats) {
-    std::vector<uint8_t> pat(n_tap);
-    for (int64_t o = 0; o < n_out; ++o) {
-      for (int64_t d = 0; d < n_tap; ++d) {
-        const int64_t v = o * stride + d * dil - pad;
-        pat[d] = v < 0 || v >= size;
-      }
-      size_t id = 0;
-      while (id < pats.size() && pats[id] != pat) ++id;
-      if (id == pats.size()) pats.push_back(pat);
-      cls[o] = static_cast<int32_t>(id);
-    }
-  };
-  std::vector<int32_t> corr_tab;
-  if (corr_coef != 0) {
-    classify(g.Ho, g.KH, p.stride_h, p.dil_h, p.pad_top, g.H, row_cls, row_pad);
-    classify(g.Wo, g.KW, p.stride_w, p.dil_w, p.pad_left, g.W, col_cls, col_pad);
-    const int64_t ncls = static_cast<int64_t>(row_pad.size() * col_pad.size());
-    if (ncls * g.O <= (int64_t{1} << 22)) {
-      // + OBW: a block's row is read whole (OBW lanes) even when it has fewer
-      // real outputs; the slack keeps the last class row's read in bounds.
-      corr_tab.assign(ncls * g.O + OBW, 0);
-      for (size_t rc = 0; rc < row_pad.size(); ++rc)
-        for (size_t cc = 0; cc < col_pad.size(); ++cc) {
-          int32_t* dst = corr_tab.data() + (rc * col_pad.size() + cc) * g.O;
-          for (int64_t dy = 0; dy < g.KH; ++dy)
-            for (int64_t dx = 0; dx < g.KW; ++dx) {
-              if (!row_pad[rc][dy] && !col_pad[cc][dx]) continue;
-              const int32_t* ws = wsum + (dy * g.KW + dx) * g.O;
-              for (int64_t o = 0; o < g.O; ++o) dst[o] += corr_coef * ws[o];
-            }
+  auto build_plan = [&](std::vector<int64_t> key) {
+    auto plan = std::make_shared<CorrPlan>();
+    plan->key = std::move(key);
+    std::vector<int32_t>& row_cls = plan->row_cls;
+    std::vector<int32_t>& col_cls = plan->col_cls;
+    std::vector<int32_t>& corr_tab = plan->corr_tab;
+    row_cls.assign(g.Ho, 0);
+    col_cls.assign(g.Wo, 0);
+    std::vector<std::vector<uint8_t>> row_pad, col_pad;  // per class: tap row/col in padding
+    auto classify = [](int64_t n_out, int64_t n_tap, int64_t stride, int64_t dil, int64_t pad,
+                       int64_t size, std::vector<int32_t>& cls, std::vector<std::vector<uint8_t>>& pats) {
+      std::vector<uint8_t> pat(n_tap);
+      for (int64_t o = 0; o < n_out; ++o) {
+        for (int64_t d = 0; d < n_tap; ++d) {
+          const int64_t v = o * stride + d * dil - pad;
+          pat[d] = v < 0 || v >= size;
         }
+        size_t id = 0;
+        while (id < pats.size() && pats[id] != pat) ++id;
+        if (id == pats.size()) pats.push_back(pat);
+        cls[o] = static_cast<int32_t>(id);
+      }
+    };
+    if (corr_coef != 0) {
+      classify(g.Ho, g.KH, p.stride_h, p.dil_h, p.pad_top, g.H, row_cls, row_pad);
+      classify(g.Wo, g.KW, p.stride_w, p.dil_w, p.pad_left, g.W, col_cls, col_pad);
+      const int64_t ncls = static_cast<int64_t>(row_pad.size() * col_pad.size());
+      if (ncls * g.O <= (int64_t{1} << 22)) {
+        // + OBW: a block's row is read whole (OBW lanes) even when it has fewer
+        // real outputs; the slack keeps the last class row's read in bounds.
+        corr_tab.assign(ncls * g.O + OBW, 0);
+        for (size_t rc = 0; rc < row_pad.size(); ++rc)
+          for (size_t cc = 0; cc < col_pad.size(); ++cc) {
+            int32_t* dst = corr_tab.data() + (rc * col_pad.size() + cc) * g.O;
+            for (int64_t dy = 0; dy < g.KH; ++dy)
+              for (int64_t dx = 0; dx < g.KW; ++dx) {
+                if (!row_pad[rc][dy] && !col_pad[cc][dx]) continue;
+                const int32_t* ws = wsum + (dy * g.KW + dx) * g.O;
+                for (int64_t o = 0; o < g.O; ++o) dst[o] += corr_coef * ws[o];
+              }
+          }
+      }
     }
+    plan->ncol_cls = static_cast<int64_t>(col_pad.size());
+    return std::shared_ptr<const CorrPlan>(std::move(plan));
+  };
+  std::shared_ptr<const CorrPlan> plan;
+  if (corr_coef != 0) {
+    std::vector<int64_t> key{g.H, g.W, g.KH, g.KW, p.stride_h, p.stride_w, p.dil_h, p.dil_w,
+                             p.pad_top, p.pad_left, p.pad_bottom, p.pad_right, corr_coef};
+    {
+      std::lock_guard<std::mutex> lock(we.plan_mu);
+      if (we.plan && we.plan->key == key) plan = we.plan;
+    }
+    if (!plan) {
+      plan = build_plan(std::move(key));
+      std::lock_guard<std::mutex> lock(we.plan_mu);
+      we.plan = plan;
+    }
+  } else {
+    static const CorrPlan kNoCorrection;
+    plan = std::shared_ptr<const CorrPlan>(std::shared_ptr<const CorrPlan>(), &kNoCorrection);
   }
-  const int64_t ncol_cls = static_cast<int64_t>(col_pad.size());
+  const std::vector<int32_t>& corr_tab = plan->corr_tab;
+  const int64_t ncol_cls = plan->ncol_cls;
 
   std::vector<int64_t> tapoff(g.T);
   for (int64_t dy = 0; dy < g.KH; ++dy)
@@ -816,8 +857,8 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const uint8_t* const col_ok = g.col_ok.data();
     const int64_t* const koffs = koff.data();
     const int32_t* const ctab = corr_tab.empty() ? nullptr : corr_tab.data();
-    const int32_t* const rcls = row_cls.data();
-    const int32_t* const ccls = col_cls.data();
+    const int32_t* const rcls = plan->row_cls.data();
+    const int32_t* const ccls = plan->col_cls.data();
     const int32_t act = p.activation;
     const float slope = p.negative_slope;
     const bool has_beta = p.beta_scaling;

@@ -1004,7 +1004,7 @@ Plan make_plan(const ConvParams& p, const FastArgs* fa) {
   pl.thr = packed_by_threshold(p);
   if (pl.binary && fast) {
     if (!p.x_packed) pl.off_xp = take(sizeof(uint32_t) * pl.nhw * pl.g * pl.wg);
-    pl.off_ftab = take((size_t)fa->ncy * fa->ncx * fa->opad * fast_tab_entry(fa->thr));
+    pl.off_ftab = take(sizeof(int) * (size_t)fast_tab_rows(*fa) * fa->opad);
   } else if (pl.binary) {
     if (!p.x_packed) pl.off_xp = take(sizeof(uint32_t) * pl.nhw * pl.g * pl.wg);
     if (p.type == XNOR) pl.off_popc = take(sizeof(int) * pl.nhw * pl.g);
@@ -1442,7 +1442,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     fa.osc = b.output_scale;
     fa.obias = b.output_bias;
     fa.out = b.out;
-    fa.tab = at<void>(scratch, pl.off_ftab);
+    fa.tab = at<int>(scratch, pl.off_ftab);
     fast_tables_kernel<<<(unsigned)(fa.opad / 8), 256, 0, stream>>>(fa);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;

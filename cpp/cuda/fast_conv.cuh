@@ -73,7 +73,7 @@ struct FastArgs {
   const float* aimg;  // mean |x'| per pixel (float x with beta), else null
   const float* osc;
   const float* obias;
-  void* tab;  // [ncls][opad]: int2 acc interval (EPI_THR) or int column term
+  int* tab;   // [ncls + thr][opad] ints: bound B (thr) or column term, see fast_tables_kernel
   void* out;
   int m;  // N * Ho * Wo (< 2^31)
   int n, h, w, ho, wo, o, cg, opad;
@@ -90,8 +90,18 @@ struct FastArgs {
   int cy_a[kMaxCls], cy_b[kMaxCls], cx_c[kMaxCls], cx_d[kMaxCls];
 };
 
-// Bytes per entry of the (class, channel) table.
-__host__ __device__ inline int fast_tab_entry(int thr) { return thr ? 8 : 4; }
+// Rows of the (class, channel) table: one per box class, plus the flip row
+// with thresholds.
+__host__ __device__ inline int fast_tab_rows(const FastArgs& a) { return a.ncy * a.ncx + a.thr; }
+
+// Shared-memory row of the weights (and MMA column) of channel slot r of a
+// block: within each 32-channel slab, fragment column f = 8 nf + 2 tq + jj
+// holds channel 8 tq + 2 nf + jj, so that the 8 accumulators of a thread
+// are 8 consecutive channels (its byte of the packed output word, whose bit
+// p is then channel p of the slab, as the output layout wants).
+__host__ __device__ inline int fast_chan_of_col(int f) {  // column f -> channel
+  return (f & ~31) | (((f & 7) >> 1) << 3) | (((f >> 3) & 3) << 1) | (f & 1);
+}
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
@@ -110,7 +120,7 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   s.a0 = take(a_chunks * 16);
   s.a1 = take(a_chunks * 16);
   s.ktab = take(2 * a.ks * 4);
-  s.tab = take(a.ncy * a.ncx * kFastBN * fast_tab_entry(a.thr));
+  s.tab = take(fast_tab_rows(a) * kFastBN * 4);
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
   s.rows = take(2 * kFastBM * 16);  // double-buffered by tile parity
@@ -192,11 +202,21 @@ __global__ void __launch_bounds__(256) fast_tables_kernel(FastArgs a) {
     }
     ps[tap] = s;
   }
-  int2 t2 = make_int2(1, 0);
+  // thr: the bit is 1 for acc >= B (flip 1) or acc < B (flip 0): the sign
+  // of acc - B, flipped. packed_threshold_warp gives [lo, +inf), (-inf, hi],
+  // empty or everything (monotone activations only, see packed_by_threshold).
+  int bound = a.amax + 2, flip = 1;  // empty: acc >= amax + 2 never holds
   if (a.thr && real) {
-    t2 = packed_threshold_warp(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax, lane);
-    t2.x = max(min(t2.x, a.amax + 1), a.amin - 1);
-    t2.y = max(min(t2.y, a.amax + 1), a.amin - 1);
+    const int2 t2 = packed_threshold_warp(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax,
+                                          lane);
+    if (t2.x <= t2.y) {
+      if (t2.y >= a.amax) {
+        bound = max(t2.x, a.amin - 1);  // [lo, +inf), or everything
+      } else {
+        bound = t2.y + 1;  // (-inf, hi]
+        flip = 0;
+      }
+    }
   }
   __syncwarp();
   int w1all = 0;
@@ -206,15 +226,14 @@ __global__ void __launch_bounds__(256) fast_tables_kernel(FastArgs a) {
     int w1v = 0;
     for (int dy = a.cy_a[cy]; dy < a.cy_b[cy]; ++dy)
       for (int dx = a.cx_c[cx]; dx < a.cx_d[cx]; ++dx) w1v += ps[dy * a.kw + dx];
-    const int term = a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
-                                    : a.pv * (w1all - w1v);
-    const long long at = (long long)cls * a.opad + o;
-    if (a.thr) {
-      static_cast<int2*>(a.tab)[at] = real ? make_int2(t2.x - term, t2.y - term) : t2;
-    } else {
-      static_cast<int*>(a.tab)[at] = real ? term : 0;
-    }
+    const int term = !real ? 0
+                     : a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
+                                      : a.pv * (w1all - w1v);
+    // thr: the convolution compares kmul P + rowconst (acc without the
+    // column term) with the bound less the term.
+    a.tab[(long long)cls * a.opad + o] = a.thr ? bound - term : term;
   }
+  if (a.thr && lane == 0) a.tab[(long long)ncls * a.opad + o] = flip;
 }
 
 // The input slots are stored chunk-planar: plane c (16-byte chunk c of
@@ -252,11 +271,11 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   // ---- weights of this block's channels (zero rows past O: rows n0.. are
   // contiguous in the operand)
   {
-    const uint4* src = a.wt + (long long)n0 * a.kc;
-    const int avail = min(a.o - n0, kFastBN) * a.kc;
     for (int q = tid; q < kFastBN * a.kc; q += kFastThreads) {
       const int r = fdiv(q, a.div_kc), k = q - r * a.kc;
-      cp_async<16>(bs + r * a.pitch_b + k, src + (q < avail ? q : 0), q < avail);
+      const int o = n0 + fast_chan_of_col(r);
+      const bool ok = o < a.o;
+      cp_async<16>(bs + r * a.pitch_b + k, a.wt + (long long)(ok ? o : 0) * a.kc + k, ok);
     }
   }
   cp_async_commit();
@@ -306,12 +325,10 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   // (launched just before) is done.
   pdl_wait();
   {
-    const int esz = fast_tab_entry(a.thr);
-    const int per_cls = kFastBN * esz / 16;  // chunks per class row
-    const unsigned char* tsrc = static_cast<const unsigned char*>(a.tab) + (long long)n0 * esz;
-    for (int q = tid; q < ncls * per_cls; q += kFastThreads) {
-      const int cls = q / per_cls, j = q - cls * per_cls;
-      cp_async<16>(fsm + L.tab + q * 16, tsrc + (long long)cls * a.opad * esz + j * 16, true);
+    constexpr int per_row = kFastBN * 4 / 16;  // chunks per table row
+    for (int q = tid; q < fast_tab_rows(a) * per_row; q += kFastThreads) {
+      const int row = q / per_row, j = q - row * per_row;
+      cp_async<16>(fsm + L.tab + q * 16, a.tab + (long long)row * a.opad + n0 + j * 4, true);
     }
   }
   cp_async_commit();
@@ -353,7 +370,8 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   if (mt0 < a.mtiles) load_tile(0, mt0);
   cp_async_commit();
 
-  // The thread's 8 columns: (nf, jj) -> wn + 8 nf + 2 tq + jj.
+  // The thread's 8 accumulators (nf, jj) are channels n0 + wn + 8 tq + 2 nf + jj
+  // (fast_chan_of_col): bit 8 tq + 2 nf + jj of the warp's packed word.
   const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32, wq = warp & 3;
   const int gq = lane >> 2, tq = lane & 3;
   const int kmul = a.type == XNOR ? 4 : 1;
@@ -449,61 +467,73 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     }
     __syncthreads();  // x1s complete
 
-    // ---- epilogue straight from the accumulators. The row's table entries
-    // for the thread's column pairs (2 tq, 2 tq + 1) + 8 nf: one 16-byte
-    // (interval pair) or 8-byte (term pair) load per nf.
+    // ---- epilogue straight from the accumulators; ch: the thread's first
+    // channel within the block (8 consecutive ones).
+    const int ch = wn + 8 * tq;
+    const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
+    // thr: flip bits of the warp's 32 channels, in packed-word order.
+    const uint32_t flipw =
+        EPI == EPI_THR ? __ballot_sync(kFull, tab_s[ncls * kFastBN + wn + lane] != 0) : 0u;
+    // Row r = wm + gq + 16 mf + 8 hh: pointers to the first one, stepped.
+    const int4* rows_t = rows + buf * kFastBM + wm + gq;
+    const int* x1_t = x1s + wm + gq;
+    uint32_t* outw_t = static_cast<uint32_t*>(a.out) + (long long)(m0 + wm + gq) * ow + (n0 + wn) / 32;
 #pragma unroll
     for (int mf = 0; mf < 4; ++mf)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const int r = wm + mf * 16 + gq + 8 * hh;
-        const int4 rd = rows[buf * kFastBM + r];
-        const int rowc = need_x1 ? rd.x - 2 * x1s[r] : 0;  // AND: the row term is 0
-        const int m = m0 + r;
-        const int tcol = rd.z * kFastBN + wn + 2 * tq;  // table entry of (nf 0, jj 0)
+        const int dr = mf * 16 + 8 * hh;
+        const int4 rd = rows_t[dr];
+        const int rowc = need_x1 ? rd.x - 2 * x1_t[dr] : 0;  // AND: the row term is 0
+        const int m = m0 + wm + gq + dr;
+        const int* tb = tab_s + rd.z * kFastBN + ch;  // the row's class, the 8 channels
         uint32_t bits = 0;
         if (EPI == EPI_THR) {
-          const int4* tb = reinterpret_cast<const int4*>(fsm + L.tab) + (tcol >> 1);
+          // Sign of kmul P + rowc - B per channel, channel 7 first, shifted in.
+          const int4 b0 = *reinterpret_cast<const int4*>(tb);
+          const int4 b1 = *reinterpret_cast<const int4*>(tb + 4);
+          const int bnd[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-          for (int nf = 0; nf < 4; ++nf) {
-            const int4 lh = tb[nf * 4];
-            const int v0 = kmul * acc[mf][nf][2 * hh] + rowc;
-            const int v1 = kmul * acc[mf][nf][2 * hh + 1] + rowc;
-            if (v0 >= lh.x && v0 <= lh.y) bits |= 1u << (nf * 8 + 2 * tq);
-            if (v1 >= lh.z && v1 <= lh.w) bits |= 2u << (nf * 8 + 2 * tq);
+          for (int c = 7; c >= 0; --c) {
+            const int d = kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + (rowc - bnd[c]);
+            bits = __funnelshift_l((uint32_t)d, bits, 1);
           }
+          bits <<= 8 * tq;
         } else {
-          const int2* tb = reinterpret_cast<const int2*>(fsm + L.tab) + (tcol >> 1);
           const float beta = __int_as_float(rd.y);
+          float val[8];  // channels ch + c
 #pragma unroll
           for (int nf = 0; nf < 4; ++nf) {
-            const int2 ct = tb[nf * 4];
-            const int col = wn + nf * 8 + 2 * tq;
-            float val[2];
-            val[0] = epilogue((float)(kmul * acc[mf][nf][2 * hh] + rowc + ct.x), csc[col], beta,
-                              cbi[col], a.act, a.slope);
-            val[1] = epilogue((float)(kmul * acc[mf][nf][2 * hh + 1] + rowc + ct.y), csc[col + 1],
-                              beta, cbi[col + 1], a.act, a.slope);
-            const int o = n0 + col;
-            if (EPI == EPI_PACKED) {
-              if (o < a.o) bits |= bin_bit(val[0]) << (nf * 8 + 2 * tq);
-              if (o + 1 < a.o) bits |= bin_bit(val[1]) << (nf * 8 + 2 * tq + 1);
-            } else if (rd.w) {
-              float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
-              if ((a.o & 1) == 0 && o + 1 < a.o) {
-                *reinterpret_cast<float2*>(dst) = make_float2(val[0], val[1]);
-              } else {
-                if (o < a.o) dst[0] = val[0];
-                if (o + 1 < a.o) dst[1] = val[1];
-              }
+            const int2 ct = *reinterpret_cast<const int2*>(tb + 2 * nf);
+            val[2 * nf] = epilogue((float)(kmul * acc[mf][nf][2 * hh] + rowc + ct.x),
+                                   csc[ch + 2 * nf], beta, cbi[ch + 2 * nf], a.act, a.slope);
+            val[2 * nf + 1] = epilogue((float)(kmul * acc[mf][nf][2 * hh + 1] + rowc + ct.y),
+                                       csc[ch + 2 * nf + 1], beta, cbi[ch + 2 * nf + 1], a.act,
+                                       a.slope);
+          }
+          const int o = n0 + ch;
+          if (EPI == EPI_PACKED) {
+#pragma unroll
+            for (int c = 0; c < 8; ++c)
+              if (o + c < a.o) bits |= bin_bit(val[c]) << (8 * tq + c);
+          } else if (rd.w) {
+            // The 4 lanes of a row write 32 consecutive channels: 128 bytes.
+            float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
+            if ((a.o & 3) == 0 && o + 8 <= a.o) {
+              reinterpret_cast<float4*>(dst)[0] = make_float4(val[0], val[1], val[2], val[3]);
+              reinterpret_cast<float4*>(dst)[1] = make_float4(val[4], val[5], val[6], val[7]);
+            } else {
+#pragma unroll
+              for (int c = 0; c < 8; ++c)
+                if (o + c < a.o) dst[c] = val[c];
             }
           }
         }
         if (EPI != EPI_FLOAT) {
           bits |= __shfl_xor_sync(kFull, bits, 1);
           bits |= __shfl_xor_sync(kFull, bits, 2);
-          if (tq == 0 && rd.w && n0 + wn < a.o)
-            static_cast<uint32_t*>(a.out)[(long long)m * ow + (n0 + wn) / 32] = bits;
+          if (EPI == EPI_THR) bits ^= flipw;
+          if (tq == 0 && rd.w && n0 + wn < a.o) outw_t[dr * ow] = bits;
         }
       }
   }

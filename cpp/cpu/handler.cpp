@@ -4,6 +4,7 @@
 // as XLA's intra-op pool has (minus one; see HelperPool).
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
@@ -272,7 +273,7 @@ class HelperPool {
     active_.store(helpers, std::memory_order_relaxed);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       epoch_.fetch_add(1, std::memory_order_seq_cst);
-      word_wake(&epoch_, helpers);
+      word_wake(&epoch_, INT_MAX);  // any sleeper may be the one needed (see loop)
     }
   }
 
@@ -301,7 +302,7 @@ class HelperPool {
     published_.store(t0.time_since_epoch().count(), std::memory_order_relaxed);
     ctr_.store(gen << 32, std::memory_order_release);
     epoch_.fetch_add(1, std::memory_order_seq_cst);
-    if (sleepers_.load(std::memory_order_seq_cst) > 0) word_wake(&epoch_, helpers);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) word_wake(&epoch_, INT_MAX);
     res.sched_us = us_since(t0);
     res.caller_items = work(gen, /*helper=*/false);
     // The last items usually finish within microseconds: spin before sleeping.
@@ -394,6 +395,13 @@ class HelperPool {
         e = epoch_.load(std::memory_order_acquire);
       }
       seen = e;
+      // Helpers past the current thread count (set_num_threads lowered it)
+      // are woken too, since a futex wake picks its sleepers arbitrarily:
+      // they go straight back to sleep.
+      if (index >= active_.load(std::memory_order_relaxed)) {
+        idle_since = std::chrono::steady_clock::time_point();
+        continue;
+      }
       if (slept) {
         idle_since = std::chrono::steady_clock::now();
         // Woken on a busy machine, this thread may have preempted the caller
@@ -402,7 +410,6 @@ class HelperPool {
         // back once first.
         std::this_thread::yield();
       }
-      if (index >= active_.load(std::memory_order_relaxed)) continue;  // not needed now
       const uint64_t c = ctr_.load(std::memory_order_acquire);
       if (debug_pool())
         std::fprintf(stderr, "jax_binconv helper %d: epoch %u, slept %d, +%.1f us after publish\n",

@@ -13,8 +13,8 @@ PYBIND11_MODULE(_cpu, m) {
       "JAX_BINCONV_CPU_ISA=scalar|avx2|avx512|neon forces one (an unknown or unsupported value "
       "prints a warning to stderr and falls back to the best one); otherwise the best this CPU "
       "and OS support. JAX_BINCONV_CPU_THREADS=n caps the threads used (default: the size of "
-      "XLA's intra-op pool). JAX_BINCONV_CPU_HELPERS=own|xla|both: helper threads of this module "
-      "(default) or tasks on XLA's pool.";
+      "XLA's intra-op pool); the helper threads are this module's own (a persistent pool woken "
+      "per call).";
   m.def("registrations", [] {
     py::dict d;
     d["jax_binconv_conv2d_cpu_v1"] = py::capsule(conv2d_handler_address());

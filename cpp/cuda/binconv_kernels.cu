@@ -586,13 +586,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_b1_kernel(GemmArgs a) {
     }
   };
 
-  int acc[4][4][4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[i][n][r] = 0;
+  int acc[4][4][4] = {};
 
   const int nk = a.kpad / kBK;
   constexpr int S = Cfg::kStages;
@@ -1182,30 +1176,24 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   const long long wslot = (wo - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1;
   if (wslot > (1 << 16)) return false;
   a.wslot = (int)wslot;
-  // Valid-tap box classes per axis.
-  a.ncy = a.ncx = 0;
-  for (long long y = 0; y < ho; ++y) {
-    int lo, hi;
-    tap_range((int)(y * p.stride_h - p.pad_top), (int)p.h, (int)p.kh, (int)p.dil_h, lo, hi);
-    int i = 0;
-    while (i < a.ncy && !(a.cy_a[i] == lo && a.cy_b[i] == hi)) ++i;
-    if (i == a.ncy) {
-      if (a.ncy == kMaxCls) return false;
-      a.cy_a[a.ncy] = lo;
-      a.cy_b[a.ncy++] = hi;
+  // Valid-tap box classes per axis (the kernel looks them up the same way).
+  auto classes = [](long long extent, long long stride, long long pad, long long size,
+                    long long k, long long dil, int* lo_tab, int* hi_tab, int& n) {
+    n = 0;
+    for (long long v = 0; v < extent; ++v) {
+      int lo, hi;
+      if (axis_class((int)(v * stride - pad), (int)size, (int)k, (int)dil, lo_tab, hi_tab, n, lo,
+                     hi) >= 0)
+        continue;
+      if (n == kMaxCls) return false;
+      lo_tab[n] = lo;
+      hi_tab[n++] = hi;
     }
-  }
-  for (long long xx = 0; xx < wo; ++xx) {
-    int lo, hi;
-    tap_range((int)(xx * p.stride_w - p.pad_left), (int)p.w, (int)p.kw, (int)p.dil_w, lo, hi);
-    int i = 0;
-    while (i < a.ncx && !(a.cx_c[i] == lo && a.cx_d[i] == hi)) ++i;
-    if (i == a.ncx) {
-      if (a.ncx == kMaxCls) return false;
-      a.cx_c[a.ncx] = lo;
-      a.cx_d[a.ncx++] = hi;
-    }
-  }
+    return true;
+  };
+  if (!classes(ho, p.stride_h, p.pad_top, p.h, p.kh, p.dil_h, a.cy_a, a.cy_b, a.ncy) ||
+      !classes(wo, p.stride_w, p.pad_left, p.w, p.kw, p.dil_w, a.cx_c, a.cx_d, a.ncx))
+    return false;
   const long long a_chunks = (long long)a.rmax * p.kh * a.wslot * a.p;
   if (a_chunks > (1 << 20)) return false;
   a.m = (int)m;

@@ -90,6 +90,19 @@ struct FastArgs {
   int cy_a[kMaxCls], cy_b[kMaxCls], cx_c[kMaxCls], cx_d[kMaxCls];
 };
 
+// The valid-tap range [lo, hi) along one axis of the output position whose
+// first tap is at i0, and its index among the n classes (lo_tab[i],
+// hi_tab[i]) listed so far, or -1. The host lists the classes with it, the
+// kernel looks them up with it.
+__host__ __device__ __forceinline__ int axis_class(int i0, int size, int k, int dil,
+                                                   const int* lo_tab, const int* hi_tab, int n,
+                                                   int& lo, int& hi) {
+  tap_range(i0, size, k, dil, lo, hi);
+  for (int i = 0; i < n; ++i)
+    if (lo_tab[i] == lo && hi_tab[i] == hi) return i;
+  return -1;
+}
+
 // Rows of the (class, channel) table: one per box class, plus the flip row
 // with thresholds.
 __host__ __device__ inline int fast_tab_rows(const FastArgs& a) { return a.ncy * a.ncx + a.thr; }
@@ -294,20 +307,16 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     ktab[k] = e;
   }
   // Per output row y / column x: box class index | valid taps along the axis << 8.
-  for (int y = tid; y < a.ho; y += kFastThreads) {
-    int lo, hi, ci = 0;
-    tap_range(y * a.sh - a.pt, a.h, a.kh, a.dh, lo, hi);
-    for (int i = 0; i < a.ncy; ++i)
-      if (a.cy_a[i] == lo && a.cy_b[i] == hi) ci = i;
-    ycls[y] = ci | ((hi - lo) << 8);
-  }
-  for (int x = tid; x < a.wo; x += kFastThreads) {
-    int lo, hi, ci = 0;
-    tap_range(x * a.sw - a.pl, a.w, a.kw, a.dw, lo, hi);
-    for (int i = 0; i < a.ncx; ++i)
-      if (a.cx_c[i] == lo && a.cx_d[i] == hi) ci = i;
-    xcls[x] = ci | ((hi - lo) << 8);
-  }
+  auto tabulate = [&](int* dst, int extent, int stride, int pad, int size, int k, int dil,
+                      const int* lo_tab, const int* hi_tab, int n) {
+    for (int v = tid; v < extent; v += kFastThreads) {
+      int lo, hi;
+      const int ci = axis_class(v * stride - pad, size, k, dil, lo_tab, hi_tab, n, lo, hi);
+      dst[v] = max(ci, 0) | ((hi - lo) << 8);
+    }
+  };
+  tabulate(ycls, a.ho, a.sh, a.pt, a.h, a.kh, a.dh, a.cy_a, a.cy_b, a.ncy);
+  tabulate(xcls, a.wo, a.sw, a.pl, a.w, a.kw, a.dw, a.cx_c, a.cx_d, a.ncx);
   // Per slot element q (pixel px, chunk c): destination chunk in the slot
   // (chunk-planar) and source chunk in the input row, -1 outside the image.
   const int per_slot = a.wslot * a.p;
@@ -434,13 +443,7 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
       const int rg = fdiv(m, a.div_wo);
       abyte[mf] = as_addr + 16 * ((rg - row0) * a.wslot + (m - rg * a.wo) * a.sw);
     }
-    int acc[4][4][4], x1acc[4] = {0, 0, 0, 0};
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int n = 0; n < 4; ++n)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[i][n][r] = 0;
+    int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
     uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);
     const uint32_t bstep1 = 16 * 16 * a.pitch_b;
     const int* kp = ktab + half;

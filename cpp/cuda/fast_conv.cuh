@@ -6,7 +6,7 @@
 // Layout of the work. A block owns one tile of kFastBN output channels for
 // the whole launch: their packed weights (read straight from the operand,
 // [O][KH][KW][C/32] words, K contiguous per channel) stay in shared memory,
-// together with the per-channel constants of the epilogue. It then walks a
+// together with their rows of the per-call table of epilogue constants. It then walks a
 // strided list of M tiles (kFastBM consecutive output pixels in (n, y, x)
 // order). For each M tile it copies, with cp.async and one tile ahead, the
 // input rows that tile needs into "slots": slot (dy, j) is input row
@@ -30,13 +30,20 @@
 // The first bracket depends on the row only; the second on the column and on
 // the row's valid-tap box. Boxes come in few classes (top/bottom/left/right
 // borders and the interior), listed by the host. A small kernel run before
-// the convolution (fast_tables_kernel, one warp per output channel) tabulates
-// per (box class, channel) the column term, or for packed output without beta
-// the acc interval whose bit is 1 with the column term already folded in; a
-// block copies its channels' rows of that table with its weights. X1 comes
-// from the tensor cores too: one extra
-// MMA per K step against an all-ones B fragment (each of the 4 warps that
-// share a row range does it for one of its 4 row fragments).
+// the convolution (fast_tables_kernel, one warp per output channel, launched
+// ahead of it with programmatic dependent launch) tabulates per (box class,
+// channel) the column term, or for packed output without beta the bound B
+// with the column term folded in: the output bit is the sign of
+// (kmul P + row term - B), flipped per channel (the monotone activations give
+// one-sided acc intervals). A block copies its channels' rows of that table
+// after its weights. X1 comes from the tensor cores too: one extra MMA per K
+// step against an all-ones B fragment (each of the 4 warps that share a row
+// range does it for one of its 4 row fragments).
+//
+// MMA columns are permuted (fast_chan_of_col) so that a thread's 8
+// accumulators of a row are 8 consecutive channels: a packed byte (sign bits
+// shifted in with funnel shifts, 3 instructions per output) or 32 bytes of
+// float output per thread and row.
 //
 // Per-tile work outside the MMAs is kept to a few instructions per row: row
 // geometry with multiply-shift division, box classes and valid-tap counts

@@ -403,6 +403,15 @@ def test_packed_output_edges(t, activation):
     w2 = np.asarray(rand_x(96, (3, 3, c // 2, o)))
     check(x, w2, type=t, output="packed", activation=activation, negative_slope=0.3,
           output_scale=scale, output_bias=bias, pad_value=1.0, groups=2)
+    # C = 128: the fast kernel, whose table holds one bound per (box class,
+    # channel) and a flip bit per channel (empty, full, rising and falling
+    # edges; 70 channels: a partial last word).
+    x3 = np.asarray(rand_x(97, (2, 9, 9, 128)))
+    w3 = np.asarray(rand_x(98, (3, 3, 128, 70)))
+    scale3, bias3 = _edge_scales(70, 99)
+    check(x3, w3, type=t, output="packed", activation=activation, negative_slope=0.3,
+          output_scale=scale3, output_bias=bias3, padding=((2, 0), (1, 1)))
+    assert _cuda_mod().last_kernel() == "fast"
 
 
 def test_packed_output_nonfinite_scales_match_float_path():

@@ -281,6 +281,32 @@ def test_full_blocks_float_and_packed(ctype, activation):
                 np.testing.assert_array_equal(got, want, err_msg=isa)
 
 
+@pytest.mark.parametrize("ctype", ["xnor", "and"])
+def test_full_blocks_tail_tiles(ctype):
+    """The AVX-512 fused tile runs a narrower tile for a layer's last pixels
+    (N*Ho*Wo not a multiple of 6): every remainder 1..5 (and 0), float and
+    packed output, linear and ReLU, with border corrections, on 1 and 2
+    threads, exactly equal to the reference (unit scale, integer bias)."""
+    rng = np.random.default_rng(65)
+    c, o = 64, 64
+    w = rng.standard_normal((3, 3, c, o)).astype(np.float32)
+    ob = (rng.integers(-4, 4, o) + 0.5).astype(np.float32)  # no ties at 0 for bin()
+    for shape in ((1, 5, 5), (1, 4, 5), (1, 3, 9), (1, 4, 7), (1, 5, 7), (1, 7, 7), (2, 3, 4)):
+        x = _rand_x(rng, shape + (c,))
+        for activation in (None, "relu"):
+            kw = dict(type=ctype, padding="SAME", activation=activation, output_bias=ob)
+            ref = np.asarray(reference.binary_conv2d(x, w, **kw))
+            want = np.asarray(jb.pack_activations(ref).words)
+            f_packed = jax.jit(lambda x, w, kw=kw: jb.binary_conv2d(x, w, output="packed", **kw).words)
+            for threads in (1, 2):
+                _cpu.set_num_threads(threads)
+                for isa, got in _each_isa(_conv_fn(**kw), x, w).items():
+                    np.testing.assert_array_equal(got, ref, err_msg=f"{isa} {shape} {activation} t={threads}")
+                for isa, got in _each_isa(f_packed, x, w).items():
+                    np.testing.assert_array_equal(got, want, err_msg=f"{isa} {shape} {activation} t={threads}")
+    _cpu.set_num_threads(0)
+
+
 def test_nan_input_binarizes_to_plus_one():
     rng = np.random.default_rng(5)
     x = _rand_x(rng, (1, 5, 5, 70))

@@ -183,6 +183,97 @@ struct Avx512Traits {
   // its correction table row, read from output o0. Same formula and rounding
   // order as binconv::epilogue: ((acc * os) * beta) + ob; betas == nullptr:
   // no beta scaling (beta 1, and z * 1 == z).
+  // The epilogue of one pixel from its four accumulators (8 x 64-bit counts
+  // each, outputs in order): the same operations and rounding as
+  // BINCONV_FINISH in bin_tile_fused.
+  template <bool AND, bool RELU, bool PACKED>
+  static inline void finish_pixel(__m512i a0, __m512i a1, __m512i a2, __m512i a3, int32_t base,
+                                  const int32_t* crow, const float* os, const float* ob,
+                                  const float* beta, float* dst, uint32_t* dst32, bool stream) {
+    const __m512i lo_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512 zero = _mm512_setzero_ps();
+    __m512i lo = _mm512_permutex2var_epi32(a0, lo_dwords, a1);
+    __m512i hi = _mm512_permutex2var_epi32(a2, lo_dwords, a3);
+    if (!AND) {
+      const __m512i vbase = _mm512_set1_epi32(base);
+      lo = _mm512_sub_epi32(vbase, _mm512_add_epi32(lo, lo));
+      hi = _mm512_sub_epi32(vbase, _mm512_add_epi32(hi, hi));
+    }
+    if (crow) {
+      lo = _mm512_add_epi32(lo, _mm512_loadu_si512(crow));
+      hi = _mm512_add_epi32(hi, _mm512_loadu_si512(crow + 16));
+    }
+    __m512 z0 = _mm512_mul_ps(_mm512_cvtepi32_ps(lo), _mm512_loadu_ps(os));
+    __m512 z1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(os + 16));
+    if (beta) {
+      const __m512 bt = _mm512_set1_ps(*beta);
+      z0 = _mm512_mul_ps(z0, bt);
+      z1 = _mm512_mul_ps(z1, bt);
+    }
+    z0 = _mm512_add_ps(z0, _mm512_loadu_ps(ob));
+    z1 = _mm512_add_ps(z1, _mm512_loadu_ps(ob + 16));
+    if (RELU) {
+      z0 = _mm512_max_ps(zero, z0);
+      z1 = _mm512_max_ps(zero, z1);
+    }
+    if (PACKED) {
+      const __mmask16 m0 = _mm512_cmp_ps_mask(z0, zero, _CMP_NLT_UQ);
+      const __mmask16 m1 = _mm512_cmp_ps_mask(z1, zero, _CMP_NLT_UQ);
+      *dst32 = _cvtmask32_u32(_mm512_kunpackw(m1, m0));
+    } else if (stream) {
+      _mm512_stream_ps(dst, z0);
+      _mm512_stream_ps(dst + 16, z1);
+    } else {
+      _mm512_storeu_ps(dst, z0);
+      _mm512_storeu_ps(dst + 16, z1);
+    }
+  }
+
+  // bin_tile_fused for a tile of NP < kP pixels (the last one of a layer).
+  template <bool AND, bool RELU, bool PACKED, int NP>
+  static void narrow_tile_fused(const uint64_t* xbase, const int64_t* off, const int64_t* koff,
+                                int64_t KT, const uint64_t* w, int32_t base,
+                                const int32_t* const* crow, int64_t o0, const float* os,
+                                const float* ob, const float* betas, float* dst, uint32_t* dst32,
+                                int64_t dst_stride, int64_t dst32_stride, bool stream) {
+    const uint64_t* xp[NP];
+    for (int p = 0; p < NP; ++p) xp[p] = xbase + off[p];
+    __m512i acc[NP][4];
+    {
+      const int64_t k = koff[0];
+      const __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + 8);
+      const __m512i w2 = _mm512_load_si512(w + 16), w3 = _mm512_load_si512(w + 24);
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) {
+        const __m512i xb = _mm512_set1_epi64(static_cast<long long>(xp[p][k]));
+        acc[p][0] = _mm512_popcnt_epi64(op<AND>(xb, w0));
+        acc[p][1] = _mm512_popcnt_epi64(op<AND>(xb, w1));
+        acc[p][2] = _mm512_popcnt_epi64(op<AND>(xb, w2));
+        acc[p][3] = _mm512_popcnt_epi64(op<AND>(xb, w3));
+      }
+    }
+    for (int64_t i = 1; i < KT; ++i) {
+      const int64_t k = koff[i];
+      const uint64_t* wi = w + i * 32;
+      const __m512i w0 = _mm512_load_si512(wi), w1 = _mm512_load_si512(wi + 8);
+      const __m512i w2 = _mm512_load_si512(wi + 16), w3 = _mm512_load_si512(wi + 24);
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) {
+        const __m512i xb = _mm512_set1_epi64(static_cast<long long>(xp[p][k]));
+        acc[p][0] = _mm512_add_epi64(acc[p][0], _mm512_popcnt_epi64(op<AND>(xb, w0)));
+        acc[p][1] = _mm512_add_epi64(acc[p][1], _mm512_popcnt_epi64(op<AND>(xb, w1)));
+        acc[p][2] = _mm512_add_epi64(acc[p][2], _mm512_popcnt_epi64(op<AND>(xb, w2)));
+        acc[p][3] = _mm512_add_epi64(acc[p][3], _mm512_popcnt_epi64(op<AND>(xb, w3)));
+      }
+    }
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p)
+      finish_pixel<AND, RELU, PACKED>(acc[p][0], acc[p][1], acc[p][2], acc[p][3], base,
+                                      crow[p] ? crow[p] + o0 : nullptr, os, ob,
+                                      betas ? betas + p : nullptr, dst + p * dst_stride,
+                                      dst32 + p * dst32_stride, stream);
+  }
+
   static constexpr bool kFused = true;
   template <bool AND, bool RELU, bool PACKED>
   static void bin_tile_fused(const uint64_t* xbase, const int64_t* off, const int64_t* koff,
@@ -192,6 +283,23 @@ struct Avx512Traits {
                              int64_t dst_stride, int64_t dst32_stride, bool stream) {
     // Streaming (non-temporal) float stores when asked and every row is 64-byte aligned.
     stream = stream && ((reinterpret_cast<uintptr_t>(dst) | (dst_stride * 4)) & 63) == 0;
+    // A tail tile of fewer pixels runs a narrower tile (L4 at N=1: 49 pixels,
+    // the last tile has one; computing six there cost ~10% of the layer).
+    switch (np) {
+#define BINCONV_NARROW(NP)                                                                  \
+  case NP:                                                                                  \
+    narrow_tile_fused<AND, RELU, PACKED, NP>(xbase, off, koff, KT, w, base, crow, o0, os, ob, \
+                                             betas, dst, dst32, dst_stride, dst32_stride,   \
+                                             stream);                                       \
+    return;
+      BINCONV_NARROW(1)
+      BINCONV_NARROW(2)
+      BINCONV_NARROW(3)
+      BINCONV_NARROW(4)
+      BINCONV_NARROW(5)
+#undef BINCONV_NARROW
+      default: break;
+    }
     const uint64_t* xp[kP];
     for (int p = 0; p < kP; ++p) xp[p] = xbase + off[p];
     BINCONV_ACCUMULATE

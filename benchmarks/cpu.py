@@ -1,6 +1,6 @@
 """CPU benchmark of jax_binconv's C++ kernel against XLA's float32 convolution.
 
-    python benchmarks/cpu.py                 # full table (about 2-4 minutes on 2 cores)
+    python benchmarks/cpu.py                 # full table (about 1 minute on 2 cores)
     python benchmarks/cpu.py --quick         # fewer repetitions, N=1 only
 
 What it does (method of ../shared/BENCH.md):

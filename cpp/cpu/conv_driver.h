@@ -208,6 +208,21 @@ inline bool run_once(uint8_t* state, F&& task) {
   }
 }
 
+// Runs a one-time task (see run_once) only if nobody has started it; never
+// waits. Returns the state it leaves: 1 another thread is running it, 2 done,
+// 3 failed.
+template <class F>
+inline uint8_t try_run_once(uint8_t* state, F&& task) {
+  uint8_t s = __atomic_load_n(state, __ATOMIC_ACQUIRE);
+  if (s == 0 && __atomic_compare_exchange_n(state, &s, uint8_t{1}, false, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+    const bool ok = task();
+    __atomic_store_n(state, ok ? uint8_t{2} : uint8_t{3}, __ATOMIC_RELEASE);
+    return ok ? uint8_t{2} : uint8_t{3};
+  }
+  return s;  // the state another thread set (1, 2 or 3)
+}
+
 inline WeightCache& weight_cache() {
   static WeightCache cache;
   return cache;
@@ -884,21 +899,39 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const int64_t q0 = tile0 * P, q_end = std::min(NQ, t_end * P);
     if (lazy) {
       if (__atomic_load_n(&mismatch, __ATOMIC_RELAXED)) return;
-      for (int64_t blk = blk0; blk < blk1; ++blk)
-        if (!run_once(blk_state + blk, [&] { return verify_block(blk); })) {
-          __atomic_store_n(&mismatch, true, __ATOMIC_RELAXED);
-          return;
-        }
       // The padded rows this chunk's pixels read: from its first pixel's
       // first tap row to its last pixel's last tap row.
       const int64_t qa = q0, qb = q_end - 1;
       const int64_t r_lo = (qa / HoWo) * Hp + ((qa % HoWo) / Wo) * sh;
       const int64_t r_hi = std::min(nrows - 1, (qb / HoWo) * Hp + ((qb % HoWo) / Wo) * sh + (KH - 1) * dh);
+      auto check = [&](int64_t blk) { return verify_block(blk); };
+      auto pack = [&](int64_t r) {
+        pack_row(r);
+        return true;
+      };
+      // First the blocks and rows nobody has started (threads that start
+      // together, on neighbouring items, then split the checks and the
+      // packing instead of one waiting for the other), then wait for those
+      // another thread is on.
+      bool pending = false;
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const uint8_t st = try_run_once(blk_state + blk, [&] { return check(blk); });
+        if (st == 3) {
+          __atomic_store_n(&mismatch, true, __ATOMIC_RELAXED);
+          return;
+        }
+        pending |= st == 1;
+      }
       for (int64_t r = r_lo; r <= r_hi; ++r)
-        run_once(row_state + r, [&] {
-          pack_row(r);
-          return true;
-        });
+        pending |= try_run_once(row_state + r, [&] { return pack(r); }) == 1;
+      if (pending) {
+        for (int64_t blk = blk0; blk < blk1; ++blk)
+          if (!run_once(blk_state + blk, [&] { return check(blk); })) {
+            __atomic_store_n(&mismatch, true, __ATOMIC_RELAXED);
+            return;
+          }
+        for (int64_t r = r_lo; r <= r_hi; ++r) run_once(row_state + r, [&] { return pack(r); });
+      }
     }
     // Per pixel of the chunk, once for every block of the group: its base word
     // offset, its border class row of the correction table (null inside the

@@ -111,34 +111,25 @@ struct Avx512Traits {
     const uint64_t *x0 = xp[0], *x1 = xp[1], *x2 = xp[2], *x3 = xp[3], *x4 = xp[4],       \
                    *x5 = xp[5];                                                            \
     /* Step 0 initializes the accumulators (no zeroing, no first add; KT >= 1). */          \
-    {                                                                                       \
-      const int64_t k = koff[0];                                                            \
-      const __m512i w0 = _mm512_load_si512(w);                                              \
-      const __m512i w1 = _mm512_load_si512(w + 8);                                          \
-      const __m512i w2 = _mm512_load_si512(w + 16);                                         \
-      const __m512i w3 = _mm512_load_si512(w + 24);                                         \
-      w += 32;                                                                              \
-      BINCONV_ROW0(0, x0)                                                                   \
-      BINCONV_ROW0(1, x1)                                                                   \
-      BINCONV_ROW0(2, x2)                                                                   \
-      BINCONV_ROW0(3, x3)                                                                   \
-      BINCONV_ROW0(4, x4)                                                                   \
-      BINCONV_ROW0(5, x5)                                                                   \
-    }                                                                                       \
-    for (int64_t i = 1; i < KT; ++i) {                                                      \
-      const int64_t k = koff[i];                                                            \
-      const __m512i w0 = _mm512_load_si512(w);                                              \
-      const __m512i w1 = _mm512_load_si512(w + 8);                                          \
-      const __m512i w2 = _mm512_load_si512(w + 16);                                         \
-      const __m512i w3 = _mm512_load_si512(w + 24);                                         \
-      w += 32;                                                                              \
-      BINCONV_ROW(0, x0)                                                                    \
-      BINCONV_ROW(1, x1)                                                                    \
-      BINCONV_ROW(2, x2)                                                                    \
-      BINCONV_ROW(3, x3)                                                                    \
-      BINCONV_ROW(4, x4)                                                                    \
-      BINCONV_ROW(5, x5)                                                                    \
-    }                                                                                       \
+    BINCONV_STEP(0, BINCONV_ROW0)                                                           \
+    for (int64_t i = 1; i < KT; ++i) BINCONV_STEP(i, BINCONV_ROW)                           \
+  }
+// One (tap, word) step I of the tile: the 32 channels' weights in 4 zmm, then
+// ROW (BINCONV_ROW0: set, BINCONV_ROW: add) for each of the 6 pixels.
+#define BINCONV_STEP(I, ROW)                                                                \
+  {                                                                                         \
+    const int64_t k = koff[I];                                                              \
+    const __m512i w0 = _mm512_load_si512(w);                                                \
+    const __m512i w1 = _mm512_load_si512(w + 8);                                            \
+    const __m512i w2 = _mm512_load_si512(w + 16);                                           \
+    const __m512i w3 = _mm512_load_si512(w + 24);                                           \
+    w += 32;                                                                                \
+    ROW(0, x0)                                                                              \
+    ROW(1, x1)                                                                              \
+    ROW(2, x2)                                                                              \
+    ROW(3, x3)                                                                              \
+    ROW(4, x4)                                                                              \
+    ROW(5, x5)                                                                              \
   }
 #define BINCONV_ROW0(P, Y)                                                          \
   {                                                                                 \
@@ -184,12 +175,15 @@ struct Avx512Traits {
   // order as binconv::epilogue: ((acc * os) * beta) + ob; betas == nullptr:
   // no beta scaling (beta 1, and z * 1 == z).
   // The epilogue of one pixel from its four accumulators (8 x 64-bit counts
-  // each, outputs in order): the same operations and rounding as
-  // BINCONV_FINISH in bin_tile_fused.
+  // each, outputs in order), for every tile width; os0/os1 and ob0/ob1: the
+  // block's 32 output scales and biases, loaded once per tile. The low dword
+  // of each count, 8 from each of two accumulators, in order: one two-source
+  // permute per 16 outputs.
   template <bool AND, bool RELU, bool PACKED>
-  static inline void finish_pixel(__m512i a0, __m512i a1, __m512i a2, __m512i a3, int32_t base,
-                                  const int32_t* crow, const float* os, const float* ob,
-                                  const float* beta, float* dst, uint32_t* dst32, bool stream) {
+  static inline __attribute__((always_inline)) void finish_pixel(
+      __m512i a0, __m512i a1, __m512i a2, __m512i a3, int32_t base, const int32_t* crow,
+      __m512 os0, __m512 os1, __m512 ob0, __m512 ob1, const float* beta, float* dst,
+      uint32_t* dst32, bool stream) {
     const __m512i lo_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512 zero = _mm512_setzero_ps();
     __m512i lo = _mm512_permutex2var_epi32(a0, lo_dwords, a1);
@@ -203,16 +197,16 @@ struct Avx512Traits {
       lo = _mm512_add_epi32(lo, _mm512_loadu_si512(crow));
       hi = _mm512_add_epi32(hi, _mm512_loadu_si512(crow + 16));
     }
-    __m512 z0 = _mm512_mul_ps(_mm512_cvtepi32_ps(lo), _mm512_loadu_ps(os));
-    __m512 z1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(os + 16));
-    if (beta) {
+    __m512 z0 = _mm512_mul_ps(_mm512_cvtepi32_ps(lo), os0);
+    __m512 z1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), os1);
+    if (beta) {  // beta == 1 otherwise: z * 1 is z exactly
       const __m512 bt = _mm512_set1_ps(*beta);
       z0 = _mm512_mul_ps(z0, bt);
       z1 = _mm512_mul_ps(z1, bt);
     }
-    z0 = _mm512_add_ps(z0, _mm512_loadu_ps(ob));
-    z1 = _mm512_add_ps(z1, _mm512_loadu_ps(ob + 16));
-    if (RELU) {
+    z0 = _mm512_add_ps(z0, ob0);
+    z1 = _mm512_add_ps(z1, ob1);
+    if (RELU) {  // max(0, z): z for NaN and -0.0, as v < 0 ? 0 : v
       z0 = _mm512_max_ps(zero, z0);
       z1 = _mm512_max_ps(zero, z1);
     }
@@ -266,10 +260,12 @@ struct Avx512Traits {
         acc[p][3] = _mm512_add_epi64(acc[p][3], _mm512_popcnt_epi64(op<AND>(xb, w3)));
       }
     }
+    const __m512 os0 = _mm512_loadu_ps(os), os1 = _mm512_loadu_ps(os + 16);
+    const __m512 ob0 = _mm512_loadu_ps(ob), ob1 = _mm512_loadu_ps(ob + 16);
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p)
       finish_pixel<AND, RELU, PACKED>(acc[p][0], acc[p][1], acc[p][2], acc[p][3], base,
-                                      crow[p] ? crow[p] + o0 : nullptr, os, ob,
+                                      crow[p] ? crow[p] + o0 : nullptr, os0, os1, ob0, ob1,
                                       betas ? betas + p : nullptr, dst + p * dst_stride,
                                       dst32 + p * dst32_stride, stream);
   }
@@ -305,50 +301,12 @@ struct Avx512Traits {
     BINCONV_ACCUMULATE
     const __m512 os0 = _mm512_loadu_ps(os), os1 = _mm512_loadu_ps(os + 16);
     const __m512 ob0 = _mm512_loadu_ps(ob), ob1 = _mm512_loadu_ps(ob + 16);
-    const __m512i vbase = _mm512_set1_epi32(base);
-    const __m512 zero = _mm512_setzero_ps();
-    // The low dword of each 64-bit count, 8 from each of two accumulators, in
-    // order: one two-source permute per 16 outputs.
-    const __m512i lo_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-#define BINCONV_FINISH(P)                                                                       \
-  if (P < np) {                                                                                 \
-    __m512i lo = _mm512_permutex2var_epi32(a##P##0, lo_dwords, a##P##1);                        \
-    __m512i hi = _mm512_permutex2var_epi32(a##P##2, lo_dwords, a##P##3);                        \
-    if (!AND) {                                                                                 \
-      lo = _mm512_sub_epi32(vbase, _mm512_add_epi32(lo, lo));                                   \
-      hi = _mm512_sub_epi32(vbase, _mm512_add_epi32(hi, hi));                                   \
-    }                                                                                           \
-    if (crow[P]) {                                                                              \
-      lo = _mm512_add_epi32(lo, _mm512_loadu_si512(crow[P] + o0));                              \
-      hi = _mm512_add_epi32(hi, _mm512_loadu_si512(crow[P] + o0 + 16));                         \
-    }                                                                                           \
-    __m512 z0 = _mm512_mul_ps(_mm512_cvtepi32_ps(lo), os0);                                     \
-    __m512 z1 = _mm512_mul_ps(_mm512_cvtepi32_ps(hi), os1);                                     \
-    if (betas) { /* beta == 1 otherwise: z * 1 is z exactly */                                  \
-      const __m512 bt = _mm512_set1_ps(betas[P]);                                               \
-      z0 = _mm512_mul_ps(z0, bt);                                                               \
-      z1 = _mm512_mul_ps(z1, bt);                                                               \
-    }                                                                                           \
-    z0 = _mm512_add_ps(z0, ob0);                                                                \
-    z1 = _mm512_add_ps(z1, ob1);                                                                \
-    if (RELU) { /* max(0, z): z for NaN and -0.0, as v < 0 ? 0 : v */                          \
-      z0 = _mm512_max_ps(zero, z0);                                                             \
-      z1 = _mm512_max_ps(zero, z1);                                                             \
-    }                                                                                           \
-    if (PACKED) {                                                                               \
-      const __mmask16 m0 = _mm512_cmp_ps_mask(z0, zero, _CMP_NLT_UQ);                           \
-      const __mmask16 m1 = _mm512_cmp_ps_mask(z1, zero, _CMP_NLT_UQ);                           \
-      dst32[P * dst32_stride] = _cvtmask32_u32(_mm512_kunpackw(m1, m0));                        \
-    } else {                                                                                    \
-      if (stream) {                                                                             \
-        _mm512_stream_ps(dst + P * dst_stride, z0);                                             \
-        _mm512_stream_ps(dst + P * dst_stride + 16, z1);                                        \
-      } else {                                                                                  \
-        _mm512_storeu_ps(dst + P * dst_stride, z0);                                             \
-        _mm512_storeu_ps(dst + P * dst_stride + 16, z1);                                        \
-      }                                                                                         \
-    }                                                                                           \
-  }
+#define BINCONV_FINISH(P)                                                                   \
+  if (P < np)                                                                               \
+    finish_pixel<AND, RELU, PACKED>(a##P##0, a##P##1, a##P##2, a##P##3, base,               \
+                                    crow[P] ? crow[P] + o0 : nullptr, os0, os1, ob0, ob1,   \
+                                    betas ? betas + P : nullptr, dst + P * dst_stride,      \
+                                    dst32 + P * dst32_stride, stream);
     BINCONV_FINISH(0)
     BINCONV_FINISH(1)
     BINCONV_FINISH(2)
@@ -359,6 +317,7 @@ struct Avx512Traits {
   }
 #undef BINCONV_ROW
 #undef BINCONV_ROW0
+#undef BINCONV_STEP
 #undef BINCONV_ACCUMULATE
 
   // BINARY_WEIGHTS: x * (+-1) is exact, so mul+add here rounds exactly like the

@@ -177,14 +177,6 @@ class WeightCache {
   size_t bytes_ = 0;
 };
 
-inline void cpu_relax() {
-#if defined(__x86_64__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ volatile("yield");
-#endif
-}
-
 // Claims a one-time task guarded by a state byte (0 to do, 1 running, 2 done,
 // 3 failed): runs it if nobody has, else waits for whoever runs it. Returns
 // whether it succeeded.

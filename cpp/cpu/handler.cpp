@@ -208,14 +208,6 @@ void word_wake(std::atomic<uint32_t>*, int) {
 }
 #endif
 
-void cpu_pause() {
-#if defined(__x86_64__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ volatile("yield");
-#endif
-}
-
 double us_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -308,7 +300,7 @@ class HelperPool {
     // The last items usually finish within microseconds: spin before sleeping.
     const uint32_t nn = static_cast<uint32_t>(n);
     for (int spin = 0; spin < 20000 && done_.load(std::memory_order_acquire) != nn; ++spin)
-      cpu_pause();
+      cpu_relax();
     while (done_.load(std::memory_order_acquire) != nn) {
       waiting_.store(1, std::memory_order_seq_cst);
       const uint32_t d = done_.load(std::memory_order_seq_cst);
@@ -390,7 +382,7 @@ class HelperPool {
           slept = true;
           spins = 0;
         } else {
-          cpu_pause();
+          cpu_relax();
         }
         e = epoch_.load(std::memory_order_acquire);
       }

@@ -45,6 +45,16 @@ class SerialExecutor final : public Executor {
   }
 };
 
+// One spin-wait pause (the handler's thread pool and the kernels' one-time
+// tasks). static: each translation unit, whatever its ISA flags, has its own.
+static inline void cpu_relax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
+
 // Each returns "" on success or an error message (allocation failure).
 std::string conv2d_scalar(const ConvCall& call, const Executor& ex);
 #if defined(__x86_64__) || defined(_M_X64)

@@ -541,12 +541,9 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
 #endif
     default: err = conv2d_scalar(call, ex); break;
   }
-  last_kernel_us_.store(
-      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_start).count(),
-      std::memory_order_relaxed);
-  if (dbg)
-    std::fprintf(stderr, "jax_binconv handler: kernel %.1f us\n",
-                 std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_start).count());
+  const double kernel_us = us_since(t_start);
+  last_kernel_us_.store(kernel_us, std::memory_order_relaxed);
+  if (dbg) std::fprintf(stderr, "jax_binconv handler: kernel %.1f us\n", kernel_us);
   if (!err.empty()) return ffi::Error::Internal("jax_binconv_conv2d_cpu_v1: " + err);
   return ffi::Error::Success();
 }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import warnings
 
 import jax
@@ -25,11 +26,12 @@ from jax.interpreters import mlir
 from . import _compat, config, packing, reference, sharding
 from .primitive import binary_conv2d_p, geometry
 
-TARGET_VERSION = 1
+#: The targets lowerings emit now (docs/ffi.md). cuda v2 adds a workspace
+#: result (v1 stays registered for programs exported before it).
 TARGETS = {
-    "cpu": f"jax_binconv_conv2d_cpu_v{TARGET_VERSION}",
-    "cuda": f"jax_binconv_conv2d_cuda_v{TARGET_VERSION}",
-    "metal_shim": f"jax_binconv_conv2d_metalshim_v{TARGET_VERSION}",
+    "cpu": "jax_binconv_conv2d_cpu_v1",
+    "cuda": "jax_binconv_conv2d_cuda_v2",
+    "metal_shim": "jax_binconv_conv2d_metalshim_v1",
 }
 
 # module name -> (JAX platform, target key)
@@ -60,10 +62,21 @@ def pack_weights_canonical(w):
     return packing.pack_bits(packing.sign_bits(jnp.transpose(w, (3, 0, 1, 2))))
 
 
+_WORKSPACE_SLACK = 4096
+
+
+def _cuda_workspace(**geometry):
+    """Bytes of the CUDA target's workspace result for one call."""
+    return int(available["cuda"].workspace_bytes(**geometry))
+
+
 def call_kernel(target, x, w, ib, isc, osc, ob, *, conv_type, strides, padding,
                 dilation, groups, in_channels, pad_value, beta_scaling, activation,
-                negative_slope, output, out_dtype, **_estimators):
-    """Emit the FFI call of ``target`` on canonical operands (docs/ffi.md)."""
+                negative_slope, output, out_dtype, workspace=None, **_estimators):
+    """Emit the FFI call of ``target`` on canonical operands (docs/ffi.md).
+
+    ``workspace``: for targets with a workspace result, a function of the
+    call's geometry that gives its size in bytes; the result is dropped."""
     cg = in_channels // groups
     if x.dtype == jnp.uint32 and groups > 1 and cg % packing.BITS:
         # Groups would start mid-word: hand the kernels +-1 floats instead.
@@ -78,7 +91,28 @@ def call_kernel(target, x, w, ib, isc, osc, ob, *, conv_type, strides, padding,
         result = jax.ShapeDtypeStruct(x.shape[:-3] + (ho, wo, packing.num_words(o)), jnp.uint32)
     else:
         result = jax.ShapeDtypeStruct(x.shape[:-3] + (ho, wo, o), jnp.float32)
-    out = jax.ffi.ffi_call(target, result)(
+    results = result
+    if workspace is not None:
+        n = math.prod(x.shape[:-3])  # a symbolic dimension under shape polymorphism
+        nbytes = functools.partial(
+            workspace,
+            conv_type=int(conv_type),
+            h=int(x.shape[-3]), w=int(x.shape[-2]), c=int(in_channels), o=int(o),
+            kh=int(kh), kw=int(kw), stride_h=int(strides[0]), stride_w=int(strides[1]),
+            dilation_h=int(dilation[0]), dilation_w=int(dilation[1]),
+            pad_top=int(padding[0]), pad_bottom=int(padding[1]),
+            pad_left=int(padding[2]), pad_right=int(padding[3]), groups=int(groups),
+            pad_value=float(pad_value), beta_scaling=bool(beta_scaling),
+            activation=int(activation), negative_slope=float(negative_slope),
+            x_packed=x.dtype == jnp.uint32, out_packed=output == "packed")
+        if isinstance(n, (int, np.integer)):
+            nbytes = nbytes(n=int(n))
+        else:
+            # The workspace grows linearly with N, plus at most 256 bytes of
+            # alignment per part (docs/ffi.md): N * size(1) + slack covers it.
+            nbytes = n * nbytes(n=1) + _WORKSPACE_SLACK
+        results = (result, jax.ShapeDtypeStruct((nbytes,), jnp.uint8))
+    out = jax.ffi.ffi_call(target, results)(
         x, w_words, ib, isc, osc, ob,
         conv_type=np.int32(conv_type), in_channels=int(in_channels),
         stride_h=int(strides[0]), stride_w=int(strides[1]),
@@ -88,11 +122,14 @@ def call_kernel(target, x, w, ib, isc, osc, ob, *, conv_type, strides, padding,
         groups=int(groups), pad_value=np.float32(pad_value),
         beta_scaling=bool(beta_scaling), activation=np.int32(activation),
         negative_slope=np.float32(negative_slope))
+    if workspace is not None:
+        out = out[0]
     return out if output == "packed" else out.astype(out_dtype)
 
 
 # One callable per target, so that cached partitioned wrappers are shared.
 _CALLS = {key: functools.partial(call_kernel, target) for key, target in TARGETS.items()}
+_CALLS["cuda"] = functools.partial(call_kernel, TARGETS["cuda"], workspace=_cuda_workspace)
 
 
 def _kernel_lowering(key):

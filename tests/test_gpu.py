@@ -1,4 +1,4 @@
-"""The CUDA kernel (target jax_binconv_conv2d_cuda_v1) against the pure-JAX
+"""The CUDA kernel (target jax_binconv_conv2d_cuda_v2) against the pure-JAX
 reference evaluated on the CPU, over the same grid as the CPU kernel.
 
 Skipped, with the reason, where there is no GPU or jax_binconv._cuda did not
@@ -310,21 +310,51 @@ def test_trailing_garbage_bits_do_not_change_results():
             np.testing.assert_array_equal(outs[0], other)
 
 
-def _ffi(x, w, c, ctype, pad=1, pad_value=0.0, result_dtype=jnp.float32, **over):
+def _workspace_bytes(x_shape, w_shape, attrs, x_packed, out_packed):
+    """v2's workspace size for a direct call (what the lowering computes)."""
+    o, kh, kw, _ = w_shape
+    keys = ("stride_h", "stride_w", "dilation_h", "dilation_w", "pad_top", "pad_bottom",
+            "pad_left", "pad_right", "groups")
+    return jb.lowering.available["cuda"].workspace_bytes(
+        conv_type=int(attrs["conv_type"]), n=int(np.prod(x_shape[:-3])), h=x_shape[-3],
+        w=x_shape[-2], c=int(attrs["in_channels"]), o=o, kh=kh, kw=kw,
+        **{k: int(attrs[k]) for k in keys}, pad_value=float(attrs["pad_value"]),
+        beta_scaling=bool(attrs["beta_scaling"]), activation=int(attrs["activation"]),
+        negative_slope=float(attrs["negative_slope"]), x_packed=x_packed, out_packed=out_packed)
+
+
+def _target_call(result, args, attrs, size_attrs=None, ws_bytes=None, target=None):
+    """Jitted direct call of the CUDA target on GPU operands. v2 (default)
+    gets its workspace result, sized from `size_attrs` (default `attrs`) unless
+    `ws_bytes` is given; v1 has none."""
+    target = target or jb.TARGETS["cuda"]
+    if target.endswith("_v1"):
+        call = jax.ffi.ffi_call(target, result)
+        return jax.jit(lambda *a: call(*a, **attrs))(*jax.device_put(args, GPU))
+    if ws_bytes is None:
+        ws_bytes = _workspace_bytes(args[0].shape, args[1].shape, size_attrs or attrs,
+                                    args[0].dtype == np.uint32, result.dtype == jnp.uint32)
+    call = jax.ffi.ffi_call(target, (result, jax.ShapeDtypeStruct((ws_bytes,), jnp.uint8)))
+    return jax.jit(lambda *a: call(*a, **attrs)[0])(*jax.device_put(args, GPU))
+
+
+def _ffi(x, w, c, ctype, pad=1, pad_value=0.0, result_dtype=jnp.float32, ws_bytes=None,
+         target=None, **over):
     o, kh, kw, _ = w.shape
     n, h, wd = x.shape[:3]
     ho, wo = h + 2 * pad - kh + 1, wd + 2 * pad - kw + 1
     out_c = o if result_dtype == jnp.float32 else -(-o // 32)
-    attrs = dict(conv_type=np.int32(ctype), in_channels=c, stride_h=1, stride_w=1,
-                 dilation_h=1, dilation_w=1, pad_top=pad, pad_bottom=pad, pad_left=pad,
-                 pad_right=pad, groups=1, pad_value=np.float32(pad_value), beta_scaling=False,
-                 activation=np.int32(0), negative_slope=np.float32(0))
-    attrs.update(over)
-    call = jax.ffi.ffi_call(jb.TARGETS["cuda"],
-                            jax.ShapeDtypeStruct((n, ho, wo, out_c), result_dtype))
+    base = dict(conv_type=np.int32(ctype), in_channels=c, stride_h=1, stride_w=1,
+                dilation_h=1, dilation_w=1, pad_top=pad, pad_bottom=pad, pad_left=pad,
+                pad_right=pad, groups=1, pad_value=np.float32(pad_value), beta_scaling=False,
+                activation=np.int32(0), negative_slope=np.float32(0))
+    attrs = dict(base, **over)
     args = [x, w, np.zeros(c, np.float32), np.ones(c, np.float32), np.ones(o, np.float32),
             np.zeros(o, np.float32)]
-    return jax.jit(lambda *a: call(*a, **attrs))(*jax.device_put(args, GPU))
+    # The workspace is sized from the valid attributes: a bad one must be
+    # refused by the handler itself.
+    return _target_call(jax.ShapeDtypeStruct((n, ho, wo, out_c), result_dtype), args, attrs,
+                        size_attrs=base, ws_bytes=ws_bytes, target=target)
 
 
 def test_handler_rejects_bad_attributes():
@@ -335,10 +365,54 @@ def test_handler_rejects_bad_attributes():
     for over in [dict(pad_value=np.float32(0.5)), dict(conv_type=np.int32(7)),
                  dict(conv_type=np.int32(0)), dict(in_channels=70), dict(groups=3),
                  dict(activation=np.int32(99))]:
-        with pytest.raises(Exception, match="jax_binconv_conv2d_cuda_v1"):
-            np.asarray(_ffi(px, pw, c, 1, **over))
+        for target in ("jax_binconv_conv2d_cuda_v1", "jax_binconv_conv2d_cuda_v2"):
+            with pytest.raises(Exception, match=target):
+                np.asarray(_ffi(px, pw, c, 1, target=target, **over))
     # and the device is still fine afterwards
     np.asarray(_ffi(px, pw, c, 1))
+
+
+@pytest.mark.parametrize("c", [40, 256])  # general kernel, fast kernel
+def test_v1_target_and_workspace_check(c):
+    """v1 (pool scratch, kept for old exports) gives v2's result bit for bit;
+    v2 refuses a workspace smaller than the call needs, by name."""
+    o = 64
+    x = np.asarray(rand_x(74, (2, 7, 7, c)))
+    w = np.asarray(jb.pack_weights(np.asarray(rand_x(75, (3, 3, c, o)))).words)
+    v2 = np.asarray(_ffi(x, w, c, 1))
+    ref = np.asarray(_ref(x, np.asarray(rand_x(75, (3, 3, c, o))), padding="SAME"))
+    np.testing.assert_allclose(v2, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(_ffi(x, w, c, 1, target="jax_binconv_conv2d_cuda_v1")),
+                                  v2)
+    # 256 bytes: less than either kernel needs here (float x is packed into
+    # the workspace) once the start is aligned.
+    with pytest.raises(Exception, match="jax_binconv_conv2d_cuda_v2.*workspace"):
+        np.asarray(_ffi(x, w, c, 1, ws_bytes=256))
+    np.testing.assert_array_equal(np.asarray(_ffi(x, w, c, 1)), v2)
+
+
+def test_repeated_calls_in_one_jit_follow_their_inputs():
+    """Many calls in one jit (XLA may capture them into a CUDA graph and replay
+    it): every call of the jitted function, with new inputs each time, equals
+    the reference; the float and packed links feed each other."""
+    c = 128
+    ws = [np.asarray(rand_x(80 + i, (3, 3, c, c))) for i in range(6)]
+
+    def chain(conv, x, *ws):
+        y = x
+        for i, w in enumerate(ws):
+            y = conv(y, w, padding="SAME", output="packed" if i % 2 == 0 else "float",
+                     activation="relu" if i % 2 else "linear")
+        return y
+
+    ours = jax.jit(functools.partial(chain, jb.binary_conv2d))
+    ref = jax.jit(functools.partial(chain, jb.reference.binary_conv2d))
+    for seed in (81, 82, 83):
+        x = np.asarray(rand_x(seed, (2, 9, 9, c)))
+        got = np.asarray(ours(*jax.device_put([x, *ws], GPU)))
+        want = np.asarray(ref(*jax.device_put([x, *ws], CPU)))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"input seed {seed}")
+
 
 
 # ------------------------------------------------------------ gradients
@@ -428,15 +502,13 @@ def test_packed_output_nonfinite_scales_match_float_path():
     for act in (0, 1, 3, 6, 7):
         outs = []
         for rdt in (jnp.float32, jnp.uint32):
-            call = jax.ffi.ffi_call(jb.TARGETS["cuda"], jax.ShapeDtypeStruct(
-                (2, 6, 6, o if rdt == jnp.float32 else 2), rdt))
-            f = jax.jit(lambda *a, call=call: call(
-                *a, conv_type=np.int32(1), in_channels=c, stride_h=1, stride_w=1,
-                dilation_h=1, dilation_w=1, pad_top=1, pad_bottom=1, pad_left=1, pad_right=1,
-                groups=1, pad_value=np.float32(0), beta_scaling=False, activation=np.int32(act),
-                negative_slope=np.float32(0.5)))
-            outs.append(np.asarray(f(*jax.device_put(
-                [px, pw, np.zeros(c, np.float32), np.ones(c, np.float32), scale, bias], GPU))))
+            attrs = dict(conv_type=np.int32(1), in_channels=c, stride_h=1, stride_w=1,
+                         dilation_h=1, dilation_w=1, pad_top=1, pad_bottom=1, pad_left=1,
+                         pad_right=1, groups=1, pad_value=np.float32(0), beta_scaling=False,
+                         activation=np.int32(act), negative_slope=np.float32(0.5))
+            outs.append(np.asarray(_target_call(
+                jax.ShapeDtypeStruct((2, 6, 6, o if rdt == jnp.float32 else 2), rdt),
+                [px, pw, np.zeros(c, np.float32), np.ones(c, np.float32), scale, bias], attrs)))
         expect = np.asarray(jb.pack_activations(outs[0]).words)
         np.testing.assert_array_equal(outs[1], expect, err_msg=f"activation {act}")
 
@@ -507,6 +579,24 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
           output_bias=rand_vec(810 + case, o, -40, 40), beta_scaling=case % 3 == 0,
           activation=[None, "relu6", "sign", "sigmoid"][case % 4])
     _expect_path(kernel_policy)
+
+
+@pytest.mark.parametrize("beta", [False, True])
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "leaky_relu", "sigmoid", "tanh",
+                                        "hard_tanh", "sign"])
+def test_fast_kernel_float_activations_and_edges(activation, beta):
+    """The fast kernel's float epilogue (activations as compares and selects,
+    sigmoid and tanh out of line) on every activation, with scales and biases
+    that hit 0, +-inf and NaN, and with beta."""
+    c, o = 128, 70
+    x = np.asarray(rand_x(520, (2, 9, 9, c)))
+    w = np.asarray(rand_x(521, (3, 3, c, o)))
+    scale, bias = _edge_scales(o, 522)
+    scale[:6] = [np.inf, -np.inf, np.nan, 1.0, 0.0, -1.0]
+    bias[:6] = [0.0, 1.0, 0.0, np.inf, -np.inf, np.nan]
+    check(x, w, type="xnor", activation=activation, negative_slope=0.3, beta_scaling=beta,
+          output_scale=scale, output_bias=bias)
+    assert _cuda_mod().last_kernel() == "fast"
 
 
 def test_fast_kernel_persistent_blocks_and_big_batch():

@@ -92,14 +92,60 @@ BINCONV_HD float apply_activation(float v, int32_t act, float negative_slope) {
   }
 }
 
+// Float products and sums rounded one by one: nvcc contracts a * b + c into
+// one FMA (one rounding) unless told not to, which would break the order
+// SPEC section 6 fixes.
+#if defined(__CUDA_ARCH__)
+#define BINCONV_FMUL(a, b) __fmul_rn((a), (b))
+#define BINCONV_FADD(a, b) __fadd_rn((a), (b))
+#else
+#define BINCONV_FMUL(a, b) ((a) * (b))
+#define BINCONV_FADD(a, b) ((a) + (b))
+#endif
+
+// z = acc * output_scale * beta + output_bias, before the activation.
+BINCONV_HD float epilogue_affine(float acc, float out_scale, float beta, float out_bias) {
+  float z = BINCONV_FMUL(acc, out_scale);
+  z = BINCONV_FMUL(z, beta);
+  return BINCONV_FADD(z, out_bias);
+}
+
 // SPEC section 6: out = activation(acc * output_scale * beta + output_bias),
 // evaluated in exactly this order in float32 by every backend.
 BINCONV_HD float epilogue(float acc, float out_scale, float beta, float out_bias,
                           int32_t act, float negative_slope) {
-  float z = acc * out_scale;
-  z = z * beta;
-  z = z + out_bias;
-  return apply_activation(z, act, negative_slope);
+  return apply_activation(epilogue_affine(acc, out_scale, beta, out_bias), act, negative_slope);
+}
+
+// apply_activation as compares and selects on per-call constants, for
+// kernels that apply one activation to many values: no switch per value
+// (inlined per value, the switch with expf and tanhf is a lot of code). The
+// same function for every activation except sigmoid and tanh, which have
+// `general` set and go through apply_activation. NaN propagates as there
+// (every compare with NaN is false), -0.0 stays -0.0 (-0.0 < 0 is false).
+struct ActSelect {
+  float lo, lo_val, hi, slope;  // v < lo: lo_val (or v * slope when leaky); v > hi: hi
+  bool leaky, sign, general;
+};
+BINCONV_HD ActSelect act_select(int32_t act, float negative_slope) {
+  ActSelect s{-INFINITY, 0.0f, INFINITY, negative_slope, false, false, false};
+  switch (act) {
+    case ACT_RELU: s.lo = 0.0f; break;
+    case ACT_RELU6: s.lo = 0.0f; s.hi = 6.0f; break;
+    case ACT_LEAKY_RELU: s.lo = 0.0f; s.leaky = true; break;
+    case ACT_HARD_TANH: s.lo = -1.0f; s.lo_val = -1.0f; s.hi = 1.0f; break;
+    case ACT_SIGN: s.sign = true; break;
+    case ACT_SIGMOID:
+    case ACT_TANH: s.general = true; break;
+    default: break;
+  }
+  return s;
+}
+// apply_activation(v, act, negative_slope) for s = act_select(act, ...), unless s.general.
+BINCONV_HD float apply_act_select(float v, const ActSelect& s) {
+  float r = v < s.lo ? (s.leaky ? BINCONV_FMUL(v, s.slope) : s.lo_val) : v;
+  r = v > s.hi ? s.hi : r;
+  return s.sign ? bin_value(v) : r;
 }
 
 }  // namespace binconv

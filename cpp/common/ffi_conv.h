@@ -51,18 +51,23 @@ namespace ffi = ::xla::ffi;
 // Appends the operands (x, w, input_bias, input_scale, output_scale,
 // output_bias), the result and the attributes to a binding that already
 // holds the handler's context, e.g. bind_conv2d(ffi::Ffi::Bind().Ctx<...>()).
-// The handler's signature is then (ctx..., AnyBuffer x6, Result<AnyBuffer>, ConvAttrs).
-template <typename Binding>
+// The handler's signature is then (ctx..., AnyBuffer x6, Result<AnyBuffer>, ConvAttrs);
+// with kWorkspace a second result (the device workspace of docs/ffi.md)
+// follows the first.
+template <bool kWorkspace = false, typename Binding>
 auto bind_conv2d(Binding b) {
-  return std::move(b)
-      .template Arg<ffi::AnyBuffer>()  // x
-      .template Arg<ffi::AnyBuffer>()  // w
-      .template Arg<ffi::AnyBuffer>()  // input_bias
-      .template Arg<ffi::AnyBuffer>()  // input_scale
-      .template Arg<ffi::AnyBuffer>()  // output_scale
-      .template Arg<ffi::AnyBuffer>()  // output_bias
-      .template Ret<ffi::AnyBuffer>()
-      .template Attrs<ConvAttrs>();
+  auto with_result = std::move(b)
+                         .template Arg<ffi::AnyBuffer>()  // x
+                         .template Arg<ffi::AnyBuffer>()  // w
+                         .template Arg<ffi::AnyBuffer>()  // input_bias
+                         .template Arg<ffi::AnyBuffer>()  // input_scale
+                         .template Arg<ffi::AnyBuffer>()  // output_scale
+                         .template Arg<ffi::AnyBuffer>()  // output_bias
+                         .template Ret<ffi::AnyBuffer>();
+  if constexpr (kWorkspace)
+    return std::move(with_result).template Ret<ffi::AnyBuffer>().template Attrs<ConvAttrs>();
+  else
+    return std::move(with_result).template Attrs<ConvAttrs>();
 }
 
 inline std::string dims_str(ffi::AnyBuffer::Dimensions d) {

@@ -1147,16 +1147,13 @@ cudaError_t dev_info(DevInfo* out) {
   return cudaSuccess;
 }
 
-// Geometry of fast_conv_kernel for these parameters, or false when the call
-// is outside what it handles (the general kernels then run). x and w are the
-// operand pointers (packed x: 16-byte chunks must be aligned; float x is
-// packed into 256-byte aligned scratch).
-bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, int* smem) {
+// Geometry of fast_conv_kernel for these parameters, or false when the
+// parameters are outside what it handles. Depends on the parameters only
+// (no device, no pointers): workspace_bytes sizes the fast plan with it.
+bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
   if (p.type == BINARY_WEIGHTS || p.groups != 1 || p.c % 128 != 0) return false;
   const long long pch = p.c / 128;
   if ((pch & (pch - 1)) != 0 || pch > 64) return false;
-  if (reinterpret_cast<uintptr_t>(w) % 16 != 0) return false;
-  if (p.x_packed && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
   const long long ho = p.ho(), wo = p.wo();
   const long long m = p.n * ho * wo;
   // 32-bit row arithmetic (with multiply-shift division) inside the kernel.
@@ -1227,6 +1224,19 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   a.thr = packed_by_threshold(p) ? 1 : 0;
   a.opad = a.ntiles * kFastBN;
   a.div_kc = make_fastdiv((uint32_t)a.kc);
+  *fa = a;
+  return true;
+}
+
+// plan_fast_geometry, and whether this call can run it: x and w are the
+// operand pointers (packed x: 16-byte chunks must be aligned; float x is
+// packed into 256-byte aligned scratch), and the shared memory must fit the
+// current device. False: the general kernels run.
+bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, int* smem) {
+  if (reinterpret_cast<uintptr_t>(w) % 16 != 0) return false;
+  if (p.x_packed && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+  FastArgs a;
+  if (!plan_fast_geometry(p, &a)) return false;
   const FastSmem L = fast_smem(a);
   DevInfo di;
   if (dev_info(&di) != cudaSuccess || L.total > di.optin) return false;
@@ -1297,6 +1307,15 @@ size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast) {
   *fast = g_policy.load(std::memory_order_relaxed) != KERNEL_GENERAL &&
           plan_fast(p, b.x, b.w, &fa, &smem);
   return make_plan(p, *fast ? &fa : nullptr).total;
+}
+
+size_t workspace_bytes(const ConvParams& p) {
+  // Either kernel may run (the policy, the operands' alignment and the
+  // device decide per call): room for the larger plan.
+  size_t bytes = make_plan(p, nullptr).total;
+  FastArgs fa;
+  if (plan_fast_geometry(p, &fa)) bytes = std::max(bytes, make_plan(p, &fa).total);
+  return bytes + kWorkspaceAlign;
 }
 
 cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch, bool fast_in,

@@ -31,6 +31,14 @@ struct ConvBuffers {
 // `fast` receives the kernel choice, to be passed on to launch_conv.
 size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast);
 
+// Bytes of the workspace result of jax_binconv_conv2d_cuda_v2 (docs/ffi.md)
+// for these parameters: enough for whichever kernel a call then picks
+// (scratch_bytes of any operands), plus kWorkspaceAlign so that the handler
+// can align the buffer's start. Needs no device: Python sizes the result
+// with it when it lowers (also when exporting on a machine without a GPU).
+constexpr size_t kWorkspaceAlign = 256;
+size_t workspace_bytes(const ConvParams& p);
+
 // Which kernel runs the popcount types: KERNEL_AUTO picks the fast kernel
 // (fast_conv.cuh) where it applies, KERNEL_GENERAL always the general one
 // (tests use it to cover both). Process-wide; read at every call.

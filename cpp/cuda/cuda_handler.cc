@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -60,22 +61,30 @@ cudaError_t scratch_pool(cudaStream_t stream, cudaMemPool_t* pool) {
   return cudaSuccess;
 }
 
-ffi::Error cuda_error(const char* what, cudaError_t err) {
-  return ffi::Error::Internal(std::string("jax_binconv_conv2d_cuda_v1: ") + what + ": " +
-                              cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
-}
 
-ffi::Error invalid(const std::string& msg) {
-  return ffi::Error::InvalidArgument("jax_binconv_conv2d_cuda_v1: " + msg);
-}
+// Both targets. v1 takes its scratch from our stream-ordered pool; v2
+// (workspace != null) from its second result, sized by workspace_bytes, so
+// that it does nothing but launches on the stream: XLA may capture it into
+// a CUDA graph (command buffer) and replay it without calling it again.
+std::atomic<uint64_t> g_handler_calls{0};
 
-ffi::Error Conv2dImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
-                      ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
-                      ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
-                      ffi::Result<ffi::AnyBuffer> out, ConvAttrs attrs) {
+ffi::Error Conv2dCommon(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                        ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
+                        ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
+                        ffi::AnyBuffer out, const ConvAttrs& attrs, ffi::AnyBuffer* workspace) {
+  g_handler_calls.fetch_add(1, std::memory_order_relaxed);
+  const std::string target =
+      workspace ? "jax_binconv_conv2d_cuda_v2" : "jax_binconv_conv2d_cuda_v1";
+  auto invalid = [&](const std::string& msg) {
+    return ffi::Error::InvalidArgument(target + ": " + msg);
+  };
+  auto cuda_error = [&](const char* what, cudaError_t err) {
+    return ffi::Error::Internal(target + ": " + what + ": " + cudaGetErrorName(err) + ": " +
+                                cudaGetErrorString(err));
+  };
   ConvParams p;
-  if (auto e = parse_conv2d("jax_binconv_conv2d_cuda_v1", x, w, input_bias, input_scale,
-                            output_scale, output_bias, *out, attrs, &p);
+  if (auto e = parse_conv2d(target, x, w, input_bias, input_scale, output_scale, output_bias, out,
+                            attrs, &p);
       e.failure())
     return e;
   const int64_t ho = p.ho(), wo = p.wo();
@@ -104,11 +113,27 @@ ffi::Error Conv2dImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
   b.input_scale = static_cast<const float*>(input_scale.untyped_data());
   b.output_scale = static_cast<const float*>(output_scale.untyped_data());
   b.output_bias = static_cast<const float*>(output_bias.untyped_data());
-  b.out = out->untyped_data();
+  b.out = out.untyped_data();
 
   void* scratch_ptr = nullptr;
   bool fast = false;
   const size_t bytes = scratch_bytes(p, b, &fast);
+  if (workspace) {
+    // The workspace was sized by workspace_bytes(p) (Python, at lowering):
+    // check it, never trust it.
+    if (workspace->element_type() != ffi::DataType::U8 || workspace->dimensions().size() != 1)
+      return invalid("the workspace result must be a 1-D uint8 buffer");
+    const uintptr_t base = reinterpret_cast<uintptr_t>(workspace->untyped_data());
+    const uintptr_t aligned = (base + kWorkspaceAlign - 1) & ~uintptr_t(kWorkspaceAlign - 1);
+    const size_t have = workspace->size_bytes();
+    if (bytes > 0 && (aligned - base > have || have - (aligned - base) < bytes))
+      return invalid("the workspace result has " + std::to_string(have) + " bytes; this call needs " +
+                     std::to_string(bytes + (aligned - base)) +
+                     " (size it with jax_binconv._cuda.workspace_bytes)");
+    const cudaError_t err = launch_conv(p, b, reinterpret_cast<void*>(aligned), fast, stream);
+    if (err != cudaSuccess) return cuda_error("launch", err);
+    return ffi::Error::Success();
+  }
   if (bytes > 0) {
     cudaMemPool_t pool;
     cudaError_t err = scratch_pool(stream, &pool);
@@ -116,7 +141,7 @@ ffi::Error Conv2dImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
     err = cudaMallocFromPoolAsync(&scratch_ptr, bytes, pool, stream);
     if (err != cudaSuccess)
       return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                        "jax_binconv_conv2d_cuda_v1: could not allocate " + std::to_string(bytes) +
+                        target + ": could not allocate " + std::to_string(bytes) +
                             " bytes of scratch: " + cudaGetErrorString(err));
   }
   const cudaError_t err = launch_conv(p, b, scratch_ptr, fast, stream);
@@ -127,10 +152,37 @@ ffi::Error Conv2dImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
   return ffi::Error::Success();
 }
 
+ffi::Error Conv2dV1Impl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                        ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
+                        ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
+                        ffi::Result<ffi::AnyBuffer> out, ConvAttrs attrs) {
+  return Conv2dCommon(stream, x, w, input_bias, input_scale, output_scale, output_bias, *out, attrs,
+                      nullptr);
+}
+
+ffi::Error Conv2dV2Impl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                        ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
+                        ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
+                        ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> workspace,
+                        ConvAttrs attrs) {
+  ffi::AnyBuffer ws = *workspace;
+  return Conv2dCommon(stream, x, w, input_bias, input_scale, output_scale, output_bias, *out, attrs,
+                      &ws);
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv2dCudaV1, Conv2dImpl,
+uint64_t handler_calls() { return g_handler_calls.load(std::memory_order_relaxed); }
+
+// v1: kept for programs exported before v2 (same operands, one result).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv2dCudaV1, Conv2dV1Impl,
                               bind_conv2d(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));
+
+// v2: the workspace as a second result; command-buffer compatible.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    Conv2dCudaV2, Conv2dV2Impl,
+    bind_conv2d<true>(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()),
+    {ffi::Traits::kCmdBufferCompatible});
 
 }  // namespace cuda
 }  // namespace binconv

@@ -132,9 +132,43 @@ LIST
         rm -f "$rep.ncu-rep"
       done
       ;;
+    ktimes)
+      # Every kernel of a few calls under ncu (duration, DRAM bytes): which
+      # kernels a call runs and what each costs. $KT_LAYERS: layer:N:io list.
+      for spec in ${KT_LAYERS:-L3:256:float}; do
+        IFS=: read -r pl pn pio <<<"$spec"
+        stamp "kernel times $pl $pn $pio"
+        timeout 120 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+          --csv --page raw python3 benchmarks/gpu_profile.py "$pl" "$pn" auto "$pio" 2 >"$OUT/kt_${pl}_${pn}_${pio}.csv" 2>&1
+        python3 - "$OUT/kt_${pl}_${pn}_${pio}.csv" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
+if not rows:
+    print(open(sys.argv[1]).read()[-2000:]); sys.exit()
+hdr = rows[0]; ki = hdr.index("Kernel Name")
+cols = [hdr.index(c) for c in ("gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum")]
+for r in rows[2:]:
+    print(f"  {r[ki][:60]:60} " + " ".join(f"{r[c]:>12}" for c in cols))
+PY
+      done
+      ;;
     bench)
       stamp bench
       timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
+      ;;
+    benchnocb)
+      # The same with XLA's command buffers (CUDA graphs) off, for ours and
+      # the baselines alike.
+      stamp "bench, command buffers off"
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout ${BENCH_TIMEOUT:-300} \
+        python3 benchmarks/gpu.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_nocb.log" | tail -40
+      ;;
+    pytest)
+      # tests/ files and a -k selection: PYTEST_FILES, PYTEST_K
+      stamp "pytest $PYTEST_FILES -k $PYTEST_K"
+      timeout 300 python3 -m pytest ${PYTEST_FILES:-tests/test_gpu.py} -q -x -rs -k "${PYTEST_K:-}" >"$OUT/pytest.log" 2>&1
+      echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
+      grep -E "^(FAILED|ERROR)|Error|error:" "$OUT/pytest.log" | head -20
       ;;
   esac
 done

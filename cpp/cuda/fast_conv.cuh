@@ -267,6 +267,14 @@ __device__ __forceinline__ void ldmatrix_x4_at(uint32_t (&r)[4], uint32_t addr) 
                : "r"(addr));
 }
 
+// Sigmoid and tanh, out of line: the float epilogue is unrolled over a
+// thread's 64 outputs per tile, and inlining expf / tanhf (and a switch) at
+// each of them made the kernel's code larger than the instruction cache
+// (float output ran 2-3x slower than packed output for that alone).
+__device__ __noinline__ float fast_act_general(float v, int act, float slope) {
+  return apply_activation(v, act, slope);
+}
+
 template <int EPI>
 __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) {
   extern __shared__ __align__(16) unsigned char fsm[];
@@ -337,17 +345,6 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     csc[tid] = __ldg(a.osc + o);
     cbi[tid] = __ldg(a.obias + o);
   }
-  // This block's rows of the (class, channel) table, once fast_tables_kernel
-  // (launched just before) is done.
-  pdl_wait();
-  {
-    constexpr int per_row = kFastBN * 4 / 16;  // chunks per table row
-    for (int q = tid; q < fast_tab_rows(a) * per_row; q += kFastThreads) {
-      const int row = q / per_row, j = q - row * per_row;
-      cp_async<16>(fsm + L.tab + q * 16, a.tab + (long long)row * a.opad + n0 + j * 4, true);
-    }
-  }
-  cp_async_commit();
   __syncthreads();  // ltab
 
   // ---- input slots of one M tile. Warp w copies slots w, w + 8, ...; slot
@@ -382,8 +379,22 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     }
   };
 
+  // The first tile's slots are copied before waiting for the tables kernel:
+  // x was complete before that kernel started (stream order), and this one
+  // starts only after it has started.
   const int mt0 = blockIdx.x / a.ntiles;
   if (mt0 < a.mtiles) load_tile(0, mt0);
+  cp_async_commit();
+  // This block's rows of the (class, channel) table, once fast_tables_kernel
+  // (launched just before) is done.
+  pdl_wait();
+  {
+    constexpr int per_row = kFastBN * 4 / 16;  // chunks per table row
+    for (int q = tid; q < fast_tab_rows(a) * per_row; q += kFastThreads) {
+      const int row = q / per_row, j = q - row * per_row;
+      cp_async<16>(fsm + L.tab + q * 16, a.tab + (long long)row * a.opad + n0 + j * 4, true);
+    }
+  }
   cp_async_commit();
 
   // The thread's 8 accumulators (nf, jj) are channels n0 + wn + 8 tq + 2 nf + jj
@@ -396,6 +407,7 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   const int b_row = (lane & 7) + (lane >> 4) * 8, b_half = (lane >> 3) & 1;
   const int ow = (a.o + 31) / 32;
   const int rowpv = a.pv * a.cg;
+  const ActSelect asel = act_select(a.act, a.slope);
 
   int buf = 0;
   for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1) {
@@ -515,12 +527,15 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
 #pragma unroll
           for (int nf = 0; nf < 4; ++nf) {
             const int2 ct = *reinterpret_cast<const int2*>(tb + 2 * nf);
-            val[2 * nf] = epilogue((float)(kmul * acc[mf][nf][2 * hh] + rowc + ct.x),
-                                   csc[ch + 2 * nf], beta, cbi[ch + 2 * nf], a.act, a.slope);
-            val[2 * nf + 1] = epilogue((float)(kmul * acc[mf][nf][2 * hh + 1] + rowc + ct.y),
-                                       csc[ch + 2 * nf + 1], beta, cbi[ch + 2 * nf + 1], a.act,
-                                       a.slope);
+            val[2 * nf] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh] + rowc + ct.x),
+                                          csc[ch + 2 * nf], beta, cbi[ch + 2 * nf]);
+            val[2 * nf + 1] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh + 1] + rowc + ct.y),
+                                              csc[ch + 2 * nf + 1], beta, cbi[ch + 2 * nf + 1]);
           }
+#pragma unroll
+          for (int c = 0; c < 8; ++c)
+            val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
+                                  : apply_act_select(val[c], asel);
           const int o = n0 + ch;
           if (EPI == EPI_PACKED) {
 #pragma unroll

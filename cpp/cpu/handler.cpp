@@ -225,10 +225,12 @@ double us_since(std::chrono::steady_clock::time_point t0) {
 // scheduled there rarely joined a call on the 2-vCPU dev VM; the number of
 // helpers used still follows XLA's intra-op pool size (or set_num_threads).
 //
-// Items are claimed from one 64-bit word, generation (high 32 bits) and next
-// item (low 32 bits), with compare-and-swap: a helper that is late for a job
-// can never claim an item of a later one, and between jobs the word holds an
-// index no job reaches, so a claim against a half-published job fails.
+// Items are claimed from one 64-bit word, generation (high 32 bits) and claim
+// state (low 32 bits: the front and back of the items left, or the next item
+// of a large job; see work), with compare-and-swap: a helper that is late for
+// a job can never claim an item of a later one, and between jobs the word
+// holds a state with no item left, so a claim against a half-published job
+// fails.
 // Never destroyed: helpers may still wait at process exit.
 class HelperPool {
  public:
@@ -292,7 +294,8 @@ class HelperPool {
     first_claim_ns_.store(-1, std::memory_order_relaxed);
     active_.store(helpers, std::memory_order_relaxed);
     published_.store(t0.time_since_epoch().count(), std::memory_order_relaxed);
-    ctr_.store(gen << 32, std::memory_order_release);
+    ctr_.store((gen << 32) | (n <= kMaxSplit ? static_cast<uint64_t>(n) : 0),
+               std::memory_order_release);
     epoch_.fetch_add(1, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) word_wake(&epoch_, INT_MAX);
     res.sched_us = us_since(t0);
@@ -314,7 +317,11 @@ class HelperPool {
   }
 
  private:
-  static constexpr uint64_t kClosed = 0xffffffffu;  // no job has this many items
+  // Between jobs the low word reads as no item left in either claim layout
+  // (split: front 0xffff >= back 0xffff; ascending: index >= any n).
+  static constexpr uint64_t kClosed = 0xffffffffu;
+  // Jobs of at most this many items are claimed from both ends (see work).
+  static constexpr int64_t kMaxSplit = 0xffff;
   static constexpr int kMaxThreads = 256;
   // How long a helper spins for the next job after its last work before it
   // sleeps: long enough to bridge the gap between binary layers that follow
@@ -339,15 +346,40 @@ class HelperPool {
   }
 
   // Claims and runs items of generation `gen` until none is left; returns how many.
+  // A job of at most kMaxSplit items is claimed from both ends: the low word
+  // holds front << 16 | back, the caller takes items from the front and the
+  // helpers from the back. Each thread then runs a contiguous run of items
+  // (neighbouring pixels: it packs the input rows it reads itself instead of
+  // waiting for rows a thread on the neighbouring item is packing, and in a
+  // chain of layers or a loop of calls the same half of the data stays with
+  // the same core). Larger jobs: the low word is the next item, everyone
+  // takes ascending items. Either way one compare-and-swap on the whole word
+  // (generation included) claims an item, so a claim against a stale or
+  // unpublished job fails.
   int64_t work(uint64_t gen, bool helper) {
     int64_t mine = 0;
     uint64_t c = ctr_.load(std::memory_order_acquire);
     for (;;) {
       if ((c >> 32) != gen) return mine;
-      const int64_t i = static_cast<int64_t>(c & 0xffffffffu);
-      if (i >= n_.load(std::memory_order_acquire)) return mine;
+      const int64_t n = n_.load(std::memory_order_acquire);
+      int64_t i;
+      uint64_t next;
+      if (n <= kMaxSplit) {
+        const int64_t front = static_cast<int64_t>((c >> 16) & 0xffff);
+        const int64_t back = static_cast<int64_t>(c & 0xffff);
+        if (front >= back) return mine;
+        if (helper) {
+          i = back - 1, next = c - 1;
+        } else {
+          i = front, next = c + 0x10000;
+        }
+      } else {
+        i = static_cast<int64_t>(c & 0xffffffffu);
+        if (i >= n) return mine;
+        next = c + 1;
+      }
       const std::function<void(int64_t)>* fn = fn_.load(std::memory_order_acquire);
-      if (!ctr_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel,
+      if (!ctr_.compare_exchange_weak(c, next, std::memory_order_acq_rel,
                                       std::memory_order_acquire))
         continue;  // c holds the current value
       if (mine++ == 0 && helper) {
@@ -411,7 +443,7 @@ class HelperPool {
   }
 
   std::atomic<bool> busy_{false};
-  std::atomic<uint64_t> ctr_{kClosed};  // generation << 32 | next item
+  std::atomic<uint64_t> ctr_{kClosed};  // generation << 32 | claim state (see work)
   std::atomic<int64_t> n_{0};
   std::atomic<const std::function<void(int64_t)>*> fn_{nullptr};
   std::atomic<uint32_t> done_{0};

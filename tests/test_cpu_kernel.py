@@ -283,15 +283,18 @@ def test_full_blocks_float_and_packed(ctype, activation):
 
 @pytest.mark.parametrize("ctype", ["xnor", "and"])
 def test_full_blocks_tail_tiles(ctype):
-    """The AVX-512 fused tile runs a narrower tile for a layer's last pixels
-    (N*Ho*Wo not a multiple of 6): every remainder 1..5 (and 0), float and
-    packed output, linear and ReLU, with border corrections, on 1 and 2
-    threads, exactly equal to the reference (unit scale, integer bias)."""
+    """The AVX-512 fused tile (12 pixels) runs a narrower tile for a layer's
+    last pixels (N*Ho*Wo not a multiple of 12): every remainder 1..11 (and
+    0), float and packed output, linear and ReLU, with border corrections,
+    on 1 and 2 threads, exactly equal to the reference (unit scale, integer
+    bias)."""
     rng = np.random.default_rng(65)
     c, o = 64, 64
     w = rng.standard_normal((3, 3, c, o)).astype(np.float32)
     ob = (rng.integers(-4, 4, o) + 0.5).astype(np.float32)  # no ties at 0 for bin()
-    for shape in ((1, 5, 5), (1, 4, 5), (1, 3, 9), (1, 4, 7), (1, 5, 7), (1, 7, 7), (2, 3, 4)):
+    # N*Ho*Wo mod 12: 1, 8, 3, 4, 11, 1, 0, 2, 5, 6, 7, 9, 10
+    for shape in ((1, 5, 5), (1, 4, 5), (1, 3, 9), (1, 4, 7), (1, 5, 7), (1, 7, 7), (2, 3, 4),
+                  (1, 2, 7), (1, 17, 1), (1, 3, 6), (1, 5, 11), (1, 3, 7), (1, 2, 11)):
         x = _rand_x(rng, shape + (c,))
         for activation in (None, "relu"):
             kw = dict(type=ctype, padding="SAME", activation=activation, output_bias=ob)

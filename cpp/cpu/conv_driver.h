@@ -8,6 +8,9 @@
 //   K::pack_float_bits<IDENT>(x, ib, is, C, bits, abs_sum_or_null)  (IDENT: ib=0, is=1)
 //   K::template bin_tile<AND>(xptrs, koff, KT, wblock, raw): step i reads word
 //       xptrs[p][koff[i]] of every pixel p against weight words wblock[i][lane]
+//   K::kDwordLanes            steps are 32-bit: the weights are re-blocked as
+//       [block][tap][dword][lane] uint32, step i reads dword koff[i] of the
+//       pixel (its words seen as uint32, LSB half first) and KT counts dwords
 //   K::float_tile(xptrs, tapoff, T, Cg, wblock, acc)
 //
 // Algorithm (binary types): the input is binarized and packed once per call
@@ -478,6 +481,7 @@ struct PortableTraits {
   static constexpr int kObw = OBW;
   static constexpr int kPf = PF;
   static constexpr bool kFused = false;  // no fused tile epilogue: bin_tile + finish_tile
+  static constexpr bool kDwordLanes = false;  // 64-bit steps
   static constexpr int kObwf = OBWF;
 
   static uint32_t sign_bits32(const float* v) { return sign_bits32_generic(v); }
@@ -641,6 +645,11 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       } else {
         float asum = 0.0f;
         const float* xpix = static_cast<const float*>(call.x) + pix * g.C;
+        // The float input comes from L2 or further: asking for the pixel two
+        // ahead now hides part of that where pixels are long (selftest 1
+        // thread: L2 56.4 -> 55.0 us; with C = 64 it cost more than it saved).
+        if (g.C >= 128 && x + 2 < g.W)
+          for (int64_t c = 0; c < g.C; c += 16) __builtin_prefetch(xpix + 2 * g.C + c, 0, 3);
         if (affine_identity)
           K::template pack_float_bits<true>(xpix, call.input_bias, call.input_scale, g.C, bits,
                                             A ? &asum : nullptr);
@@ -680,25 +689,34 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   int32_t* const wsum_out = fresh ? fresh->wsum.data() : nullptr;
 
   // Weights: [O, KH, KW, ceil(Cg/32)] uint32 -> [block][tap][word][lane]
-  // uint64, lanes past Og zero; bits past Cg cleared whatever the caller sent.
+  // uint64 (kDwordLanes: [block][tap][dword][lane] uint32, same bytes), lanes
+  // past Og zero; bits past Cg cleared whatever the caller sent.
   auto repack_block = [&](int64_t blk) {
     const int64_t gi = blk / nbg, b = blk % nbg;
     uint64_t* dst = wr + blk * KT * OBW;
+    uint32_t* const dst32 = reinterpret_cast<uint32_t*>(dst);
+    auto put = [&](int64_t tk, int lane, uint64_t v) {
+      if (K::kDwordLanes) {
+        dst32[(2 * tk) * OBW + lane] = static_cast<uint32_t>(v);
+        dst32[(2 * tk + 1) * OBW + lane] = static_cast<uint32_t>(v >> 32);
+      } else {
+        dst[tk * OBW + lane] = v;
+      }
+    };
     for (int lane = 0; lane < OBW; ++lane) {
       const int64_t oi = b * OBW + lane;
       const bool valid = oi < g.Og;
       const int64_t o = gi * g.Og + oi;
       if (!valid) {
-        for (int64_t tk = 0; tk < KT; ++tk) dst[tk * OBW + lane] = 0;
+        for (int64_t tk = 0; tk < KT; ++tk) put(tk, lane, 0);
         continue;
       }
       const uint32_t* srco = call.w + o * g.T * W32;
       for (int64_t t = 0; t < g.T; ++t) {
-        uint64_t* d = dst + t * KW64 * OBW + lane;
         int32_t pop = 0;
         for (int64_t k = 0; k < KW64; ++k) {
           const uint64_t v = weight_word(srco + t * W32, k);
-          d[k * OBW] = v;
+          put(t * KW64 + k, lane, v);
           pop += static_cast<int32_t>(K::popcount64(v));
         }
         // sum over channels of the product-weight: 2*pop - Cg for XNOR, pop for AND
@@ -829,9 +847,18 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   // One flat step list (tap, word) -> word offset from the pixel's base, so the
   // inner loop is a single loop with base+index addressing even when a tap
   // has only one word (C <= 64).
-  std::vector<int64_t> koff(KT);
+  // kDwordLanes: two 32-bit steps per word, offsets in dwords.
+  const int64_t KS = K::kDwordLanes ? 2 * KT : KT;  // steps per tile
+  std::vector<int64_t> koff(KS);
   for (int64_t t = 0; t < g.T; ++t)
-    for (int64_t k = 0; k < KW64; ++k) koff[t * KW64 + k] = tapoff[t] + k;
+    for (int64_t k = 0; k < KW64; ++k) {
+      if (K::kDwordLanes) {
+        koff[2 * (t * KW64 + k)] = 2 * (tapoff[t] + k);
+        koff[2 * (t * KW64 + k) + 1] = 2 * (tapoff[t] + k) + 1;
+      } else {
+        koff[t * KW64 + k] = tapoff[t] + k;
+      }
+    }
 
   // Phase 2: the convolution proper. Blocks are taken in groups whose
   // weights fit in L1 together (~24 KiB): one tile's pixel setup (pointers,
@@ -869,7 +896,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const int32_t act = p.activation;
     const float slope = p.negative_slope;
     const bool has_beta = p.beta_scaling;
-    const int64_t kt = KT;
+    const int64_t kt = KS;  // steps of a tile
     uint64_t* const xpb = xp;
     float* const outf = static_cast<float*>(call.out);
     uint32_t* const out32 = static_cast<uint32_t*>(call.out);
@@ -964,7 +991,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       const int64_t o0 = gi * Og + b * OBW;
       const int64_t cnt = std::min<int64_t>(OBW, Og - b * OBW);
       const bool direct = direct_store && cnt == OBW;
-      const uint64_t* const wblk = wr + blk * kt * OBW;
+      const uint64_t* const wblk = wr + blk * KT * OBW;
       const float* const os_blk = osp + blk * OBW;
       const float* const ob_blk = obp + blk * OBW;
       const uint64_t* const xg = xpb + gi * KW64;

@@ -1,11 +1,14 @@
 // AVX-512 kernels (F + BW + DQ + VPOPCNTDQ), built with their own -m flags and
 // run only when the CPU and the OS support them (see handler.cpp).
 //
-// Binary tile: 6 output pixels x 32 output channels. The 32 channels' weight
-// words for one (tap, word) sit in 4 zmm registers (8 x 64-bit lanes each);
-// each pixel's input word is broadcast once and XOR/AND-ed against all 4, then
-// VPOPCNTQ and a 64-bit add into one of 24 register accumulators. Per input
-// word that is 3 vector ops for 512 binary MACs, with 10 loads per 72 ops.
+// Binary tile: 12 output pixels x 32 output channels in 32-bit lanes. The 32
+// channels' weight dwords for one (tap, dword) sit in 2 zmm registers; each
+// pixel's input dword is broadcast once and XOR/AND-ed against both, then
+// VPOPCNTD and a 32-bit add into one of 24 register accumulators. Per input
+// dword that is 3 vector ops for 512 binary MACs, with 14 loads per 72 ops.
+// The counts come out as 32-bit lanes in output order, ready for the fused
+// epilogue; the 12-pixel tile has half the tiles (epilogue drains, set-up)
+// of the 6 x 32 tile in 64-bit lanes it replaced.
 #if defined(__x86_64__)  // a universal (multi-arch) build compiles every file per slice
 #include <immintrin.h>
 
@@ -17,8 +20,9 @@ namespace cpu {
 namespace {
 
 struct Avx512Traits {
-  static constexpr int kP = 6;
+  static constexpr int kP = 12;
   static constexpr int kObw = 32;
+  static constexpr bool kDwordLanes = true;
   static constexpr int kPf = 6;
   static constexpr int kObwf = 32;
 
@@ -102,92 +106,66 @@ struct Avx512Traits {
     return AND ? _mm512_and_si512(a, b) : _mm512_xor_si512(a, b);
   }
 
-// The register-tiled accumulation shared by bin_tile and bin_tile_fused:
-// leaves 24 accumulators a<pixel><vector> of 8 x 64-bit popcount sums.
-#define BINCONV_ACCUMULATE                                                                  \
-  __m512i a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23;                      \
-  __m512i a30, a31, a32, a33, a40, a41, a42, a43, a50, a51, a52, a53;                      \
-  {                                                                                         \
-    const uint64_t *x0 = xp[0], *x1 = xp[1], *x2 = xp[2], *x3 = xp[3], *x4 = xp[4],       \
-                   *x5 = xp[5];                                                            \
-    /* Step 0 initializes the accumulators (no zeroing, no first add; KT >= 1). */          \
-    BINCONV_STEP(0, BINCONV_ROW0)                                                           \
-    for (int64_t i = 1; i < KT; ++i) BINCONV_STEP(i, BINCONV_ROW)                           \
-  }
-// One (tap, word) step I of the tile: the 32 channels' weights in 4 zmm, then
-// ROW (BINCONV_ROW0: set, BINCONV_ROW: add) for each of the 6 pixels.
-#define BINCONV_STEP(I, ROW)                                                                \
-  {                                                                                         \
-    const int64_t k = koff[I];                                                              \
-    const __m512i w0 = _mm512_load_si512(w);                                                \
-    const __m512i w1 = _mm512_load_si512(w + 8);                                            \
-    const __m512i w2 = _mm512_load_si512(w + 16);                                           \
-    const __m512i w3 = _mm512_load_si512(w + 24);                                           \
-    w += 32;                                                                                \
-    ROW(0, x0)                                                                              \
-    ROW(1, x1)                                                                              \
-    ROW(2, x2)                                                                              \
-    ROW(3, x3)                                                                              \
-    ROW(4, x4)                                                                              \
-    ROW(5, x5)                                                                              \
-  }
-#define BINCONV_ROW0(P, Y)                                                          \
-  {                                                                                 \
-    const __m512i xb = _mm512_set1_epi64(static_cast<long long>(Y[k]));           \
-    a##P##0 = _mm512_popcnt_epi64(op<AND>(xb, w0));                                 \
-    a##P##1 = _mm512_popcnt_epi64(op<AND>(xb, w1));                                 \
-    a##P##2 = _mm512_popcnt_epi64(op<AND>(xb, w2));                                 \
-    a##P##3 = _mm512_popcnt_epi64(op<AND>(xb, w3));                                 \
-  }
-#define BINCONV_ROW(P, Y)                                                           \
-  {                                                                                 \
-    const __m512i xb = _mm512_set1_epi64(static_cast<long long>(Y[k]));           \
-    a##P##0 = _mm512_add_epi64(a##P##0, _mm512_popcnt_epi64(op<AND>(xb, w0)));      \
-    a##P##1 = _mm512_add_epi64(a##P##1, _mm512_popcnt_epi64(op<AND>(xb, w1)));      \
-    a##P##2 = _mm512_add_epi64(a##P##2, _mm512_popcnt_epi64(op<AND>(xb, w2)));      \
-    a##P##3 = _mm512_add_epi64(a##P##3, _mm512_popcnt_epi64(op<AND>(xb, w3)));      \
+  // The register-tiled accumulation of NP pixels x 32 outputs in 32-bit
+  // lanes: per step, the 32 outputs' weight dwords in 2 zmm and each pixel's
+  // input dword broadcast against both, VPOPCNTD and a 32-bit add into
+  // acc[p][0] (outputs 0-15) and acc[p][1] (16-31). Step i reads dword
+  // koff[i] of pixel p at xp[p]. Step 0 sets the accumulators (KS >= 1).
+  template <bool AND, int NP>
+  static inline __attribute__((always_inline)) void accumulate(const uint32_t* const* xp,
+                                                                const int64_t* koff, int64_t KS,
+                                                                const uint32_t* w,
+                                                                __m512i (&acc)[NP][2]) {
+    {
+      const int64_t k = koff[0];
+      const __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + 16);
+#pragma GCC unroll 16
+      for (int p = 0; p < NP; ++p) {
+        const __m512i xb = _mm512_set1_epi32(static_cast<int>(xp[p][k]));
+        acc[p][0] = _mm512_popcnt_epi32(op<AND>(xb, w0));
+        acc[p][1] = _mm512_popcnt_epi32(op<AND>(xb, w1));
+      }
+    }
+    for (int64_t i = 1; i < KS; ++i) {
+      const int64_t k = koff[i];
+      const uint32_t* wi = w + i * 32;
+      const __m512i w0 = _mm512_load_si512(wi), w1 = _mm512_load_si512(wi + 16);
+#pragma GCC unroll 16
+      for (int p = 0; p < NP; ++p) {
+        const __m512i xb = _mm512_set1_epi32(static_cast<int>(xp[p][k]));
+        acc[p][0] = _mm512_add_epi32(acc[p][0], _mm512_popcnt_epi32(op<AND>(xb, w0)));
+        acc[p][1] = _mm512_add_epi32(acc[p][1], _mm512_popcnt_epi32(op<AND>(xb, w1)));
+      }
+    }
   }
 
   template <bool AND>
-  static void bin_tile(const uint64_t* const* xp, const int64_t* koff, int64_t KT,
+  static void bin_tile(const uint64_t* const* xp, const int64_t* koff, int64_t KS,
                        const uint64_t* w, int32_t* raw) {
-    BINCONV_ACCUMULATE
-#define BINCONV_STORE(P)                                                                     \
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 0), _mm512_cvtepi64_epi32(a##P##0));  \
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 8), _mm512_cvtepi64_epi32(a##P##1));  \
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 16), _mm512_cvtepi64_epi32(a##P##2)); \
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(raw + P * 32 + 24), _mm512_cvtepi64_epi32(a##P##3));
-    BINCONV_STORE(0)
-    BINCONV_STORE(1)
-    BINCONV_STORE(2)
-    BINCONV_STORE(3)
-    BINCONV_STORE(4)
-    BINCONV_STORE(5)
-#undef BINCONV_STORE
+    const uint32_t* x32[kP];
+    for (int p = 0; p < kP; ++p) x32[p] = reinterpret_cast<const uint32_t*>(xp[p]);
+    __m512i acc[kP][2];
+    accumulate<AND, kP>(x32, koff, KS, reinterpret_cast<const uint32_t*>(w), acc);
+#pragma GCC unroll 16
+    for (int p = 0; p < kP; ++p) {
+      _mm512_storeu_si512(raw + p * 32, acc[p][0]);
+      _mm512_storeu_si512(raw + p * 32 + 16, acc[p][1]);
+    }
   }
 
-  // The tile with its epilogue applied straight from the accumulators (no
-  // round trip through memory): linear or ReLU activation, a full block of
-  // 32 outputs, written as floats (pixel p at dst + p*dst_stride) or, PACKED,
-  // as one owned uint32 word of bin(out) bits (dst32 + p*dst32_stride). Pixel
-  // p reads words xbase + off[p] + koff[i]; crow[p] (null: no correction) is
-  // its correction table row, read from output o0. Same formula and rounding
-  // order as binconv::epilogue: ((acc * os) * beta) + ob; betas == nullptr:
-  // no beta scaling (beta 1, and z * 1 == z).
-  // The epilogue of one pixel from its four accumulators (8 x 64-bit counts
-  // each, outputs in order), for every tile width; os0/os1 and ob0/ob1: the
-  // block's 32 output scales and biases, loaded once per tile. The low dword
-  // of each count, 8 from each of two accumulators, in order: one two-source
-  // permute per 16 outputs.
+  // The epilogue of one pixel from its two accumulators (16 32-bit counts
+  // each, outputs in order); os0/os1 and ob0/ob1: the block's 32 output
+  // scales and biases, loaded once per tile. Linear or ReLU activation,
+  // written as 32 floats at dst or, PACKED, as one owned uint32 word of
+  // bin(out) bits at dst32. Same formula and rounding order as
+  // binconv::epilogue: ((acc * os) * beta) + ob; beta == nullptr: no beta
+  // scaling (beta 1, and z * 1 == z). crow (null: no correction): the
+  // pixel's correction table row at this block's first output.
   template <bool AND, bool RELU, bool PACKED>
   static inline __attribute__((always_inline)) void finish_pixel(
-      __m512i a0, __m512i a1, __m512i a2, __m512i a3, int32_t base, const int32_t* crow,
-      __m512 os0, __m512 os1, __m512 ob0, __m512 ob1, const float* beta, float* dst,
-      uint32_t* dst32, bool stream) {
-    const __m512i lo_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      __m512i lo, __m512i hi, int32_t base, const int32_t* crow, __m512 os0, __m512 os1,
+      __m512 ob0, __m512 ob1, const float* beta, float* dst, uint32_t* dst32, bool stream) {
     const __m512 zero = _mm512_setzero_ps();
-    __m512i lo = _mm512_permutex2var_epi32(a0, lo_dwords, a1);
-    __m512i hi = _mm512_permutex2var_epi32(a2, lo_dwords, a3);
     if (!AND) {
       const __m512i vbase = _mm512_set1_epi32(base);
       lo = _mm512_sub_epi32(vbase, _mm512_add_epi32(lo, lo));
@@ -223,102 +201,67 @@ struct Avx512Traits {
     }
   }
 
-  // bin_tile_fused for a tile of NP < kP pixels (the last one of a layer).
+  // The tile of NP pixels with its epilogue applied straight from the
+  // accumulators (no round trip through memory), for the first np <= NP of
+  // them (pixels past np repeat a real pixel's offset: read, never stored).
+  // Pixel p reads words xbase + off[p]; crow[p] is its correction table row
+  // (null: none), read from output o0; float rows at dst + p*dst_stride, or
+  // packed words at dst32 + p*dst32_stride.
   template <bool AND, bool RELU, bool PACKED, int NP>
-  static void narrow_tile_fused(const uint64_t* xbase, const int64_t* off, const int64_t* koff,
-                                int64_t KT, const uint64_t* w, int32_t base,
-                                const int32_t* const* crow, int64_t o0, const float* os,
-                                const float* ob, const float* betas, float* dst, uint32_t* dst32,
-                                int64_t dst_stride, int64_t dst32_stride, bool stream) {
-    const uint64_t* xp[NP];
-    for (int p = 0; p < NP; ++p) xp[p] = xbase + off[p];
-    __m512i acc[NP][4];
-    {
-      const int64_t k = koff[0];
-      const __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + 8);
-      const __m512i w2 = _mm512_load_si512(w + 16), w3 = _mm512_load_si512(w + 24);
-#pragma GCC unroll 8
-      for (int p = 0; p < NP; ++p) {
-        const __m512i xb = _mm512_set1_epi64(static_cast<long long>(xp[p][k]));
-        acc[p][0] = _mm512_popcnt_epi64(op<AND>(xb, w0));
-        acc[p][1] = _mm512_popcnt_epi64(op<AND>(xb, w1));
-        acc[p][2] = _mm512_popcnt_epi64(op<AND>(xb, w2));
-        acc[p][3] = _mm512_popcnt_epi64(op<AND>(xb, w3));
-      }
-    }
-    for (int64_t i = 1; i < KT; ++i) {
-      const int64_t k = koff[i];
-      const uint64_t* wi = w + i * 32;
-      const __m512i w0 = _mm512_load_si512(wi), w1 = _mm512_load_si512(wi + 8);
-      const __m512i w2 = _mm512_load_si512(wi + 16), w3 = _mm512_load_si512(wi + 24);
-#pragma GCC unroll 8
-      for (int p = 0; p < NP; ++p) {
-        const __m512i xb = _mm512_set1_epi64(static_cast<long long>(xp[p][k]));
-        acc[p][0] = _mm512_add_epi64(acc[p][0], _mm512_popcnt_epi64(op<AND>(xb, w0)));
-        acc[p][1] = _mm512_add_epi64(acc[p][1], _mm512_popcnt_epi64(op<AND>(xb, w1)));
-        acc[p][2] = _mm512_add_epi64(acc[p][2], _mm512_popcnt_epi64(op<AND>(xb, w2)));
-        acc[p][3] = _mm512_add_epi64(acc[p][3], _mm512_popcnt_epi64(op<AND>(xb, w3)));
-      }
-    }
+  static void tile_fused(const uint64_t* xbase, const int64_t* off, const int64_t* koff,
+                         int64_t KS, const uint64_t* w, int np, int32_t base,
+                         const int32_t* const* crow, int64_t o0, const float* os,
+                         const float* ob, const float* betas, float* dst, uint32_t* dst32,
+                         int64_t dst_stride, int64_t dst32_stride, bool stream) {
+    const uint32_t* x32[NP];
+    for (int p = 0; p < NP; ++p) x32[p] = reinterpret_cast<const uint32_t*>(xbase + off[p]);
+    __m512i acc[NP][2];
+    accumulate<AND, NP>(x32, koff, KS, reinterpret_cast<const uint32_t*>(w), acc);
     const __m512 os0 = _mm512_loadu_ps(os), os1 = _mm512_loadu_ps(os + 16);
     const __m512 ob0 = _mm512_loadu_ps(ob), ob1 = _mm512_loadu_ps(ob + 16);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int p = 0; p < NP; ++p)
-      finish_pixel<AND, RELU, PACKED>(acc[p][0], acc[p][1], acc[p][2], acc[p][3], base,
-                                      crow[p] ? crow[p] + o0 : nullptr, os0, os1, ob0, ob1,
-                                      betas ? betas + p : nullptr, dst + p * dst_stride,
-                                      dst32 + p * dst32_stride, stream);
+      if (p < np)
+        finish_pixel<AND, RELU, PACKED>(acc[p][0], acc[p][1], base,
+                                        crow[p] ? crow[p] + o0 : nullptr, os0, os1, ob0, ob1,
+                                        betas ? betas + p : nullptr, dst + p * dst_stride,
+                                        dst32 + p * dst32_stride, stream);
   }
 
   static constexpr bool kFused = true;
+  // One tile of np <= kP pixels: the full 12-pixel tile, or a narrower one
+  // for a layer's last pixels (one pixel, or the even width >= np).
   template <bool AND, bool RELU, bool PACKED>
   static void bin_tile_fused(const uint64_t* xbase, const int64_t* off, const int64_t* koff,
-                             int64_t KT, const uint64_t* w, int np, int32_t base,
+                             int64_t KS, const uint64_t* w, int np, int32_t base,
                              const int32_t* const* crow, int64_t o0, const float* os,
                              const float* ob, const float* betas, float* dst, uint32_t* dst32,
                              int64_t dst_stride, int64_t dst32_stride, bool stream) {
     // Streaming (non-temporal) float stores when asked and every row is 64-byte aligned.
     stream = stream && ((reinterpret_cast<uintptr_t>(dst) | (dst_stride * 4)) & 63) == 0;
-    // A tail tile of fewer pixels runs a narrower tile (L4 at N=1: 49 pixels,
-    // the last tile has one; computing six there cost ~10% of the layer).
-    switch (np) {
-#define BINCONV_NARROW(NP)                                                                  \
-  case NP:                                                                                  \
-    narrow_tile_fused<AND, RELU, PACKED, NP>(xbase, off, koff, KT, w, base, crow, o0, os, ob, \
-                                             betas, dst, dst32, dst_stride, dst32_stride,   \
-                                             stream);                                       \
-    return;
-      BINCONV_NARROW(1)
-      BINCONV_NARROW(2)
-      BINCONV_NARROW(3)
-      BINCONV_NARROW(4)
-      BINCONV_NARROW(5)
-#undef BINCONV_NARROW
-      default: break;
+    if (np == 1) {  // L4 at N=1: 49 pixels; a 2-pixel tile here cost ~2% of the layer
+      tile_fused<AND, RELU, PACKED, 1>(xbase, off, koff, KS, w, np, base, crow, o0, os, ob,
+                                       betas, dst, dst32, dst_stride, dst32_stride, stream);
+      return;
     }
-    const uint64_t* xp[kP];
-    for (int p = 0; p < kP; ++p) xp[p] = xbase + off[p];
-    BINCONV_ACCUMULATE
-    const __m512 os0 = _mm512_loadu_ps(os), os1 = _mm512_loadu_ps(os + 16);
-    const __m512 ob0 = _mm512_loadu_ps(ob), ob1 = _mm512_loadu_ps(ob + 16);
-#define BINCONV_FINISH(P)                                                                   \
-  if (P < np)                                                                               \
-    finish_pixel<AND, RELU, PACKED>(a##P##0, a##P##1, a##P##2, a##P##3, base,               \
-                                    crow[P] ? crow[P] + o0 : nullptr, os0, os1, ob0, ob1,   \
-                                    betas ? betas + P : nullptr, dst + P * dst_stride,      \
-                                    dst32 + P * dst32_stride, stream);
-    BINCONV_FINISH(0)
-    BINCONV_FINISH(1)
-    BINCONV_FINISH(2)
-    BINCONV_FINISH(3)
-    BINCONV_FINISH(4)
-    BINCONV_FINISH(5)
-#undef BINCONV_FINISH
+    switch ((np + 1) / 2) {
+#define BINCONV_WIDTH(HALF)                                                                    \
+  case HALF:                                                                                   \
+    tile_fused<AND, RELU, PACKED, 2 * HALF>(xbase, off, koff, KS, w, np, base, crow, o0, os,   \
+                                            ob, betas, dst, dst32, dst_stride, dst32_stride,   \
+                                            stream);                                           \
+    return;
+      BINCONV_WIDTH(1)
+      BINCONV_WIDTH(2)
+      BINCONV_WIDTH(3)
+      BINCONV_WIDTH(4)
+      BINCONV_WIDTH(5)
+#undef BINCONV_WIDTH
+      default:
+        tile_fused<AND, RELU, PACKED, kP>(xbase, off, koff, KS, w, np, base, crow, o0, os, ob,
+                                          betas, dst, dst32, dst_stride, dst32_stride, stream);
+    }
   }
-#undef BINCONV_ROW
-#undef BINCONV_ROW0
-#undef BINCONV_STEP
-#undef BINCONV_ACCUMULATE
 
   // BINARY_WEIGHTS: x * (+-1) is exact, so mul+add here rounds exactly like the
   // scalar path's loop; lanes are output channels, channel order is fixed.

@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 
 #include "binconv_kernels.h"
 #include "binconv_params.h"
@@ -385,7 +386,8 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
         const int qi = q0 + u * 32 + lane;
-        v[u] = qi < nq ? __ldg(xrow + qi) : make_float4(0.f, 0.f, 0.f, 0.f);
+        // Streaming loads: x is read exactly once.
+        v[u] = qi < nq ? __ldcs(xrow + qi) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
       for (int u = 0; u < 2; ++u) {

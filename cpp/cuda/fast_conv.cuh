@@ -606,8 +606,11 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
             // The 4 lanes of a row write 32 consecutive channels: 128 bytes.
             float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
             if ((a.o & 3) == 0 && o + 8 <= a.o) {
-              reinterpret_cast<float4*>(dst)[0] = make_float4(val[0], val[1], val[2], val[3]);
-              reinterpret_cast<float4*>(dst)[1] = make_float4(val[4], val[5], val[6], val[7]);
+              // Streaming stores: the result is not read again by this
+              // kernel, and kept out of L2 it leaves room for x and weights.
+              __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
+              __stcs(reinterpret_cast<float4*>(dst) + 1,
+                     make_float4(val[4], val[5], val[6], val[7]));
             } else {
 #pragma unroll
               for (int c = 0; c < 8; ++c)

@@ -526,23 +526,38 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
     uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);
     const uint32_t bstep1 = 16 * 16 * a.pitch_b;
-    const int* kp = ktab + half;
+    // The X1 MMA of the row fragment this warp owns (mf == wq): the K loop is
+    // instantiated per wq, so that it is a plain MMA (as a run-time
+    // condition it cost a compare, a predicated MMA and two WARPSYNCs per
+    // row fragment and K step: 4.5% of all instructions were WARPSYNC). It
+    // runs for AND too, unused.
+    auto kloop = [&](auto wq_const) {
+      constexpr int WQ = decltype(wq_const)::value;
+      const int* kp = ktab + half;
 #pragma unroll 2
-    for (int i = 0; i < a.ks; ++i, bb0 += 32, kp += 2) {
-      const int koff = *kp;
-      uint32_t af[4][4], bf[2][4];
+      for (int i = 0; i < a.ks; ++i, bb0 += 32, kp += 2) {
+        const int koff = *kp;
+        uint32_t af[4][4], bf[2][4];
 #pragma unroll
-      for (int mf = 0; mf < 4; ++mf) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
-      ldmatrix_x4_at(bf[0], bb0);
-      ldmatrix_x4_at(bf[1], bb0 + bstep1);
-      const uint32_t x1b1 = 2 * i + 1 < a.kc ? kFull : 0u;
+        for (int mf = 0; mf < 4; ++mf) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
+        ldmatrix_x4_at(bf[0], bb0);
+        ldmatrix_x4_at(bf[1], bb0 + bstep1);
+        const uint32_t x1b1 = 2 * i + 1 < a.kc ? kFull : 0u;
 #pragma unroll
-      for (int mf = 0; mf < 4; ++mf) {
+        for (int mf = 0; mf < 4; ++mf) {
 #pragma unroll
-        for (int nf = 0; nf < 4; ++nf)
-          mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2], bf[nf >> 1][(nf & 1) * 2 + 1]);
-        if (need_x1 && mf == wq) mma_b1_and(x1acc, af[mf], kFull, x1b1);
+          for (int nf = 0; nf < 4; ++nf)
+            mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2],
+                       bf[nf >> 1][(nf & 1) * 2 + 1]);
+          if (mf == WQ) mma_b1_and(x1acc, af[mf], kFull, x1b1);
+        }
       }
+    };
+    switch (wq) {
+      case 0: kloop(std::integral_constant<int, 0>{}); break;
+      case 1: kloop(std::integral_constant<int, 1>{}); break;
+      case 2: kloop(std::integral_constant<int, 2>{}); break;
+      default: kloop(std::integral_constant<int, 3>{}); break;
     }
     if (need_x1 && tq == 0) {
       x1s[wm + wq * 16 + gq] = x1acc[0];

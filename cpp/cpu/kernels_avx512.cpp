@@ -126,6 +126,7 @@ struct Avx512Traits {
         acc[p][1] = _mm512_popcnt_epi32(op<AND>(xb, w1));
       }
     }
+#pragma GCC unroll 2  // selftest 1 thread: L2 packed 48.3 -> 47.2 us, L3 45.8 -> 45.1
     for (int64_t i = 1; i < KS; ++i) {
       const int64_t k = koff[i];
       const uint32_t* wi = w + i * 32;

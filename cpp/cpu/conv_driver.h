@@ -876,11 +876,16 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       }
     }
 
-  // Phase 2: the convolution proper. Blocks are taken in groups whose
-  // weights fit in L1 together (~24 KiB): one tile's pixel setup (pointers,
-  // border class, beta, output rows) then serves every block of the group.
+  // Phase 2: the convolution proper. Blocks are taken in groups of up to
+  // ~160 KiB of weights: one chunk's pixel setup (pointers, border class,
+  // beta) then serves every block of the group. An item runs its group block
+  // by block over the chunk's tiles, so only one block (a few KiB) need stay
+  // in L1; the group bounds what an item streams from L2. Groups of 24 KiB
+  // (before) cut L3 and L7 into 4 and L4 into 16 groups: in-process A/B at
+  // 2 threads, 160 against 24 KiB: 4 x L3 chain N=1 -4%, L4 N=1 -5%, L7 N=1
+  // -3%, L3 N=8 -3%, L4 N=8 -3% (more than 160 KiB: L4 N=1 has too few items).
   const int64_t blk_bytes = KT * OBW * 8;
-  int64_t gsz = std::max<int64_t>(1, std::min<int64_t>(NB, (int64_t{24} << 10) / blk_bytes));
+  int64_t gsz = std::max<int64_t>(1, std::min<int64_t>(NB, (int64_t{160} << 10) / blk_bytes));
   const int64_t NGB = (NB + gsz - 1) / gsz;
   gsz = (NB + NGB - 1) / NGB;  // equal groups
   const int64_t ntile = (g.NQ + P - 1) / P;

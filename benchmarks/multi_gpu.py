@@ -40,7 +40,7 @@ def collectives(text):
 
 def kernel_shapes(text):
     """Result shapes of our custom calls in the compiled (per-device) program."""
-    return re.findall(r"= f32\[([\d,]+)\][^\n]*custom_call_target=\"" + TARGET + "\"", text)
+    return re.findall(r"= \(?f32\[([\d,]+)\][^\n]*custom_call_target=\"" + TARGET + "\"", text)
 
 
 PLATFORM = "gpu"

@@ -26,10 +26,11 @@ from jax.interpreters import mlir
 from . import _compat, config, packing, reference, sharding
 from .primitive import binary_conv2d_p, geometry
 
-#: The targets lowerings emit now (docs/ffi.md). cuda v2 adds a workspace
-#: result (v1 stays registered for programs exported before it).
+#: The targets lowerings emit now (docs/ffi.md). cpu v2 takes the four
+#: per-channel vectors as one operand; cuda v2 adds a workspace result (the
+#: v1 targets stay registered for programs exported before them).
 TARGETS = {
-    "cpu": "jax_binconv_conv2d_cpu_v1",
+    "cpu": "jax_binconv_conv2d_cpu_v2",
     "cuda": "jax_binconv_conv2d_cuda_v2",
     "metal_shim": "jax_binconv_conv2d_metalshim_v1",
 }
@@ -72,11 +73,16 @@ def _cuda_workspace(**geometry):
 
 def call_kernel(target, x, w, ib, isc, osc, ob, *, conv_type, strides, padding,
                 dilation, groups, in_channels, pad_value, beta_scaling, activation,
-                negative_slope, output, out_dtype, workspace=None, **_estimators):
+                negative_slope, output, out_dtype, workspace=None, affine=False,
+                **_estimators):
     """Emit the FFI call of ``target`` on canonical operands (docs/ffi.md).
 
     ``workspace``: for targets with a workspace result, a function of the
-    call's geometry that gives its size in bytes; the result is dropped."""
+    call's geometry that gives its size in bytes; the result is dropped.
+    ``affine``: the target takes input_bias, input_scale, output_scale and
+    output_bias as one concatenated operand (at their defaults a non-splat
+    constant, which XLA keeps as a literal instead of running a broadcast
+    kernel per vector on every call)."""
     cg = in_channels // groups
     if x.dtype == jnp.uint32 and groups > 1 and cg % packing.BITS:
         # Groups would start mid-word: hand the kernels +-1 floats instead.
@@ -112,8 +118,10 @@ def call_kernel(target, x, w, ib, isc, osc, ob, *, conv_type, strides, padding,
             # alignment per part (docs/ffi.md): N * size(1) + slack covers it.
             nbytes = n * nbytes(n=1) + _WORKSPACE_SLACK
         results = (result, jax.ShapeDtypeStruct((nbytes,), jnp.uint8))
+    vectors = ((jnp.concatenate([jnp.asarray(v, jnp.float32) for v in (ib, isc, osc, ob)]),)
+               if affine else (ib, isc, osc, ob))
     out = jax.ffi.ffi_call(target, results)(
-        x, w_words, ib, isc, osc, ob,
+        x, w_words, *vectors,
         conv_type=np.int32(conv_type), in_channels=int(in_channels),
         stride_h=int(strides[0]), stride_w=int(strides[1]),
         dilation_h=int(dilation[0]), dilation_w=int(dilation[1]),
@@ -129,6 +137,7 @@ def call_kernel(target, x, w, ib, isc, osc, ob, *, conv_type, strides, padding,
 
 # One callable per target, so that cached partitioned wrappers are shared.
 _CALLS = {key: functools.partial(call_kernel, target) for key, target in TARGETS.items()}
+_CALLS["cpu"] = functools.partial(call_kernel, TARGETS["cpu"], affine=True)
 _CALLS["cuda"] = functools.partial(call_kernel, TARGETS["cuda"], workspace=_cuda_workspace)
 
 

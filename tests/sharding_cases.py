@@ -35,7 +35,7 @@ def collectives(compiled_text):
 
 def kernel_shapes(compiled_text):
     """Operand-0 shapes of our custom calls in the compiled (per-device) HLO."""
-    return re.findall(r"= f32\[([\d,]+)\][^\n]*custom_call_target=\"jax_binconv_conv2d_cpu_v1\"",
+    return re.findall(r"= \(?f32\[([\d,]+)\][^\n]*custom_call_target=\"" + jb.TARGETS["cpu"] + r"\"",
                       compiled_text)
 
 

@@ -11,6 +11,7 @@ qemu-user when those tools are installed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,13 +26,14 @@ import jax.numpy as jnp  # noqa: E402
 
 jb = pytest.importorskip("jax_binconv")
 from jax_binconv import reference  # noqa: E402
+from conftest import rand_x  # noqa: E402
 
 try:
     from jax_binconv import _cpu
 except ImportError as e:  # pragma: no cover - depends on the build
     pytest.skip(f"jax_binconv._cpu is not built ({e})", allow_module_level=True)
 
-TARGET = "jax_binconv_conv2d_cpu_v1"
+TARGET = "jax_binconv_conv2d_cpu_v1"  # direct calls (six operands); lowerings emit v2
 ISAS = _cpu.available_isas()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +61,7 @@ def _conv_fn(**kw):
 
 def _assert_uses_kernel(fn, *args):
     text = fn.lower(*args).as_text()
-    assert TARGET in text, "the CPU lowering did not call the C++ kernel"
+    assert jb.TARGETS["cpu"] in text, "the CPU lowering did not call the C++ kernel"
 
 
 def _each_isa(fn, *args):
@@ -407,6 +409,47 @@ def test_handler_rejects_bad_buffers(bad):
         attrs["groups"] = 3
     with pytest.raises(Exception, match="jax_binconv_conv2d_cpu_v1"):
         jax.block_until_ready(_direct_call(x, w, ib, isc, osc, ob, out_shape, **attrs))
+
+
+TARGET_V2 = "jax_binconv_conv2d_cpu_v2"
+
+
+def test_v2_affine_operand_matches_v1():
+    """v2 (what lowerings emit) takes the four vectors as one operand; on
+    random inputs and vectors it gives v1's result bit for bit on every ISA,
+    and a wrong-sized affine is refused by name."""
+    c, o = 70, 40
+    x = np.asarray(rand_x(31, (2, 7, 6, c)))
+    w = np.asarray(jb.pack_weights(np.asarray(rand_x(32, (3, 3, c, o)))).words)
+    rng = np.random.default_rng(33)
+    ib, isc = rng.normal(0, 0.3, c).astype(np.float32), rng.uniform(-2, 2, c).astype(np.float32)
+    osc, ob = rng.uniform(-2, 2, o).astype(np.float32), rng.normal(0, 3, o).astype(np.float32)
+    a = dict(conv_type=np.int32(1), in_channels=c, stride_h=1, stride_w=1, dilation_h=1,
+             dilation_w=1, pad_top=1, pad_bottom=1, pad_left=1, pad_right=1, groups=1,
+             pad_value=np.float32(0.0), beta_scaling=True, activation=np.int32(3),
+             negative_slope=np.float32(0.1))
+    v2 = jax.ffi.ffi_call(TARGET_V2, jax.ShapeDtypeStruct((2, 7, 6, o), np.float32))
+    for isa in ISAS:
+        _cpu.set_isa(isa)
+        want = np.asarray(_direct_call(x, w, ib, isc, osc, ob, (2, 7, 6, o), **a))
+        got = np.asarray(v2(x, w, np.concatenate([ib, isc, osc, ob]), **a))
+        np.testing.assert_array_equal(got, want, err_msg=isa)
+    with pytest.raises(Exception, match="jax_binconv_conv2d_cpu_v2.*affine"):
+        np.asarray(v2(x, w, np.concatenate([ib, isc, osc]), **a))
+    with pytest.raises(Exception, match="jax_binconv_conv2d_cpu_v2.*in_channels"):
+        np.asarray(v2(x, w, np.concatenate([ib, isc, osc, ob]), **dict(a, in_channels=0)))
+
+
+def test_default_vectors_are_one_constant():
+    """With every scale and bias at its default, the compiled program hands
+    the kernel one constant operand: no broadcast kernel per call."""
+    x = jnp.asarray(rand_x(34, (1, 8, 8, 64)))
+    w = jb.pack_weights(np.asarray(rand_x(35, (3, 3, 64, 32))))
+    text = jax.jit(lambda x, w: jb.binary_conv2d(x, w, padding="SAME")).lower(x, w).compile().as_text()
+    call = [ln for ln in text.splitlines() if "custom_call_target=\"" + TARGET_V2 in ln]
+    assert len(call) == 1, text
+    assert "fusion" not in call[0].split("custom-call(")[1].split(")")[0], call[0]
+    assert re.search(r"f32\[192\]\{0\} constant\(", text), text
 
 
 def test_isa_switch_api():

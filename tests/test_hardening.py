@@ -550,7 +550,9 @@ _OVERFLOW_SCRIPT = textwrap.dedent("""
     w = np.zeros((4, 1, 1, (c + 31) // 32), np.uint32)
     ho = (h + attrs["pad_top"] + attrs["pad_bottom"] - 1) // attrs["stride_h"] + 1
     wo = (h + attrs["pad_left"] + attrs["pad_right"] - 1) // attrs["stride_w"] + 1
-    f = jax.ffi.ffi_call(jb.TARGETS["cpu"], jax.ShapeDtypeStruct((n, ho, wo, 4), np.float32))
+    # v1 (six operands): its checks are the ones v2 runs after splitting its
+    # affine operand (tests/test_cpu_kernel.py covers the split).
+    f = jax.ffi.ffi_call("jax_binconv_conv2d_cpu_v1", jax.ShapeDtypeStruct((n, ho, wo, 4), np.float32))
     try:
         y = f(x, w, np.zeros(c, np.float32), np.ones(c, np.float32), np.ones(4, np.float32),
               np.zeros(4, np.float32), **attrs)

@@ -42,6 +42,8 @@ CallTimings last_call_timings();
 
 // The typed XLA FFI handler (api_version 1) behind jax_binconv_conv2d_cpu_v1.
 void* conv2d_handler_address();
+// jax_binconv_conv2d_cpu_v2: the same with the four vectors as one operand.
+void* conv2d_v2_handler_address();
 
 }  // namespace cpu
 }  // namespace binconv

@@ -1,4 +1,4 @@
-// The XLA FFI handler jax_binconv_conv2d_cpu_v1 (contract: docs/ffi.md):
+// The XLA FFI handlers jax_binconv_conv2d_cpu_v1 and _v2 (contract: docs/ffi.md):
 // checks every operand against the attributes, then runs the kernel of the
 // currently selected ISA on the calling thread plus as many helper threads
 // as XLA's intra-op pool has (minus one; see HelperPool).
@@ -518,10 +518,12 @@ class PoolExecutor final : public Executor {
 };
 // ---------------------------------------------------------------- handler
 
-ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
-                     ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
-                     ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
-                     ffi::Result<ffi::AnyBuffer> out, ConvAttrs attrs) {
+// Both targets: v1 (six operands) and v2 (x, w, affine; see split_affine).
+ffi::Error Conv2dCpuImpl(const char* target, ffi::ThreadPool pool, ffi::AnyBuffer x,
+                         ffi::AnyBuffer w, ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
+                         ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
+                         ffi::AnyBuffer out_buf, const ConvAttrs& attrs) {
+  ffi::AnyBuffer* out = &out_buf;
   // Helpers first: a sleeping one takes tens of microseconds to start on an
   // idle vCPU, so it is woken before the operands are checked.
   int threads = static_cast<int>(std::max<int64_t>(1, pool.num_threads()));
@@ -530,8 +532,8 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
   PoolExecutor ex(threads);
 
   ConvParams p;
-  if (auto e = parse_conv2d("jax_binconv_conv2d_cpu_v1", x, w, input_bias, input_scale,
-                            output_scale, output_bias, *out, attrs, &p);
+  if (auto e = parse_conv2d(target, x, w, input_bias, input_scale, output_scale, output_bias,
+                            *out, attrs, &p);
       e.failure())
     return e;
   const int64_t n = p.n;
@@ -576,14 +578,33 @@ ffi::Error Conv2dCpu(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
   const double kernel_us = us_since(t_start);
   last_kernel_us_.store(kernel_us, std::memory_order_relaxed);
   if (dbg) std::fprintf(stderr, "jax_binconv handler: kernel %.1f us\n", kernel_us);
-  if (!err.empty()) return ffi::Error::Internal("jax_binconv_conv2d_cpu_v1: " + err);
+  if (!err.empty()) return ffi::Error::Internal(std::string(target) + ": " + err);
   return ffi::Error::Success();
+}
+
+ffi::Error Conv2dCpuV1(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                       ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
+                       ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
+                       ffi::Result<ffi::AnyBuffer> out, ConvAttrs attrs) {
+  return Conv2dCpuImpl("jax_binconv_conv2d_cpu_v1", pool, x, w, input_bias, input_scale,
+                       output_scale, output_bias, *out, attrs);
+}
+
+ffi::Error Conv2dCpuV2(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                       ffi::AnyBuffer affine, ffi::Result<ffi::AnyBuffer> out, ConvAttrs attrs) {
+  constexpr const char* kTarget = "jax_binconv_conv2d_cpu_v2";
+  AffineViews v;
+  if (auto e = split_affine(kTarget, affine, w, attrs, &v); e.failure()) return e;
+  return Conv2dCpuImpl(kTarget, pool, x, w, v.view(0), v.view(1), v.view(2), v.view(3), *out,
+                       attrs);
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxBinconvConv2dCpuV1, Conv2dCpu,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxBinconvConv2dCpuV1, Conv2dCpuV1,
                               bind_conv2d(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxBinconvConv2dCpuV2, Conv2dCpuV2,
+                              bind_conv2d_affine(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));
 
 int last_call_workers() { return last_workers_.load(std::memory_order_relaxed); }
 int last_call_pool_threads() { return last_pool_threads_.load(std::memory_order_relaxed); }
@@ -602,6 +623,7 @@ CallTimings last_call_timings() {
 }
 
 void* conv2d_handler_address() { return reinterpret_cast<void*>(JaxBinconvConv2dCpuV1); }
+void* conv2d_v2_handler_address() { return reinterpret_cast<void*>(JaxBinconvConv2dCpuV2); }
 
 }  // namespace cpu
 }  // namespace binconv

@@ -18,6 +18,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("registrations", [] {
     py::dict d;
     d["jax_binconv_conv2d_cpu_v1"] = py::capsule(conv2d_handler_address());
+    d["jax_binconv_conv2d_cpu_v2"] = py::capsule(conv2d_v2_handler_address());
     return d;
   }, "FFI targets of this module: {name: capsule} (typed FFI, api_version 1).");
   m.def("available_isas", [] {

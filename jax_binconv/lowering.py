@@ -135,10 +135,11 @@ def call_kernel(target, x, w, ib, isc, osc, ob, *, conv_type, strides, padding,
     return out if output == "packed" else out.astype(out_dtype)
 
 
-# One callable per target, so that cached partitioned wrappers are shared.
-_CALLS = {key: functools.partial(call_kernel, target) for key, target in TARGETS.items()}
-_CALLS["cpu"] = functools.partial(call_kernel, TARGETS["cpu"], affine=True)
-_CALLS["cuda"] = functools.partial(call_kernel, TARGETS["cuda"], workspace=_cuda_workspace)
+# One callable per target, so that cached partitioned wrappers are shared;
+# with the operand / result conventions of that target's version.
+_CALL_OPTIONS = {"cpu": dict(affine=True), "cuda": dict(workspace=_cuda_workspace)}
+_CALLS = {key: functools.partial(call_kernel, target, **_CALL_OPTIONS.get(key, {}))
+          for key, target in TARGETS.items()}
 
 
 def _kernel_lowering(key):

@@ -87,44 +87,6 @@ auto bind_conv2d_affine(Binding b) {
       .template Attrs<ConvAttrs>();
 }
 
-// Four buffer views into the affine operand, each exactly what the separate
-// operand would be, so that parse_conv2d checks and reads them unchanged.
-struct AffineViews {
-  XLA_FFI_Buffer buf[4];
-  int64_t dims[4];
-  ffi::AnyBuffer view(int i) const { return ffi::AnyBuffer(&buf[i]); }
-};
-
-inline std::string dims_str(ffi::AnyBuffer::Dimensions d);
-
-// Splits `affine` (F32 [2 C + 2 O], C = in_channels, O = w's first dim).
-// Where C or w are malformed the views get length 0, and parse_conv2d then
-// reports in_channels or w by name.
-inline ffi::Error split_affine(std::string_view target, const ffi::AnyBuffer& affine,
-                               const ffi::AnyBuffer& w, const ConvAttrs& a, AffineViews* v) {
-  const auto wd = w.dimensions();
-  int64_t c = a.in_channels, o = wd.size() == 4 ? wd[0] : 0;
-  const int64_t max_len = int64_t{1} << 30;
-  if (c < 1 || c > max_len || o < 0 || o > max_len) c = o = 0;
-  const auto ad = affine.dimensions();
-  if (c > 0 && (affine.element_type() != ffi::DataType::F32 || ad.size() != 1 ||
-                ad[0] != 2 * c + 2 * o))
-    return ffi::Error::InvalidArgument(
-        std::string(target) + ": affine must be float32 [2*in_channels + 2*O] = [" +
-        std::to_string(2 * c + 2 * o) + "] (input_bias, input_scale, output_scale, output_bias), got " +
-        dims_str(ad));
-  char* base = static_cast<char*>(affine.untyped_data());
-  const int64_t lens[4] = {c, c, o, o};
-  int64_t off = 0;
-  for (int i = 0; i < 4; ++i) {
-    v->dims[i] = lens[i];
-    v->buf[i] = XLA_FFI_Buffer{sizeof(XLA_FFI_Buffer), nullptr, XLA_FFI_DataType_F32,
-                               base ? base + off * 4 : nullptr, 1, &v->dims[i]};
-    off += lens[i];
-  }
-  return ffi::Error::Success();
-}
-
 inline std::string dims_str(ffi::AnyBuffer::Dimensions d) {
   std::string s = "[";
   for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
@@ -152,6 +114,41 @@ constexpr int64_t kMaxTapsTimesCg = int64_t{1} << 30;  // int32 accumulators sta
 // Elements of the padded input copy a kernel may make, and of the result:
 // far beyond any memory, yet 2^46 * 64 bytes stays inside int64.
 constexpr int64_t kMaxElements = int64_t{1} << 46;
+
+// Four buffer views into the affine operand, each exactly what the separate
+// operand would be, so that parse_conv2d checks and reads them unchanged.
+struct AffineViews {
+  XLA_FFI_Buffer buf[4];
+  int64_t dims[4];
+  ffi::AnyBuffer view(int i) const { return ffi::AnyBuffer(&buf[i]); }
+};
+
+// Splits `affine` (F32 [2 C + 2 O], C = in_channels, O = w's first dim).
+// Where C or w are malformed the views get length 0, and parse_conv2d then
+// reports in_channels or w by name.
+inline ffi::Error split_affine(std::string_view target, const ffi::AnyBuffer& affine,
+                               const ffi::AnyBuffer& w, const ConvAttrs& a, AffineViews* v) {
+  const auto wd = w.dimensions();
+  int64_t c = a.in_channels, o = wd.size() == 4 ? wd[0] : 0;
+  if (c < 1 || c > kMaxChannels || o < 0 || o > kMaxChannels) c = o = 0;
+  const auto ad = affine.dimensions();
+  if (c > 0 && (affine.element_type() != ffi::DataType::F32 || ad.size() != 1 ||
+                ad[0] != 2 * c + 2 * o))
+    return ffi::Error::InvalidArgument(
+        std::string(target) + ": affine must be float32 [2*in_channels + 2*O] = [" +
+        std::to_string(2 * c + 2 * o) + "] (input_bias, input_scale, output_scale, output_bias), got " +
+        dims_str(ad));
+  char* base = static_cast<char*>(affine.untyped_data());
+  const int64_t lens[4] = {c, c, o, o};
+  int64_t off = 0;
+  for (int i = 0; i < 4; ++i) {
+    v->dims[i] = lens[i];
+    v->buf[i] = XLA_FFI_Buffer{sizeof(XLA_FFI_Buffer), nullptr, XLA_FFI_DataType_F32,
+                               base ? base + off * 4 : nullptr, 1, &v->dims[i]};
+    off += lens[i];
+  }
+  return ffi::Error::Success();
+}
 
 // a * b when it stays <= limit, else -1 (a, b >= 0).
 inline int64_t mul_bounded(int64_t a, int64_t b, int64_t limit) {

@@ -522,8 +522,7 @@ class PoolExecutor final : public Executor {
 ffi::Error Conv2dCpuImpl(const char* target, ffi::ThreadPool pool, ffi::AnyBuffer x,
                          ffi::AnyBuffer w, ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
                          ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
-                         ffi::AnyBuffer out_buf, const ConvAttrs& attrs) {
-  ffi::AnyBuffer* out = &out_buf;
+                         ffi::AnyBuffer out, const ConvAttrs& attrs) {
   // Helpers first: a sleeping one takes tens of microseconds to start on an
   // idle vCPU, so it is woken before the operands are checked.
   int threads = static_cast<int>(std::max<int64_t>(1, pool.num_threads()));
@@ -533,7 +532,7 @@ ffi::Error Conv2dCpuImpl(const char* target, ffi::ThreadPool pool, ffi::AnyBuffe
 
   ConvParams p;
   if (auto e = parse_conv2d(target, x, w, input_bias, input_scale, output_scale, output_bias,
-                            *out, attrs, &p);
+                            out, attrs, &p);
       e.failure())
     return e;
   const int64_t n = p.n;
@@ -548,7 +547,7 @@ ffi::Error Conv2dCpuImpl(const char* target, ffi::ThreadPool pool, ffi::AnyBuffe
   call.input_scale = static_cast<const float*>(input_scale.untyped_data());
   call.output_scale = static_cast<const float*>(output_scale.untyped_data());
   call.output_bias = static_cast<const float*>(output_bias.untyped_data());
-  call.out = out->untyped_data();
+  call.out = out.untyped_data();
 
 #if defined(__APPLE__) && defined(JAX_BINCONV_HAVE_METAL)
   {

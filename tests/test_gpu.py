@@ -530,7 +530,13 @@ FAST_CASES = [
     (512, 40, (5, 5), 2, (3, 3), 1, 1, ((4, 4), (4, 4))),   # rows with no valid tap
     (128, 257, (1, 150), 3, (1, 7), 1, 1, "SAME"),
     (256, 128, (3, 3), 70, (3, 3), 1, 1, "SAME"),     # many images per tile
+    (256, 64, (11, 10), 3, (3, 3), (2, 1), (2, 1), "SAME"),  # slot rows shared at stride 2
+    (128, 40, (9, 9), 4, (1, 1), 2, 1, "VALID"),      # 1x1 stride 2: rows between unused
+    (128, 32, (2, 300), 2, (3, 3), 1, 1, "SAME"),     # slot wider than a tensor-map box
 ]
+# Fast-kernel cases whose slot row is wider than 256 pixels (the tensor
+# map's box limit): cp.async copies them on every GPU.
+_NO_TMA_CASES = {11}
 
 
 def _cuda_mod():
@@ -538,17 +544,30 @@ def _cuda_mod():
     return _cuda
 
 
-@pytest.fixture(params=["auto", "general"])
+@pytest.fixture(params=["auto", "auto-cp.async", "general"])
 def kernel_policy(request):
+    """auto: the fast kernel, input slots by tensor map on sm_90; auto-cp.async:
+    the fast kernel with cp.async slot copies (what older GPUs run);
+    general: the general kernel."""
     mod = _cuda_mod()
-    old = mod.get_kernel()
-    mod.set_kernel(request.param)
+    old, old_tma = mod.get_kernel(), mod.get_tma_slots()
+    mod.set_kernel(request.param.split("-")[0])
+    mod.set_tma_slots(request.param == "auto")
     yield request.param
     mod.set_kernel(old)
+    mod.set_tma_slots(old_tma)
 
 
-def _expect_path(policy):
-    assert _cuda_mod().last_kernel() == ("fast" if policy == "auto" else "general")
+def _sm90():
+    return int(jax.devices("gpu")[0].compute_capability.split(".")[0]) >= 9
+
+
+def _expect_path(policy, case=None):
+    mod = _cuda_mod()
+    assert mod.last_kernel() == ("general" if policy == "general" else "fast")
+    if policy != "general":
+        tma = policy == "auto" and _sm90() and case not in _NO_TMA_CASES
+        assert mod.last_tma_slots() == tma
 
 
 @pytest.mark.parametrize("t", ["xnor", "and"])
@@ -563,7 +582,7 @@ def test_fast_kernel_float_io(kernel_policy, t, case):
           output_bias=rand_vec(800 + case, o, -2, 2),
           input_bias=rand_vec(900 + case, c, -0.2, 0.2), beta_scaling=case % 2 == 1,
           activation=[None, "relu", "tanh", "leaky_relu"][case % 4])
-    _expect_path(kernel_policy)
+    _expect_path(kernel_policy, case)
 
 
 @pytest.mark.parametrize("t", ["xnor", "and"])
@@ -578,7 +597,7 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
           output_scale=rand_vec(710 + case, o, 0.5, 1.5, signed=True),
           output_bias=rand_vec(810 + case, o, -40, 40), beta_scaling=case % 3 == 0,
           activation=[None, "relu6", "sign", "sigmoid"][case % 4])
-    _expect_path(kernel_policy)
+    _expect_path(kernel_policy, case)
 
 
 @pytest.mark.parametrize("beta", [False, True])

@@ -23,6 +23,8 @@
 // popcount of all of o's weights and W1pad = W1all - W1valid, W1valid a box
 // sum read from the prefix table. popc(a XOR b) = popc a + popc b - 2 popc(a AND b)
 // is why Hopper's emulated XOR MMA is never needed.
+#include <cuda.h>  // CUtensorMap (the driver entry point is looked up at run time)
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -1111,12 +1113,14 @@ cudaError_t measure_ceilings(Ceilings* out, size_t copy_bytes) {
 
 std::atomic<int> g_policy{0};     // KernelPolicy
 std::atomic<int> g_last_path{0};  // KernelPath of the last launch_conv
+std::atomic<bool> g_tma_slots{true};  // set_tma_slots
+std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
 // device (a handful of runtime calls less per call: N = 1 layers are bound
 // by such host work).
 struct DevInfo {
-  int sms, optin, smem_sm, reserved;
+  int sms, optin, smem_sm, reserved, major;
 };
 cudaError_t dev_info(DevInfo* out) {
   constexpr int kMaxDev = 64;
@@ -1137,7 +1141,8 @@ cudaError_t dev_info(DevInfo* out) {
       (err = cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor,
                                     dev)) != cudaSuccess ||
       (err = cudaDeviceGetAttribute(&d.reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev)) !=
-          cudaSuccess)
+          cudaSuccess ||
+      (err = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess)
     return err;
   if (dev < kMaxDev) {
     static std::mutex mu;
@@ -1172,9 +1177,24 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
   a.ks = (a.kc + 1) / 2;
   a.pitch_b = 2 * a.ks + 1;
   a.rmax = (int)((kFastBM - 1) / wo + 2);
-  const long long wslot = (wo - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1;
+  // Slot rows: see load_tile in fast_conv.cuh. A tile's rmax output rows
+  // span at most ceil((rmax - 1) / ho) image boundaries.
+  const long long wslot = ((wo - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1 + 7) / 8 * 8;
   if (wslot > (1 << 16)) return false;
   a.wslot = (int)wslot;
+  const long long window = (p.kh - 1) * p.dil_h + 1;
+  a.erow = (int)std::max<long long>(window - p.stride_h, 0);
+  const long long srows =
+      (a.rmax - 1) * p.stride_h + (a.rmax - 1 + ho - 1) / ho * a.erow + window;
+  if (srows > (1 << 16)) return false;
+  a.srows = (int)srows;
+  a.dymask = 0;
+  for (long long dy = 0; dy < p.kh; ++dy) {
+    // Row (j, dy) is row (j - 1, dy') of the same image when dy' dh = dy dh + sh.
+    const long long q = dy * p.dil_h + p.stride_h;
+    if (!(q % p.dil_h == 0 && q / p.dil_h < p.kh)) a.dymask |= 1ull << dy;
+  }
+  a.div_kh = make_fastdiv((uint32_t)p.kh);
   // Valid-tap box classes per axis (the kernel looks them up the same way).
   auto classes = [](long long extent, long long stride, long long pad, long long size,
                     long long k, long long dil, int* lo_tab, int* hi_tab, int& n) {
@@ -1193,7 +1213,7 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
   if (!classes(ho, p.stride_h, p.pad_top, p.h, p.kh, p.dil_h, a.cy_a, a.cy_b, a.ncy) ||
       !classes(wo, p.stride_w, p.pad_left, p.w, p.kw, p.dil_w, a.cx_c, a.cx_d, a.ncx))
     return false;
-  const long long a_chunks = (long long)a.rmax * p.kh * a.wslot * a.p;
+  const long long a_chunks = (long long)a.srows * a.wslot * a.p;
   if (a_chunks > (1 << 20)) return false;
   a.m = (int)m;
   a.n = (int)p.n;
@@ -1247,8 +1267,38 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   return true;
 }
 
+// The 5-d tensor map of packed x for the slot copies (sm_90): dimensions,
+// innermost first, 2 x 8 bytes (one 16-byte chunk), p chunks, W, H, N; a box
+// is one chunk plane of wslot pixels of one row. False where the driver has
+// no cuTensorMapEncodeTiled or refuses these dimensions: the kernel then
+// copies with cp.async.
+bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      fn = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr || a.wslot > 256 || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+  const cuuint64_t p = (cuuint64_t)a.p, w = (cuuint64_t)a.w, h = (cuuint64_t)a.h;
+  const cuuint64_t dims[5] = {2, p, w, h, (cuuint64_t)a.n};
+  const cuuint64_t strides[4] = {16, 16 * p, 16 * p * w, 16 * p * w * h};
+  const cuuint32_t box[5] = {2, 1, (cuuint32_t)a.wslot, 1, 1};
+  const cuuint32_t estride[5] = {1, 1, 1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT64, 5, const_cast<void*>(x), dims, strides, box,
+                estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 template <int EPI>
-cudaError_t launch_fast_epi(const FastArgs& a, int smem, cudaStream_t stream) {
+cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, int smem,
+                            cudaStream_t stream) {
   static std::atomic<uint64_t> attr_set{0};
   DevInfo di;
   int dev = 0;
@@ -1284,24 +1334,32 @@ cudaError_t launch_fast_epi(const FastArgs& a, int smem, cudaStream_t stream) {
   if (pdl_ok.load(std::memory_order_relaxed)) {
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    if (cudaLaunchKernelEx(&cfg, fast_conv_kernel<EPI>, a) == cudaSuccess) return cudaSuccess;
+    if (cudaLaunchKernelEx(&cfg, fast_conv_kernel<EPI>, a, map) == cudaSuccess) return cudaSuccess;
     cudaGetLastError();  // clear it, and launch without
     pdl_ok.store(false, std::memory_order_relaxed);
   }
   cfg.attrs = nullptr;
   cfg.numAttrs = 0;
-  return cudaLaunchKernelEx(&cfg, fast_conv_kernel<EPI>, a);
+  return cudaLaunchKernelEx(&cfg, fast_conv_kernel<EPI>, a, map);
 }
 
-cudaError_t launch_fast(const FastArgs& a, int epi, int smem, cudaStream_t stream) {
-  if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, smem, stream);
-  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, smem, stream);
-  return launch_fast_epi<EPI_FLOAT>(a, smem, stream);
+cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
+  CUtensorMap map{};
+  DevInfo di;
+  a.tma_x = dev_info(&di) == cudaSuccess && di.major >= 9 && g_tma_slots.load() &&
+            make_x_tensor_map(a, a.x, &map);
+  g_last_tma.store(a.tma_x, std::memory_order_relaxed);
+  if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, map, smem, stream);
+  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, map, smem, stream);
+  return launch_fast_epi<EPI_FLOAT>(a, map, smem, stream);
 }
 
 void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_relaxed); }
 int kernel_policy() { return g_policy.load(std::memory_order_relaxed); }
 int last_kernel_path() { return g_last_path.load(std::memory_order_relaxed); }
+void set_tma_slots(bool on) { g_tma_slots.store(on, std::memory_order_relaxed); }
+bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
+int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
 
 size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast) {
   FastArgs fa;

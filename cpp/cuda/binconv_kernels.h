@@ -52,6 +52,14 @@ enum KernelPath {
   KERNEL_PATH_BINARY_WEIGHTS = 3
 };
 int last_kernel_path();
+// Input slots of the fast kernel by tensor-map copies (sm_90, the default)
+// or by cp.async (older GPUs, or where the map cannot be encoded). Tests
+// turn it off to cover the cp.async path on sm_90. Process-wide.
+void set_tma_slots(bool on);
+bool tma_slots();
+// Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1
+// before any fast call.
+int last_tma_slots();
 
 // Enqueues the whole convolution on `stream`. `scratch` holds
 // scratch_bytes(p) bytes, aligned to 64 (16 would do). Returns the first CUDA error

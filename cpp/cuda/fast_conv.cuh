@@ -87,7 +87,11 @@ struct FastArgs {
   FastDiv div_wo, div_ho, div_kc;
   int kh, kw, sh, sw, dh, dw, pt, pl;
   int t, p, logp, kc, ks;  // taps, chunks per pixel, log2 p, K chunks, K steps
-  int rmax, wslot;  // output rows a tile can touch (bound); pixels per slot
+  int rmax, wslot;  // output rows a tile can touch (bound); pixels per slot (multiple of 8)
+  int srows, erow;  // slot rows per tile buffer (bound); extra rows per image boundary (E)
+  unsigned long long dymask;  // taps dy whose row is new for a row continuing its image
+  FastDiv div_kh;
+  int tma_x;  // slots by tensor-map copies (sm_90, map encoded by the host)
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
   int type, pv, beta, x_packed, act, thr;
@@ -128,7 +132,7 @@ struct FastSmem {
   int b, a0, a1, ktab, tab, csc, cbi, rows, x1, ycls, xcls, ltab, mbar, total;
 };
 __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
-  const int a_chunks = a.rmax * a.kh * a.wslot * a.p;
+  const int a_chunks = a.srows * a.wslot * a.p;
   FastSmem s;
   int off = 0;
   auto take = [&](int bytes) {
@@ -136,9 +140,11 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
     off = (off + bytes + 15) & ~15;
     return at;
   };
-  s.b = take(kFastBN * a.pitch_b * 16);
+  // The slot buffers first: tensor-map copies want 128-byte aligned
+  // destinations (every slot row is a multiple of 8 chunks).
   s.a0 = take(a_chunks * 16);
   s.a1 = take(a_chunks * 16);
+  s.b = take(kFastBN * a.pitch_b * 16);
   s.ktab = take(2 * a.ks * 4);
   s.tab = take(fast_tab_rows(a) * kFastBN * 4);
   s.csc = take(kFastBN * 4);
@@ -148,7 +154,7 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   s.ycls = take(a.ho * 4);
   s.xcls = take(a.wo * 4);
   s.ltab = take(a.wslot * a.p * 8);
-  s.mbar = take(8);  // the weight copy's mbarrier (sm_90)
+  s.mbar = take(24);  // mbarriers (sm_90): the weight copy, then the slots of buffer 0 and 1
   s.total = off;
   return s;
 }
@@ -207,6 +213,34 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t phase) {
       " mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
       " @!done bra BINCONV_MBAR_WAIT_%=;\n}\n" ::"r"(bar),
       "r"(phase)
+      : "memory");
+#endif
+}
+// Slot copies by tensor map (sm_90): every issuing thread raises the
+// expected byte count before its copy, then every thread of the block
+// arrives once (the barrier counts kFastThreads arrivals per phase), so the
+// phase cannot complete before the last copy of the tile was announced.
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// One box of the 5-d map of packed x (see make_x_tensor_map): 16-byte chunk
+// c of pixels [x0, x0 + wslot) of input row iy of image img; coordinates
+// outside the tensor read as zeros (the padding).
+__device__ __forceinline__ void tensor_copy_slot(uint32_t dst, const void* map, int c, int x0,
+                                                 int iy, int img, uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(c), "r"(x0), "r"(iy), "r"(img), "r"(bar)
       : "memory");
 #endif
 }
@@ -320,10 +354,10 @@ __device__ __noinline__ float fast_act_general(float v, int act, float slope) {
 }
 
 template <int EPI>
-__global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) {
-  extern __shared__ __align__(16) unsigned char fsm[];
+__global__ void __launch_bounds__(kFastThreads, 2)
+    fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap) {
+  extern __shared__ __align__(128) unsigned char fsm[];
   const int ncls = a.ncy * a.ncx;
-  const int slots = a.rmax * a.kh;
   const FastSmem L = fast_smem(a);
   uint4* bs = reinterpret_cast<uint4*>(fsm + L.b);
   int* ktab = reinterpret_cast<int*>(fsm + L.ktab);
@@ -344,9 +378,15 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   // copy per row, completing on an mbarrier that every thread waits on
   // before the first tile; older GPUs: 16-byte cp.async.
   const uint32_t wbar = smem_u32(fsm + L.mbar);
+  const uint32_t sbar0 = wbar + 8;  // slot buffer b: sbar0 + 8 b
+  const bool tma = kFastTma && a.tma_x;
   if (kFastTma) {
-    if (tid == 0) mbar_init(wbar, 1);
-    __syncthreads();  // the barrier is initialized before any copy signals it
+    if (tid == 0) {
+      mbar_init(wbar, 1);
+      mbar_init(sbar0, kFastThreads);
+      mbar_init(sbar0 + 8, kFastThreads);
+    }
+    __syncthreads();  // the barriers are initialized before any copy signals them
     if (tid == 0)
       mbar_arrive_expect_tx(wbar, (uint32_t)(min(kFastBN, a.o - n0) * a.kc * 16));
     if (tid < kFastBN) {
@@ -369,7 +409,7 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   cp_async_commit();
   if (2 * a.ks > a.kc)
     for (int r = tid; r < kFastBN; r += kFastThreads) bs[r * a.pitch_b + a.kc] = make_uint4(0, 0, 0, 0);
-  const int plane = slots * a.wslot;  // chunks per plane
+  const int plane = a.srows * a.wslot;  // chunks per plane
   for (int k = tid; k < 2 * a.ks; k += kFastThreads) {
     // Byte offset of K chunk k from a lane's pixel base. The padding chunk
     // (odd kc) reads real data: its weights are zero, and the X1 MMA masks it.
@@ -377,7 +417,7 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
     if (k < a.kc) {
       const int tap = k >> a.logp, c = k & (a.p - 1);
       const int dy = tap / a.kw, dx = tap - dy * a.kw;
-      e = 16 * (c * plane + dy * a.rmax * a.wslot + dx * a.dw);
+      e = 16 * (c * plane + dy * a.dh * a.wslot + dx * a.dw);
     }
     ktab[k] = e;
   }
@@ -407,34 +447,54 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   }
   __syncthreads();  // ltab
 
-  // ---- input slots of one M tile. Warp w copies slots w, w + 8, ...; slot
-  // s = dy * rmax + j is stepped without a division per slot. Chunk indices
-  // of x fit in 32 bits (checked by the host).
-  const int s_dy0 = warp / a.rmax, s_j0 = warp - s_dy0 * a.rmax;
-  const int s_ddy = (kFastThreads / 32) / a.rmax, s_dj = (kFastThreads / 32) - s_ddy * a.rmax;
+  // ---- input slots of one M tile. Output row j of the tile (image img0 + d)
+  // reads slot rows j sh + d E + dy dh (dy < kh): within an image, the rows
+  // of consecutive output rows overlap as the input rows do, and each image
+  // the tile touches gets its own rows (E = max((kh - 1) dh + 1 - sh, 0)
+  // more per boundary). Row (j, dy) is copied unless output row j - 1 of the
+  // same image already brought it (dymask: the dy that are new then).
   auto load_tile = [&](int buf, int mt) {
     const uint32_t as = smem_u32(fsm + (buf ? L.a1 : L.a0));
     const int row0 = fdiv(mt * kFastBM, a.div_wo);
-    int dy = s_dy0, j = s_j0;
-    for (int s = warp; s < slots; s += kFastThreads / 32) {
+    const int img0 = fdiv(row0, a.div_ho);
+    if (tma) {
+      // A thread per (row, dy, chunk plane): one tensor-map box each, zero
+      // outside the image (the padding) and past the last image.
+      const uint32_t bar = sbar0 + 8 * buf;
+      const int items = a.rmax * a.kh * a.p;
+      for (int q = tid; q < items; q += kFastThreads) {
+        const int c = q & (a.p - 1), s = q >> a.logp;
+        const int j = fdiv(s, a.div_kh), dy = s - j * a.kh;
+        const int rg = row0 + j;
+        const int img = fdiv(rg, a.div_ho);
+        const int y = rg - img * a.ho;
+        if (j != 0 && y != 0 && !((a.dymask >> dy) & 1)) continue;
+        const int srow = j * a.sh + (img - img0) * a.erow + dy * a.dh;
+        mbar_expect_tx(bar, (uint32_t)(16 * a.wslot));
+        tensor_copy_slot(as + 16 * (c * plane + srow * a.wslot), &xmap, c, -a.pl,
+                         y * a.sh + dy * a.dh - a.pt, img, bar);
+      }
+      mbar_arrive(bar);
+      return;
+    }
+    // cp.async: a warp per (row, dy), its lanes over the slot's chunks.
+    for (int s = warp; s < a.rmax * a.kh; s += kFastThreads / 32) {
+      const int j = fdiv(s, a.div_kh), dy = s - j * a.kh;
       const int rg = row0 + j;
       const int img = fdiv(rg, a.div_ho);
-      const int iy = (rg - img * a.ho) * a.sh + dy * a.dh - a.pt;
+      const int y = rg - img * a.ho;
+      if (j != 0 && y != 0 && !((a.dymask >> dy) & 1)) continue;
+      const int srow = j * a.sh + (img - img0) * a.erow + dy * a.dh;
+      const int iy = y * a.sh + dy * a.dh - a.pt;
       const bool rowok = img < a.n && (unsigned)iy < (unsigned)a.h;
       const uint32_t row_chunk = (uint32_t)((img * a.h + iy) * a.w) * (uint32_t)a.p;
-      const uint32_t dst_slot = as + 16 * s * a.wslot;
+      const uint32_t dst_slot = as + 16 * srow * a.wslot;
       for (int q = lane; q < per_slot; q += 32) {
         const int2 e = ltab[q];
         const bool ok = rowok && e.y >= 0;
         const uint4* src = a.x + (ok ? row_chunk + (uint32_t)e.y : 0u);
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_slot + 16 * e.x),
                      "l"(src), "r"(ok ? 16 : 0));
-      }
-      j += s_dj;
-      dy += s_ddy;
-      if (j >= a.rmax) {
-        j -= a.rmax;
-        ++dy;
       }
     }
   };
@@ -470,8 +530,8 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
   const ActSelect asel = act_select(a.act, a.slope);
   if (kFastTma) mbar_wait(wbar, 0);  // the weights are in shared memory
 
-  int buf = 0;
-  for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1) {
+  int buf = 0, it = 0;
+  for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1, ++it) {
     const int m0 = mt * kFastBM;
     const int row0 = fdiv(m0, a.div_wo);
 
@@ -504,7 +564,8 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
       rows[buf * kFastBM + r] = make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
                           (yc & 255) * a.ncx + (xc & 255), valid ? 1 : 0);
     }
-    cp_async_wait<0>();  // this tile's slots (and, the first time, weights and table)
+    if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(it >> 1) & 1);  // this tile's slots
+    cp_async_wait<0>();  // the slots (cp.async), the first time the table too
     // Two barriers per tile. This one: the slots are visible, and every warp
     // is past the previous tile's GEMM, so the other buffer may be refilled
     // (with the next tile, overlapping this tile's GEMM) and x1s rewritten.
@@ -517,11 +578,13 @@ __global__ void __launch_bounds__(kFastThreads, 2) fast_conv_kernel(FastArgs a) 
 
     // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
     uint32_t abyte[4];
+    const int img0 = fdiv(row0, a.div_ho);
 #pragma unroll
     for (int mf = 0; mf < 4; ++mf) {
       const int m = m0 + wm + mf * 16 + (lane & 15);
       const int rg = fdiv(m, a.div_wo);
-      abyte[mf] = as_addr + 16 * ((rg - row0) * a.wslot + (m - rg * a.wo) * a.sw);
+      const int srow = (rg - row0) * a.sh + (fdiv(rg, a.div_ho) - img0) * a.erow;
+      abyte[mf] = as_addr + 16 * (srow * a.wslot + (m - rg * a.wo) * a.sw);
     }
     int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
     uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);

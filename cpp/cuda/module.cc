@@ -109,6 +109,19 @@ PYBIND11_MODULE(_cuda, m) {
       },
       "The kernel the most recent call ran: 'fast', 'general', 'binary_weights' or 'none'.");
   m.def(
+      "set_tma_slots", [](bool on) { binconv::cuda::set_tma_slots(on); }, py::arg("on"),
+      "Fast kernel input copies: tensor maps on sm_90 (True, the default) or cp.async "
+      "(False; what older GPUs run). Process-wide, read at every call.");
+  m.def("get_tma_slots", []() { return binconv::cuda::tma_slots(); });
+  m.def(
+      "last_tma_slots",
+      []() {
+        const int v = binconv::cuda::last_tma_slots();
+        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
+      },
+      "Whether the most recent fast-kernel call copied its input by tensor map (None: no "
+      "fast call yet).");
+  m.def(
       "measure_ceilings",
       [](size_t copy_bytes) {
         binconv::cuda::Ceilings c;

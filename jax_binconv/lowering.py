@@ -26,12 +26,12 @@ from jax.interpreters import mlir
 from . import _compat, config, packing, reference, sharding
 from .primitive import binary_conv2d_p, geometry
 
-#: The targets lowerings emit now (docs/ffi.md). cpu v2 takes the four
-#: per-channel vectors as one operand; cuda v2 adds a workspace result (the
-#: v1 targets stay registered for programs exported before them).
+#: The targets lowerings emit now (docs/ffi.md). cpu v2 and cuda v3 take the
+#: four per-channel vectors as one operand; cuda v2 and v3 have a workspace
+#: result (the older targets stay registered for programs exported before).
 TARGETS = {
     "cpu": "jax_binconv_conv2d_cpu_v2",
-    "cuda": "jax_binconv_conv2d_cuda_v2",
+    "cuda": "jax_binconv_conv2d_cuda_v3",
     "metal_shim": "jax_binconv_conv2d_metalshim_v1",
 }
 
@@ -137,7 +137,7 @@ def call_kernel(target, x, w, ib, isc, osc, ob, *, conv_type, strides, padding,
 
 # One callable per target, so that cached partitioned wrappers are shared;
 # with the operand / result conventions of that target's version.
-_CALL_OPTIONS = {"cpu": dict(affine=True), "cuda": dict(workspace=_cuda_workspace)}
+_CALL_OPTIONS = {"cpu": dict(affine=True), "cuda": dict(workspace=_cuda_workspace, affine=True)}
 _CALLS = {key: functools.partial(call_kernel, target, **_CALL_OPTIONS.get(key, {}))
           for key, target in TARGETS.items()}
 

@@ -106,7 +106,9 @@ def test_cuda_lowering_sizes_the_workspace_without_a_gpu(out):
         text = jax.export.export(f, platforms=("cuda",), disabled_checks=disabled)(
             jax.ShapeDtypeStruct((n, 14, 14, 128), jnp.float32)).mlir_module()
         call = [ln for ln in text.splitlines() if "custom_call @jax_binconv" in ln]
-        assert len(call) == 1 and "jax_binconv_conv2d_cuda_v2" in call[0]
+        assert len(call) == 1 and "jax_binconv_conv2d_cuda_v3" in call[0]
+        # x, w and the four vectors as one affine operand
+        assert call[0].split("cuda_v3(")[1].split(")")[0].count("%") == 3, call[0]
         assert re.search(rf"tensor<{cu.workspace_bytes(n=n, **geo)}xui8>\)", call[0]), call[0]
     # Shape polymorphism: the workspace is N * size(1) + slack, which bounds
     # size(N) for every N (it grows linearly, plus alignment).

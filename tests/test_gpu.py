@@ -1,4 +1,4 @@
-"""The CUDA kernel (target jax_binconv_conv2d_cuda_v2) against the pure-JAX
+"""The CUDA kernel (target jax_binconv_conv2d_cuda_v3) against the pure-JAX
 reference evaluated on the CPU, over the same grid as the CPU kernel.
 
 Skipped, with the reason, where there is no GPU or jax_binconv._cuda did not
@@ -324,10 +324,13 @@ def _workspace_bytes(x_shape, w_shape, attrs, x_packed, out_packed):
 
 
 def _target_call(result, args, attrs, size_attrs=None, ws_bytes=None, target=None):
-    """Jitted direct call of the CUDA target on GPU operands. v2 (default)
-    gets its workspace result, sized from `size_attrs` (default `attrs`) unless
-    `ws_bytes` is given; v1 has none."""
+    """Jitted direct call of the CUDA target on GPU operands (x, w and the four
+    vectors). v2 and v3 (default) get their workspace result, sized from
+    `size_attrs` (default `attrs`) unless `ws_bytes` is given; v1 has none;
+    v3 takes the vectors concatenated into one operand."""
     target = target or jb.TARGETS["cuda"]
+    if target.endswith("_v3"):
+        args = list(args[:2]) + [np.concatenate([np.asarray(v, np.float32) for v in args[2:]])]
     if target.endswith("_v1"):
         call = jax.ffi.ffi_call(target, result)
         return jax.jit(lambda *a: call(*a, **attrs))(*jax.device_put(args, GPU))
@@ -365,7 +368,8 @@ def test_handler_rejects_bad_attributes():
     for over in [dict(pad_value=np.float32(0.5)), dict(conv_type=np.int32(7)),
                  dict(conv_type=np.int32(0)), dict(in_channels=70), dict(groups=3),
                  dict(activation=np.int32(99))]:
-        for target in ("jax_binconv_conv2d_cuda_v1", "jax_binconv_conv2d_cuda_v2"):
+        for target in ("jax_binconv_conv2d_cuda_v1", "jax_binconv_conv2d_cuda_v2",
+                       "jax_binconv_conv2d_cuda_v3"):
             with pytest.raises(Exception, match=target):
                 np.asarray(_ffi(px, pw, c, 1, target=target, **over))
     # and the device is still fine afterwards
@@ -374,21 +378,70 @@ def test_handler_rejects_bad_attributes():
 
 @pytest.mark.parametrize("c", [40, 256])  # general kernel, fast kernel
 def test_v1_target_and_workspace_check(c):
-    """v1 (pool scratch, kept for old exports) gives v2's result bit for bit;
-    v2 refuses a workspace smaller than the call needs, by name."""
+    """v1 (pool scratch) and v2 (four vector operands), kept for old exports,
+    give v3's result bit for bit; v2 and v3 refuse a workspace smaller than
+    the call needs, by name."""
     o = 64
     x = np.asarray(rand_x(74, (2, 7, 7, c)))
     w = np.asarray(jb.pack_weights(np.asarray(rand_x(75, (3, 3, c, o)))).words)
-    v2 = np.asarray(_ffi(x, w, c, 1))
+    v2 = np.asarray(_ffi(x, w, c, 1, target="jax_binconv_conv2d_cuda_v2"))
     ref = np.asarray(_ref(x, np.asarray(rand_x(75, (3, 3, c, o))), padding="SAME"))
     np.testing.assert_allclose(v2, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(_ffi(x, w, c, 1, target="jax_binconv_conv2d_cuda_v1")),
                                   v2)
     # 256 bytes: less than either kernel needs here (float x is packed into
     # the workspace) once the start is aligned.
-    with pytest.raises(Exception, match="jax_binconv_conv2d_cuda_v2.*workspace"):
-        np.asarray(_ffi(x, w, c, 1, ws_bytes=256))
+    for target in ("jax_binconv_conv2d_cuda_v2", "jax_binconv_conv2d_cuda_v3"):
+        with pytest.raises(Exception, match=target + ".*workspace"):
+            np.asarray(_ffi(x, w, c, 1, ws_bytes=256, target=target))
     np.testing.assert_array_equal(np.asarray(_ffi(x, w, c, 1)), v2)
+
+
+def test_v3_affine_operand_matches_v2():
+    """v3 (what lowerings emit) takes input_bias, input_scale, output_scale
+    and output_bias as one operand: on random vectors it gives v2's result
+    bit for bit (float and packed output), and a wrong-sized affine or a bad
+    in_channels is refused by name."""
+    c, o = 256, 72
+    x = np.asarray(rand_x(76, (2, 8, 7, c)))
+    w = np.asarray(jb.pack_weights(np.asarray(rand_x(77, (3, 3, c, o)))).words)
+    rng = np.random.default_rng(78)
+    vecs = [rng.normal(0, 0.3, c), rng.uniform(-2, 2, c), rng.uniform(-2, 2, o),
+            rng.normal(0, 3, o)]
+    vecs = [v.astype(np.float32) for v in vecs]
+    attrs = dict(conv_type=np.int32(1), in_channels=c, stride_h=1, stride_w=1, dilation_h=1,
+                 dilation_w=1, pad_top=1, pad_bottom=1, pad_left=1, pad_right=1, groups=1,
+                 pad_value=np.float32(0.0), beta_scaling=True, activation=np.int32(3),
+                 negative_slope=np.float32(0.1))
+    for res in (jax.ShapeDtypeStruct((2, 8, 7, o), jnp.float32),
+                jax.ShapeDtypeStruct((2, 8, 7, 3), jnp.uint32)):
+        v2 = np.asarray(_target_call(res, [x, w, *vecs], attrs, target="jax_binconv_conv2d_cuda_v2"))
+        v3 = np.asarray(_target_call(res, [x, w, *vecs], attrs, target="jax_binconv_conv2d_cuda_v3"))
+        np.testing.assert_array_equal(v3, v2)
+        assert np.unique(v3).size > 2  # not a constant output
+    res = jax.ShapeDtypeStruct((2, 8, 7, o), jnp.float32)
+    ws = _workspace_bytes(x.shape, w.shape, attrs, False, False)
+    call = jax.ffi.ffi_call("jax_binconv_conv2d_cuda_v3",
+                            (res, jax.ShapeDtypeStruct((ws,), jnp.uint8)))
+    with pytest.raises(Exception, match="jax_binconv_conv2d_cuda_v3.*affine"):
+        np.asarray(jax.jit(lambda *a: call(*a, **attrs)[0])(
+            *jax.device_put([x, w, np.concatenate(vecs[:3])], GPU)))
+    with pytest.raises(Exception, match="jax_binconv_conv2d_cuda_v3.*in_channels"):
+        np.asarray(jax.jit(lambda *a: call(*a, **dict(attrs, in_channels=0))[0])(
+            *jax.device_put([x, w, np.concatenate(vecs)], GPU)))
+
+
+def test_default_vectors_are_one_constant_on_gpu():
+    """With every scale and bias at its default, the compiled GPU program
+    hands the kernel one constant operand: no broadcast kernel per call."""
+    import re
+    x = jax.device_put(np.asarray(rand_x(79, (1, 8, 8, 128))), GPU)
+    w = jax.device_put(jb.pack_weights(np.asarray(rand_x(80, (3, 3, 128, 32)))), GPU)
+    text = jax.jit(lambda x, w: jb.binary_conv2d(x, w, padding="SAME")).lower(x, w).compile().as_text()
+    call = [ln for ln in text.splitlines() if 'custom_call_target="jax_binconv_conv2d_cuda_v3' in ln]
+    assert len(call) == 1, text
+    assert "fusion" not in call[0].split("custom-call(")[1].split(")")[0], call[0]
+    assert re.search(r"f32\[320\]\{0\} constant\(", text), text
 
 
 def test_repeated_calls_in_one_jit_follow_their_inputs():

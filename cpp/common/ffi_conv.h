@@ -76,15 +76,18 @@ auto bind_conv2d(Binding b) {
 // attributes. With every vector at its default the caller's concatenation
 // is one non-splat constant, which XLA keeps as a literal; four separate
 // default vectors are splats, which XLA materializes with a broadcast kernel
-// on every call.
-template <typename Binding>
+// on every call. kWorkspace: a second result, the workspace (CUDA).
+template <bool kWorkspace = false, typename Binding>
 auto bind_conv2d_affine(Binding b) {
-  return std::move(b)
-      .template Arg<ffi::AnyBuffer>()  // x
-      .template Arg<ffi::AnyBuffer>()  // w
-      .template Arg<ffi::AnyBuffer>()  // affine
-      .template Ret<ffi::AnyBuffer>()
-      .template Attrs<ConvAttrs>();
+  auto with_result = std::move(b)
+                         .template Arg<ffi::AnyBuffer>()  // x
+                         .template Arg<ffi::AnyBuffer>()  // w
+                         .template Arg<ffi::AnyBuffer>()  // affine
+                         .template Ret<ffi::AnyBuffer>();
+  if constexpr (kWorkspace)
+    return std::move(with_result).template Ret<ffi::AnyBuffer>().template Attrs<ConvAttrs>();
+  else
+    return std::move(with_result).template Attrs<ConvAttrs>();
 }
 
 inline std::string dims_str(ffi::AnyBuffer::Dimensions d) {

@@ -1195,6 +1195,7 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
     if (!(q % p.dil_h == 0 && q / p.dil_h < p.kh)) a.dymask |= 1ull << dy;
   }
   a.div_kh = make_fastdiv((uint32_t)p.kh);
+  a.stages = kFastMaxStages;  // plan_fast may take fewer
   // Valid-tap box classes per axis (the kernel looks them up the same way).
   auto classes = [](long long extent, long long stride, long long pad, long long size,
                     long long k, long long dil, int* lo_tab, int* hi_tab, int& n) {
@@ -1259,11 +1260,22 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   if (p.x_packed && reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
   FastArgs a;
   if (!plan_fast_geometry(p, &a)) return false;
-  const FastSmem L = fast_smem(a);
   DevInfo di;
-  if (dev_info(&di) != cudaSuccess || L.total > di.optin) return false;
+  if (dev_info(&di) != cudaSuccess) return false;
+  // The most slot buffers that fit, but not at the cost of the second
+  // resident block per SM.
+  auto per_sm = [&](int total) { return di.smem_sm / (total + di.reserved); };
+  int best = 0, total = 0;
+  for (int st = 2; st <= kFastMaxStages; ++st) {
+    a.stages = st;
+    const int t = fast_smem(a).total;
+    if (t > di.optin) break;
+    if (best == 0 || std::min(per_sm(t), 2) >= std::min(per_sm(total), 2)) best = st, total = t;
+  }
+  if (best == 0) return false;
+  a.stages = best;
   *fa = a;
-  *smem = L.total;
+  *smem = total;
   return true;
 }
 

@@ -71,10 +71,10 @@ std::atomic<uint64_t> g_handler_calls{0};
 ffi::Error Conv2dCommon(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
                         ffi::AnyBuffer input_bias, ffi::AnyBuffer input_scale,
                         ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
-                        ffi::AnyBuffer out, const ConvAttrs& attrs, ffi::AnyBuffer* workspace) {
+                        ffi::AnyBuffer out, const ConvAttrs& attrs, ffi::AnyBuffer* workspace,
+                        const char* target_name) {
   g_handler_calls.fetch_add(1, std::memory_order_relaxed);
-  const std::string target =
-      workspace ? "jax_binconv_conv2d_cuda_v2" : "jax_binconv_conv2d_cuda_v1";
+  const std::string target = target_name;
   auto invalid = [&](const std::string& msg) {
     return ffi::Error::InvalidArgument(target + ": " + msg);
   };
@@ -157,7 +157,7 @@ ffi::Error Conv2dV1Impl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
                         ffi::AnyBuffer output_scale, ffi::AnyBuffer output_bias,
                         ffi::Result<ffi::AnyBuffer> out, ConvAttrs attrs) {
   return Conv2dCommon(stream, x, w, input_bias, input_scale, output_scale, output_bias, *out, attrs,
-                      nullptr);
+                      nullptr, "jax_binconv_conv2d_cuda_v1");
 }
 
 ffi::Error Conv2dV2Impl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
@@ -167,7 +167,20 @@ ffi::Error Conv2dV2Impl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
                         ConvAttrs attrs) {
   ffi::AnyBuffer ws = *workspace;
   return Conv2dCommon(stream, x, w, input_bias, input_scale, output_scale, output_bias, *out, attrs,
-                      &ws);
+                      &ws, "jax_binconv_conv2d_cuda_v2");
+}
+
+// v3: v2 with the four per-channel vectors as one "affine" operand (see
+// bind_conv2d_affine): at their defaults XLA then runs no broadcast kernels.
+ffi::Error Conv2dV3Impl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                        ffi::AnyBuffer affine, ffi::Result<ffi::AnyBuffer> out,
+                        ffi::Result<ffi::AnyBuffer> workspace, ConvAttrs attrs) {
+  constexpr const char* kTarget = "jax_binconv_conv2d_cuda_v3";
+  AffineViews v;
+  if (auto e = split_affine(kTarget, affine, w, attrs, &v); e.failure()) return e;
+  ffi::AnyBuffer ws = *workspace;
+  return Conv2dCommon(stream, x, w, v.view(0), v.view(1), v.view(2), v.view(3), *out, attrs, &ws,
+                      kTarget);
 }
 
 }  // namespace
@@ -182,6 +195,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Conv2dCudaV1, Conv2dV1Impl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     Conv2dCudaV2, Conv2dV2Impl,
     bind_conv2d<true>(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()),
+    {ffi::Traits::kCmdBufferCompatible});
+
+// v3: v2's results, one affine operand; command-buffer compatible.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    Conv2dCudaV3, Conv2dV3Impl,
+    bind_conv2d_affine<true>(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()),
     {ffi::Traits::kCmdBufferCompatible});
 
 }  // namespace cuda

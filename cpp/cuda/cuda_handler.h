@@ -10,6 +10,7 @@ namespace cuda {
 
 extern "C" XLA_FFI_Error* Conv2dCudaV1(XLA_FFI_CallFrame* call_frame);
 extern "C" XLA_FFI_Error* Conv2dCudaV2(XLA_FFI_CallFrame* call_frame);
+extern "C" XLA_FFI_Error* Conv2dCudaV3(XLA_FFI_CallFrame* call_frame);
 
 // How many times XLA has called the handlers (either target) in this
 // process. A call captured into a CUDA graph is replayed without one.

@@ -18,6 +18,8 @@ PYBIND11_MODULE(_cuda, m) {
         py::capsule(reinterpret_cast<void*>(&binconv::cuda::Conv2dCudaV1));
     d["jax_binconv_conv2d_cuda_v2"] =
         py::capsule(reinterpret_cast<void*>(&binconv::cuda::Conv2dCudaV2));
+    d["jax_binconv_conv2d_cuda_v3"] =
+        py::capsule(reinterpret_cast<void*>(&binconv::cuda::Conv2dCudaV3));
     return d;
   });
   m.def("handler_calls", &binconv::cuda::handler_calls,

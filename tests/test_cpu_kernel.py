@@ -207,6 +207,29 @@ def test_weight_cache_never_serves_stale_weights():
                                           err_msg=isa)
 
 
+@pytest.mark.parametrize("c", [64, 128, 192, 512])
+def test_float_rows_packed_whole(c):
+    """Float input with one group and C a multiple of 64 is binarized a whole
+    input row at a time (AVX-512: one loop over the row's words, with and
+    without the input affine); NaN, zeros and negative zeros included, on 1
+    and 2 threads, integer sums exactly equal to the reference."""
+    rng = np.random.default_rng(300 + c)
+    x = _rand_x(rng, (2, 5, 7, c))
+    x.reshape(-1)[3::37] = np.nan
+    w = rng.standard_normal((3, 3, c, 40)).astype(np.float32)
+    affines = (dict(), dict(input_bias=(0.2 * rng.standard_normal(c)).astype(np.float32),
+                            input_scale=rng.uniform(0.5, 2.0, c).astype(np.float32)))
+    for ctype in ("xnor", "and"):
+        for aff in affines:
+            kw = dict(type=ctype, padding="SAME", **aff)
+            fn = _conv_fn(**kw)
+            ref = np.asarray(reference.binary_conv2d(x, w, **kw))
+            for threads in (1, 2):
+                _cpu.set_num_threads(threads)
+                for isa, got in _each_isa(fn, x, w).items():
+                    np.testing.assert_array_equal(got, ref, err_msg=f"{isa} {threads} {ctype} {aff.keys()}")
+
+
 def test_weight_cache_checks_every_block():
     """A cached candidate is picked by shape and a sample of the packed
     weights (first and last words), then checked block by block: weights that

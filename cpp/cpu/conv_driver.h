@@ -487,6 +487,7 @@ struct PortableTraits {
   static constexpr int kPf = PF;
   static constexpr bool kFused = false;  // no fused tile epilogue: bin_tile + finish_tile
   static constexpr bool kDwordLanes = false;  // 64-bit steps
+  static constexpr bool kRowPack = false;  // no pack_float_row: pack_float_bits per pixel
   static constexpr int kObwf = OBWF;
 
   static uint32_t sign_bits32(const float* v) { return sign_bits32_generic(v); }
@@ -541,6 +542,20 @@ inline void block_scales(const ConvCall& call, const Geometry& g, float* osp, fl
       osp[blk * OBW + lane] = valid ? call.output_scale[gi * g.Og + oi] : 0.0f;
       obp[blk * OBW + lane] = valid ? call.output_bias[gi * g.Og + oi] : 0.0f;
     }
+  }
+}
+
+// Binarizes npix contiguous pixels of C channels (C a multiple of 64, one
+// group, no |x| sums) into npix * C / 64 contiguous words: the traits' row
+// packer when it has one, else its per-pixel packer.
+template <class K, bool IDENT>
+inline void pack_float_pixels(const float* x, const float* ib, const float* is, int64_t C,
+                              int64_t npix, uint64_t* bits) {
+  if constexpr (K::kRowPack) {
+    K::template pack_float_row<IDENT>(x, ib, is, C, npix, bits);
+  } else {
+    for (int64_t i = 0; i < npix; ++i)
+      K::template pack_float_bits<IDENT>(x + i * C, ib, is, C, bits + i * (C / 64), nullptr);
   }
 }
 
@@ -643,6 +658,21 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       return;
     }
 #endif
+    if (!p.x_packed && g.G == 1 && g.C % 64 == 0 && !A) {
+      // The row's pixels are contiguous in the input and (one group, whole
+      // words) in the padded row: one tight loop over the row, without the
+      // per-pixel set-up below, which cost about twice the binarization
+      // itself (rdtsc: 30 rows of L2 packed in 5.4 us; the same loop alone
+      // 1.7 us). selftest 1 thread, float in/out: L2 52.9 -> 51.0 us, L1
+      // 73.5 -> 67.9, L5 42.0 -> 36.4, L3 47.0 -> 46.1.
+      const float* src = static_cast<const float*>(call.x) + (n * g.H + y) * g.W * g.C;
+      uint64_t* dst = row + p.pad_left * PS;
+      if (affine_identity)
+        pack_float_pixels<K, true>(src, call.input_bias, call.input_scale, g.C, g.W, dst);
+      else
+        pack_float_pixels<K, false>(src, call.input_bias, call.input_scale, g.C, g.W, dst);
+      return;
+    }
     std::vector<uint64_t> tmp(g.G == 1 ? 0 : nw + 1);
     for (int64_t x = 0; x < g.W; ++x) {
       const int64_t pix = (n * g.H + y) * g.W + x;

@@ -101,6 +101,48 @@ struct Avx512Traits {
     if (abs_sum) *abs_sum = _mm512_reduce_add_ps(s);
   }
 
+  // npix contiguous pixels of C channels, C a multiple of 64 (see
+  // pack_float_pixels): words in order, no per-pixel set-up. IDENT: the
+  // pixels are one flat run of words.
+  static constexpr bool kRowPack = true;
+  template <bool IDENT>
+  static void pack_float_row(const float* x, const float* ib, const float* is, int64_t C,
+                             int64_t npix, uint64_t* bits) {
+    const __m512 zero = _mm512_setzero_ps();
+    const int64_t nw = C / 64;
+    auto word = [&](const float* xw, const float* bw, const float* sw) {
+      __m512 v0 = _mm512_loadu_ps(xw), v1 = _mm512_loadu_ps(xw + 16);
+      __m512 v2 = _mm512_loadu_ps(xw + 32), v3 = _mm512_loadu_ps(xw + 48);
+      if (!IDENT) {
+        v0 = _mm512_mul_ps(_mm512_add_ps(v0, _mm512_loadu_ps(bw)), _mm512_loadu_ps(sw));
+        v1 = _mm512_mul_ps(_mm512_add_ps(v1, _mm512_loadu_ps(bw + 16)), _mm512_loadu_ps(sw + 16));
+        v2 = _mm512_mul_ps(_mm512_add_ps(v2, _mm512_loadu_ps(bw + 32)), _mm512_loadu_ps(sw + 32));
+        v3 = _mm512_mul_ps(_mm512_add_ps(v3, _mm512_loadu_ps(bw + 48)), _mm512_loadu_ps(sw + 48));
+      }
+      const __mmask16 m0 = _mm512_cmp_ps_mask(v0, zero, _CMP_NLT_UQ);
+      const __mmask16 m1 = _mm512_cmp_ps_mask(v1, zero, _CMP_NLT_UQ);
+      const __mmask16 m2 = _mm512_cmp_ps_mask(v2, zero, _CMP_NLT_UQ);
+      const __mmask16 m3 = _mm512_cmp_ps_mask(v3, zero, _CMP_NLT_UQ);
+      return _cvtmask64_u64(_mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0)));
+    };
+    if (IDENT) {
+      const int64_t total = npix * nw;
+      // The input comes from L2 or further: ask for the lines 2 KiB ahead.
+      for (int64_t w = 0; w < total; ++w) {
+        const char* pf = reinterpret_cast<const char*>(x + 64 * w + 512);
+        _mm_prefetch(pf, _MM_HINT_T0);
+        _mm_prefetch(pf + 64, _MM_HINT_T0);
+        _mm_prefetch(pf + 128, _MM_HINT_T0);
+        _mm_prefetch(pf + 192, _MM_HINT_T0);
+        bits[w] = word(x + 64 * w, nullptr, nullptr);
+      }
+    } else {
+      for (int64_t i = 0; i < npix; ++i)
+        for (int64_t w = 0; w < nw; ++w)
+          bits[i * nw + w] = word(x + i * C + 64 * w, ib + 64 * w, is + 64 * w);
+    }
+  }
+
   template <bool AND>
   static inline __m512i op(__m512i a, __m512i b) {
     return AND ? _mm512_and_si512(a, b) : _mm512_xor_si512(a, b);

@@ -606,6 +606,7 @@ def kernel_policy(request):
     old, old_tma = mod.get_kernel(), mod.get_tma_slots()
     mod.set_kernel(request.param.split("-")[0])
     mod.set_tma_slots(request.param == "auto")
+    jax.clear_caches()  # no executable whose CUDA graph was captured under another policy
     yield request.param
     mod.set_kernel(old)
     mod.set_tma_slots(old_tma)
@@ -651,6 +652,29 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
           output_bias=rand_vec(810 + case, o, -40, 40), beta_scaling=case % 3 == 0,
           activation=[None, "relu6", "sign", "sigmoid"][case % 4])
     _expect_path(kernel_policy, case)
+
+
+@pytest.mark.parametrize("stages,pdl", [(3, True), (2, False), (3, False)])
+@pytest.mark.parametrize("case", [1, 2, 8])
+def test_fast_kernel_tuning_knobs(stages, pdl, case):
+    """set_fast_tuning's knobs (slot buffers, programmatic dependent launch)
+    change speed only: packed and float results still equal the reference."""
+    mod = _cuda_mod()
+    old = mod.get_fast_tuning()
+    mod.set_fast_tuning(stages, pdl)
+    jax.clear_caches()  # no executable whose CUDA graph was captured with other knobs
+    try:
+        c, o, hw, n, k, s, d, pad = FAST_CASES[case]
+        x = np.asarray(rand_x(530 + case, (n,) + hw + (c,)))
+        w = np.asarray(rand_x(630 + case, k + (c, o)))
+        for output in ("float", "packed"):
+            check(x, w, type="xnor", strides=s, dilation=d, padding=pad, output=output,
+                  output_bias=rand_vec(730 + case, o, -30, 30))
+            assert mod.last_kernel() == "fast"
+        assert mod.get_fast_tuning() == dict(max_stages=stages, pdl=pdl)
+    finally:
+        mod.set_fast_tuning(old["max_stages"], old["pdl"])
+        jax.clear_caches()
 
 
 @pytest.mark.parametrize("beta", [False, True])

@@ -1114,6 +1114,8 @@ cudaError_t measure_ceilings(Ceilings* out, size_t copy_bytes) {
 std::atomic<int> g_policy{0};     // KernelPolicy
 std::atomic<int> g_last_path{0};  // KernelPath of the last launch_conv
 std::atomic<bool> g_tma_slots{true};  // set_tma_slots
+std::atomic<int> g_max_stages{kFastDefaultStages};  // set_fast_tuning
+std::atomic<bool> g_pdl{true};                      // set_fast_tuning
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1266,7 +1268,8 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   // resident block per SM.
   auto per_sm = [&](int total) { return di.smem_sm / (total + di.reserved); };
   int best = 0, total = 0;
-  for (int st = 2; st <= kFastMaxStages; ++st) {
+  const int max_stages = g_max_stages.load(std::memory_order_relaxed);
+  for (int st = 2; st <= max_stages; ++st) {
     a.stages = st;
     const int t = fast_smem(a).total;
     if (t > di.optin) break;
@@ -1308,6 +1311,34 @@ bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// Programmatic dependent launch (sm_90) of the fast kernels; where a launch
+// is refused with it, once, never again in this process.
+std::atomic<bool> g_pdl_ok{true};
+template <typename... KArgs, typename... Args>
+cudaError_t launch_pdl(cudaLaunchConfig_t cfg, void (*kernel)(KArgs...), Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  if (g_pdl.load(std::memory_order_relaxed) && g_pdl_ok.load(std::memory_order_relaxed)) {
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (cudaLaunchKernelEx(&cfg, kernel, args...) == cudaSuccess) return cudaSuccess;
+    cudaGetLastError();  // clear it, and launch without
+    g_pdl_ok.store(false, std::memory_order_relaxed);
+  }
+  cfg.attrs = nullptr;
+  cfg.numAttrs = 0;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+cudaError_t launch_fast_tables(const FastArgs& a, cudaStream_t stream) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3((unsigned)(a.opad / 8));
+  cfg.blockDim = dim3(256);
+  cfg.stream = stream;
+  return launch_pdl(cfg, fast_tables_kernel, a);
+}
+
 template <int EPI>
 cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, int smem,
                             cudaStream_t stream) {
@@ -1332,27 +1363,13 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, int smem,
   const long long items = (long long)a.mtiles * a.ntiles;
   const long long cap = (long long)sms * std::max(per_sm, 1);
   long long grid = items <= cap ? items : std::max<long long>(cap / a.ntiles, 1) * a.ntiles;
-  // Programmatic dependent launch on fast_tables_kernel (see pdl_wait); where
-  // the launch is refused with it, once, never again in this process.
-  static std::atomic<bool> pdl_ok{true};
+  // Programmatic dependent launch on fast_tables_kernel (see pdl_wait).
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3((unsigned)grid);
   cfg.blockDim = dim3(kFastThreads);
   cfg.dynamicSmemBytes = (size_t)smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  if (pdl_ok.load(std::memory_order_relaxed)) {
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    if (cudaLaunchKernelEx(&cfg, fast_conv_kernel<EPI>, a, map) == cudaSuccess) return cudaSuccess;
-    cudaGetLastError();  // clear it, and launch without
-    pdl_ok.store(false, std::memory_order_relaxed);
-  }
-  cfg.attrs = nullptr;
-  cfg.numAttrs = 0;
-  return cudaLaunchKernelEx(&cfg, fast_conv_kernel<EPI>, a, map);
+  return launch_pdl(cfg, fast_conv_kernel<EPI>, a, map);
 }
 
 cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
@@ -1370,6 +1387,12 @@ void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_re
 int kernel_policy() { return g_policy.load(std::memory_order_relaxed); }
 int last_kernel_path() { return g_last_path.load(std::memory_order_relaxed); }
 void set_tma_slots(bool on) { g_tma_slots.store(on, std::memory_order_relaxed); }
+void set_fast_tuning(int max_stages, bool pdl) {
+  g_max_stages.store(std::min(std::max(max_stages, 2), kFastMaxStages), std::memory_order_relaxed);
+  g_pdl.store(pdl, std::memory_order_relaxed);
+}
+int fast_max_stages() { return g_max_stages.load(std::memory_order_relaxed); }
+bool fast_pdl() { return g_pdl.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
 
@@ -1522,8 +1545,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     fa.obias = b.output_bias;
     fa.out = b.out;
     fa.tab = at<int>(scratch, pl.off_ftab);
-    fast_tables_kernel<<<(unsigned)(fa.opad / 8), 256, 0, stream>>>(fa);
-    err = cudaGetLastError();
+    err = launch_fast_tables(fa, stream);
     if (err != cudaSuccess) return err;
     return launch_fast(fa, fa.thr ? EPI_THR : (p.out_packed ? EPI_PACKED : EPI_FLOAT), fsmem,
                        stream);

@@ -152,6 +152,10 @@ for r in rows[2:]:
 PY
       done
       ;;
+    ab)
+      stamp "A/B of fast-kernel variants: ${AB_ARGS:-}"
+      timeout ${AB_TIMEOUT:-300} python3 benchmarks/gpu_ab.py ${AB_ARGS:-} 2>&1 | tee "$OUT/ab.log" | tail -40
+      ;;
     bench)
       stamp bench
       timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/gpu.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60

@@ -56,7 +56,12 @@ constexpr int kFastBN = 128;  // output channels per tile: 4 warps x 32
 constexpr int kMaxCls = 8;    // distinct valid-tap ranges per axis
 constexpr int kFastMaxTaps = 64;
 constexpr int kFastMaxSide = 4096;  // Ho and Wo (per-y / per-x tables)
-constexpr int kFastMaxStages = 3;   // input slot buffers (tiles copied ahead: stages - 1)
+// Input slot buffers (tiles copied ahead: stages - 1): at most
+// kFastMaxStages; the host uses up to set_fast_tuning's max_stages (default
+// 2: 3 was tried in S5-2, no shorter waits for the slots, since the wait
+// that remains is the first tile's, and 7% more instructions per tile).
+constexpr int kFastMaxStages = 3;
+constexpr int kFastDefaultStages = 2;
 
 // The epilogue variant, a template parameter (register use and code size).
 enum FastEpi { EPI_THR = 0, EPI_FLOAT = 1, EPI_PACKED = 2 };
@@ -284,6 +289,11 @@ __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, 
 
 __global__ void __launch_bounds__(256) fast_tables_kernel(FastArgs a) {
   __shared__ int sp[8][kFastMaxTaps];
+  // Launched with programmatic serialization too (sm_90): it may start while
+  // the kernel before it (which may have written w, x or the vectors) ends,
+  // so it waits for that kernel's completion before anything else, and only
+  // then lets the convolution start (whose prologue reads w and x).
+  pdl_wait();
   pdl_launch_dependents();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int o = blockIdx.x * 8 + warp;
@@ -544,9 +554,14 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   if (kFastTma) mbar_wait(wbar, 0);  // the weights are in shared memory
 
   int buf = 0, it = 0, par = 0;  // slot buffer it % stages, row buffer it % 2
+  uint32_t phases = 0;           // bit b: the phase parity buffer b waits for next
   for (int mt = mt0; mt < a.mtiles; mt += mstep, ++it, par ^= 1, buf = buf + 1 == a.stages ? 0 : buf + 1) {
     const int m0 = mt * kFastBM;
     const int row0 = fdiv(m0, a.div_wo);
+    // This block's last tile: the next call's tables kernel (launched with
+    // programmatic serialization, and waiting for this grid's completion
+    // before it reads anything) may become resident in the meantime.
+    if (mt + mstep >= a.mtiles) pdl_launch_dependents();
 
     // ---- per-row data (does not need this tile's input)
     if (tid < kFastBM) {
@@ -582,7 +597,10 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // This tile's slots: the buffer's (it / stages)-th use. cp.async: all but
     // the groups of the stages - 2 tiles after this one (the first time,
     // the table's group too, committed between tiles 0 and 1).
-    if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(it / a.stages) & 1);
+    if (tma) {
+      mbar_wait(sbar0 + 8 * buf, (phases >> buf) & 1);
+      phases ^= 1u << buf;
+    }
     if (a.stages == 3) cp_async_wait<1>();
     else cp_async_wait<0>();
     // Two barriers per tile. This one: the slots are visible, and every warp

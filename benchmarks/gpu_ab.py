@@ -1,0 +1,82 @@
+"""Same-process A/B of the fast CUDA kernel's variants (knobs that do not
+change results), so that run-to-run and card-to-card spread cancels out.
+
+    python benchmarks/gpu_ab.py [--layers L2,L3] [--batch 256] [--rounds 5]
+        [--variants "tma=1,stages=2,pdl=1;tma=0,stages=2,pdl=1"]
+
+For each layer the variants are timed in turn, --rounds times, each time as
+a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
+effect then; the knobs are also set before every timing in case it
+re-records). Prints per variant the min per-application time over rounds
+and its ratio to the first variant. Packed input and output, XNOR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax_binconv as jb  # noqa: E402
+from gpu import bench  # noqa: E402
+from jax_binconv._bench_layers import LAYERS  # noqa: E402
+
+
+def parse_variant(text):
+    v = dict(tma=1, stages=2, pdl=1)
+    for part in filter(None, text.split(",")):
+        key, val = part.split("=")
+        if key not in v:
+            raise SystemExit(f"unknown knob {key!r} (tma, stages, pdl)")
+        v[key] = int(val)
+    return v
+
+
+def apply_variant(mod, v):
+    mod.set_tma_slots(bool(v["tma"]))
+    mod.set_fast_tuning(v["stages"], bool(v["pdl"]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--layers", default="L2,L3,L4,L7")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--variants", default="tma=1,stages=2,pdl=1;tma=0;stages=3;pdl=0")
+    args = ap.parse_args(argv)
+    from jax_binconv import _cuda as mod
+
+    variants = [parse_variant(t) for t in args.variants.split(";")]
+    gpu = jax.devices("gpu")[0]
+    print(f"device: {gpu.device_kind}; jax {jax.__version__}; N={args.batch}")
+    rng = np.random.default_rng(0)
+    for name in args.layers.split(","):
+        h, w, c, o, k, s = LAYERS[name]
+        x = rng.standard_normal((args.batch, h, w, c), np.float32)
+        wf = rng.standard_normal((k, k, c, o)).astype(np.float32)
+        xp = jax.device_put(jb.pack_activations(x).words, gpu)
+        wpk = jax.device_put(jb.pack_weights(wf), gpu)
+
+        def ours(words, wt, s=s, c=c):
+            return jb.binary_conv2d(jb.PackedActivations(words, c), wt, strides=s,
+                                    padding="SAME", output="packed")
+
+        best = [float("inf")] * len(variants)
+        for _ in range(args.rounds):
+            for i, v in enumerate(variants):
+                apply_variant(mod, v)
+                t = bench(ours, (xp, wpk), args.reps)[0]
+                best[i] = min(best[i], t)
+        base = best[0]
+        for v, t in zip(variants, best):
+            print(f"  {name} {v}: {t * 1e3:8.2f} us  ({base / t:5.3f}x of the first)", flush=True)
+    apply_variant(mod, parse_variant(""))
+
+
+if __name__ == "__main__":
+    main()

@@ -113,6 +113,12 @@ struct CorrPlan {
   std::vector<int64_t> key;  // the geometry it was built for
   std::vector<int32_t> row_cls, col_cls, corr_tab;
   int64_t ncol_cls = 0;
+  // Per output pixel of one image, in order, then kP copies of the last one
+  // (a tail tile's pixels past the end read them): its first word in the
+  // padded input of its image, and its correction table row (null inside).
+  // Empty when a border pixel has no table row (too many classes).
+  std::vector<int64_t> pix_off;
+  std::vector<const int32_t*> pix_crow;
 };
 
 struct WeightEntry {
@@ -864,10 +870,29 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       }
     }
     plan->ncol_cls = static_cast<int64_t>(col_pad.size());
+    // The per-pixel data of the work items (was computed per item: ~1.6
+    // thread-us a call of L2 at N=1, 36 pixels an item).
+    if (corr_coef == 0 || !corr_tab.empty()) {
+      plan->pix_off.resize(g.HoWo + P);
+      plan->pix_crow.resize(g.HoWo + P);
+      for (int64_t yo = 0; yo < g.Ho; ++yo)
+        for (int64_t xo = 0; xo < g.Wo; ++xo) {
+          const int64_t i = yo * g.Wo + xo;
+          const bool border = corr_coef != 0 && !(g.row_ok[yo] && g.col_ok[xo]);
+          plan->pix_off[i] = ((yo * p.stride_h) * g.Wp + xo * p.stride_w) * PS;
+          plan->pix_crow[i] =
+              border ? corr_tab.data() + (row_cls[yo] * plan->ncol_cls + col_cls[xo]) * g.O : nullptr;
+        }
+      for (int64_t i = g.HoWo; i < g.HoWo + P; ++i) {
+        plan->pix_off[i] = plan->pix_off[g.HoWo - 1];
+        plan->pix_crow[i] = nullptr;
+      }
+    }
     return std::shared_ptr<const CorrPlan>(std::move(plan));
   };
+  // (Built without a correction too: it holds the per-pixel data.)
   std::shared_ptr<const CorrPlan> plan;
-  if (corr_coef != 0) {
+  {
     std::vector<int64_t> key{g.H, g.W, g.KH, g.KW, p.stride_h, p.stride_w, p.dil_h, p.dil_w,
                              p.pad_top, p.pad_left, p.pad_bottom, p.pad_right, corr_coef};
     {
@@ -879,9 +904,6 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       std::lock_guard<std::mutex> lock(we.plan_mu);
       we.plan = plan;
     }
-  } else {
-    static const CorrPlan kNoCorrection;
-    plan = std::shared_ptr<const CorrPlan>(std::shared_ptr<const CorrPlan>(), &kNoCorrection);
   }
   const std::vector<int32_t>& corr_tab = plan->corr_tab;
   const int64_t ncol_cls = plan->ncol_cls;
@@ -944,6 +966,8 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     const int32_t* const ctab = corr_tab.empty() ? nullptr : corr_tab.data();
     const int32_t* const rcls = plan->row_cls.data();
     const int32_t* const ccls = plan->col_cls.data();
+    const int64_t* const pix_off = plan->pix_off.empty() ? nullptr : plan->pix_off.data();
+    const int32_t* const* const pix_crow = plan->pix_crow.data();
     const int32_t act = p.activation;
     const float slope = p.negative_slope;
     const bool has_beta = p.beta_scaling;
@@ -1006,12 +1030,22 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
     // Per pixel of the chunk, once for every block of the group: its base word
     // offset, its border class row of the correction table (null inside the
     // image) and beta. Pixels past NQ repeat the last one (computed, never stored).
+    // Without beta, a chunk whose tiles lie in one image reads the first two
+    // from the plan (offsets from its image's first padded word).
     constexpr int kMaxPix = 32 * P;  // tiles_per_chunk gives at most 32 tiles
     alignas(64) int64_t off[kMaxPix];
     const int32_t* crow[kMaxPix];
     alignas(64) float bet[kMaxPix];
     bool any_slow = false;  // a border pixel without a table row (too many classes)
-    {
+    const int64_t n0 = q0 / HoWo;
+    const bool from_plan = pix_off != nullptr && !has_beta && (q_end - 1) / HoWo == n0 &&
+                           (t_end * P <= (n0 + 1) * HoWo || q_end == NQ);
+    const int64_t* const offp = from_plan ? pix_off + (q0 - n0 * HoWo) : off;
+    const int32_t* const* const crowp = from_plan ? pix_crow + (q0 - n0 * HoWo) : crow;
+    const int64_t img_base = from_plan ? n0 * Hp * Wp * PS : 0;
+    if (from_plan) {
+      for (int64_t i = 0; i < (t_end - tile0) * P; ++i) bet[i] = 1.0f;  // read by finish_tile only
+    } else {
       int64_t n = q0 / HoWo, yo = (q0 % HoWo) / Wo, xo = q0 % Wo;
       const int64_t npix = q_end - q0;
       for (int64_t i = 0; i < npix; ++i) {
@@ -1045,7 +1079,7 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       const uint64_t* const wblk = wr + blk * KT * OBW;
       const float* const os_blk = osp + blk * OBW;
       const float* const ob_blk = obp + blk * OBW;
-      const uint64_t* const xg = xpb + gi * KW64;
+      const uint64_t* const xg = xpb + img_base + gi * KW64;
       // Tiles whose epilogue the ISA applies from registers: a full block,
       // linear or ReLU, float rows (streamed when stream_out) or whole packed words.
       const bool fused = K::kFused && !any_slow && cnt == OBW &&
@@ -1059,8 +1093,8 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
             const int64_t i0 = (tile - tile0) * P, q = tile * P;
             const float* const bts = has_beta ? bet + i0 : nullptr;
 #define BINCONV_FUSED(AND_, RELU_, PK_)                                                          \
-  K::template bin_tile_fused<AND_, RELU_, PK_>(xg, off + i0, koffs, kt, wblk, np, acc_base,      \
-                                               crow + i0, o0, os_blk, ob_blk, bts,               \
+  K::template bin_tile_fused<AND_, RELU_, PK_>(xg, offp + i0, koffs, kt, wblk, np, acc_base,     \
+                                               crowp + i0, o0, os_blk, ob_blk, bts,               \
                                                outf + q * O + o0, out32 + q * ow + (o0 >> 5), O, ow, \
                                                stream_out)
             if (is_and) {
@@ -1078,10 +1112,10 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
       for (int64_t tile = tile0; tile < t_end; ++tile) {
         const int np = static_cast<int>(std::min<int64_t>(P, NQ - tile * P));
         const int64_t i0 = (tile - tile0) * P;
-        for (int pp = 0; pp < P; ++pp) ptrs[pp] = xg + off[i0 + pp];
+        for (int pp = 0; pp < P; ++pp) ptrs[pp] = xg + offp[i0 + pp];
         for (int pp = 0; pp < np; ++pp) {
           const int64_t q = tile * P + pp;
-          corr_ptr[pp] = crow[i0 + pp] ? crow[i0 + pp] + o0 : nullptr;
+          corr_ptr[pp] = crowp[i0 + pp] ? crowp[i0 + pp] + o0 : nullptr;
           if (any_slow && corr_coef != 0) {
             const int64_t yo = (q % HoWo) / Wo, xo = q % Wo;
             if (!(row_ok[yo] && col_ok[xo])) {

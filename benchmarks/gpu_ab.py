@@ -2,7 +2,7 @@
 change results), so that run-to-run and card-to-card spread cancels out.
 
     python benchmarks/gpu_ab.py [--layers L2,L3] [--batch 256] [--rounds 5]
-        [--variants "tma=1,stages=2,pdl=1;tma=0,stages=2,pdl=1"]
+        [--variants "tma=1,pdl=1;tma=0,pdl=1"]
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -27,18 +27,18 @@ from jax_binconv._bench_layers import LAYERS  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, stages=2, pdl=1)
+    v = dict(tma=1, pdl=1)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
-            raise SystemExit(f"unknown knob {key!r} (tma, stages, pdl)")
+            raise SystemExit(f"unknown knob {key!r} (tma, pdl)")
         v[key] = int(val)
     return v
 
 
 def apply_variant(mod, v):
     mod.set_tma_slots(bool(v["tma"]))
-    mod.set_fast_tuning(v["stages"], bool(v["pdl"]))
+    mod.set_fast_pdl(bool(v["pdl"]))
 
 
 def main(argv=None):
@@ -47,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--variants", default="tma=1,stages=2,pdl=1;tma=0;stages=3;pdl=0")
+    ap.add_argument("--variants", default="tma=1,pdl=1;tma=0;pdl=0")
     args = ap.parse_args(argv)
     from jax_binconv import _cuda as mod
 

@@ -1114,7 +1114,6 @@ cudaError_t measure_ceilings(Ceilings* out, size_t copy_bytes) {
 std::atomic<int> g_policy{0};     // KernelPolicy
 std::atomic<int> g_last_path{0};  // KernelPath of the last launch_conv
 std::atomic<bool> g_tma_slots{true};  // set_tma_slots
-std::atomic<int> g_max_stages{kFastDefaultStages};  // set_fast_tuning
 std::atomic<bool> g_pdl{true};                      // set_fast_tuning
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
@@ -1197,7 +1196,6 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
     if (!(q % p.dil_h == 0 && q / p.dil_h < p.kh)) a.dymask |= 1ull << dy;
   }
   a.div_kh = make_fastdiv((uint32_t)p.kh);
-  a.stages = kFastMaxStages;  // plan_fast may take fewer
   // Valid-tap box classes per axis (the kernel looks them up the same way).
   auto classes = [](long long extent, long long stride, long long pad, long long size,
                     long long k, long long dil, int* lo_tab, int* hi_tab, int& n) {
@@ -1264,21 +1262,10 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   if (!plan_fast_geometry(p, &a)) return false;
   DevInfo di;
   if (dev_info(&di) != cudaSuccess) return false;
-  // The most slot buffers that fit, but not at the cost of the second
-  // resident block per SM.
-  auto per_sm = [&](int total) { return di.smem_sm / (total + di.reserved); };
-  int best = 0, total = 0;
-  const int max_stages = g_max_stages.load(std::memory_order_relaxed);
-  for (int st = 2; st <= max_stages; ++st) {
-    a.stages = st;
-    const int t = fast_smem(a).total;
-    if (t > di.optin) break;
-    if (best == 0 || std::min(per_sm(t), 2) >= std::min(per_sm(total), 2)) best = st, total = t;
-  }
-  if (best == 0) return false;
-  a.stages = best;
+  const FastSmem L = fast_smem(a);
+  if (L.total > di.optin) return false;
   *fa = a;
-  *smem = total;
+  *smem = L.total;
   return true;
 }
 
@@ -1387,11 +1374,7 @@ void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_re
 int kernel_policy() { return g_policy.load(std::memory_order_relaxed); }
 int last_kernel_path() { return g_last_path.load(std::memory_order_relaxed); }
 void set_tma_slots(bool on) { g_tma_slots.store(on, std::memory_order_relaxed); }
-void set_fast_tuning(int max_stages, bool pdl) {
-  g_max_stages.store(std::min(std::max(max_stages, 2), kFastMaxStages), std::memory_order_relaxed);
-  g_pdl.store(pdl, std::memory_order_relaxed);
-}
-int fast_max_stages() { return g_max_stages.load(std::memory_order_relaxed); }
+void set_fast_pdl(bool on) { g_pdl.store(on, std::memory_order_relaxed); }
 bool fast_pdl() { return g_pdl.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }

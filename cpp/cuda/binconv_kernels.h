@@ -56,11 +56,10 @@ int last_kernel_path();
 // or by cp.async (older GPUs, or where the map cannot be encoded). Tests
 // turn it off to cover the cp.async path on sm_90. Process-wide.
 void set_tma_slots(bool on);
-// Benchmark knobs of the fast kernel (same results either way): the most
-// input slot buffers (2..3) and programmatic dependent launch of its two
-// kernels. Process-wide, read at every call.
-void set_fast_tuning(int max_stages, bool pdl);
-int fast_max_stages();
+// Programmatic dependent launch of the fast kernel's two kernels (default
+// on; a benchmark knob, same results either way). Process-wide, read at
+// every call.
+void set_fast_pdl(bool on);
 bool fast_pdl();
 bool tma_slots();
 // Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1

@@ -56,12 +56,6 @@ constexpr int kFastBN = 128;  // output channels per tile: 4 warps x 32
 constexpr int kMaxCls = 8;    // distinct valid-tap ranges per axis
 constexpr int kFastMaxTaps = 64;
 constexpr int kFastMaxSide = 4096;  // Ho and Wo (per-y / per-x tables)
-// Input slot buffers (tiles copied ahead: stages - 1): at most
-// kFastMaxStages; the host uses up to set_fast_tuning's max_stages (default
-// 2: 3 was tried in S5-2, no shorter waits for the slots, since the wait
-// that remains is the first tile's, and 7% more instructions per tile).
-constexpr int kFastMaxStages = 3;
-constexpr int kFastDefaultStages = 2;
 
 // The epilogue variant, a template parameter (register use and code size).
 enum FastEpi { EPI_THR = 0, EPI_FLOAT = 1, EPI_PACKED = 2 };
@@ -98,7 +92,6 @@ struct FastArgs {
   unsigned long long dymask;  // taps dy whose row is new for a row continuing its image
   FastDiv div_kh;
   int tma_x;  // slots by tensor-map copies (sm_90, map encoded by the host)
-  int stages;  // slot buffers, 2..kFastMaxStages (the host picks, see plan_fast)
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
   int type, pv, beta, x_packed, act, thr;
@@ -136,7 +129,7 @@ __host__ __device__ inline int fast_chan_of_col(int f) {  // column f -> channel
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
-  int b, a0, abuf, ktab, tab, csc, cbi, rows, aoff, x1, ycls, xcls, ltab, mbar, total;
+  int b, a0, a1, ktab, tab, csc, cbi, rows, x1, ycls, xcls, ltab, mbar, total;
 };
 __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   const int a_chunks = a.srows * a.wslot * a.p;
@@ -149,20 +142,19 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   };
   // The slot buffers first: tensor-map copies want 128-byte aligned
   // destinations (every slot row is a multiple of 8 chunks).
-  s.abuf = a_chunks * 16;  // buffer b at a0 + b * abuf (a multiple of 128)
-  s.a0 = take(a.stages * s.abuf);
+  s.a0 = take(a_chunks * 16);
+  s.a1 = take(a_chunks * 16);
   s.b = take(kFastBN * a.pitch_b * 16);
   s.ktab = take(2 * a.ks * 4);
   s.tab = take(fast_tab_rows(a) * kFastBN * 4);
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
   s.rows = take(2 * kFastBM * 16);  // double-buffered by tile parity
-  s.aoff = take(2 * kFastBM * 4);   // the same: per pixel, its A offset in the slot buffer
   s.x1 = take(kFastBM * 4);
   s.ycls = take(a.ho * 4);
   s.xcls = take(a.wo * 4);
   s.ltab = take(a.wslot * a.p * 8);
-  s.mbar = take(8 + 8 * kFastMaxStages);  // mbarriers (sm_90): the weight copy, then one per slot buffer
+  s.mbar = take(24);  // mbarriers (sm_90): the weight copy, then the slots of buffer 0 and 1
   s.total = off;
   return s;
 }
@@ -377,7 +369,6 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   float* csc = reinterpret_cast<float*>(fsm + L.csc);
   float* cbi = reinterpret_cast<float*>(fsm + L.cbi);
   int4* rows = reinterpret_cast<int4*>(fsm + L.rows);
-  int* aoff = reinterpret_cast<int*>(fsm + L.aoff);
   int* x1s = reinterpret_cast<int*>(fsm + L.x1);
   int* ycls = reinterpret_cast<int*>(fsm + L.ycls);
   int* xcls = reinterpret_cast<int*>(fsm + L.xcls);
@@ -397,23 +388,19 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   if (kFastTma) {
     if (tid == 0) {
       mbar_init(wbar, 1);
-      for (int b = 0; b < a.stages; ++b) mbar_init(sbar0 + 8 * b, kFastThreads);
+      mbar_init(sbar0, kFastThreads);
+      mbar_init(sbar0 + 8, kFastThreads);
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
     if (tid == 0)
       mbar_arrive_expect_tx(wbar, (uint32_t)(min(kFastBN, a.o - n0) * a.kc * 16));
-    // Rows r = 16 warp + lane (lanes 0-15 of every warp): a bulk copy takes
-    // uniform operands, so a warp issues its lanes' copies one after the
-    // other; spread over the 8 warps, each issues 16.
-    constexpr int kRowsPerWarp = kFastBN / (kFastThreads / 32);
-    if (lane < kRowsPerWarp) {
-      const int r = warp * kRowsPerWarp + lane;
-      const int o = n0 + fast_chan_of_col(r);
+    if (tid < kFastBN) {
+      const int o = n0 + fast_chan_of_col(tid);
       if (o < a.o) {
-        bulk_copy_to_smem(smem_u32(bs + r * a.pitch_b), a.wt + (long long)o * a.kc,
+        bulk_copy_to_smem(smem_u32(bs + tid * a.pitch_b), a.wt + (long long)o * a.kc,
                           (uint32_t)(a.kc * 16), wbar);
       } else {
-        for (int k = 0; k < a.kc; ++k) bs[r * a.pitch_b + k] = make_uint4(0, 0, 0, 0);
+        for (int k = 0; k < a.kc; ++k) bs[tid * a.pitch_b + k] = make_uint4(0, 0, 0, 0);
       }
     }
   } else {
@@ -472,7 +459,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   // more per boundary). Row (j, dy) is copied unless output row j - 1 of the
   // same image already brought it (dymask: the dy that are new then).
   auto load_tile = [&](int buf, int mt) {
-    const uint32_t as = smem_u32(fsm + L.a0 + buf * L.abuf);
+    const uint32_t as = smem_u32(fsm + (buf ? L.a1 : L.a0));
     const int row0 = fdiv(mt * kFastBM, a.div_wo);
     const int img0 = fdiv(row0, a.div_ho);
     if (tma) {
@@ -534,11 +521,6 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     }
   }
   cp_async_commit();
-  // The next stages - 2 tiles (cp.async groups: one per tile, empty or not).
-  for (int s = 1; s + 1 < a.stages; ++s) {
-    if (mt0 + s * mstep < a.mtiles) load_tile(s, mt0 + s * mstep);
-    cp_async_commit();
-  }
 
   // The thread's 8 accumulators (nf, jj) are channels n0 + wn + 8 tq + 2 nf + jj
   // (fast_chan_of_col): bit 8 tq + 2 nf + jj of the warp's packed word.
@@ -553,9 +535,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   const ActSelect asel = act_select(a.act, a.slope);
   if (kFastTma) mbar_wait(wbar, 0);  // the weights are in shared memory
 
-  int buf = 0, it = 0, par = 0;  // slot buffer it % stages, row buffer it % 2
-  uint32_t phases = 0;           // bit b: the phase parity buffer b waits for next
-  for (int mt = mt0; mt < a.mtiles; mt += mstep, ++it, par ^= 1, buf = buf + 1 == a.stages ? 0 : buf + 1) {
+  int buf = 0, it = 0;
+  for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1, ++it) {
     const int m0 = mt * kFastBM;
     const int row0 = fdiv(m0, a.div_wo);
     // This block's last tile: the next call's tables kernel (launched with
@@ -589,40 +570,31 @@ __global__ void __launch_bounds__(kFastThreads, 2)
           beta = asum / (float)a.t;
         }
       }
-      aoff[par * kFastBM + r] = ((rg - row0) * a.sh + (img - fdiv(row0, a.div_ho)) * a.erow) * a.wslot +
-                                x * a.sw;
-      rows[par * kFastBM + r] = make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
+      rows[buf * kFastBM + r] = make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
                           (yc & 255) * a.ncx + (xc & 255), valid ? 1 : 0);
     }
-    // This tile's slots: the buffer's (it / stages)-th use. cp.async: all but
-    // the groups of the stages - 2 tiles after this one (the first time,
-    // the table's group too, committed between tiles 0 and 1).
-    if (tma) {
-      mbar_wait(sbar0 + 8 * buf, (phases >> buf) & 1);
-      phases ^= 1u << buf;
-    }
-    if (a.stages == 3) cp_async_wait<1>();
-    else cp_async_wait<0>();
+    if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(it >> 1) & 1);  // this tile's slots
+    cp_async_wait<0>();  // the slots (cp.async), the first time the table too
     // Two barriers per tile. This one: the slots are visible, and every warp
     // is past the previous tile's GEMM, so the other buffer may be refilled
     // (with the next tile, overlapping this tile's GEMM) and x1s rewritten.
     // rows[] is double-buffered: it is written before this barrier, while a
     // slower warp may still read the previous tile's half.
     __syncthreads();
-    {
-      // The buffer of the previous tile, which every warp is done with.
-      const int nb = buf == 0 ? a.stages - 1 : buf - 1;
-      const int nmt = mt + (a.stages - 1) * mstep;
-      if (nmt < a.mtiles) load_tile(nb, nmt);
-    }
+    if (mt + mstep < a.mtiles) load_tile(buf ^ 1, mt + mstep);
     cp_async_commit();
-    const uint32_t as_addr = smem_u32(fsm + L.a0 + buf * L.abuf);
+    const uint32_t as_addr = smem_u32(fsm + (buf ? L.a1 : L.a0));
 
     // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
     uint32_t abyte[4];
+    const int img0 = fdiv(row0, a.div_ho);
 #pragma unroll
-    for (int mf = 0; mf < 4; ++mf)
-      abyte[mf] = as_addr + 16 * aoff[par * kFastBM + wm + mf * 16 + (lane & 15)];
+    for (int mf = 0; mf < 4; ++mf) {
+      const int m = m0 + wm + mf * 16 + (lane & 15);
+      const int rg = fdiv(m, a.div_wo);
+      const int srow = (rg - row0) * a.sh + (fdiv(rg, a.div_ho) - img0) * a.erow;
+      abyte[mf] = as_addr + 16 * (srow * a.wslot + (m - rg * a.wo) * a.sw);
+    }
     int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
     uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);
     const uint32_t bstep1 = 16 * 16 * a.pitch_b;
@@ -673,7 +645,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     const uint32_t flipw =
         EPI == EPI_THR ? __ballot_sync(kFull, tab_s[ncls * kFastBN + wn + lane] != 0) : 0u;
     // Row r = wm + gq + 16 mf + 8 hh: pointers to the first one, stepped.
-    const int4* rows_t = rows + par * kFastBM + wm + gq;
+    const int4* rows_t = rows + buf * kFastBM + wm + gq;
     const int* x1_t = x1s + wm + gq;
     uint32_t* outw_t = static_cast<uint32_t*>(a.out) + (long long)(m0 + wm + gq) * ow + (n0 + wn) / 32;
 #pragma unroll

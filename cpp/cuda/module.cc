@@ -116,17 +116,10 @@ PYBIND11_MODULE(_cuda, m) {
       "(False; what older GPUs run). Process-wide, read at every call.");
   m.def("get_tma_slots", []() { return binconv::cuda::tma_slots(); });
   m.def(
-      "set_fast_tuning",
-      [](int max_stages, bool pdl) { binconv::cuda::set_fast_tuning(max_stages, pdl); },
-      py::arg("max_stages") = 2, py::arg("pdl") = true,
-      "Benchmark knobs of the fast kernel (results are the same): the most input slot "
-      "buffers (2..3, clamped) and programmatic dependent launch. Process-wide.");
-  m.def("get_fast_tuning", []() {
-    py::dict d;
-    d["max_stages"] = binconv::cuda::fast_max_stages();
-    d["pdl"] = binconv::cuda::fast_pdl();
-    return d;
-  });
+      "set_fast_pdl", [](bool on) { binconv::cuda::set_fast_pdl(on); }, py::arg("on"),
+      "Programmatic dependent launch of the fast kernel's tables and convolution kernels "
+      "(default True; a benchmark knob, results are the same). Process-wide.");
+  m.def("get_fast_pdl", []() { return binconv::cuda::fast_pdl(); });
   m.def(
       "last_tma_slots",
       []() {

@@ -8,14 +8,20 @@
 // [O][KH][KW][C/32] words, K contiguous per channel) stay in shared memory,
 // together with their rows of the per-call table of epilogue constants. It then walks a
 // strided list of M tiles (kFastBM consecutive output pixels in (n, y, x)
-// order). For each M tile it copies, with cp.async and one tile ahead, the
-// input rows that tile needs into "slots": slot (dy, j) is input row
-// y_j * sh + dy * dh - pt of output row j of the tile, every column the
-// window can reach, zero-filled outside the image. The A operand of tap
-// (dy, dx) and output pixel (j, x) is then pixel x * sw + dx * dw of slot
-// (dy, j): every lane of an ldmatrix gives its own row address, so the
-// implicit im2col costs one add per fragment, and each input word is copied
-// from global memory KH times per tile instead of KH * KW times.
+// order). For each M tile it copies, one tile ahead, the input rows that
+// tile needs into "slot rows": output row j of the tile, of image img0 + d
+// (img0: the image of its first row), reads slot rows j * sh + d * E +
+// dy * dh for its taps dy (E = max((KH - 1) dh + 1 - sh, 0)), each holding
+// every column the window can reach, zero outside the image. Within one
+// image the output rows' windows overlap as their input rows do, so each
+// input row is copied once per tile (not KH times); every image boundary
+// inside the tile adds E rows. On sm_90 a slot row is one tensor-map copy
+// per 16-byte chunk plane (a 5-d map of packed x whose out-of-bounds boxes
+// read as zeros: the padding), completing on an mbarrier per buffer; older
+// GPUs, or slot rows wider than a box (256 pixels), use 16-byte cp.async.
+// The A operand of tap (dy, dx) and output pixel (j, x) is then pixel
+// x * sw + dx * dw of slot row (j, dy): every lane of an ldmatrix gives its
+// own row address, so the implicit im2col costs one add per fragment.
 //
 // K order is (tap, 16-byte chunk of channels): an MMA k-step (256 bits) is
 // chunks 2i and 2i + 1, possibly of two taps (C = 128). An odd chunk count

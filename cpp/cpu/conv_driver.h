@@ -941,7 +941,14 @@ std::string run_binary(const ConvCall& call, const Geometry& g, const Executor& 
   const int64_t NGB = (NB + gsz - 1) / gsz;
   gsz = (NB + NGB - 1) / NGB;  // equal groups
   const int64_t ntile = (g.NQ + P - 1) / P;
-  const int64_t tc = tiles_per_chunk(ntile, NGB, ex.num_threads());
+  // At least an output row's pixels per chunk: a chunk of fewer shares most
+  // of its input rows with its neighbours (L3 at N=1 had 17 one-tile items of
+  // 12 pixels on rows of 14; now 9 of two tiles. In-process A/B at 2 threads,
+  // p25: 4 x L3 chain N=1 113.8 -> 111.6 us, 134.8 -> 133.1, L3 N=1 31.9 ->
+  // 31.2). Only layers with rows wider than their chunks change (of BENCH.md's
+  // layers, L3 at N=1).
+  const int64_t tc = std::min(ntile, std::max(tiles_per_chunk(ntile, NGB, ex.num_threads()),
+                                              (g.Wo + P - 1) / P));
   const int64_t nchunk = (ntile + tc - 1) / tc;
   // Packed input bytes one chunk touches (its pixels' rows, strides included).
   const int64_t chunk_bytes = std::max<int64_t>(1, tc * P * p.stride_h * p.stride_w * PS * 8);

@@ -586,6 +586,9 @@ FAST_CASES = [
     (256, 64, (11, 10), 3, (3, 3), (2, 1), (2, 1), "SAME"),  # slot rows shared at stride 2
     (128, 40, (9, 9), 4, (1, 1), 2, 1, "VALID"),      # 1x1 stride 2: rows between unused
     (128, 32, (2, 300), 2, (3, 3), 1, 1, "SAME"),     # slot wider than a tensor-map box
+    (128, 48, (17, 9), 2, (5, 3), (3, 1), (2, 1), "SAME"),  # stride 3, dilation 2: no row shared
+    (256, 96, (20, 6), 5, (3, 1), (2, 1), 1, ((1, 1), (0, 0))),  # stride 2 across images
+    (128, 160, (1, 40), 7, (3, 3), 1, 1, "SAME"),     # one row per image: a boundary per row
 ]
 # Fast-kernel cases whose slot row is wider than 256 pixels (the tensor
 # map's box limit): cp.async copies them on every GPU.
@@ -606,10 +609,12 @@ def kernel_policy(request):
     old, old_tma = mod.get_kernel(), mod.get_tma_slots()
     mod.set_kernel(request.param.split("-")[0])
     mod.set_tma_slots(request.param == "auto")
+    mod.set_tma_weights(request.param == "auto")
     jax.clear_caches()  # no executable whose CUDA graph was captured under another policy
     yield request.param
     mod.set_kernel(old)
     mod.set_tma_slots(old_tma)
+    mod.set_tma_weights(old_tma)
 
 
 def _sm90():
@@ -622,6 +627,9 @@ def _expect_path(policy, case=None):
     if policy != "general":
         tma = policy == "auto" and _sm90() and case not in _NO_TMA_CASES
         assert mod.last_tma_slots() == tma
+        # weights by tensor map where O is a multiple of 32
+        o = FAST_CASES[case][1]
+        assert mod.last_tma_weights() == (policy == "auto" and _sm90() and o % 32 == 0)
 
 
 @pytest.mark.parametrize("t", ["xnor", "and"])

@@ -402,19 +402,23 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
     if (a.tma_w) {
-      // 16 boxes of 8 rows: slab s (32 channels) and nf of the block, rows
+      // Boxes of 8 rows: slab s (32 channels) and nf of the block, rows
       // 8 nf + 2 tq + jj = channels 8 tq + 2 nf + jj (fast_chan_of_col), each
-      // row pitch_b chunks, those past kc (and channels past O) zero.
+      // row pitch_b chunks, those past kc zero. Only slabs below O: a box
+      // wholly outside the tensor completed no transaction (S5-7 hung on
+      // O = 64); the rows of slabs past O are zeroed below.
+      const int nslab = min(kFastBN / 32, (a.o - n0) / 32);
       if (warp == 0) {
-        if (lane == 0)
-          mbar_arrive_expect_tx(wbar, (uint32_t)(kFastBN * a.pitch_b * 16));
+        if (lane == 0) mbar_arrive_expect_tx(wbar, (uint32_t)(nslab * 32 * a.pitch_b * 16));
         __syncwarp();
-        if (lane < kFastBN / 8) {
+        if (lane < 4 * nslab) {
           const int s = lane >> 2, nf = lane & 3;
           tensor_copy_5d(smem_u32(bs + (32 * s + 8 * nf) * a.pitch_b), &wmap, 0, nf, 0,
-                           n0 / 32 + s, wbar);
+                         n0 / 32 + s, wbar);
         }
       }
+      for (int q = 32 * nslab * a.pitch_b + tid; q < kFastBN * a.pitch_b; q += kFastThreads)
+        bs[q] = make_uint4(0, 0, 0, 0);
     } else if (tid < kFastBN) {
       const int o = n0 + fast_chan_of_col(tid);
       if (o < a.o) {

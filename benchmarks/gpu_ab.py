@@ -2,13 +2,12 @@
 change results), so that run-to-run and card-to-card spread cancels out.
 
     python benchmarks/gpu_ab.py [--layers L2,L3] [--batch 256] [--rounds 5]
-        [--variants "tma=1,tmaw=1,pdl=1;tmaw=0"]
+        [--variants "tma=1,pdl=1;tma=0,pdl=1"]
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
 effect then; the knobs are also set before every timing in case it
-re-records). Knobs: tma (input slots by tensor map), tmaw (weights by
-tensor map), pdl (programmatic dependent launch); 1 unless given. Prints per variant the min per-application time over rounds
+re-records). Prints per variant the min per-application time over rounds
 and its ratio to the first variant. Packed input and output, XNOR.
 """
 
@@ -28,18 +27,17 @@ from jax_binconv._bench_layers import LAYERS  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, tmaw=1, pdl=1)
+    v = dict(tma=1, pdl=1)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
-            raise SystemExit(f"unknown knob {key!r} (tma, tmaw, pdl)")
+            raise SystemExit(f"unknown knob {key!r} (tma, pdl)")
         v[key] = int(val)
     return v
 
 
 def apply_variant(mod, v):
     mod.set_tma_slots(bool(v["tma"]))
-    mod.set_tma_weights(bool(v["tmaw"]))
     mod.set_fast_pdl(bool(v["pdl"]))
 
 
@@ -49,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--variants", default="tma=1,tmaw=1,pdl=1;tmaw=0;tma=0;pdl=0")
+    ap.add_argument("--variants", default="tma=1,pdl=1;tma=0;pdl=0")
     args = ap.parse_args(argv)
     from jax_binconv import _cuda as mod
 

@@ -1114,8 +1114,6 @@ cudaError_t measure_ceilings(Ceilings* out, size_t copy_bytes) {
 std::atomic<int> g_policy{0};     // KernelPolicy
 std::atomic<int> g_last_path{0};  // KernelPath of the last launch_conv
 std::atomic<bool> g_tma_slots{true};  // set_tma_slots
-std::atomic<bool> g_tma_weights{true};  // set_tma_weights
-std::atomic<int> g_last_tma_w{-1};
 std::atomic<bool> g_pdl{true};                      // set_fast_tuning
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
@@ -1276,7 +1274,7 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
 // is one chunk plane of wslot pixels of one row. False where the driver has
 // no cuTensorMapEncodeTiled or refuses these dimensions: the kernel then
 // copies with cp.async.
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult q{};
@@ -1288,11 +1286,6 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
     }
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }();
-  return encode;
-}
-
-bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
-  const auto encode = tensor_map_encoder();
   if (encode == nullptr || a.wslot > 256 || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
   const cuuint64_t p = (cuuint64_t)a.p, w = (cuuint64_t)a.w, h = (cuuint64_t)a.h;
   const cuuint64_t dims[5] = {2, p, w, h, (cuuint64_t)a.n};
@@ -1333,31 +1326,9 @@ cudaError_t launch_fast_tables(const FastArgs& a, cudaStream_t stream) {
   return launch_pdl(cfg, fast_tables_kernel, a);
 }
 
-// The 5-d tensor map of the weights for the block's weight copies (sm_90):
-// dimensions, innermost first, 2 kc u64 (one channel's row), jj (2), nf (4),
-// tq (4), 32-channel slab (O / 32): channel 32 slab + 8 tq + 2 nf + jj. A box
-// (2 pitch_b, 2, 1, 4, 1) lands as 8 shared-memory rows 8 nf + 2 tq + jj of
-// pitch_b chunks (the order fast_chan_of_col wants), zero past kc. Needs O %
-// 32 == 0 (a slab past O would read past w) and pitch_b <= 128 (box limit).
-bool make_w_tensor_map(const FastArgs& a, const void* w, CUtensorMap* map) {
-  const auto encode = tensor_map_encoder();
-  if (encode == nullptr || a.o % 32 != 0 || a.pitch_b > 128 ||
-      reinterpret_cast<uintptr_t>(w) % 16 != 0)
-    return false;
-  const cuuint64_t row = 16 * (cuuint64_t)a.kc;
-  const cuuint64_t dims[5] = {2 * (cuuint64_t)a.kc, 2, 4, 4, (cuuint64_t)(a.o / 32)};
-  const cuuint64_t strides[4] = {row, 2 * row, 8 * row, 32 * row};
-  const cuuint32_t box[5] = {2 * (cuuint32_t)a.pitch_b, 2, 1, 4, 1};
-  const cuuint32_t estride[5] = {1, 1, 1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT64, 5, const_cast<void*>(w), dims, strides, box,
-                estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 template <int EPI>
-cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUtensorMap& wmap,
-                            int smem, cudaStream_t stream) {
+cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, int smem,
+                            cudaStream_t stream) {
   static std::atomic<uint64_t> attr_set{0};
   DevInfo di;
   int dev = 0;
@@ -1385,29 +1356,24 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   cfg.blockDim = dim3(kFastThreads);
   cfg.dynamicSmemBytes = (size_t)smem;
   cfg.stream = stream;
-  return launch_pdl(cfg, fast_conv_kernel<EPI>, a, map, wmap);
+  return launch_pdl(cfg, fast_conv_kernel<EPI>, a, map);
 }
 
 cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
-  CUtensorMap map{}, wmap{};
+  CUtensorMap map{};
   DevInfo di;
-  const bool sm90 = dev_info(&di) == cudaSuccess && di.major >= 9;
-  a.tma_x = sm90 && g_tma_slots.load() && make_x_tensor_map(a, a.x, &map);
-  a.tma_w = sm90 && g_tma_weights.load() && make_w_tensor_map(a, a.wt, &wmap);
-  g_last_tma_w.store(a.tma_w, std::memory_order_relaxed);
+  a.tma_x = dev_info(&di) == cudaSuccess && di.major >= 9 && g_tma_slots.load() &&
+            make_x_tensor_map(a, a.x, &map);
   g_last_tma.store(a.tma_x, std::memory_order_relaxed);
-  if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, map, wmap, smem, stream);
-  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, map, wmap, smem, stream);
-  return launch_fast_epi<EPI_FLOAT>(a, map, wmap, smem, stream);
+  if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, map, smem, stream);
+  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, map, smem, stream);
+  return launch_fast_epi<EPI_FLOAT>(a, map, smem, stream);
 }
 
 void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_relaxed); }
 int kernel_policy() { return g_policy.load(std::memory_order_relaxed); }
 int last_kernel_path() { return g_last_path.load(std::memory_order_relaxed); }
 void set_tma_slots(bool on) { g_tma_slots.store(on, std::memory_order_relaxed); }
-void set_tma_weights(bool on) { g_tma_weights.store(on, std::memory_order_relaxed); }
-bool tma_weights() { return g_tma_weights.load(std::memory_order_relaxed); }
-int last_tma_weights() { return g_last_tma_w.load(std::memory_order_relaxed); }
 void set_fast_pdl(bool on) { g_pdl.store(on, std::memory_order_relaxed); }
 bool fast_pdl() { return g_pdl.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }

@@ -65,11 +65,6 @@ bool tma_slots();
 // Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1
 // before any fast call.
 int last_tma_slots();
-// The same for the block's weight copies (sm_90, O % 32 == 0, short enough
-// rows: one tensor-map copy per 8 rows instead of one bulk copy per row).
-void set_tma_weights(bool on);
-bool tma_weights();
-int last_tma_weights();
 
 // Enqueues the whole convolution on `stream`. `scratch` holds
 // scratch_bytes(p) bytes, aligned to 64 (16 would do). Returns the first CUDA error

@@ -98,7 +98,6 @@ struct FastArgs {
   unsigned long long dymask;  // taps dy whose row is new for a row continuing its image
   FastDiv div_kh;
   int tma_x;  // slots by tensor-map copies (sm_90, map encoded by the host)
-  int tma_w;  // weights by tensor-map copies (sm_90, O % 32 == 0, see make_w_tensor_map)
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
   int type, pv, beta, x_packed, act, thr;
@@ -238,11 +237,10 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 #endif
 }
-// One box of a 5-d tensor map at coordinates (0, c, x0, iy, img); for the
-// map of packed x (make_x_tensor_map): 16-byte chunk c of pixels [x0, x0 +
-// wslot) of input row iy of image img. Coordinates outside the tensor read
-// as zeros (the padding).
-__device__ __forceinline__ void tensor_copy_5d(uint32_t dst, const void* map, int c, int x0,
+// One box of the 5-d map of packed x (see make_x_tensor_map): 16-byte chunk
+// c of pixels [x0, x0 + wslot) of input row iy of image img; coordinates
+// outside the tensor read as zeros (the padding).
+__device__ __forceinline__ void tensor_copy_slot(uint32_t dst, const void* map, int c, int x0,
                                                  int iy, int img, uint32_t bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile(
@@ -368,8 +366,7 @@ __device__ __noinline__ float fast_act_general(float v, int act, float slope) {
 
 template <int EPI>
 __global__ void __launch_bounds__(kFastThreads, 2)
-    fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
-                     const __grid_constant__ CUtensorMap wmap) {
+    fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap) {
   extern __shared__ __align__(128) unsigned char fsm[];
   const int ncls = a.ncy * a.ncx;
   const FastSmem L = fast_smem(a);
@@ -401,25 +398,9 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       mbar_init(sbar0 + 8, kFastThreads);
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
-    if (a.tma_w) {
-      // Boxes of 8 rows: slab s (32 channels) and nf of the block, rows
-      // 8 nf + 2 tq + jj = channels 8 tq + 2 nf + jj (fast_chan_of_col), each
-      // row pitch_b chunks, those past kc zero. Only slabs below O: a box
-      // wholly outside the tensor completed no transaction (S5-7 hung on
-      // O = 64); the rows of slabs past O are zeroed below.
-      const int nslab = min(kFastBN / 32, (a.o - n0) / 32);
-      if (warp == 0) {
-        if (lane == 0) mbar_arrive_expect_tx(wbar, (uint32_t)(nslab * 32 * a.pitch_b * 16));
-        __syncwarp();
-        if (lane < 4 * nslab) {
-          const int s = lane >> 2, nf = lane & 3;
-          tensor_copy_5d(smem_u32(bs + (32 * s + 8 * nf) * a.pitch_b), &wmap, 0, nf, 0,
-                         n0 / 32 + s, wbar);
-        }
-      }
-      for (int q = 32 * nslab * a.pitch_b + tid; q < kFastBN * a.pitch_b; q += kFastThreads)
-        bs[q] = make_uint4(0, 0, 0, 0);
-    } else if (tid < kFastBN) {
+    if (tid == 0)
+      mbar_arrive_expect_tx(wbar, (uint32_t)(min(kFastBN, a.o - n0) * a.kc * 16));
+    if (tid < kFastBN) {
       const int o = n0 + fast_chan_of_col(tid);
       if (o < a.o) {
         bulk_copy_to_smem(smem_u32(bs + tid * a.pitch_b), a.wt + (long long)o * a.kc,
@@ -437,7 +418,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     }
   }
   cp_async_commit();
-  if (2 * a.ks > a.kc && !(kFastTma && a.tma_w))
+  if (2 * a.ks > a.kc)
     for (int r = tid; r < kFastBN; r += kFastThreads) bs[r * a.pitch_b + a.kc] = make_uint4(0, 0, 0, 0);
   const int plane = a.srows * a.wslot;  // chunks per plane
   for (int k = tid; k < 2 * a.ks; k += kFastThreads) {
@@ -501,7 +482,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         if (j != 0 && y != 0 && !((a.dymask >> dy) & 1)) continue;
         const int srow = j * a.sh + (img - img0) * a.erow + dy * a.dh;
         mbar_expect_tx(bar, (uint32_t)(16 * a.wslot));
-        tensor_copy_5d(as + 16 * (c * plane + srow * a.wslot), &xmap, c, -a.pl,
+        tensor_copy_slot(as + 16 * (c * plane + srow * a.wslot), &xmap, c, -a.pl,
                          y * a.sh + dy * a.dh - a.pt, img, bar);
       }
       mbar_arrive(bar);

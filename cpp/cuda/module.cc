@@ -116,18 +116,6 @@ PYBIND11_MODULE(_cuda, m) {
       "(False; what older GPUs run). Process-wide, read at every call.");
   m.def("get_tma_slots", []() { return binconv::cuda::tma_slots(); });
   m.def(
-      "set_tma_weights", [](bool on) { binconv::cuda::set_tma_weights(on); }, py::arg("on"),
-      "Fast kernel weight copies: one tensor-map copy per 8 rows on sm_90 when O % 32 == 0 "
-      "(True, the default) or one bulk copy per row (False). Process-wide.");
-  m.def("get_tma_weights", []() { return binconv::cuda::tma_weights(); });
-  m.def(
-      "last_tma_weights",
-      []() {
-        const int v = binconv::cuda::last_tma_weights();
-        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
-      },
-      "Whether the most recent fast-kernel call copied its weights by tensor map.");
-  m.def(
       "set_fast_pdl", [](bool on) { binconv::cuda::set_fast_pdl(on); }, py::arg("on"),
       "Programmatic dependent launch of the fast kernel's tables and convolution kernels "
       "(default True; a benchmark knob, results are the same). Process-wide.");

@@ -48,6 +48,28 @@ struct Avx512Traits {
   }
   static void store_fence() { _mm_sfence(); }
 
+  // One 64-channel word: x' = (x + ib) * is (x itself when IDENT) in v, and
+  // its sign bits ("not less than 0", unordered true: bin() gives +1 for 0,
+  // -0.0 and NaN) as the result.
+  template <bool IDENT>
+  static inline __attribute__((always_inline)) uint64_t sign_word(const float* xw,
+                                                                  const float* bw,
+                                                                  const float* sw,
+                                                                  __m512 (&v)[4]) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int h = 0; h < 4; ++h) {
+      v[h] = _mm512_loadu_ps(xw + 16 * h);
+      if (!IDENT)
+        v[h] = _mm512_mul_ps(_mm512_add_ps(v[h], _mm512_loadu_ps(bw + 16 * h)),
+                             _mm512_loadu_ps(sw + 16 * h));
+    }
+    const __mmask16 m0 = _mm512_cmp_ps_mask(v[0], zero, _CMP_NLT_UQ);
+    const __mmask16 m1 = _mm512_cmp_ps_mask(v[1], zero, _CMP_NLT_UQ);
+    const __mmask16 m2 = _mm512_cmp_ps_mask(v[2], zero, _CMP_NLT_UQ);
+    const __mmask16 m3 = _mm512_cmp_ps_mask(v[3], zero, _CMP_NLT_UQ);
+    return _cvtmask64_u64(_mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0)));
+  }
+
   template <bool IDENT>
   static void pack_float_bits(const float* x, const float* ib, const float* is, int64_t C,
                               uint64_t* bits, float* abs_sum) {
@@ -58,27 +80,11 @@ struct Avx512Traits {
     const int64_t full = C / 64;
     // Whole words: four unmasked 16-channel compares joined into one 64-bit mask.
     for (int64_t w = 0; w < full; ++w) {
-      const float* xw = x + 64 * w;
-      __m512 v0 = _mm512_loadu_ps(xw), v1 = _mm512_loadu_ps(xw + 16);
-      __m512 v2 = _mm512_loadu_ps(xw + 32), v3 = _mm512_loadu_ps(xw + 48);
-      if (!IDENT) {
-        const float *bw = ib + 64 * w, *sw = is + 64 * w;
-        v0 = _mm512_mul_ps(_mm512_add_ps(v0, _mm512_loadu_ps(bw)), _mm512_loadu_ps(sw));
-        v1 = _mm512_mul_ps(_mm512_add_ps(v1, _mm512_loadu_ps(bw + 16)), _mm512_loadu_ps(sw + 16));
-        v2 = _mm512_mul_ps(_mm512_add_ps(v2, _mm512_loadu_ps(bw + 32)), _mm512_loadu_ps(sw + 32));
-        v3 = _mm512_mul_ps(_mm512_add_ps(v3, _mm512_loadu_ps(bw + 48)), _mm512_loadu_ps(sw + 48));
-      }
-      const __mmask16 m0 = _mm512_cmp_ps_mask(v0, zero, _CMP_NLT_UQ);
-      const __mmask16 m1 = _mm512_cmp_ps_mask(v1, zero, _CMP_NLT_UQ);
-      const __mmask16 m2 = _mm512_cmp_ps_mask(v2, zero, _CMP_NLT_UQ);
-      const __mmask16 m3 = _mm512_cmp_ps_mask(v3, zero, _CMP_NLT_UQ);
-      bits[w] = _cvtmask64_u64(_mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0)));
-      if (abs_sum) {
-        s = _mm512_add_ps(s, _mm512_and_ps(v0, absmask));
-        s = _mm512_add_ps(s, _mm512_and_ps(v1, absmask));
-        s = _mm512_add_ps(s, _mm512_and_ps(v2, absmask));
-        s = _mm512_add_ps(s, _mm512_and_ps(v3, absmask));
-      }
+      __m512 v[4];
+      bits[w] = sign_word<IDENT>(x + 64 * w, IDENT ? nullptr : ib + 64 * w,
+                                 IDENT ? nullptr : is + 64 * w, v);
+      if (abs_sum)
+        for (int h = 0; h < 4; ++h) s = _mm512_add_ps(s, _mm512_and_ps(v[h], absmask));
     }
     for (int64_t w = full; w < nw; ++w) {
       uint64_t v = 0;
@@ -108,22 +114,10 @@ struct Avx512Traits {
   template <bool IDENT>
   static void pack_float_row(const float* x, const float* ib, const float* is, int64_t C,
                              int64_t npix, uint64_t* bits) {
-    const __m512 zero = _mm512_setzero_ps();
     const int64_t nw = C / 64;
-    auto word = [&](const float* xw, const float* bw, const float* sw) {
-      __m512 v0 = _mm512_loadu_ps(xw), v1 = _mm512_loadu_ps(xw + 16);
-      __m512 v2 = _mm512_loadu_ps(xw + 32), v3 = _mm512_loadu_ps(xw + 48);
-      if (!IDENT) {
-        v0 = _mm512_mul_ps(_mm512_add_ps(v0, _mm512_loadu_ps(bw)), _mm512_loadu_ps(sw));
-        v1 = _mm512_mul_ps(_mm512_add_ps(v1, _mm512_loadu_ps(bw + 16)), _mm512_loadu_ps(sw + 16));
-        v2 = _mm512_mul_ps(_mm512_add_ps(v2, _mm512_loadu_ps(bw + 32)), _mm512_loadu_ps(sw + 32));
-        v3 = _mm512_mul_ps(_mm512_add_ps(v3, _mm512_loadu_ps(bw + 48)), _mm512_loadu_ps(sw + 48));
-      }
-      const __mmask16 m0 = _mm512_cmp_ps_mask(v0, zero, _CMP_NLT_UQ);
-      const __mmask16 m1 = _mm512_cmp_ps_mask(v1, zero, _CMP_NLT_UQ);
-      const __mmask16 m2 = _mm512_cmp_ps_mask(v2, zero, _CMP_NLT_UQ);
-      const __mmask16 m3 = _mm512_cmp_ps_mask(v3, zero, _CMP_NLT_UQ);
-      return _cvtmask64_u64(_mm512_kunpackd(_mm512_kunpackw(m3, m2), _mm512_kunpackw(m1, m0)));
+    auto word = [](const float* xw, const float* bw, const float* sw) {
+      __m512 v[4];
+      return sign_word<IDENT>(xw, bw, sw, v);
     };
     if (IDENT) {
       const int64_t total = npix * nw;

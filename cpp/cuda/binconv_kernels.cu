@@ -1387,6 +1387,13 @@ size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast) {
   return make_plan(p, *fast ? &fa : nullptr).total;
 }
 
+bool fast_slot_plan(const ConvParams& p, FastSlotPlan* out) {
+  FastArgs a;
+  if (!plan_fast_geometry(p, &a)) return false;
+  *out = FastSlotPlan{a.rmax, a.srows, a.erow, a.wslot, a.mtiles, a.dymask};
+  return true;
+}
+
 size_t workspace_bytes(const ConvParams& p) {
   // Either kernel may run (the policy, the operands' alignment and the
   // device decide per call): room for the larger plan.

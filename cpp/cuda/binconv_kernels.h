@@ -39,6 +39,16 @@ size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast);
 constexpr size_t kWorkspaceAlign = 256;
 size_t workspace_bytes(const ConvParams& p);
 
+// The fast kernel's input-slot plan for these parameters (fast_conv.cuh,
+// load_tile), or false where the fast kernel does not apply. Needs no
+// device: tests check on the CPU that every slot row a tile reads lies in
+// the buffer and was copied with the right input row.
+struct FastSlotPlan {
+  int rmax, srows, erow, wslot, mtiles;
+  uint64_t dymask;
+};
+bool fast_slot_plan(const ConvParams& p, FastSlotPlan* out);
+
 // Which kernel runs the popcount types: KERNEL_AUTO picks the fast kernel
 // (fast_conv.cuh) where it applies, KERNEL_GENERAL always the general one
 // (tests use it to cover both). Process-wide; read at every call.

@@ -1114,7 +1114,7 @@ cudaError_t measure_ceilings(Ceilings* out, size_t copy_bytes) {
 std::atomic<int> g_policy{0};     // KernelPolicy
 std::atomic<int> g_last_path{0};  // KernelPath of the last launch_conv
 std::atomic<bool> g_tma_slots{true};  // set_tma_slots
-std::atomic<bool> g_pdl{true};                      // set_fast_tuning
+std::atomic<bool> g_pdl{true};        // set_fast_pdl
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per

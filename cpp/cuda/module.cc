@@ -25,81 +25,67 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("handler_calls", &binconv::cuda::handler_calls,
         "How many times XLA has called the CUDA handlers in this process (a call that XLA "
         "captured into a CUDA graph is replayed without calling the handler again).");
-  // A call's parameters from the lowering's keyword arguments (validated
-  // there; checked again here).
-  auto params = [](const char* what, int32_t conv_type, int64_t n, int64_t h, int64_t w,
-                   int64_t c, int64_t o, int64_t kh, int64_t kw, int64_t stride_h,
-                   int64_t stride_w, int64_t dilation_h, int64_t dilation_w, int64_t pad_top,
-                   int64_t pad_bottom, int64_t pad_left, int64_t pad_right, int64_t groups,
-                   float pad_value, bool beta_scaling, int32_t activation, float negative_slope,
-                   bool x_packed, bool out_packed) {
-    if (n < 0 || h < 1 || w < 1 || c < 1 || o < 1 || kh < 1 || kw < 1 || stride_h < 1 ||
-        stride_w < 1 || dilation_h < 1 || dilation_w < 1 || pad_top < 0 || pad_bottom < 0 ||
-        pad_left < 0 || pad_right < 0 || groups < 1 || c % groups != 0 || o % groups != 0)
-      throw std::invalid_argument(std::string(what) + ": invalid convolution geometry");
-    binconv::ConvParams p;
-    p.type = conv_type;
-    p.n = n;
-    p.h = h;
-    p.w = w;
-    p.c = c;
-    p.o = o;
-    p.kh = kh;
-    p.kw = kw;
-    p.stride_h = stride_h;
-    p.stride_w = stride_w;
-    p.dil_h = dilation_h;
-    p.dil_w = dilation_w;
-    p.pad_top = pad_top;
-    p.pad_bottom = pad_bottom;
-    p.pad_left = pad_left;
-    p.pad_right = pad_right;
-    p.groups = groups;
-    p.pad_value = pad_value;
-    p.beta_scaling = beta_scaling;
-    p.activation = activation;
-    p.negative_slope = negative_slope;
-    p.x_packed = x_packed;
-    p.out_packed = out_packed;
-    return p;
+  // Functions of one call's geometry, which Python passes as the keyword
+  // arguments of the lowering (validated there; checked again here): `fn`
+  // gets them as ConvParams. Needs no GPU.
+  auto def_geometry = [&m](const char* name, auto fn, const char* doc) {
+    m.def(
+        name,
+        [name, fn](int32_t conv_type, int64_t n, int64_t h, int64_t w, int64_t c, int64_t o,
+                   int64_t kh, int64_t kw, int64_t stride_h, int64_t stride_w,
+                   int64_t dilation_h, int64_t dilation_w, int64_t pad_top, int64_t pad_bottom,
+                   int64_t pad_left, int64_t pad_right, int64_t groups, float pad_value,
+                   bool beta_scaling, int32_t activation, float negative_slope, bool x_packed,
+                   bool out_packed) {
+          if (n < 0 || h < 1 || w < 1 || c < 1 || o < 1 || kh < 1 || kw < 1 || stride_h < 1 ||
+              stride_w < 1 || dilation_h < 1 || dilation_w < 1 || pad_top < 0 ||
+              pad_bottom < 0 || pad_left < 0 || pad_right < 0 || groups < 1 ||
+              c % groups != 0 || o % groups != 0)
+            throw std::invalid_argument(std::string(name) + ": invalid convolution geometry");
+          binconv::ConvParams p;
+          p.type = conv_type;
+          p.n = n;
+          p.h = h;
+          p.w = w;
+          p.c = c;
+          p.o = o;
+          p.kh = kh;
+          p.kw = kw;
+          p.stride_h = stride_h;
+          p.stride_w = stride_w;
+          p.dil_h = dilation_h;
+          p.dil_w = dilation_w;
+          p.pad_top = pad_top;
+          p.pad_bottom = pad_bottom;
+          p.pad_left = pad_left;
+          p.pad_right = pad_right;
+          p.groups = groups;
+          p.pad_value = pad_value;
+          p.beta_scaling = beta_scaling;
+          p.activation = activation;
+          p.negative_slope = negative_slope;
+          p.x_packed = x_packed;
+          p.out_packed = out_packed;
+          return fn(p);
+        },
+        py::arg("conv_type"), py::arg("n"), py::arg("h"), py::arg("w"), py::arg("c"),
+        py::arg("o"), py::arg("kh"), py::arg("kw"), py::arg("stride_h"), py::arg("stride_w"),
+        py::arg("dilation_h"), py::arg("dilation_w"), py::arg("pad_top"),
+        py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("groups"),
+        py::arg("pad_value"), py::arg("beta_scaling"), py::arg("activation"),
+        py::arg("negative_slope"), py::arg("x_packed"), py::arg("out_packed"), doc);
   };
-  // Size of v2's workspace result. Python calls it while lowering, with
-  // parameters it has already validated; needs no GPU.
-  m.def(
+  // Size of the v2/v3 workspace result: Python calls it while lowering.
+  def_geometry(
       "workspace_bytes",
-      [params](int32_t conv_type, int64_t n, int64_t h, int64_t w, int64_t c, int64_t o,
-               int64_t kh, int64_t kw, int64_t stride_h, int64_t stride_w, int64_t dilation_h,
-               int64_t dilation_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-               int64_t pad_right, int64_t groups, float pad_value, bool beta_scaling,
-               int32_t activation, float negative_slope, bool x_packed, bool out_packed) {
-        return binconv::cuda::workspace_bytes(
-            params("workspace_bytes", conv_type, n, h, w, c, o, kh, kw, stride_h, stride_w,
-                   dilation_h, dilation_w, pad_top, pad_bottom, pad_left, pad_right, groups,
-                   pad_value, beta_scaling, activation, negative_slope, x_packed, out_packed));
-      },
-      py::arg("conv_type"), py::arg("n"), py::arg("h"), py::arg("w"), py::arg("c"), py::arg("o"),
-      py::arg("kh"), py::arg("kw"), py::arg("stride_h"), py::arg("stride_w"),
-      py::arg("dilation_h"), py::arg("dilation_w"), py::arg("pad_top"), py::arg("pad_bottom"),
-      py::arg("pad_left"), py::arg("pad_right"), py::arg("groups"), py::arg("pad_value"),
-      py::arg("beta_scaling"), py::arg("activation"), py::arg("negative_slope"),
-      py::arg("x_packed"), py::arg("out_packed"),
-      "Bytes of the workspace result of jax_binconv_conv2d_cuda_v2 (docs/ffi.md) for one call.");
-  m.def(
+      [](const binconv::ConvParams& p) { return binconv::cuda::workspace_bytes(p); },
+      "Bytes of the workspace result of jax_binconv_conv2d_cuda_v2/v3 (docs/ffi.md) for one "
+      "call.");
+  def_geometry(
       "fast_slot_plan",
-      [params](int32_t conv_type, int64_t n, int64_t h, int64_t w, int64_t c, int64_t o,
-               int64_t kh, int64_t kw, int64_t stride_h, int64_t stride_w, int64_t dilation_h,
-               int64_t dilation_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-               int64_t pad_right, int64_t groups, float pad_value, bool beta_scaling,
-               int32_t activation, float negative_slope, bool x_packed,
-               bool out_packed) -> py::object {
+      [](const binconv::ConvParams& p) -> py::object {
         binconv::cuda::FastSlotPlan sp;
-        if (!binconv::cuda::fast_slot_plan(
-                params("fast_slot_plan", conv_type, n, h, w, c, o, kh, kw, stride_h, stride_w,
-                       dilation_h, dilation_w, pad_top, pad_bottom, pad_left, pad_right, groups,
-                       pad_value, beta_scaling, activation, negative_slope, x_packed,
-                       out_packed),
-                &sp))
-          return py::none();
+        if (!binconv::cuda::fast_slot_plan(p, &sp)) return py::none();
         py::dict d;
         d["rmax"] = sp.rmax;
         d["srows"] = sp.srows;
@@ -109,12 +95,6 @@ PYBIND11_MODULE(_cuda, m) {
         d["dymask"] = sp.dymask;
         return d;
       },
-      py::arg("conv_type"), py::arg("n"), py::arg("h"), py::arg("w"), py::arg("c"), py::arg("o"),
-      py::arg("kh"), py::arg("kw"), py::arg("stride_h"), py::arg("stride_w"),
-      py::arg("dilation_h"), py::arg("dilation_w"), py::arg("pad_top"), py::arg("pad_bottom"),
-      py::arg("pad_left"), py::arg("pad_right"), py::arg("groups"), py::arg("pad_value"),
-      py::arg("beta_scaling"), py::arg("activation"), py::arg("negative_slope"),
-      py::arg("x_packed"), py::arg("out_packed"),
       "The fast kernel's input-slot plan (rmax, srows, erow, wslot, mtiles, dymask) for one "
       "call's geometry, or None where the fast kernel does not apply. Needs no GPU (tests).");
   // JAX_BINCONV_CUDA_KERNEL=auto|general: the fast popcount kernel where it

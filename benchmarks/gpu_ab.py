@@ -27,11 +27,11 @@ from jax_binconv._bench_layers import LAYERS  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1)
+    v = dict(tma=1, pdl=1, wbulk=1)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
-            raise SystemExit(f"unknown knob {key!r} (tma, pdl)")
+            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wbulk)")
         v[key] = int(val)
     return v
 
@@ -39,6 +39,7 @@ def parse_variant(text):
 def apply_variant(mod, v):
     mod.set_tma_slots(bool(v["tma"]))
     mod.set_fast_pdl(bool(v["pdl"]))
+    mod.set_fast_wbulk(bool(v["wbulk"]))
 
 
 def main(argv=None):

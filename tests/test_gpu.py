@@ -658,13 +658,15 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 
 
 @pytest.mark.parametrize("case", [1, 2, 8])
-def test_fast_kernel_without_pdl(case):
-    """Programmatic dependent launch off (set_fast_pdl(False), the launch
-    path of drivers that refuse it): packed and float results still equal the
-    reference."""
+@pytest.mark.parametrize("knob", ["fast_pdl", "fast_wbulk"])
+def test_fast_kernel_knob_off(knob, case):
+    """The fast kernel's benchmark knobs off: programmatic dependent launch
+    (set_fast_pdl(False), the launch path of drivers that refuse it) and
+    bulk weight copies (set_fast_wbulk(False): 16-byte cp.async, what GPUs
+    before sm_90 run). Packed and float results still equal the reference."""
     mod = _cuda_mod()
-    old = mod.get_fast_pdl()
-    mod.set_fast_pdl(False)
+    old = getattr(mod, "get_" + knob)()
+    getattr(mod, "set_" + knob)(False)
     jax.clear_caches()  # no executable whose CUDA graph was captured with other knobs
     try:
         c, o, hw, n, k, s, d, pad = FAST_CASES[case]
@@ -674,9 +676,9 @@ def test_fast_kernel_without_pdl(case):
             check(x, w, type="xnor", strides=s, dilation=d, padding=pad, output=output,
                   output_bias=rand_vec(730 + case, o, -30, 30))
             assert mod.last_kernel() == "fast"
-        assert mod.get_fast_pdl() is False
+        assert getattr(mod, "get_" + knob)() is False
     finally:
-        mod.set_fast_pdl(old)
+        getattr(mod, "set_" + knob)(old)
         jax.clear_caches()
 
 

@@ -1115,6 +1115,7 @@ std::atomic<int> g_policy{0};     // KernelPolicy
 std::atomic<int> g_last_path{0};  // KernelPath of the last launch_conv
 std::atomic<bool> g_tma_slots{true};  // set_tma_slots
 std::atomic<bool> g_pdl{true};        // set_fast_pdl
+std::atomic<bool> g_wbulk{true};      // set_fast_wbulk
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1365,6 +1366,7 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
   a.tma_x = dev_info(&di) == cudaSuccess && di.major >= 9 && g_tma_slots.load() &&
             make_x_tensor_map(a, a.x, &map);
   g_last_tma.store(a.tma_x, std::memory_order_relaxed);
+  a.wbulk = g_wbulk.load(std::memory_order_relaxed) ? 1 : 0;
   if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, map, smem, stream);
   if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, map, smem, stream);
   return launch_fast_epi<EPI_FLOAT>(a, map, smem, stream);
@@ -1376,6 +1378,8 @@ int last_kernel_path() { return g_last_path.load(std::memory_order_relaxed); }
 void set_tma_slots(bool on) { g_tma_slots.store(on, std::memory_order_relaxed); }
 void set_fast_pdl(bool on) { g_pdl.store(on, std::memory_order_relaxed); }
 bool fast_pdl() { return g_pdl.load(std::memory_order_relaxed); }
+void set_fast_wbulk(bool on) { g_wbulk.store(on, std::memory_order_relaxed); }
+bool fast_wbulk() { return g_wbulk.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
 

@@ -71,6 +71,11 @@ void set_tma_slots(bool on);
 // every call.
 void set_fast_pdl(bool on);
 bool fast_pdl();
+// The fast kernel's weights: bulk copies, one per channel row (sm_90, the
+// default), or 16-byte cp.async spread over the block (what older GPUs
+// run). A benchmark knob, same results. Process-wide, read at every call.
+void set_fast_wbulk(bool on);
+bool fast_wbulk();
 bool tma_slots();
 // Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1
 // before any fast call.

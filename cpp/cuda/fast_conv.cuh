@@ -48,8 +48,9 @@
 //
 // MMA columns are permuted (fast_chan_of_col) so that a thread's 8
 // accumulators of a row are 8 consecutive channels: a packed byte (sign bits
-// shifted in with funnel shifts, 3 instructions per output) or 32 bytes of
-// float output per thread and row.
+// shifted in with funnel shifts, 3 instructions per output; the 4 lanes of a
+// row group then swap bytes so that each stores two whole 32-channel words)
+// or 32 bytes of float output per thread and row.
 //
 // Per-tile work outside the MMAs is kept to a few instructions per row: row
 // geometry with multiply-shift division, box classes and valid-tap counts
@@ -98,6 +99,7 @@ struct FastArgs {
   unsigned long long dymask;  // taps dy whose row is new for a row continuing its image
   FastDiv div_kh;
   int tma_x;  // slots by tensor-map copies (sm_90, map encoded by the host)
+  int wbulk;  // weights by bulk copies (sm_90), else 16-byte cp.async
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
   int type, pv, beta, x_packed, act, thr;
@@ -135,7 +137,7 @@ __host__ __device__ inline int fast_chan_of_col(int f) {  // column f -> channel
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
-  int b, a0, a1, ktab, tab, csc, cbi, rows, x1, ycls, xcls, ltab, mbar, total;
+  int b, a0, a1, ktab, tab, csc, cbi, rows, erec, ycls, xcls, ltab, mbar, total;
 };
 __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   const int a_chunks = a.srows * a.wslot * a.p;
@@ -156,7 +158,7 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
   s.rows = take(2 * kFastBM * 16);  // double-buffered by tile parity
-  s.x1 = take(kFastBM * 4);
+  s.erec = take(kFastBM * 8);
   s.ycls = take(a.ho * 4);
   s.xcls = take(a.wo * 4);
   s.ltab = take(a.wslot * a.p * 8);
@@ -375,7 +377,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   float* csc = reinterpret_cast<float*>(fsm + L.csc);
   float* cbi = reinterpret_cast<float*>(fsm + L.cbi);
   int4* rows = reinterpret_cast<int4*>(fsm + L.rows);
-  int* x1s = reinterpret_cast<int*>(fsm + L.x1);
+  int2* erec = reinterpret_cast<int2*>(fsm + L.erec);
   int* ycls = reinterpret_cast<int*>(fsm + L.ycls);
   int* xcls = reinterpret_cast<int*>(fsm + L.xcls);
   int2* ltab = reinterpret_cast<int2*>(fsm + L.ltab);
@@ -387,10 +389,11 @@ __global__ void __launch_bounds__(kFastThreads, 2)
 
   // ---- weights of this block's channels (zero rows past O). sm_90: one bulk
   // copy per row, completing on an mbarrier that every thread waits on
-  // before the first tile; older GPUs: 16-byte cp.async.
+  // before the first tile; older GPUs (or a.wbulk off): 16-byte cp.async.
   const uint32_t wbar = smem_u32(fsm + L.mbar);
   const uint32_t sbar0 = wbar + 8;  // slot buffer b: sbar0 + 8 b
   const bool tma = kFastTma && a.tma_x;
+  const bool wbulk = kFastTma && a.wbulk;
   if (kFastTma) {
     if (tid == 0) {
       mbar_init(wbar, 1);
@@ -398,6 +401,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       mbar_init(sbar0 + 8, kFastThreads);
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
+  }
+  if (wbulk) {
     if (tid == 0)
       mbar_arrive_expect_tx(wbar, (uint32_t)(min(kFastBN, a.o - n0) * a.kc * 16));
     if (tid < kFastBN) {
@@ -446,7 +451,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   // Per slot element q (pixel px, chunk c): destination chunk in the slot
   // (chunk-planar) and source chunk in the input row, -1 outside the image.
   const int per_slot = a.wslot * a.p;
-  for (int q = tid; q < per_slot; q += kFastThreads) {
+  for (int q = tid; !tma && q < per_slot; q += kFastThreads) {
     const int px = q >> a.logp, c = q & (a.p - 1);
     const int ix = px - a.pl;
     ltab[q] = make_int2(c * plane + px, (unsigned)ix < (unsigned)a.w ? ix * a.p + c : -1);
@@ -539,18 +544,21 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   const int ow = (a.o + 31) / 32;
   const int rowpv = a.pv * a.cg;
   const ActSelect asel = act_select(a.act, a.slope);
-  if (kFastTma) mbar_wait(wbar, 0);  // the weights are in shared memory
+  if (wbulk) mbar_wait(wbar, 0);  // the weights are in shared memory (bulk copies)
 
   int buf = 0, it = 0;
   for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1, ++it) {
     const int m0 = mt * kFastBM;
     const int row0 = fdiv(m0, a.div_wo);
+    const int img0 = fdiv(row0, a.div_ho);
     // This block's last tile: the next call's tables kernel (launched with
     // programmatic serialization, and waiting for this grid's completion
     // before it reads anything) may become resident in the meantime.
     if (mt + mstep >= a.mtiles) pdl_launch_dependents();
 
-    // ---- per-row data (does not need this tile's input)
+    // ---- per-row data (does not need this tile's input): the row term
+    // without X1, beta, the row's box class (as its offset in the table)
+    // and the byte offset of its first A element in the slot buffer.
     if (tid < kFastBM) {
       const int r = tid, m = m0 + r;
       const bool valid = m < a.m;
@@ -576,31 +584,29 @@ __global__ void __launch_bounds__(kFastThreads, 2)
           beta = asum / (float)a.t;
         }
       }
-      rows[buf * kFastBM + r] = make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
-                          (yc & 255) * a.ncx + (xc & 255), valid ? 1 : 0);
+      const int srow = (rg - row0) * a.sh + (img - img0) * a.erow;
+      rows[buf * kFastBM + r] =
+          make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
+                    ((yc & 255) * a.ncx + (xc & 255)) * kFastBN, 16 * (srow * a.wslot + x * a.sw));
     }
     if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(it >> 1) & 1);  // this tile's slots
     cp_async_wait<0>();  // the slots (cp.async), the first time the table too
-    // Two barriers per tile. This one: the slots are visible, and every warp
-    // is past the previous tile's GEMM, so the other buffer may be refilled
-    // (with the next tile, overlapping this tile's GEMM) and x1s rewritten.
-    // rows[] is double-buffered: it is written before this barrier, while a
-    // slower warp may still read the previous tile's half.
+    // The tile's barrier: the slots and rows[] are visible, and every warp
+    // is past the previous tile's epilogue, so the other buffer may be
+    // refilled (with the next tile, overlapping this tile's GEMM) and erec
+    // rewritten. rows[] is double-buffered: it is written before this
+    // barrier, while a slower warp may still read the previous tile's half.
     __syncthreads();
     if (mt + mstep < a.mtiles) load_tile(buf ^ 1, mt + mstep);
     cp_async_commit();
     const uint32_t as_addr = smem_u32(fsm + (buf ? L.a1 : L.a0));
+    const int4* rows_t = rows + buf * kFastBM + wm + gq;  // row wm + gq + dr: rows_t[dr]
 
     // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
     uint32_t abyte[4];
-    const int img0 = fdiv(row0, a.div_ho);
 #pragma unroll
-    for (int mf = 0; mf < 4; ++mf) {
-      const int m = m0 + wm + mf * 16 + (lane & 15);
-      const int rg = fdiv(m, a.div_wo);
-      const int srow = (rg - row0) * a.sh + (fdiv(rg, a.div_ho) - img0) * a.erow;
-      abyte[mf] = as_addr + 16 * (srow * a.wslot + (m - rg * a.wo) * a.sw);
-    }
+    for (int mf = 0; mf < 4; ++mf)
+      abyte[mf] = as_addr + rows[buf * kFastBM + wm + mf * 16 + (lane & 15)].w;
     int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
     uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);
     const uint32_t bstep1 = 16 * 16 * a.pitch_b;
@@ -637,87 +643,132 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       case 2: kloop(std::integral_constant<int, 2>{}); break;
       default: kloop(std::integral_constant<int, 3>{}); break;
     }
-    if (need_x1 && tq == 0) {
-      x1s[wm + wq * 16 + gq] = x1acc[0];
-      x1s[wm + wq * 16 + gq + 8] = x1acc[2];
-    }
-    __syncthreads();  // x1s complete
-
-    // ---- epilogue straight from the accumulators; ch: the thread's first
-    // channel within the block (8 consecutive ones).
-    const int ch = wn + 8 * tq;
-    const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
-    // thr: flip bits of the warp's 32 channels, in packed-word order.
-    const uint32_t flipw =
-        EPI == EPI_THR ? __ballot_sync(kFull, tab_s[ncls * kFastBN + wn + lane] != 0) : 0u;
-    // Row r = wm + gq + 16 mf + 8 hh: pointers to the first one, stepped.
-    const int4* rows_t = rows + buf * kFastBM + wm + gq;
-    const int* x1_t = x1s + wm + gq;
-    uint32_t* outw_t = static_cast<uint32_t*>(a.out) + (long long)(m0 + wm + gq) * ow + (n0 + wn) / 32;
-#pragma unroll
-    for (int mf = 0; mf < 4; ++mf)
+    // The epilogue record of the two rows whose X1 this warp has (rows
+    // wm + 16 wq + gq and + 8): the whole row term (XNOR: less 2 X1; AND: 0)
+    // and the class offset. Shared only by the 4 warps of this row range
+    // (wm): a barrier of those 128 threads, not of the block.
+    if (tq == 0) {
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const int dr = mf * 16 + 8 * hh;
-        const int4 rd = rows_t[dr];
-        const int rowc = need_x1 ? rd.x - 2 * x1_t[dr] : 0;  // AND: the row term is 0
-        const int m = m0 + wm + gq + dr;
-        const int* tb = tab_s + rd.z * kFastBN + ch;  // the row's class, the 8 channels
-        uint32_t bits = 0;
-        if (EPI == EPI_THR) {
-          // Sign of kmul P + rowc - B per channel, channel 7 first, shifted in.
+        const int r = wm + wq * 16 + gq + 8 * hh;
+        const int4 rd = rows[buf * kFastBM + r];
+        erec[r] = make_int2(need_x1 ? rd.x - 2 * x1acc[2 * hh] : 0, rd.z);
+      }
+    }
+    // (Constant barrier ids: a register id makes ptxas reserve all 16.)
+    if (warp < 4)
+      asm volatile("bar.sync 1, 128;\n" ::: "memory");
+    else
+      asm volatile("bar.sync 2, 128;\n" ::: "memory");
+
+    // ---- epilogue straight from the accumulators; ch: the thread's first
+    // channel within the block (8 consecutive ones). Row r = wm + gq + dr,
+    // dr = 16 mf + 8 hh (k = 2 mf + hh: dr = 8 k).
+    const int ch = wn + 8 * tq;
+    const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
+    const int2* er_t = erec + wm + gq;
+    if (EPI != EPI_FLOAT) {
+      // Packed output. Each thread builds, for its 8 rows and 8 channels,
+      // two words: word g holds rows k = 4 g .. 4 g + 3, row k's byte
+      // (channels ch .. ch + 7, channel c at bit c) at byte k & 3. A 4 x 4
+      // byte transpose among the 4 lanes of a row group (two shuffles and
+      // two byte permutes per word) then gives lane tq the whole 32-channel
+      // word of rows k = tq and 4 + tq, which it stores.
+      uint32_t wd[2] = {0u, 0u};
+      if (EPI == EPI_THR) {
+        // Sign of kmul P + rowc - B per channel, shifted in: row 7 channel
+        // 7 first, so that row 4 g channel 0 ends at bit 0 of word g.
+#pragma unroll
+        for (int k = 7; k >= 0; --k) {
+          const int mf = k >> 1, hh = k & 1;
+          const int2 e = er_t[8 * k];
+          const int* tb = tab_s + e.y + ch;  // the row's class, the 8 channels
           const int4 b0 = *reinterpret_cast<const int4*>(tb);
           const int4 b1 = *reinterpret_cast<const int4*>(tb + 4);
           const int bnd[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
           for (int c = 7; c >= 0; --c) {
-            const int d = kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + (rowc - bnd[c]);
-            bits = __funnelshift_l((uint32_t)d, bits, 1);
-          }
-          bits <<= 8 * tq;
-        } else {
-          const float beta = __int_as_float(rd.y);
-          float val[8];  // channels ch + c
-#pragma unroll
-          for (int nf = 0; nf < 4; ++nf) {
-            const int2 ct = *reinterpret_cast<const int2*>(tb + 2 * nf);
-            val[2 * nf] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh] + rowc + ct.x),
-                                          csc[ch + 2 * nf], beta, cbi[ch + 2 * nf]);
-            val[2 * nf + 1] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh + 1] + rowc + ct.y),
-                                              csc[ch + 2 * nf + 1], beta, cbi[ch + 2 * nf + 1]);
-          }
-#pragma unroll
-          for (int c = 0; c < 8; ++c)
-            val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
-                                  : apply_act_select(val[c], asel);
-          const int o = n0 + ch;
-          if (EPI == EPI_PACKED) {
-#pragma unroll
-            for (int c = 0; c < 8; ++c)
-              if (o + c < a.o) bits |= bin_bit(val[c]) << (8 * tq + c);
-          } else if (rd.w) {
-            // The 4 lanes of a row write 32 consecutive channels: 128 bytes.
-            float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
-            if ((a.o & 3) == 0 && o + 8 <= a.o) {
-              // Streaming stores: the result is not read again by this
-              // kernel, and kept out of L2 it leaves room for x and weights.
-              __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
-              __stcs(reinterpret_cast<float4*>(dst) + 1,
-                     make_float4(val[4], val[5], val[6], val[7]));
-            } else {
-#pragma unroll
-              for (int c = 0; c < 8; ++c)
-                if (o + c < a.o) dst[c] = val[c];
-            }
+            const int d = kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + (e.x - bnd[c]);
+            wd[k >> 2] = __funnelshift_l((uint32_t)d, wd[k >> 2], 1);
           }
         }
-        if (EPI != EPI_FLOAT) {
-          bits |= __shfl_xor_sync(kFull, bits, 1);
-          bits |= __shfl_xor_sync(kFull, bits, 2);
-          if (EPI == EPI_THR) bits ^= flipw;
-          if (tq == 0 && rd.w && n0 + wn < a.o) outw_t[dr * ow] = bits;
+      } else {
+        const int o = n0 + ch;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const int mf = k >> 1, hh = k & 1;
+          const int2 e = er_t[8 * k];
+          const float beta = __int_as_float(rows_t[8 * k].y);
+          const int* tb = tab_s + e.y + ch;
+          uint32_t bits = 0;
+#pragma unroll
+          for (int c = 0; c < 8; ++c) {
+            const int ct = tb[c];
+            float val = epilogue_affine((float)(kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + e.x + ct),
+                                        csc[ch + c], beta, cbi[ch + c]);
+            val = asel.general ? fast_act_general(val, a.act, a.slope) : apply_act_select(val, asel);
+            if (o + c < a.o) bits |= bin_bit(val) << c;
+          }
+          wd[k >> 2] |= bits << (8 * (k & 3));
         }
       }
+      // The transpose. Stage 1 (lanes tq, tq ^ 2): bytes 0-1 of rows from
+      // lanes 0, 1 / 2, 3; stage 2 (lanes tq, tq ^ 1): single bytes.
+      const uint32_t sel1 = (tq & 2) ? 0x3276u : 0x5410u;
+      const uint32_t sel2 = (tq & 1) ? 0x3715u : 0x6240u;
+#pragma unroll
+      for (int g = 0; g < 2; ++g) {
+        wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 2), sel1);
+        wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 1), sel2);
+      }
+      // thr: flip bits of the warp's 32 channels, in packed-word order.
+      const uint32_t flipw =
+          EPI == EPI_THR ? __ballot_sync(kFull, tab_s[ncls * kFastBN + wn + lane] != 0) : 0u;
+      if (n0 + wn < a.o) {
+        const int m = m0 + wm + gq + 8 * tq;  // rows k = tq and k = 4 + tq (dr = 32)
+        uint32_t* dst = static_cast<uint32_t*>(a.out) + (long long)m * ow + (n0 + wn) / 32;
+        if (m < a.m) dst[0] = wd[0] ^ flipw;
+        if (m + 32 < a.m) dst[32 * (long long)ow] = wd[1] ^ flipw;
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int mf = k >> 1, hh = k & 1;
+        const int2 e = er_t[8 * k];
+        const float beta = __int_as_float(rows_t[8 * k].y);
+        const int m = m0 + wm + gq + 8 * k;
+        const int* tb = tab_s + e.y + ch;  // the row's class, the 8 channels
+        float val[8];                      // channels ch + c
+#pragma unroll
+        for (int nf = 0; nf < 4; ++nf) {
+          const int2 ct = *reinterpret_cast<const int2*>(tb + 2 * nf);
+          val[2 * nf] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh] + e.x + ct.x),
+                                        csc[ch + 2 * nf], beta, cbi[ch + 2 * nf]);
+          val[2 * nf + 1] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh + 1] + e.x + ct.y),
+                                            csc[ch + 2 * nf + 1], beta, cbi[ch + 2 * nf + 1]);
+        }
+#pragma unroll
+        for (int c = 0; c < 8; ++c)
+          val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
+                                : apply_act_select(val[c], asel);
+        const int o = n0 + ch;
+        if (m < a.m) {
+          // The 4 lanes of a row write 32 consecutive channels: 128 bytes.
+          float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
+          if ((a.o & 3) == 0 && o + 8 <= a.o) {
+            // Streaming stores: the result is not read again by this
+            // kernel, and kept out of L2 it leaves room for x and weights.
+            __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
+            __stcs(reinterpret_cast<float4*>(dst) + 1,
+                   make_float4(val[4], val[5], val[6], val[7]));
+          } else {
+#pragma unroll
+            for (int c = 0; c < 8; ++c)
+              if (o + c < a.o) dst[c] = val[c];
+          }
+        }
+      }
+    }
   }
   cp_async_wait<0>();
 }

@@ -147,6 +147,12 @@ PYBIND11_MODULE(_cuda, m) {
       "(default True; a benchmark knob, results are the same). Process-wide.");
   m.def("get_fast_pdl", []() { return binconv::cuda::fast_pdl(); });
   m.def(
+      "set_fast_wbulk", [](bool on) { binconv::cuda::set_fast_wbulk(on); }, py::arg("on"),
+      "Fast kernel weight copies on sm_90: one bulk copy per channel row (True, the default) "
+      "or 16-byte cp.async over the whole block (False; what older GPUs run). A benchmark "
+      "knob, results are the same. Process-wide.");
+  m.def("get_fast_wbulk", []() { return binconv::cuda::fast_wbulk(); });
+  m.def(
       "last_tma_slots",
       []() {
         const int v = binconv::cuda::last_tma_slots();

@@ -2,7 +2,11 @@
 change results), so that run-to-run and card-to-card spread cancels out.
 
     python benchmarks/gpu_ab.py [--layers L2,L3] [--batch 256] [--rounds 5]
-        [--variants "tma=1,pdl=1;tma=0,pdl=1"]
+        [--variants "tma=1,pdl=1;tma=0,pdl=1;wcopy=1"]
+
+Knobs (default first): tma=1|0 (input slots by tensor map or cp.async),
+pdl=1|0 (programmatic dependent launch), wcopy=2|1|0 (weights by one
+tensor-map box, bulk row copies or cp.async).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -27,11 +31,11 @@ from jax_binconv._bench_layers import LAYERS  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1, wbulk=1)
+    v = dict(tma=1, pdl=1, wcopy=2)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
-            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wbulk)")
+            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wcopy)")
         v[key] = int(val)
     return v
 
@@ -39,7 +43,7 @@ def parse_variant(text):
 def apply_variant(mod, v):
     mod.set_tma_slots(bool(v["tma"]))
     mod.set_fast_pdl(bool(v["pdl"]))
-    mod.set_fast_wbulk(bool(v["wbulk"]))
+    mod.set_fast_weight_copy(["cp.async", "bulk", "tensor_map"][v["wcopy"]])
 
 
 def main(argv=None):

@@ -625,6 +625,13 @@ def _expect_path(policy, case=None):
     if policy != "general":
         tma = policy == "auto" and _sm90() and case not in _NO_TMA_CASES
         assert mod.last_tma_slots() == tma
+        if case is not None:
+            # Weights: one tensor-map box where O is a multiple of 32 (every
+            # case's K is short enough), else a bulk copy per row; cp.async
+            # before sm_90.
+            o = FAST_CASES[case][1]
+            want = ("tensor_map" if o % 32 == 0 else "bulk") if _sm90() else "cp.async"
+            assert mod.last_weight_copy() == want
 
 
 @pytest.mark.parametrize("t", ["xnor", "and"])
@@ -658,15 +665,17 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 
 
 @pytest.mark.parametrize("case", [1, 2, 8])
-@pytest.mark.parametrize("knob", ["fast_pdl", "fast_wbulk"])
-def test_fast_kernel_knob_off(knob, case):
-    """The fast kernel's benchmark knobs off: programmatic dependent launch
-    (set_fast_pdl(False), the launch path of drivers that refuse it) and
-    bulk weight copies (set_fast_wbulk(False): 16-byte cp.async, what GPUs
-    before sm_90 run). Packed and float results still equal the reference."""
+@pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
+                                        ("fast_weight_copy", "cp.async")])
+def test_fast_kernel_knobs(knob, value, case):
+    """The fast kernel's benchmark knobs away from their defaults:
+    programmatic dependent launch off (set_fast_pdl(False), the launch path
+    of drivers that refuse it) and the weights by one bulk copy per channel
+    row or by 16-byte cp.async (what GPUs before sm_90 run) instead of one
+    tensor-map box. Packed and float results still equal the reference."""
     mod = _cuda_mod()
     old = getattr(mod, "get_" + knob)()
-    getattr(mod, "set_" + knob)(False)
+    getattr(mod, "set_" + knob)(value)
     jax.clear_caches()  # no executable whose CUDA graph was captured with other knobs
     try:
         c, o, hw, n, k, s, d, pad = FAST_CASES[case]
@@ -676,10 +685,19 @@ def test_fast_kernel_knob_off(knob, case):
             check(x, w, type="xnor", strides=s, dilation=d, padding=pad, output=output,
                   output_bias=rand_vec(730 + case, o, -30, 30))
             assert mod.last_kernel() == "fast"
-        assert getattr(mod, "get_" + knob)() is False
+            if knob == "fast_weight_copy" and _sm90():
+                assert mod.last_weight_copy() == value
+        assert getattr(mod, "get_" + knob)() == value
     finally:
         getattr(mod, "set_" + knob)(old)
         jax.clear_caches()
+
+
+def test_fast_weight_copy_knob_rejects_unknown_mode():
+    mod = _cuda_mod()
+    with pytest.raises(ValueError, match="tensor_map"):
+        mod.set_fast_weight_copy("tma")
+    assert mod.get_fast_weight_copy() == "tensor_map"
 
 
 @pytest.mark.parametrize("beta", [False, True])

@@ -1115,7 +1115,8 @@ std::atomic<int> g_policy{0};     // KernelPolicy
 std::atomic<int> g_last_path{0};  // KernelPath of the last launch_conv
 std::atomic<bool> g_tma_slots{true};  // set_tma_slots
 std::atomic<bool> g_pdl{true};        // set_fast_pdl
-std::atomic<bool> g_wbulk{true};      // set_fast_wbulk
+std::atomic<int> g_wcopy{kWeightsTensorMap};  // set_fast_weight_copy: the most wanted
+std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1275,7 +1276,7 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
 // is one chunk plane of wslot pixels of one row. False where the driver has
 // no cuTensorMapEncodeTiled or refuses these dimensions: the kernel then
 // copies with cp.async.
-bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult q{};
@@ -1287,6 +1288,11 @@ bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
     }
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }();
+  return encode;
+}
+
+bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr || a.wslot > 256 || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
   const cuuint64_t p = (cuuint64_t)a.p, w = (cuuint64_t)a.w, h = (cuuint64_t)a.h;
   const cuuint64_t dims[5] = {2, p, w, h, (cuuint64_t)a.n};
@@ -1296,6 +1302,31 @@ bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
   return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT64, 5, const_cast<void*>(x), dims, strides, box,
                 estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// The 5-d tensor map of the weights ([O][kc] 16-byte chunks) that copies a
+// block's 128 channel rows in one box, in fast_chan_of_col order: channel
+// 32 s + 8 tq + 2 nf + jj of slab s goes to shared row 32 s + 8 nf + 2 tq +
+// jj. Dimensions, innermost first: 2 x 8 bytes per chunk, kc chunks (the
+// box reads pitch_b: zeros past kc, the padding chunk included), jj (2), tq
+// (4), nf (4), slabs (O / 32). Only for O a multiple of 32 (a partial slab
+// would read rows past the tensor) and pitch_b <= 128 (the box's 256
+// elements); otherwise, or where the driver refuses, the rows are copied one
+// by one.
+bool make_w_tensor_map(const FastArgs& a, const void* w, CUtensorMap* map) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr || a.o % 32 != 0 || a.pitch_b > 128 ||
+      reinterpret_cast<uintptr_t>(w) % 16 != 0)
+    return false;
+  const cuuint64_t row = 16 * (cuuint64_t)a.kc;  // bytes per channel row
+  const cuuint64_t dims[5] = {2 * (cuuint64_t)a.kc, 2, 4, 4, (cuuint64_t)a.o / 32};
+  const cuuint64_t strides[4] = {row, 8 * row, 2 * row, 32 * row};
+  const cuuint32_t box[5] = {2 * (cuuint32_t)a.pitch_b, 2, 4, 4, kFastBN / 32};
+  const cuuint32_t estride[5] = {1, 1, 1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT64, 5, const_cast<void*>(w), dims, strides, box,
+                estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
@@ -1328,8 +1359,8 @@ cudaError_t launch_fast_tables(const FastArgs& a, cudaStream_t stream) {
 }
 
 template <int EPI>
-cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, int smem,
-                            cudaStream_t stream) {
+cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUtensorMap& wmap,
+                            int smem, cudaStream_t stream) {
   static std::atomic<uint64_t> attr_set{0};
   DevInfo di;
   int dev = 0;
@@ -1357,19 +1388,23 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, int smem,
   cfg.blockDim = dim3(kFastThreads);
   cfg.dynamicSmemBytes = (size_t)smem;
   cfg.stream = stream;
-  return launch_pdl(cfg, fast_conv_kernel<EPI>, a, map);
+  return launch_pdl(cfg, fast_conv_kernel<EPI>, a, map, wmap);
 }
 
 cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
-  CUtensorMap map{};
+  CUtensorMap map{}, wmap{};
   DevInfo di;
-  a.tma_x = dev_info(&di) == cudaSuccess && di.major >= 9 && g_tma_slots.load() &&
-            make_x_tensor_map(a, a.x, &map);
+  const bool sm90 = dev_info(&di) == cudaSuccess && di.major >= 9;
+  a.tma_x = sm90 && g_tma_slots.load() && make_x_tensor_map(a, a.x, &map);
   g_last_tma.store(a.tma_x, std::memory_order_relaxed);
-  a.wbulk = g_wbulk.load(std::memory_order_relaxed) ? 1 : 0;
-  if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, map, smem, stream);
-  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, map, smem, stream);
-  return launch_fast_epi<EPI_FLOAT>(a, map, smem, stream);
+  const int want = g_wcopy.load(std::memory_order_relaxed);
+  a.wcopy = !sm90 || want == kWeightsCpAsync ? kWeightsCpAsync
+            : want == kWeightsTensorMap && make_w_tensor_map(a, a.wt, &wmap) ? kWeightsTensorMap
+                                                                             : kWeightsBulk;
+  g_last_wcopy.store(a.wcopy, std::memory_order_relaxed);
+  if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, map, wmap, smem, stream);
+  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, map, wmap, smem, stream);
+  return launch_fast_epi<EPI_FLOAT>(a, map, wmap, smem, stream);
 }
 
 void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_relaxed); }
@@ -1378,8 +1413,9 @@ int last_kernel_path() { return g_last_path.load(std::memory_order_relaxed); }
 void set_tma_slots(bool on) { g_tma_slots.store(on, std::memory_order_relaxed); }
 void set_fast_pdl(bool on) { g_pdl.store(on, std::memory_order_relaxed); }
 bool fast_pdl() { return g_pdl.load(std::memory_order_relaxed); }
-void set_fast_wbulk(bool on) { g_wbulk.store(on, std::memory_order_relaxed); }
-bool fast_wbulk() { return g_wbulk.load(std::memory_order_relaxed); }
+void set_fast_weight_copy(int mode) { g_wcopy.store(mode, std::memory_order_relaxed); }
+int fast_weight_copy() { return g_wcopy.load(std::memory_order_relaxed); }
+int last_weight_copy() { return g_last_wcopy.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
 

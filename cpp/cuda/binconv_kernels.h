@@ -71,11 +71,16 @@ void set_tma_slots(bool on);
 // every call.
 void set_fast_pdl(bool on);
 bool fast_pdl();
-// The fast kernel's weights: bulk copies, one per channel row (sm_90, the
-// default), or 16-byte cp.async spread over the block (what older GPUs
-// run). A benchmark knob, same results. Process-wide, read at every call.
-void set_fast_wbulk(bool on);
-bool fast_wbulk();
+// How the fast kernel copies its weights into shared memory, the most
+// wanted of: 2, one tensor-map box per block (sm_90, O a multiple of 32,
+// the default); 1, one bulk copy per channel row (sm_90); 0, 16-byte
+// cp.async spread over the block (what older GPUs run). A call runs the
+// first of these, from the wanted one down, that it can. A benchmark knob,
+// same results. Process-wide, read at every call.
+void set_fast_weight_copy(int mode);
+int fast_weight_copy();
+// What the last fast-kernel call ran (2, 1, 0 as above), -1 before any.
+int last_weight_copy();
 bool tma_slots();
 // Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1
 // before any fast call.

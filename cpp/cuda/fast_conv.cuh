@@ -64,6 +64,9 @@ constexpr int kMaxCls = 8;    // distinct valid-tap ranges per axis
 constexpr int kFastMaxTaps = 64;
 constexpr int kFastMaxSide = 4096;  // Ho and Wo (per-y / per-x tables)
 
+// How a block copies its weights into shared memory (FastArgs::wcopy).
+enum FastWeightCopy { kWeightsCpAsync = 0, kWeightsBulk = 1, kWeightsTensorMap = 2 };
+
 // The epilogue variant, a template parameter (register use and code size).
 enum FastEpi { EPI_THR = 0, EPI_FLOAT = 1, EPI_PACKED = 2 };
 
@@ -99,7 +102,7 @@ struct FastArgs {
   unsigned long long dymask;  // taps dy whose row is new for a row continuing its image
   FastDiv div_kh;
   int tma_x;  // slots by tensor-map copies (sm_90, map encoded by the host)
-  int wbulk;  // weights by bulk copies (sm_90), else 16-byte cp.async
+  int wcopy;  // weights by: kWeightsTensorMap, kWeightsBulk (sm_90) or kWeightsCpAsync
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
   int type, pv, beta, x_packed, act, thr;
@@ -252,6 +255,19 @@ __device__ __forceinline__ void tensor_copy_slot(uint32_t dst, const void* map, 
       : "memory");
 #endif
 }
+// The block's weights as one box of the 5-d weight map (make_w_tensor_map):
+// 128 channel rows of slab0 * 32 on, in fast_chan_of_col order, each
+// pitch_b chunks long (chunks past the row, and rows past O, read as zeros).
+__device__ __forceinline__ void tensor_copy_weights(uint32_t dst, const void* map, int slab0,
+                                                    uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(0), "r"(0), "r"(0), "r"(slab0), "r"(bar)
+      : "memory");
+#endif
+}
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 constexpr bool kFastTma = true;
 #else
@@ -368,7 +384,8 @@ __device__ __noinline__ float fast_act_general(float v, int act, float slope) {
 
 template <int EPI>
 __global__ void __launch_bounds__(kFastThreads, 2)
-    fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap) {
+    fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
+                     const __grid_constant__ CUtensorMap wmap) {
   extern __shared__ __align__(128) unsigned char fsm[];
   const int ncls = a.ncy * a.ncx;
   const FastSmem L = fast_smem(a);
@@ -387,13 +404,15 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   const int mstep = gridDim.x / a.ntiles;
   const int n0 = nt * kFastBN;
 
-  // ---- weights of this block's channels (zero rows past O). sm_90: one bulk
-  // copy per row, completing on an mbarrier that every thread waits on
-  // before the first tile; older GPUs (or a.wbulk off): 16-byte cp.async.
+  // ---- weights of this block's channels (zero rows past O). sm_90: one
+  // tensor-map box for all 128 rows (O a multiple of 32), else one bulk copy
+  // per row, completing on an mbarrier that every thread waits on before the
+  // first tile; older GPUs (or the knob): 16-byte cp.async.
   const uint32_t wbar = smem_u32(fsm + L.mbar);
   const uint32_t sbar0 = wbar + 8;  // slot buffer b: sbar0 + 8 b
   const bool tma = kFastTma && a.tma_x;
-  const bool wbulk = kFastTma && a.wbulk;
+  const bool wtmap = kFastTma && a.wcopy == kWeightsTensorMap;
+  const bool wbulk = kFastTma && a.wcopy == kWeightsBulk;
   if (kFastTma) {
     if (tid == 0) {
       mbar_init(wbar, 1);
@@ -402,7 +421,13 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
   }
-  if (wbulk) {
+  if (wtmap) {
+    // The box's bytes, zero-filled parts included, complete the phase.
+    if (tid == 0) {
+      mbar_arrive_expect_tx(wbar, (uint32_t)(kFastBN * a.pitch_b * 16));
+      tensor_copy_weights(smem_u32(bs), &wmap, n0 / 32, wbar);
+    }
+  } else if (wbulk) {
     if (tid == 0)
       mbar_arrive_expect_tx(wbar, (uint32_t)(min(kFastBN, a.o - n0) * a.kc * 16));
     if (tid < kFastBN) {
@@ -423,7 +448,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     }
   }
   cp_async_commit();
-  if (2 * a.ks > a.kc)
+  if (2 * a.ks > a.kc && !wtmap)  // (the tensor map reads zeros past kc)
     for (int r = tid; r < kFastBN; r += kFastThreads) bs[r * a.pitch_b + a.kc] = make_uint4(0, 0, 0, 0);
   const int plane = a.srows * a.wslot;  // chunks per plane
   for (int k = tid; k < 2 * a.ks; k += kFastThreads) {
@@ -544,7 +569,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   const int ow = (a.o + 31) / 32;
   const int rowpv = a.pv * a.cg;
   const ActSelect asel = act_select(a.act, a.slope);
-  if (wbulk) mbar_wait(wbar, 0);  // the weights are in shared memory (bulk copies)
+  if (wtmap || wbulk) mbar_wait(wbar, 0);  // the weights are in shared memory
 
   int buf = 0, it = 0;
   for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1, ++it) {

@@ -146,12 +146,29 @@ PYBIND11_MODULE(_cuda, m) {
       "Programmatic dependent launch of the fast kernel's tables and convolution kernels "
       "(default True; a benchmark knob, results are the same). Process-wide.");
   m.def("get_fast_pdl", []() { return binconv::cuda::fast_pdl(); });
+  static const char* const kWeightCopies[] = {"cp.async", "bulk", "tensor_map"};
   m.def(
-      "set_fast_wbulk", [](bool on) { binconv::cuda::set_fast_wbulk(on); }, py::arg("on"),
-      "Fast kernel weight copies on sm_90: one bulk copy per channel row (True, the default) "
-      "or 16-byte cp.async over the whole block (False; what older GPUs run). A benchmark "
-      "knob, results are the same. Process-wide.");
-  m.def("get_fast_wbulk", []() { return binconv::cuda::fast_wbulk(); });
+      "set_fast_weight_copy",
+      [](const std::string& mode) {
+        for (int i = 0; i < 3; ++i)
+          if (mode == kWeightCopies[i]) return binconv::cuda::set_fast_weight_copy(i);
+        throw py::value_error("set_fast_weight_copy: mode must be 'tensor_map', 'bulk' or "
+                              "'cp.async', got '" + mode + "'");
+      },
+      py::arg("mode"),
+      "How the fast kernel copies its weights, the most wanted: 'tensor_map' (the default: one "
+      "box per block on sm_90 where O is a multiple of 32, else 'bulk'), 'bulk' (one bulk copy "
+      "per channel row, sm_90) or 'cp.async' (what older GPUs run). A benchmark knob, results "
+      "are the same. Process-wide.");
+  m.def("get_fast_weight_copy",
+        []() { return std::string(kWeightCopies[binconv::cuda::fast_weight_copy()]); });
+  m.def(
+      "last_weight_copy",
+      []() {
+        const int v = binconv::cuda::last_weight_copy();
+        return v < 0 ? py::object(py::none()) : py::object(py::str(kWeightCopies[v]));
+      },
+      "How the most recent fast-kernel call copied its weights (None: no fast call yet).");
   m.def(
       "last_tma_slots",
       []() {

@@ -31,6 +31,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <numeric>
 #include <type_traits>
 
 #include "binconv_kernels.h"
@@ -1191,12 +1192,15 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
       (a.rmax - 1) * p.stride_h + (a.rmax - 1 + ho - 1) / ho * a.erow + window;
   if (srows > (1 << 16)) return false;
   a.srows = (int)srows;
+  // Input row y sh + dy dh of output row y is input row (y - k) sh + dy' dh
+  // of row y - k when dy' = dy + k sh / dh: k sh a multiple of dh, first at
+  // k0 = dh / gcd(sh, dh) (later k share less). Row (j, dy) is copied unless
+  // row j - k0 of the same image and tile brought it: dy + k0 sh / dh < kh.
+  a.dyback = (int)(p.dil_h / std::gcd(p.stride_h, p.dil_h));
+  const long long share = a.dyback * p.stride_h / p.dil_h;
   a.dymask = 0;
-  for (long long dy = 0; dy < p.kh; ++dy) {
-    // Row (j, dy) is row (j - 1, dy') of the same image when dy' dh = dy dh + sh.
-    const long long q = dy * p.dil_h + p.stride_h;
-    if (!(q % p.dil_h == 0 && q / p.dil_h < p.kh)) a.dymask |= 1ull << dy;
-  }
+  for (long long dy = 0; dy < p.kh; ++dy)
+    if (dy + share >= p.kh) a.dymask |= 1ull << dy;
   a.div_kh = make_fastdiv((uint32_t)p.kh);
   // Valid-tap box classes per axis (the kernel looks them up the same way).
   auto classes = [](long long extent, long long stride, long long pad, long long size,
@@ -1430,7 +1434,7 @@ size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast) {
 bool fast_slot_plan(const ConvParams& p, FastSlotPlan* out) {
   FastArgs a;
   if (!plan_fast_geometry(p, &a)) return false;
-  *out = FastSlotPlan{a.rmax, a.srows, a.erow, a.wslot, a.mtiles, a.dymask};
+  *out = FastSlotPlan{a.rmax, a.srows, a.erow, a.wslot, a.mtiles, a.dyback, a.dymask};
   return true;
 }
 

@@ -44,7 +44,7 @@ size_t workspace_bytes(const ConvParams& p);
 // device: tests check on the CPU that every slot row a tile reads lies in
 // the buffer and was copied with the right input row.
 struct FastSlotPlan {
-  int rmax, srows, erow, wslot, mtiles;
+  int rmax, srows, erow, wslot, mtiles, dyback;
   uint64_t dymask;
 };
 bool fast_slot_plan(const ConvParams& p, FastSlotPlan* out);

@@ -112,6 +112,9 @@ memcheck:fast_kernel_float_io and auto and (1-xnor or 3-and or 5-xnor or 8-and)
 memcheck:fast_kernel_persistent
 racecheck:fast_kernel_packed_io and auto and (1-xnor or 6-and)
 racecheck:fast_kernel_float_io and auto and (2-xnor or 8-and)
+racecheck:fast_kernel_float_io and auto-cp.async and (4-xnor or 12-and)
+racecheck:fast_kernel_packed_io and auto and (4-and or 12-xnor)
+memcheck:fast_kernel_packed_io and auto and (12-xnor or 13-and or 14-xnor)
 LIST
       ;;
     prof)

@@ -99,7 +99,8 @@ struct FastArgs {
   int t, p, logp, kc, ks;  // taps, chunks per pixel, log2 p, K chunks, K steps
   int rmax, wslot;  // output rows a tile can touch (bound); pixels per slot (multiple of 8)
   int srows, erow;  // slot rows per tile buffer (bound); extra rows per image boundary (E)
-  unsigned long long dymask;  // taps dy whose row is new for a row continuing its image
+  unsigned long long dymask;  // taps dy whose row is new for a row dyback rows into its image
+  int dyback;  // rows back that share input rows with a row (k0 = dh / gcd(sh, dh))
   FastDiv div_kh;
   int tma_x;  // slots by tensor-map copies (sm_90, map encoded by the host)
   int wcopy;  // weights by: kWeightsTensorMap, kWeightsBulk (sm_90) or kWeightsCpAsync
@@ -156,7 +157,7 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   s.a0 = take(a_chunks * 16);
   s.a1 = take(a_chunks * 16);
   s.b = take(kFastBN * a.pitch_b * 16);
-  s.ktab = take(2 * a.ks * 4);
+  s.ktab = take((2 * a.ks + 2) * 4);  // + 2: the K loop reads one step ahead
   s.tab = take(fast_tab_rows(a) * kFastBN * 4);
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
@@ -382,6 +383,23 @@ __device__ __noinline__ float fast_act_general(float v, int act, float slope) {
   return apply_activation(v, act, slope);
 }
 
+// Slot item s = j kh + dy of the tile whose first output row is row0 (in
+// image img0): output row j reads slot row j sh + (img - img0) E + dy dh,
+// input row iy of image img. False where the row need not be copied: row
+// j - dyback of the same image and tile brings the same input row into the
+// same slot row (its tap dy + dyback sh / dh), unless dy is in dymask.
+__device__ __forceinline__ bool fast_slot_row(const FastArgs& a, int row0, int img0, int s,
+                                              int& srow, int& iy, int& img) {
+  const int j = fdiv(s, a.div_kh), dy = s - j * a.kh;
+  const int rg = row0 + j;
+  img = fdiv(rg, a.div_ho);
+  const int y = rg - img * a.ho;
+  if (j >= a.dyback && y >= a.dyback && !((a.dymask >> dy) & 1)) return false;
+  srow = j * a.sh + (img - img0) * a.erow + dy * a.dh;
+  iy = y * a.sh + dy * a.dh - a.pt;
+  return true;
+}
+
 template <int EPI>
 __global__ void __launch_bounds__(kFastThreads, 2)
     fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
@@ -404,13 +422,56 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   const int mstep = gridDim.x / a.ntiles;
   const int n0 = nt * kFastBN;
 
+  const int plane = a.srows * a.wslot;  // chunks per plane
+  const int per_slot = a.wslot * a.p;
+  const uint32_t wbar = smem_u32(fsm + L.mbar);
+  const uint32_t sbar0 = wbar + 8;  // slot buffer b: sbar0 + 8 b
+  const bool tma = kFastTma && a.tma_x;
+  // ---- input slots of one M tile. Output row j of the tile (image img0 + d)
+  // reads slot rows j sh + d E + dy dh (dy < kh): within an image, the rows
+  // of consecutive output rows overlap as the input rows do, and each image
+  // the tile touches gets its own rows (E = max((kh - 1) dh + 1 - sh, 0)
+  // more per boundary). Each slot row is copied once (fast_slot_row).
+  auto load_tile = [&](int buf, int mt) {
+    const uint32_t as = smem_u32(fsm + (buf ? L.a1 : L.a0));
+    const int row0 = fdiv(mt * kFastBM, a.div_wo);
+    const int img0 = fdiv(row0, a.div_ho);
+    if (tma) {
+      // A thread per (row, dy, chunk plane): one tensor-map box each, zero
+      // outside the image (the padding) and past the last image.
+      const uint32_t bar = sbar0 + 8 * buf;
+      const int items = a.rmax * a.kh * a.p;
+      for (int q = tid; q < items; q += kFastThreads) {
+        const int c = q & (a.p - 1);
+        int srow, iy, img;
+        if (!fast_slot_row(a, row0, img0, q >> a.logp, srow, iy, img)) continue;
+        mbar_expect_tx(bar, (uint32_t)(16 * a.wslot));
+        tensor_copy_slot(as + 16 * (c * plane + srow * a.wslot), &xmap, c, -a.pl, iy, img, bar);
+      }
+      mbar_arrive(bar);
+      return;
+    }
+    // cp.async: a warp per (row, dy), its lanes over the slot's chunks.
+    for (int s = warp; s < a.rmax * a.kh; s += kFastThreads / 32) {
+      int srow, iy, img;
+      if (!fast_slot_row(a, row0, img0, s, srow, iy, img)) continue;
+      const bool rowok = img < a.n && (unsigned)iy < (unsigned)a.h;
+      const uint32_t row_chunk = (uint32_t)((img * a.h + iy) * a.w) * (uint32_t)a.p;
+      const uint32_t dst_slot = as + 16 * srow * a.wslot;
+      for (int q = lane; q < per_slot; q += 32) {
+        const int2 e = ltab[q];
+        const bool ok = rowok && e.y >= 0;
+        const uint4* src = a.x + (ok ? row_chunk + (uint32_t)e.y : 0u);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_slot + 16 * e.x),
+                     "l"(src), "r"(ok ? 16 : 0));
+      }
+    }
+  };
+
   // ---- weights of this block's channels (zero rows past O). sm_90: one
   // tensor-map box for all 128 rows (O a multiple of 32), else one bulk copy
   // per row, completing on an mbarrier that every thread waits on before the
   // first tile; older GPUs (or the knob): 16-byte cp.async.
-  const uint32_t wbar = smem_u32(fsm + L.mbar);
-  const uint32_t sbar0 = wbar + 8;  // slot buffer b: sbar0 + 8 b
-  const bool tma = kFastTma && a.tma_x;
   const bool wtmap = kFastTma && a.wcopy == kWeightsTensorMap;
   const bool wbulk = kFastTma && a.wcopy == kWeightsBulk;
   if (kFastTma) {
@@ -421,6 +482,12 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
   }
+  // The first tile's slots: by tensor map at once (no table needed); by
+  // cp.async once ltab is built. Either before waiting for the tables
+  // kernel: x was complete before that kernel started (stream order), and
+  // this one starts only after it has started.
+  const int mt0 = blockIdx.x / a.ntiles;
+  if (tma && mt0 < a.mtiles) load_tile(0, mt0);
   if (wtmap) {
     // The box's bytes, zero-filled parts included, complete the phase.
     if (tid == 0) {
@@ -450,8 +517,11 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   cp_async_commit();
   if (2 * a.ks > a.kc && !wtmap)  // (the tensor map reads zeros past kc)
     for (int r = tid; r < kFastBN; r += kFastThreads) bs[r * a.pitch_b + a.kc] = make_uint4(0, 0, 0, 0);
-  const int plane = a.srows * a.wslot;  // chunks per plane
-  for (int k = tid; k < 2 * a.ks; k += kFastThreads) {
+  // The small tables below start at different warps (vt: the thread's index
+  // rotated), so that no warp builds them all while the others wait at the
+  // barrier after them (in ncu, 6% of the stall samples of L3 at N = 256).
+  auto vt = [&](int shift) { return (tid + shift) & (kFastThreads - 1); };
+  for (int k = vt(0); k < 2 * a.ks + 2; k += kFastThreads) {
     // Byte offset of K chunk k from a lane's pixel base. The padding chunk
     // (odd kc) reads real data: its weights are zero, and the X1 MMA masks it.
     int e = 0;
@@ -463,88 +533,31 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     ktab[k] = e;
   }
   // Per output row y / column x: box class index | valid taps along the axis << 8.
-  auto tabulate = [&](int* dst, int extent, int stride, int pad, int size, int k, int dil,
+  auto tabulate = [&](int* dst, int t0, int extent, int stride, int pad, int size, int k, int dil,
                       const int* lo_tab, const int* hi_tab, int n) {
-    for (int v = tid; v < extent; v += kFastThreads) {
+    for (int v = t0; v < extent; v += kFastThreads) {
       int lo, hi;
       const int ci = axis_class(v * stride - pad, size, k, dil, lo_tab, hi_tab, n, lo, hi);
       dst[v] = max(ci, 0) | ((hi - lo) << 8);
     }
   };
-  tabulate(ycls, a.ho, a.sh, a.pt, a.h, a.kh, a.dh, a.cy_a, a.cy_b, a.ncy);
-  tabulate(xcls, a.wo, a.sw, a.pl, a.w, a.kw, a.dw, a.cx_c, a.cx_d, a.ncx);
+  tabulate(ycls, vt(192), a.ho, a.sh, a.pt, a.h, a.kh, a.dh, a.cy_a, a.cy_b, a.ncy);
+  tabulate(xcls, vt(128), a.wo, a.sw, a.pl, a.w, a.kw, a.dw, a.cx_c, a.cx_d, a.ncx);
   // Per slot element q (pixel px, chunk c): destination chunk in the slot
   // (chunk-planar) and source chunk in the input row, -1 outside the image.
-  const int per_slot = a.wslot * a.p;
   for (int q = tid; !tma && q < per_slot; q += kFastThreads) {
     const int px = q >> a.logp, c = q & (a.p - 1);
     const int ix = px - a.pl;
     ltab[q] = make_int2(c * plane + px, (unsigned)ix < (unsigned)a.w ? ix * a.p + c : -1);
   }
-  if (EPI != EPI_THR && tid < kFastBN) {
-    const int o = min(n0 + tid, a.o - 1);
-    csc[tid] = __ldg(a.osc + o);
-    cbi[tid] = __ldg(a.obias + o);
+  if (EPI != EPI_THR && tid >= kFastThreads - kFastBN) {  // warps 4-7 (0-3 copy weights)
+    const int r = tid - (kFastThreads - kFastBN), o = min(n0 + r, a.o - 1);
+    csc[r] = __ldg(a.osc + o);
+    cbi[r] = __ldg(a.obias + o);
   }
   __syncthreads();  // ltab
 
-  // ---- input slots of one M tile. Output row j of the tile (image img0 + d)
-  // reads slot rows j sh + d E + dy dh (dy < kh): within an image, the rows
-  // of consecutive output rows overlap as the input rows do, and each image
-  // the tile touches gets its own rows (E = max((kh - 1) dh + 1 - sh, 0)
-  // more per boundary). Row (j, dy) is copied unless output row j - 1 of the
-  // same image already brought it (dymask: the dy that are new then).
-  auto load_tile = [&](int buf, int mt) {
-    const uint32_t as = smem_u32(fsm + (buf ? L.a1 : L.a0));
-    const int row0 = fdiv(mt * kFastBM, a.div_wo);
-    const int img0 = fdiv(row0, a.div_ho);
-    if (tma) {
-      // A thread per (row, dy, chunk plane): one tensor-map box each, zero
-      // outside the image (the padding) and past the last image.
-      const uint32_t bar = sbar0 + 8 * buf;
-      const int items = a.rmax * a.kh * a.p;
-      for (int q = tid; q < items; q += kFastThreads) {
-        const int c = q & (a.p - 1), s = q >> a.logp;
-        const int j = fdiv(s, a.div_kh), dy = s - j * a.kh;
-        const int rg = row0 + j;
-        const int img = fdiv(rg, a.div_ho);
-        const int y = rg - img * a.ho;
-        if (j != 0 && y != 0 && !((a.dymask >> dy) & 1)) continue;
-        const int srow = j * a.sh + (img - img0) * a.erow + dy * a.dh;
-        mbar_expect_tx(bar, (uint32_t)(16 * a.wslot));
-        tensor_copy_slot(as + 16 * (c * plane + srow * a.wslot), &xmap, c, -a.pl,
-                         y * a.sh + dy * a.dh - a.pt, img, bar);
-      }
-      mbar_arrive(bar);
-      return;
-    }
-    // cp.async: a warp per (row, dy), its lanes over the slot's chunks.
-    for (int s = warp; s < a.rmax * a.kh; s += kFastThreads / 32) {
-      const int j = fdiv(s, a.div_kh), dy = s - j * a.kh;
-      const int rg = row0 + j;
-      const int img = fdiv(rg, a.div_ho);
-      const int y = rg - img * a.ho;
-      if (j != 0 && y != 0 && !((a.dymask >> dy) & 1)) continue;
-      const int srow = j * a.sh + (img - img0) * a.erow + dy * a.dh;
-      const int iy = y * a.sh + dy * a.dh - a.pt;
-      const bool rowok = img < a.n && (unsigned)iy < (unsigned)a.h;
-      const uint32_t row_chunk = (uint32_t)((img * a.h + iy) * a.w) * (uint32_t)a.p;
-      const uint32_t dst_slot = as + 16 * srow * a.wslot;
-      for (int q = lane; q < per_slot; q += 32) {
-        const int2 e = ltab[q];
-        const bool ok = rowok && e.y >= 0;
-        const uint4* src = a.x + (ok ? row_chunk + (uint32_t)e.y : 0u);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_slot + 16 * e.x),
-                     "l"(src), "r"(ok ? 16 : 0));
-      }
-    }
-  };
-
-  // The first tile's slots are copied before waiting for the tables kernel:
-  // x was complete before that kernel started (stream order), and this one
-  // starts only after it has started.
-  const int mt0 = blockIdx.x / a.ntiles;
-  if (mt0 < a.mtiles) load_tile(0, mt0);
+  if (!tma && mt0 < a.mtiles) load_tile(0, mt0);
   cp_async_commit();
   // This block's rows of the (class, channel) table, once fast_tables_kernel
   // (launched just before) is done.
@@ -642,10 +655,13 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // runs for AND too, unused.
     auto kloop = [&](auto wq_const) {
       constexpr int WQ = decltype(wq_const)::value;
+      // The chunk offsets are read one K step ahead (their shared-memory
+      // latency sat between each step's first instructions).
       const int* kp = ktab + half;
+      int koff = kp[0];
 #pragma unroll 2
-      for (int i = 0; i < a.ks; ++i, bb0 += 32, kp += 2) {
-        const int koff = *kp;
+      for (int i = 0; i < a.ks; ++i, bb0 += 32) {
+        const int knext = kp[2 * i + 2];
         uint32_t af[4][4], bf[2][4];
 #pragma unroll
         for (int mf = 0; mf < 4; ++mf) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
@@ -660,6 +676,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
                        bf[nf >> 1][(nf & 1) * 2 + 1]);
           if (mf == WQ) mma_b1_and(x1acc, af[mf], kFull, x1b1);
         }
+        koff = knext;
       }
     };
     switch (wq) {

@@ -92,10 +92,11 @@ PYBIND11_MODULE(_cuda, m) {
         d["erow"] = sp.erow;
         d["wslot"] = sp.wslot;
         d["mtiles"] = sp.mtiles;
+        d["dyback"] = sp.dyback;
         d["dymask"] = sp.dymask;
         return d;
       },
-      "The fast kernel's input-slot plan (rmax, srows, erow, wslot, mtiles, dymask) for one "
+      "The fast kernel's input-slot plan (rmax, srows, erow, wslot, mtiles, dyback, dymask) for one "
       "call's geometry, or None where the fast kernel does not apply. Needs no GPU (tests).");
   // JAX_BINCONV_CUDA_KERNEL=auto|general: the fast popcount kernel where it
   // applies (default), or always the general one.

@@ -6,13 +6,15 @@ change results), so that run-to-run and card-to-card spread cancels out.
 
 Knobs (default first): tma=1|0 (input slots by tensor map or cp.async),
 pdl=1|0 (programmatic dependent launch), wcopy=2|1|0 (weights by one
-tensor-map box, bulk row copies or cp.async).
+tensor-map box, bulk row copies or cp.async), fprep=1|0 (float x: packing
+and tables in one kernel or two).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
 effect then; the knobs are also set before every timing in case it
 re-records). Prints per variant the min per-application time over rounds
-and its ratio to the first variant. Packed input and output, XNOR.
+and its ratio to the first variant. XNOR; packed input and output, or
+float32 (--io float).
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from jax_binconv._bench_layers import LAYERS  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1, wcopy=2)
+    v = dict(tma=1, pdl=1, wcopy=2, fprep=1)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
-            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wcopy)")
+            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wcopy, fprep)")
         v[key] = int(val)
     return v
 
@@ -44,6 +46,7 @@ def apply_variant(mod, v):
     mod.set_tma_slots(bool(v["tma"]))
     mod.set_fast_pdl(bool(v["pdl"]))
     mod.set_fast_weight_copy(["cp.async", "bulk", "tensor_map"][v["wcopy"]])
+    mod.set_fast_fused_prep(bool(v["fprep"]))
 
 
 def main(argv=None):
@@ -53,29 +56,37 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--variants", default="tma=1,pdl=1;tma=0;pdl=0")
+    ap.add_argument("--io", choices=["packed", "float"], default="packed",
+                    help="input and output: packed words or float32")
     args = ap.parse_args(argv)
     from jax_binconv import _cuda as mod
 
     variants = [parse_variant(t) for t in args.variants.split(";")]
     gpu = jax.devices("gpu")[0]
-    print(f"device: {gpu.device_kind}; jax {jax.__version__}; N={args.batch}")
+    print(f"device: {gpu.device_kind}; jax {jax.__version__}; N={args.batch}; io={args.io}")
     rng = np.random.default_rng(0)
     for name in args.layers.split(","):
         h, w, c, o, k, s = LAYERS[name]
         x = rng.standard_normal((args.batch, h, w, c), np.float32)
         wf = rng.standard_normal((k, k, c, o)).astype(np.float32)
-        xp = jax.device_put(jb.pack_activations(x).words, gpu)
         wpk = jax.device_put(jb.pack_weights(wf), gpu)
+        if args.io == "packed":
+            xin = jax.device_put(jb.pack_activations(x).words, gpu)
 
-        def ours(words, wt, s=s, c=c):
-            return jb.binary_conv2d(jb.PackedActivations(words, c), wt, strides=s,
-                                    padding="SAME", output="packed")
+            def ours(words, wt, s=s, c=c):
+                return jb.binary_conv2d(jb.PackedActivations(words, c), wt, strides=s,
+                                        padding="SAME", output="packed")
+        else:
+            xin = jax.device_put(x, gpu)
+
+            def ours(xf, wt, s=s):
+                return jb.binary_conv2d(xf, wt, strides=s, padding="SAME")
 
         best = [float("inf")] * len(variants)
         for _ in range(args.rounds):
             for i, v in enumerate(variants):
                 apply_variant(mod, v)
-                t = bench(ours, (xp, wpk), args.reps)[0]
+                t = bench(ours, (xin, wpk), args.reps)[0]
                 best[i] = min(best[i], t)
         base = best[0]
         for v, t in zip(variants, best):

@@ -666,13 +666,16 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 
 @pytest.mark.parametrize("case", [1, 2, 8])
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
-                                        ("fast_weight_copy", "cp.async")])
+                                        ("fast_weight_copy", "cp.async"),
+                                        ("fast_fused_prep", False)])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
     programmatic dependent launch off (set_fast_pdl(False), the launch path
     of drivers that refuse it) and the weights by one bulk copy per channel
     row or by 16-byte cp.async (what GPUs before sm_90 run) instead of one
-    tensor-map box. Packed and float results still equal the reference."""
+    tensor-map box; float x packed by a kernel of its own before the tables
+    kernel instead of both in one. Packed and float results still equal the
+    reference."""
     mod = _cuda_mod()
     old = getattr(mod, "get_" + knob)()
     getattr(mod, "set_" + knob)(value)

@@ -61,6 +61,7 @@ struct PrepArgs {
   long long nhw;
   int c, g, cg, wg;
   int xblocks;
+  int pdl_early;  // fast_prep_tables_kernel: x blocks let the convolution start at once
   // weight section
   int wblocks;
   const uint32_t* w;
@@ -281,48 +282,11 @@ __device__ int2 packed_threshold(float sc, float bi, int act, float slope, int a
   return make_int2(lo, hi);
 }
 
-__global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
-  extern __shared__ int spw_all[];
+// The x part of prep_kernel (block bid of its x blocks): packs float x (modes
+// 1, 3) or counts the bits of packed x (mode 2). Also run by
+// fast_prep_tables_kernel.
+__device__ __forceinline__ void prep_x(const PrepArgs& a, int bid) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if ((int)blockIdx.x < a.wblocks) {
-    // Weights: one warp per (padded) output row. Masks trailing bits (so
-    // that garbage there cannot reach a popcount), pads K to the stage
-    // size and O to the tile (so the GEMM's B loads need no bounds checks),
-    // and writes the 2-D prefix sums of per-tap popcounts.
-    const int row = blockIdx.x * (kThreads / 32) + warp;
-    if (row >= a.g * a.ogpad) return;
-    int* spw = spw_all + warp * a.t;
-    const int grp = row / a.ogpad, ol = row - grp * a.ogpad;
-    const bool real = ol < a.og;
-    const long long go = (long long)grp * a.og + ol;
-    const uint32_t lmask = last_word_mask(a.cg);
-    for (int t = lane; t < a.t; t += 32) spw[t] = 0;
-    __syncwarp();
-    for (int k = lane; k < a.kpad; k += 32) {
-      uint32_t word = 0;
-      if (real && k < a.k) {
-        const int t = k / a.wg, j = k - t * a.wg;
-        word = a.w[go * a.k + k];
-        if (j == a.wg - 1) word &= lmask;
-        atomicAdd(&spw[t], __popc(word));
-      }
-      a.ws[(long long)row * a.kpad + k] = word;
-    }
-    __syncwarp();
-    if (!real) return;
-    const int kw1 = a.kw + 1;
-    for (int e = lane; e < (a.kh + 1) * kw1; e += 32) {
-      const int ey = e / kw1, ex = e - ey * kw1;
-      int s = 0;
-      for (int dy = 0; dy < ey; ++dy)
-        for (int dx = 0; dx < ex; ++dx) s += spw[dy * a.kw + dx];
-      a.pre[(long long)e * a.o + go] = s;
-    }
-    if (a.thr && lane == 0)
-      a.thr[go] = packed_threshold(a.osc[go], a.obias[go], a.act, a.slope, a.amin, a.amax);
-    return;
-  }
-  const int bid = blockIdx.x - a.wblocks;
   if (a.mode_x == 1) {
     // One warp per pixel: lane i reads channel 32j+i (coalesced), the ballot
     // is the packed word. Four words in flight per iteration.
@@ -436,6 +400,50 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
     for (int j = 0; j < a.wg; ++j) s += __popc(src[j] & (j == a.wg - 1 ? lmask : 0xffffffffu));
     a.popc[idx] = s;
   }
+}
+
+__global__ void __launch_bounds__(kThreads) prep_kernel(PrepArgs a) {
+  extern __shared__ int spw_all[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if ((int)blockIdx.x < a.wblocks) {
+    // Weights: one warp per (padded) output row. Masks trailing bits (so
+    // that garbage there cannot reach a popcount), pads K to the stage
+    // size and O to the tile (so the GEMM's B loads need no bounds checks),
+    // and writes the 2-D prefix sums of per-tap popcounts.
+    const int row = blockIdx.x * (kThreads / 32) + warp;
+    if (row >= a.g * a.ogpad) return;
+    int* spw = spw_all + warp * a.t;
+    const int grp = row / a.ogpad, ol = row - grp * a.ogpad;
+    const bool real = ol < a.og;
+    const long long go = (long long)grp * a.og + ol;
+    const uint32_t lmask = last_word_mask(a.cg);
+    for (int t = lane; t < a.t; t += 32) spw[t] = 0;
+    __syncwarp();
+    for (int k = lane; k < a.kpad; k += 32) {
+      uint32_t word = 0;
+      if (real && k < a.k) {
+        const int t = k / a.wg, j = k - t * a.wg;
+        word = a.w[go * a.k + k];
+        if (j == a.wg - 1) word &= lmask;
+        atomicAdd(&spw[t], __popc(word));
+      }
+      a.ws[(long long)row * a.kpad + k] = word;
+    }
+    __syncwarp();
+    if (!real) return;
+    const int kw1 = a.kw + 1;
+    for (int e = lane; e < (a.kh + 1) * kw1; e += 32) {
+      const int ey = e / kw1, ex = e - ey * kw1;
+      int s = 0;
+      for (int dy = 0; dy < ey; ++dy)
+        for (int dx = 0; dx < ex; ++dx) s += spw[dy * a.kw + dx];
+      a.pre[(long long)e * a.o + go] = s;
+    }
+    if (a.thr && lane == 0)
+      a.thr[go] = packed_threshold(a.osc[go], a.obias[go], a.act, a.slope, a.amin, a.amax);
+    return;
+  }
+  prep_x(a, (int)blockIdx.x - a.wblocks);
 }
 
 // ---------------------------------------------------------- output storing
@@ -1118,6 +1126,7 @@ std::atomic<bool> g_tma_slots{true};  // set_tma_slots
 std::atomic<bool> g_pdl{true};        // set_fast_pdl
 std::atomic<int> g_wcopy{kWeightsTensorMap};  // set_fast_weight_copy: the most wanted
 std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
+std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1362,6 +1371,22 @@ cudaError_t launch_fast_tables(const FastArgs& a, cudaStream_t stream) {
   return launch_pdl(cfg, fast_tables_kernel, a);
 }
 
+cudaError_t launch_fast_prep_tables(PrepArgs pa, const FastArgs& a, cudaStream_t stream) {
+  // A grid of about one wave lets the convolution start (its blocks wait at
+  // pdl_wait) at once; a larger one (x of L7 at N = 256: 100k blocks) only
+  // as its x blocks end: blocks of the convolution resident early would
+  // take the SMs its x blocks need (L7 float N = 256 was 6% slower).
+  DevInfo di;
+  const int sms = dev_info(&di) == cudaSuccess ? di.sms : 1;
+  const long long blocks = (long long)pa.xblocks + a.opad / 8;
+  pa.pdl_early = blocks <= 4LL * sms ? 1 : 0;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3((unsigned)blocks);
+  cfg.blockDim = dim3(256);
+  cfg.stream = stream;
+  return launch_pdl(cfg, fast_prep_tables_kernel, pa, a);
+}
+
 template <int EPI>
 cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUtensorMap& wmap,
                             int smem, cudaStream_t stream) {
@@ -1420,6 +1445,8 @@ bool fast_pdl() { return g_pdl.load(std::memory_order_relaxed); }
 void set_fast_weight_copy(int mode) { g_wcopy.store(mode, std::memory_order_relaxed); }
 int fast_weight_copy() { return g_wcopy.load(std::memory_order_relaxed); }
 int last_weight_copy() { return g_last_wcopy.load(std::memory_order_relaxed); }
+void set_fast_fused_prep(bool on) { g_fused_prep.store(on, std::memory_order_relaxed); }
+bool fast_fused_prep() { return g_fused_prep.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
 
@@ -1556,8 +1583,12 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     pa.popc = popc;
     pa.xblocks = (int)((pl.nhw * pl.g + kThreads - 1) / kThreads);
   }
+  // The fast kernel with float x: the packing and the tables in one kernel
+  // (fast_prep_tables_kernel), launched below.
+  const bool fused_prep = fast && pa.mode_x != 0 && pa.wblocks == 0 &&
+                          g_fused_prep.load(std::memory_order_relaxed);
   const long long prep_blocks = (long long)pa.wblocks + (pa.mode_x ? pa.xblocks : 0);
-  if (prep_blocks > 0) {
+  if (prep_blocks > 0 && !fused_prep) {
     const size_t smem = sizeof(int) * warps_per_block * pl.t;
     if (smem > 48 * 1024) {
       err = cudaFuncSetAttribute(prep_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -1579,7 +1610,8 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     fa.obias = b.output_bias;
     fa.out = b.out;
     fa.tab = at<int>(scratch, pl.off_ftab);
-    err = launch_fast_tables(fa, stream);
+    fa.x_late = fused_prep ? 1 : 0;
+    err = fused_prep ? launch_fast_prep_tables(pa, fa, stream) : launch_fast_tables(fa, stream);
     if (err != cudaSuccess) return err;
     return launch_fast(fa, fa.thr ? EPI_THR : (p.out_packed ? EPI_PACKED : EPI_FLOAT), fsmem,
                        stream);

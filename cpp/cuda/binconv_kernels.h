@@ -81,6 +81,11 @@ void set_fast_weight_copy(int mode);
 int fast_weight_copy();
 // What the last fast-kernel call ran (2, 1, 0 as above), -1 before any.
 int last_weight_copy();
+// Float x on the fast kernel: its packing and the epilogue tables in one
+// kernel (default) or in two kernels in turn. A benchmark knob, same
+// results. Process-wide, read at every call.
+void set_fast_fused_prep(bool on);
+bool fast_fused_prep();
 bool tma_slots();
 // Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1
 // before any fast call.

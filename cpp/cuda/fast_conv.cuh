@@ -103,6 +103,7 @@ struct FastArgs {
   int dyback;  // rows back that share input rows with a row (k0 = dh / gcd(sh, dh))
   FastDiv div_kh;
   int tma_x;  // slots by tensor-map copies (sm_90, map encoded by the host)
+  int x_late;  // x written by the kernel just before (fast_prep_tables_kernel): read after pdl_wait
   int wcopy;  // weights by: kWeightsTensorMap, kWeightsBulk (sm_90) or kWeightsCpAsync
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
@@ -304,16 +305,11 @@ __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, 
   return up ? make_int2(l, 0x7fffffff) : make_int2(-0x7fffffff - 1, l - 1);
 }
 
-__global__ void __launch_bounds__(256) fast_tables_kernel(FastArgs a) {
+// Block `block` of the tables: 8 channels, a warp each (256 threads).
+__device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) {
   __shared__ int sp[8][kFastMaxTaps];
-  // Launched with programmatic serialization too (sm_90): it may start while
-  // the kernel before it (which may have written w, x or the vectors) ends,
-  // so it waits for that kernel's completion before anything else, and only
-  // then lets the convolution start (whose prologue reads w and x).
-  pdl_wait();
-  pdl_launch_dependents();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int o = blockIdx.x * 8 + warp;
+  const int o = block * 8 + warp;
   if (o >= a.opad) return;
   const int ncls = a.ncy * a.ncx;
   const bool real = o < a.o;
@@ -362,6 +358,31 @@ __global__ void __launch_bounds__(256) fast_tables_kernel(FastArgs a) {
     a.tab[(long long)cls * a.opad + o] = a.thr ? bound - term : term;
   }
   if (a.thr && lane == 0) a.tab[(long long)ncls * a.opad + o] = flip;
+}
+
+// Launched with programmatic serialization too (sm_90): it may start while
+// the kernel before it (which may have written w, x or the vectors) ends, so
+// it waits for that kernel's completion before anything else, and only then
+// lets the convolution start (whose prologue reads w, and x unless x_late).
+__global__ void __launch_bounds__(256) fast_tables_kernel(FastArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
+  fast_tables_block(a, blockIdx.x);
+}
+
+// Float x: its packing (prep_x, the first pa.xblocks blocks) and the tables
+// (the rest) in one launch instead of two kernels in turn. The convolution
+// then reads x only after its wait (a.x_late). The x blocks trigger it at
+// their start only for small grids (pa.pdl_early), else by ending.
+__global__ void __launch_bounds__(256) fast_prep_tables_kernel(PrepArgs pa, FastArgs a) {
+  pdl_wait();
+  if ((int)blockIdx.x < pa.xblocks) {
+    if (pa.pdl_early) pdl_launch_dependents();
+    prep_x(pa, blockIdx.x);
+  } else {
+    pdl_launch_dependents();
+    fast_tables_block(a, (int)blockIdx.x - pa.xblocks);
+  }
 }
 
 // The input slots are stored chunk-planar: plane c (16-byte chunk c of
@@ -487,7 +508,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   // kernel: x was complete before that kernel started (stream order), and
   // this one starts only after it has started.
   const int mt0 = blockIdx.x / a.ntiles;
-  if (tma && mt0 < a.mtiles) load_tile(0, mt0);
+  if (tma && !a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
   if (wtmap) {
     // The box's bytes, zero-filled parts included, complete the phase.
     if (tid == 0) {
@@ -557,11 +578,12 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   }
   __syncthreads();  // ltab
 
-  if (!tma && mt0 < a.mtiles) load_tile(0, mt0);
+  if (!tma && !a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
   cp_async_commit();
   // This block's rows of the (class, channel) table, once fast_tables_kernel
-  // (launched just before) is done.
+  // (launched just before) is done; x_late: the first tile's slots too.
   pdl_wait();
+  if (a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
   {
     constexpr int per_row = kFastBN * 4 / 16;  // chunks per table row
     for (int q = tid; q < fast_tab_rows(a) * per_row; q += kFastThreads) {

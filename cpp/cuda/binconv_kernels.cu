@@ -61,7 +61,6 @@ struct PrepArgs {
   long long nhw;
   int c, g, cg, wg;
   int xblocks;
-  int pdl_early;  // fast_prep_tables_kernel: x blocks let the convolution start at once
   // weight section
   int wblocks;
   const uint32_t* w;
@@ -1371,17 +1370,9 @@ cudaError_t launch_fast_tables(const FastArgs& a, cudaStream_t stream) {
   return launch_pdl(cfg, fast_tables_kernel, a);
 }
 
-cudaError_t launch_fast_prep_tables(PrepArgs pa, const FastArgs& a, cudaStream_t stream) {
-  // A grid of about one wave lets the convolution start (its blocks wait at
-  // pdl_wait) at once; a larger one (x of L7 at N = 256: 100k blocks) only
-  // as its x blocks end: blocks of the convolution resident early would
-  // take the SMs its x blocks need (L7 float N = 256 was 6% slower).
-  DevInfo di;
-  const int sms = dev_info(&di) == cudaSuccess ? di.sms : 1;
-  const long long blocks = (long long)pa.xblocks + a.opad / 8;
-  pa.pdl_early = blocks <= 4LL * sms ? 1 : 0;
+cudaError_t launch_fast_prep_tables(const PrepArgs& pa, const FastArgs& a, cudaStream_t stream) {
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3((unsigned)blocks);
+  cfg.gridDim = dim3((unsigned)(pa.xblocks + a.opad / 8));
   cfg.blockDim = dim3(256);
   cfg.stream = stream;
   return launch_pdl(cfg, fast_prep_tables_kernel, pa, a);
@@ -1584,9 +1575,15 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     pa.xblocks = (int)((pl.nhw * pl.g + kThreads - 1) / kThreads);
   }
   // The fast kernel with float x: the packing and the tables in one kernel
-  // (fast_prep_tables_kernel), launched below.
+  // (fast_prep_tables_kernel, launched below) where its grid is at most
+  // kFusedPrepMaxBlocks blocks. It lets the convolution start at once (its
+  // blocks then wait in pdl_wait, holding SMs): measured faster up to L3 at
+  // N = 256 (6304 blocks, 1.05x) and slower for L7 at N = 256 (100k blocks,
+  // 0.94x), where the two kernels in turn run instead.
+  constexpr long long kFusedPrepMaxBlocks = 8192;
   const bool fused_prep = fast && pa.mode_x != 0 && pa.wblocks == 0 &&
-                          g_fused_prep.load(std::memory_order_relaxed);
+                          g_fused_prep.load(std::memory_order_relaxed) &&
+                          pa.xblocks + fa.opad / 8 <= kFusedPrepMaxBlocks;
   const long long prep_blocks = (long long)pa.wblocks + (pa.mode_x ? pa.xblocks : 0);
   if (prep_blocks > 0 && !fused_prep) {
     const size_t smem = sizeof(int) * warps_per_block * pl.t;

@@ -82,8 +82,9 @@ int fast_weight_copy();
 // What the last fast-kernel call ran (2, 1, 0 as above), -1 before any.
 int last_weight_copy();
 // Float x on the fast kernel: its packing and the epilogue tables in one
-// kernel (default) or in two kernels in turn. A benchmark knob, same
-// results. Process-wide, read at every call.
+// kernel (default; where that kernel's grid is at most 8192 blocks, e.g. L3
+// at N = 256) or in two kernels in turn. A benchmark knob, same results.
+// Process-wide, read at every call.
 void set_fast_fused_prep(bool on);
 bool fast_fused_prep();
 bool tma_slots();

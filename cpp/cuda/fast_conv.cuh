@@ -372,17 +372,14 @@ __global__ void __launch_bounds__(256) fast_tables_kernel(FastArgs a) {
 
 // Float x: its packing (prep_x, the first pa.xblocks blocks) and the tables
 // (the rest) in one launch instead of two kernels in turn. The convolution
-// then reads x only after its wait (a.x_late). The x blocks trigger it at
-// their start only for small grids (pa.pdl_early), else by ending.
+// then reads x only after its wait (a.x_late).
 __global__ void __launch_bounds__(256) fast_prep_tables_kernel(PrepArgs pa, FastArgs a) {
   pdl_wait();
-  if ((int)blockIdx.x < pa.xblocks) {
-    if (pa.pdl_early) pdl_launch_dependents();
+  pdl_launch_dependents();
+  if ((int)blockIdx.x < pa.xblocks)
     prep_x(pa, blockIdx.x);
-  } else {
-    pdl_launch_dependents();
+  else
     fast_tables_block(a, (int)blockIdx.x - pa.xblocks);
-  }
 }
 
 // The input slots are stored chunk-planar: plane c (16-byte chunk c of

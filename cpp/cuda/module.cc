@@ -167,8 +167,8 @@ PYBIND11_MODULE(_cuda, m) {
       "set_fast_fused_prep", [](bool on) { binconv::cuda::set_fast_fused_prep(on); },
       py::arg("on"),
       "Float x on the fast kernel: its packing and the epilogue tables in one kernel (True, "
-      "the default) or two kernels in turn (False). A benchmark knob, results are the same. "
-      "Process-wide.");
+      "the default, where that grid has at most 8192 blocks) or two kernels in turn (False). "
+      "A benchmark knob, results are the same. Process-wide.");
   m.def("get_fast_fused_prep", []() { return binconv::cuda::fast_fused_prep(); });
   m.def(
       "last_weight_copy",

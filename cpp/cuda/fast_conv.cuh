@@ -5,7 +5,8 @@
 //
 // Layout of the work. A block owns one tile of kFastBN output channels for
 // the whole launch: their packed weights (read straight from the operand,
-// [O][KH][KW][C/32] words, K contiguous per channel) stay in shared memory,
+// [O][KH][KW][C/32] words, K contiguous per channel; on sm_90 one tensor-map
+// box per block where O is a multiple of 32) stay in shared memory,
 // together with their rows of the per-call table of epilogue constants. It then walks a
 // strided list of M tiles (kFastBM consecutive output pixels in (n, y, x)
 // order). For each M tile it copies, one tile ahead, the input rows that
@@ -14,7 +15,7 @@
 // dy * dh for its taps dy (E = max((KH - 1) dh + 1 - sh, 0)), each holding
 // every column the window can reach, zero outside the image. Within one
 // image the output rows' windows overlap as their input rows do, so each
-// input row is copied once per tile (not KH times); every image boundary
+// input row is copied once per tile (not KH times; fast_slot_row); every image boundary
 // inside the tile adds E rows. On sm_90 a slot row is one tensor-map copy
 // per 16-byte chunk plane (a 5-d map of packed x whose out-of-bounds boxes
 // read as zeros: the padding), completing on an mbarrier per buffer; older
@@ -37,14 +38,16 @@
 // the row's valid-tap box. Boxes come in few classes (top/bottom/left/right
 // borders and the interior), listed by the host. A small kernel run before
 // the convolution (fast_tables_kernel, one warp per output channel, launched
-// ahead of it with programmatic dependent launch) tabulates per (box class,
+// ahead of it with programmatic dependent launch; for float x together with
+// its packing, fast_prep_tables_kernel) tabulates per (box class,
 // channel) the column term, or for packed output without beta the bound B
 // with the column term folded in: the output bit is the sign of
 // (kmul P + row term - B), flipped per channel (the monotone activations give
 // one-sided acc intervals). A block copies its channels' rows of that table
 // after its weights. X1 comes from the tensor cores too: one extra MMA per K
 // step against an all-ones B fragment (each of the 4 warps that share a row
-// range does it for one of its 4 row fragments).
+// range does it for one of its 4 row fragments and passes the whole row
+// term to the other three through shared memory).
 //
 // MMA columns are permuted (fast_chan_of_col) so that a thread's 8
 // accumulators of a row are 8 consecutive channels: a packed byte (sign bits

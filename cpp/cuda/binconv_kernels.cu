@@ -1126,8 +1126,6 @@ std::atomic<bool> g_pdl{true};        // set_fast_pdl
 std::atomic<int> g_wcopy{kWeightsTensorMap};  // set_fast_weight_copy: the most wanted
 std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
 std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
-std::atomic<bool> g_subblocks{true};           // set_fast_subblocks
-std::atomic<int> g_last_subs{0};               // sub-blocks of the last fast call
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1262,7 +1260,6 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
   a.amin = p.type == XNOR ? -a.amax : 0;
   a.thr = packed_by_threshold(p) ? 1 : 0;
   a.opad = a.ntiles * kFastBN;
-  a.subs = 1;
   a.div_kc = make_fastdiv((uint32_t)a.kc);
   *fa = a;
   return true;
@@ -1382,7 +1379,7 @@ cudaError_t launch_fast_prep_tables(const PrepArgs& pa, const FastArgs& a, cudaS
 }
 
 template <int EPI>
-cudaError_t launch_fast_epi(FastArgs a, const CUtensorMap& map, const CUtensorMap& wmap,
+cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUtensorMap& wmap,
                             int smem, cudaStream_t stream) {
   static std::atomic<uint64_t> attr_set{0};
   DevInfo di;
@@ -1392,48 +1389,26 @@ cudaError_t launch_fast_epi(FastArgs a, const CUtensorMap& map, const CUtensorMa
   if (err != cudaSuccess) return err;
   const uint64_t bit = uint64_t(1) << (dev & 63);
   if (!(attr_set.load(std::memory_order_relaxed) & bit)) {
-    err = cudaFuncSetAttribute(fast_conv_kernel<EPI, 1>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, di.optin);
-    if (err == cudaSuccess)
-      err = cudaFuncSetAttribute(fast_conv_kernel<EPI, 2>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, di.optin);
+    err = cudaFuncSetAttribute(fast_conv_kernel<EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               di.optin);
     if (err != cudaSuccess) return err;
     attr_set.fetch_or(bit, std::memory_order_relaxed);
   }
   // Blocks per SM: registers allow 2 (__launch_bounds__), shared memory as
   // computed here (what cudaOccupancyMaxActiveBlocksPerMultiprocessor gives,
   // without its cost on every call).
-  int per_sm = std::max(1, std::min(2, di.smem_sm / (smem + di.reserved)));
-  // Where shared memory allows one block per SM only (L4: its weights and
-  // slots take 143 KB), two sub-blocks of 256 threads in one block share the
-  // weights: 16 warps per SM instead of 8.
-  a.subs = 1;
-  if (per_sm == 1 && g_subblocks.load(std::memory_order_relaxed)) {
-    FastArgs a2 = a;
-    a2.subs = 2;
-    const int smem2 = fast_smem(a2).total;
-    if (smem2 <= di.optin && smem2 + di.reserved <= di.smem_sm) {
-      a = a2;
-      smem = smem2;
-    }
-  }
-  g_last_subs.store(a.subs, std::memory_order_relaxed);
+  const int per_sm = std::max(1, std::min(2, di.smem_sm / (smem + di.reserved)));
   const int sms = di.sms;
-  // Sub-blocks resident at once; M positions per N tile (a sub-block each,
-  // walking M tiles mstep apart); blocks.
-  const long long vcap = (long long)sms * per_sm * a.subs;
-  const long long mslots = (long long)a.mtiles * a.ntiles <= vcap
-                               ? a.mtiles
-                               : std::max<long long>(vcap / a.ntiles, 1);
-  const long long grid = (mslots + a.subs - 1) / a.subs * a.ntiles;
+  const long long items = (long long)a.mtiles * a.ntiles;
+  const long long cap = (long long)sms * std::max(per_sm, 1);
+  long long grid = items <= cap ? items : std::max<long long>(cap / a.ntiles, 1) * a.ntiles;
   // Programmatic dependent launch on fast_tables_kernel (see pdl_wait).
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3((unsigned)grid);
-  cfg.blockDim = dim3(kFastThreads * a.subs);
+  cfg.blockDim = dim3(kFastThreads);
   cfg.dynamicSmemBytes = (size_t)smem;
   cfg.stream = stream;
-  if (a.subs == 2) return launch_pdl(cfg, fast_conv_kernel<EPI, 2>, a, map, wmap);
-  return launch_pdl(cfg, fast_conv_kernel<EPI, 1>, a, map, wmap);
+  return launch_pdl(cfg, fast_conv_kernel<EPI>, a, map, wmap);
 }
 
 cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
@@ -1462,9 +1437,6 @@ void set_fast_weight_copy(int mode) { g_wcopy.store(mode, std::memory_order_rela
 int fast_weight_copy() { return g_wcopy.load(std::memory_order_relaxed); }
 int last_weight_copy() { return g_last_wcopy.load(std::memory_order_relaxed); }
 void set_fast_fused_prep(bool on) { g_fused_prep.store(on, std::memory_order_relaxed); }
-void set_fast_subblocks(bool on) { g_subblocks.store(on, std::memory_order_relaxed); }
-bool fast_subblocks() { return g_subblocks.load(std::memory_order_relaxed); }
-int last_fast_subblocks() { return g_last_subs.load(std::memory_order_relaxed); }
 bool fast_fused_prep() { return g_fused_prep.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }

@@ -87,13 +87,6 @@ int last_weight_copy();
 // Process-wide, read at every call.
 void set_fast_fused_prep(bool on);
 bool fast_fused_prep();
-// Where the fast kernel's shared memory allows one block per SM only: two
-// sub-blocks of 256 threads in one block sharing the weights (default) or
-// one block of 256. A benchmark knob, same results. Process-wide.
-void set_fast_subblocks(bool on);
-bool fast_subblocks();
-// Sub-blocks per block of the last fast-kernel call (0 before any).
-int last_fast_subblocks();
 bool tma_slots();
 // Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1
 // before any fast call.

@@ -107,8 +107,6 @@ struct FastArgs {
   FastDiv div_kh;
   int tma_x;  // slots by tensor-map copies (sm_90, map encoded by the host)
   int x_late;  // x written by the kernel just before (fast_prep_tables_kernel): read after pdl_wait
-  int subs;    // sub-blocks of kFastThreads per block sharing the weights (1, or 2 where
-               // shared memory allows one block per SM only)
   int wcopy;  // weights by: kWeightsTensorMap, kWeightsBulk (sm_90) or kWeightsCpAsync
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
@@ -147,7 +145,7 @@ __host__ __device__ inline int fast_chan_of_col(int f) {  // column f -> channel
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
-  int b, a0, abytes, ktab, tab, csc, cbi, rows, erec, ycls, xcls, ltab, mbar, total;
+  int b, a0, a1, ktab, tab, csc, cbi, rows, erec, ycls, xcls, ltab, mbar, total;
 };
 __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   const int a_chunks = a.srows * a.wslot * a.p;
@@ -159,22 +157,20 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
     return at;
   };
   // The slot buffers first: tensor-map copies want 128-byte aligned
-  // destinations (every slot row is a multiple of 8 chunks). Two per
-  // sub-block: buffer b of sub-block u at a0 + (2 u + b) abytes.
-  const int subs = a.subs > 1 ? a.subs : 1;
-  s.abytes = a_chunks * 16;
-  s.a0 = take(2 * subs * a_chunks * 16);
+  // destinations (every slot row is a multiple of 8 chunks).
+  s.a0 = take(a_chunks * 16);
+  s.a1 = take(a_chunks * 16);
   s.b = take(kFastBN * a.pitch_b * 16);
   s.ktab = take((2 * a.ks + 2) * 4);  // + 2: the K loop reads one step ahead
   s.tab = take(fast_tab_rows(a) * kFastBN * 4);
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
-  s.rows = take(subs * 2 * kFastBM * 16);  // per sub-block, double-buffered by tile parity
-  s.erec = take(subs * kFastBM * 8);
+  s.rows = take(2 * kFastBM * 16);  // double-buffered by tile parity
+  s.erec = take(kFastBM * 8);
   s.ycls = take(a.ho * 4);
   s.xcls = take(a.wo * 4);
   s.ltab = take(a.wslot * a.p * 8);
-  s.mbar = take(8 + 16 * subs);  // mbarriers (sm_90): the weights, then per sub-block its 2 buffers' slots
+  s.mbar = take(24);  // mbarriers (sm_90): the weight copy, then the slots of buffer 0 and 1
   s.total = off;
   return s;
 }
@@ -425,25 +421,8 @@ __device__ __forceinline__ bool fast_slot_row(const FastArgs& a, int row0, int i
   return true;
 }
 
-// Named barrier `id` (1..6) of n threads; constant ids (a register id makes
-// ptxas reserve all 16).
-__device__ __forceinline__ void named_sync(int id, int n) {
-  switch (id) {
-    case 1: asm volatile("bar.sync 1, %0;\n" ::"r"(n) : "memory"); break;
-    case 2: asm volatile("bar.sync 2, %0;\n" ::"r"(n) : "memory"); break;
-    case 3: asm volatile("bar.sync 3, %0;\n" ::"r"(n) : "memory"); break;
-    case 4: asm volatile("bar.sync 4, %0;\n" ::"r"(n) : "memory"); break;
-    case 5: asm volatile("bar.sync 5, %0;\n" ::"r"(n) : "memory"); break;
-    default: asm volatile("bar.sync 6, %0;\n" ::"r"(n) : "memory"); break;
-  }
-}
-
-// kFastThreads per sub-block; a block has SUBS (= a.subs) of them: 1, or 2
-// (512 threads: at most 128 registers a thread, as with two blocks of 256 per
-// SM). A template parameter: with SUBS = 1 the sub-block arithmetic folds
-// away (as a run-time value it cost registers, and EPI_PACKED spilled).
-template <int EPI, int SUBS>
-__global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
+template <int EPI>
+__global__ void __launch_bounds__(kFastThreads, 2)
     fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
                      const __grid_constant__ CUtensorMap wmap) {
   extern __shared__ __align__(128) unsigned char fsm[];
@@ -459,30 +438,15 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
   int* xcls = reinterpret_cast<int*>(fsm + L.xcls);
   int2* ltab = reinterpret_cast<int2*>(fsm + L.ltab);
 
-  // Sub-blocks: each runs its own M tiles with its own slot buffers, row
-  // data and barriers (tid, warp: within the sub-block); the prologue
-  // (weights, tables) is the block's (btid, bthreads).
-  const int btid = threadIdx.x, bthreads = kFastThreads * SUBS;
-  const int sub = SUBS == 1 ? 0 : btid / kFastThreads;
-  const int tid = btid - sub * kFastThreads, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nt = blockIdx.x % a.ntiles;
-  const int mstep = gridDim.x / a.ntiles * SUBS;
+  const int mstep = gridDim.x / a.ntiles;
   const int n0 = nt * kFastBN;
-  rows += sub * 2 * kFastBM;
-  erec += sub * kFastBM;
-  // The sub-block's barrier: the block's where it is the only one.
-  auto sub_sync = [&]() {
-    if (SUBS == 1)
-      __syncthreads();
-    else
-      named_sync(5 + sub, kFastThreads);
-  };
 
   const int plane = a.srows * a.wslot;  // chunks per plane
   const int per_slot = a.wslot * a.p;
   const uint32_t wbar = smem_u32(fsm + L.mbar);
-  const uint32_t sbar0 = wbar + 8 + 16 * sub;  // this sub-block's slot buffer b: sbar0 + 8 b
-  const uint32_t abase = smem_u32(fsm + L.a0) + 2 * sub * L.abytes;  // its buffer b: + b abytes
+  const uint32_t sbar0 = wbar + 8;  // slot buffer b: sbar0 + 8 b
   const bool tma = kFastTma && a.tma_x;
   // ---- input slots of one M tile. Output row j of the tile (image img0 + d)
   // reads slot rows j sh + d E + dy dh (dy < kh): within an image, the rows
@@ -490,7 +454,7 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
   // the tile touches gets its own rows (E = max((kh - 1) dh + 1 - sh, 0)
   // more per boundary). Each slot row is copied once (fast_slot_row).
   auto load_tile = [&](int buf, int mt) {
-    const uint32_t as = abase + buf * L.abytes;
+    const uint32_t as = smem_u32(fsm + (buf ? L.a1 : L.a0));
     const int row0 = fdiv(mt * kFastBM, a.div_wo);
     const int img0 = fdiv(row0, a.div_ho);
     if (tma) {
@@ -532,9 +496,10 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
   const bool wtmap = kFastTma && a.wcopy == kWeightsTensorMap;
   const bool wbulk = kFastTma && a.wcopy == kWeightsBulk;
   if (kFastTma) {
-    if (btid == 0) {
+    if (tid == 0) {
       mbar_init(wbar, 1);
-      for (int b = 0; b < 2 * SUBS; ++b) mbar_init(wbar + 8 + 8 * b, kFastThreads);
+      mbar_init(sbar0, kFastThreads);
+      mbar_init(sbar0 + 8, kFastThreads);
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
   }
@@ -542,28 +507,28 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
   // cp.async once ltab is built. Either before waiting for the tables
   // kernel: x was complete before that kernel started (stream order), and
   // this one starts only after it has started.
-  const int mt0 = blockIdx.x / a.ntiles * SUBS + sub;
+  const int mt0 = blockIdx.x / a.ntiles;
   if (tma && !a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
   if (wtmap) {
     // The box's bytes, zero-filled parts included, complete the phase.
-    if (btid == 0) {
+    if (tid == 0) {
       mbar_arrive_expect_tx(wbar, (uint32_t)(kFastBN * a.pitch_b * 16));
       tensor_copy_weights(smem_u32(bs), &wmap, n0 / 32, wbar);
     }
   } else if (wbulk) {
-    if (btid == 0)
+    if (tid == 0)
       mbar_arrive_expect_tx(wbar, (uint32_t)(min(kFastBN, a.o - n0) * a.kc * 16));
-    if (btid < kFastBN) {
-      const int o = n0 + fast_chan_of_col(btid);
+    if (tid < kFastBN) {
+      const int o = n0 + fast_chan_of_col(tid);
       if (o < a.o) {
-        bulk_copy_to_smem(smem_u32(bs + btid * a.pitch_b), a.wt + (long long)o * a.kc,
+        bulk_copy_to_smem(smem_u32(bs + tid * a.pitch_b), a.wt + (long long)o * a.kc,
                           (uint32_t)(a.kc * 16), wbar);
       } else {
-        for (int k = 0; k < a.kc; ++k) bs[btid * a.pitch_b + k] = make_uint4(0, 0, 0, 0);
+        for (int k = 0; k < a.kc; ++k) bs[tid * a.pitch_b + k] = make_uint4(0, 0, 0, 0);
       }
     }
   } else {
-    for (int q = btid; q < kFastBN * a.kc; q += bthreads) {
+    for (int q = tid; q < kFastBN * a.kc; q += kFastThreads) {
       const int r = fdiv(q, a.div_kc), k = q - r * a.kc;
       const int o = n0 + fast_chan_of_col(r);
       const bool ok = o < a.o;
@@ -572,12 +537,12 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
   }
   cp_async_commit();
   if (2 * a.ks > a.kc && !wtmap)  // (the tensor map reads zeros past kc)
-    for (int r = btid; r < kFastBN; r += bthreads) bs[r * a.pitch_b + a.kc] = make_uint4(0, 0, 0, 0);
+    for (int r = tid; r < kFastBN; r += kFastThreads) bs[r * a.pitch_b + a.kc] = make_uint4(0, 0, 0, 0);
   // The small tables below start at different warps (vt: the thread's index
   // rotated), so that no warp builds them all while the others wait at the
   // barrier after them (in ncu, 6% of the stall samples of L3 at N = 256).
-  auto vt = [&](int shift) { return (btid + shift) & (bthreads - 1); };
-  for (int k = vt(0); k < 2 * a.ks + 2; k += bthreads) {
+  auto vt = [&](int shift) { return (tid + shift) & (kFastThreads - 1); };
+  for (int k = vt(0); k < 2 * a.ks + 2; k += kFastThreads) {
     // Byte offset of K chunk k from a lane's pixel base. The padding chunk
     // (odd kc) reads real data: its weights are zero, and the X1 MMA masks it.
     int e = 0;
@@ -591,7 +556,7 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
   // Per output row y / column x: box class index | valid taps along the axis << 8.
   auto tabulate = [&](int* dst, int t0, int extent, int stride, int pad, int size, int k, int dil,
                       const int* lo_tab, const int* hi_tab, int n) {
-    for (int v = t0; v < extent; v += bthreads) {
+    for (int v = t0; v < extent; v += kFastThreads) {
       int lo, hi;
       const int ci = axis_class(v * stride - pad, size, k, dil, lo_tab, hi_tab, n, lo, hi);
       dst[v] = max(ci, 0) | ((hi - lo) << 8);
@@ -601,13 +566,13 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
   tabulate(xcls, vt(128), a.wo, a.sw, a.pl, a.w, a.kw, a.dw, a.cx_c, a.cx_d, a.ncx);
   // Per slot element q (pixel px, chunk c): destination chunk in the slot
   // (chunk-planar) and source chunk in the input row, -1 outside the image.
-  for (int q = btid; !tma && q < per_slot; q += bthreads) {
+  for (int q = tid; !tma && q < per_slot; q += kFastThreads) {
     const int px = q >> a.logp, c = q & (a.p - 1);
     const int ix = px - a.pl;
     ltab[q] = make_int2(c * plane + px, (unsigned)ix < (unsigned)a.w ? ix * a.p + c : -1);
   }
-  if (EPI != EPI_THR && btid >= bthreads - kFastBN) {  // the last 4 warps (0-3 copy weights)
-    const int r = btid - (bthreads - kFastBN), o = min(n0 + r, a.o - 1);
+  if (EPI != EPI_THR && tid >= kFastThreads - kFastBN) {  // warps 4-7 (0-3 copy weights)
+    const int r = tid - (kFastThreads - kFastBN), o = min(n0 + r, a.o - 1);
     csc[r] = __ldg(a.osc + o);
     cbi[r] = __ldg(a.obias + o);
   }
@@ -621,18 +586,12 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
   if (a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
   {
     constexpr int per_row = kFastBN * 4 / 16;  // chunks per table row
-    for (int q = btid; q < fast_tab_rows(a) * per_row; q += bthreads) {
+    for (int q = tid; q < fast_tab_rows(a) * per_row; q += kFastThreads) {
       const int row = q / per_row, j = q - row * per_row;
       cp_async<16>(fsm + L.tab + q * 16, a.tab + (long long)row * a.opad + n0 + j * 4, true);
     }
   }
   cp_async_commit();
-  if (SUBS > 1) {
-    // The table (and cp.async weights) came by every thread's copies: with
-    // sub-blocks no later barrier is the whole block's.
-    cp_async_wait<0>();
-    __syncthreads();
-  }
 
   // The thread's 8 accumulators (nf, jj) are channels n0 + wn + 8 tq + 2 nf + jj
   // (fast_chan_of_col): bit 8 tq + 2 nf + jj of the warp's packed word.
@@ -697,10 +656,10 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
     // refilled (with the next tile, overlapping this tile's GEMM) and erec
     // rewritten. rows[] is double-buffered: it is written before this
     // barrier, while a slower warp may still read the previous tile's half.
-    sub_sync();
+    __syncthreads();
     if (mt + mstep < a.mtiles) load_tile(buf ^ 1, mt + mstep);
     cp_async_commit();
-    const uint32_t as_addr = abase + buf * L.abytes;
+    const uint32_t as_addr = smem_u32(fsm + (buf ? L.a1 : L.a0));
     const int4* rows_t = rows + buf * kFastBM + wm + gq;  // row wm + gq + dr: rows_t[dr]
 
     // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
@@ -760,7 +719,11 @@ __global__ void __launch_bounds__(SUBS * kFastThreads, 3 - SUBS)
         erec[r] = make_int2(need_x1 ? rd.x - 2 * x1acc[2 * hh] : 0, rd.z);
       }
     }
-    named_sync(1 + (warp >> 2) + 2 * sub, 128);
+    // (Constant barrier ids: a register id makes ptxas reserve all 16.)
+    if (warp < 4)
+      asm volatile("bar.sync 1, 128;\n" ::: "memory");
+    else
+      asm volatile("bar.sync 2, 128;\n" ::: "memory");
 
     // ---- epilogue straight from the accumulators; ch: the thread's first
     // channel within the block (8 consecutive ones). Row r = wm + gq + dr,

@@ -171,15 +171,6 @@ PYBIND11_MODULE(_cuda, m) {
       "A benchmark knob, results are the same. Process-wide.");
   m.def("get_fast_fused_prep", []() { return binconv::cuda::fast_fused_prep(); });
   m.def(
-      "set_fast_subblocks", [](bool on) { binconv::cuda::set_fast_subblocks(on); },
-      py::arg("on"),
-      "Where the fast kernel's shared memory allows one block per SM only: two sub-blocks of "
-      "256 threads in one block sharing the weights (True, the default) or one block of 256 "
-      "(False). A benchmark knob, results are the same. Process-wide.");
-  m.def("get_fast_subblocks", []() { return binconv::cuda::fast_subblocks(); });
-  m.def("last_fast_subblocks", []() { return binconv::cuda::last_fast_subblocks(); },
-        "Sub-blocks per block of the most recent fast-kernel call (0 before any).");
-  m.def(
       "last_weight_copy",
       []() {
         const int v = binconv::cuda::last_weight_copy();

@@ -7,8 +7,7 @@ change results), so that run-to-run and card-to-card spread cancels out.
 Knobs (default first): tma=1|0 (input slots by tensor map or cp.async),
 pdl=1|0 (programmatic dependent launch), wcopy=2|1|0 (weights by one
 tensor-map box, bulk row copies or cp.async), fprep=1|0 (float x: packing
-and tables in one kernel or two), pipe=1|0|2 (the K loop loading the next
-step ahead where one block per SM fits anyway, never, always).
+and tables in one kernel or two).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -34,11 +33,11 @@ from jax_binconv._bench_layers import LAYERS  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, pipe=1)
+    v = dict(tma=1, pdl=1, wcopy=2, fprep=1)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
-            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wcopy, fprep, pipe)")
+            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wcopy, fprep)")
         v[key] = int(val)
     return v
 
@@ -48,7 +47,6 @@ def apply_variant(mod, v):
     mod.set_fast_pdl(bool(v["pdl"]))
     mod.set_fast_weight_copy(["cp.async", "bulk", "tensor_map"][v["wcopy"]])
     mod.set_fast_fused_prep(bool(v["fprep"]))
-    mod.set_fast_pipeline(["never", "auto", "always"][v["pipe"]])
 
 
 def main(argv=None):

@@ -632,10 +632,6 @@ def _expect_path(policy, case=None):
             o = FAST_CASES[case][1]
             want = ("tensor_map" if o % 32 == 0 else "bulk") if _sm90() else "cp.async"
             assert mod.last_weight_copy() == want
-            # C = 512 at 7x7 (case 2: ~144 KB of shared memory) fits one block
-            # per SM of an H100 / H200, so it runs the pipelined K loop.
-            if case == 2 and _sm90():
-                assert mod.last_fast_pipeline() is True
 
 
 @pytest.mark.parametrize("t", ["xnor", "and"])
@@ -671,18 +667,15 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 @pytest.mark.parametrize("case", [1, 2, 8])
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
                                         ("fast_weight_copy", "cp.async"),
-                                        ("fast_fused_prep", False),
-                                        ("fast_pipeline", "always"),
-                                        ("fast_pipeline", "never")])
+                                        ("fast_fused_prep", False)])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
     programmatic dependent launch off (set_fast_pdl(False), the launch path
     of drivers that refuse it) and the weights by one bulk copy per channel
     row or by 16-byte cp.async (what GPUs before sm_90 run) instead of one
     tensor-map box; float x packed by a kernel of its own before the tables
-    kernel instead of both in one; the K loop loading the next step ahead
-    (double-buffered, one block per SM) on every call or on none. Packed and
-    float results still equal the reference."""
+    kernel instead of both in one. Packed and float results still equal the
+    reference."""
     mod = _cuda_mod()
     old = getattr(mod, "get_" + knob)()
     getattr(mod, "set_" + knob)(value)
@@ -697,22 +690,17 @@ def test_fast_kernel_knobs(knob, value, case):
             assert mod.last_kernel() == "fast"
             if knob == "fast_weight_copy" and _sm90():
                 assert mod.last_weight_copy() == value
-            if knob == "fast_pipeline":
-                assert mod.last_fast_pipeline() == (value == "always")
         assert getattr(mod, "get_" + knob)() == value
     finally:
         getattr(mod, "set_" + knob)(old)
         jax.clear_caches()
 
 
-def test_fast_knobs_reject_unknown_modes():
+def test_fast_weight_copy_knob_rejects_unknown_mode():
     mod = _cuda_mod()
     with pytest.raises(ValueError, match="tensor_map"):
         mod.set_fast_weight_copy("tma")
     assert mod.get_fast_weight_copy() == "tensor_map"
-    with pytest.raises(ValueError, match="always"):
-        mod.set_fast_pipeline("sometimes")
-    assert mod.get_fast_pipeline() == "auto"
 
 
 @pytest.mark.parametrize("beta", [False, True])

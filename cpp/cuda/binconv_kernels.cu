@@ -1126,8 +1126,6 @@ std::atomic<bool> g_pdl{true};        // set_fast_pdl
 std::atomic<int> g_wcopy{kWeightsTensorMap};  // set_fast_weight_copy: the most wanted
 std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
 std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
-std::atomic<int> g_pipe{1};  // set_fast_pipeline: 0 never, 1 where one block per SM, 2 always
-std::atomic<int> g_last_pipe{-1};
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1391,24 +1389,15 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   if (err != cudaSuccess) return err;
   const uint64_t bit = uint64_t(1) << (dev & 63);
   if (!(attr_set.load(std::memory_order_relaxed) & bit)) {
-    err = cudaFuncSetAttribute(fast_conv_kernel<EPI, 0>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, di.optin);
-    if (err == cudaSuccess)
-      err = cudaFuncSetAttribute(fast_conv_kernel<EPI, 1>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, di.optin);
+    err = cudaFuncSetAttribute(fast_conv_kernel<EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               di.optin);
     if (err != cudaSuccess) return err;
     attr_set.fetch_or(bit, std::memory_order_relaxed);
   }
   // Blocks per SM: registers allow 2 (__launch_bounds__), shared memory as
   // computed here (what cudaOccupancyMaxActiveBlocksPerMultiprocessor gives,
   // without its cost on every call).
-  int per_sm = std::max(1, std::min(2, di.smem_sm / (smem + di.reserved)));
-  // The pipelined K loop (one block per SM by its registers) where shared
-  // memory allows one block per SM anyway (L4), or always / never (knob).
-  const int pipe_mode = g_pipe.load(std::memory_order_relaxed);
-  const bool pipe = pipe_mode == 2 || (pipe_mode == 1 && per_sm == 1);
-  if (pipe) per_sm = 1;
-  g_last_pipe.store(pipe ? 1 : 0, std::memory_order_relaxed);
+  const int per_sm = std::max(1, std::min(2, di.smem_sm / (smem + di.reserved)));
   const int sms = di.sms;
   const long long items = (long long)a.mtiles * a.ntiles;
   const long long cap = (long long)sms * std::max(per_sm, 1);
@@ -1419,8 +1408,7 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   cfg.blockDim = dim3(kFastThreads);
   cfg.dynamicSmemBytes = (size_t)smem;
   cfg.stream = stream;
-  if (pipe) return launch_pdl(cfg, fast_conv_kernel<EPI, 1>, a, map, wmap);
-  return launch_pdl(cfg, fast_conv_kernel<EPI, 0>, a, map, wmap);
+  return launch_pdl(cfg, fast_conv_kernel<EPI>, a, map, wmap);
 }
 
 cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
@@ -1449,9 +1437,6 @@ void set_fast_weight_copy(int mode) { g_wcopy.store(mode, std::memory_order_rela
 int fast_weight_copy() { return g_wcopy.load(std::memory_order_relaxed); }
 int last_weight_copy() { return g_last_wcopy.load(std::memory_order_relaxed); }
 void set_fast_fused_prep(bool on) { g_fused_prep.store(on, std::memory_order_relaxed); }
-void set_fast_pipeline(int mode) { g_pipe.store(mode, std::memory_order_relaxed); }
-int fast_pipeline() { return g_pipe.load(std::memory_order_relaxed); }
-int last_fast_pipeline() { return g_last_pipe.load(std::memory_order_relaxed); }
 bool fast_fused_prep() { return g_fused_prep.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }

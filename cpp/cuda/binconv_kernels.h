@@ -87,14 +87,6 @@ int last_weight_copy();
 // Process-wide, read at every call.
 void set_fast_fused_prep(bool on);
 bool fast_fused_prep();
-// The fast kernel's K loop with the next step's fragments loaded ahead
-// (double-buffered registers, one block per SM): 0 never, 1 where shared
-// memory allows one block per SM anyway (default), 2 always. A benchmark
-// knob, same results. Process-wide, read at every call.
-void set_fast_pipeline(int mode);
-int fast_pipeline();
-// Whether the last fast-kernel call ran the pipelined loop: 1, 0, -1 before any.
-int last_fast_pipeline();
 bool tma_slots();
 // Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1
 // before any fast call.

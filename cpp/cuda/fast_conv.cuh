@@ -421,12 +421,8 @@ __device__ __forceinline__ bool fast_slot_row(const FastArgs& a, int row0, int i
   return true;
 }
 
-// PIPE: the K loop loads the next step's fragments before this step's MMAs,
-// double-buffered in registers (~150 of them: one block per SM, for calls
-// whose shared memory allows only one anyway); else two blocks per SM at
-// 128 registers, which the plain loop fits.
-template <int EPI, int PIPE>
-__global__ void __launch_bounds__(kFastThreads, PIPE ? 1 : 2)
+template <int EPI>
+__global__ void __launch_bounds__(kFastThreads, 2)
     fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
                      const __grid_constant__ CUtensorMap wmap) {
   extern __shared__ __align__(128) unsigned char fsm[];
@@ -681,43 +677,9 @@ __global__ void __launch_bounds__(kFastThreads, PIPE ? 1 : 2)
     // runs for AND too, unused.
     auto kloop = [&](auto wq_const) {
       constexpr int WQ = decltype(wq_const)::value;
-      const int* kp = ktab + half;
-      if constexpr (PIPE != 0) {
-        uint32_t af[2][4][4], bf[2][2][4];
-        // Step i's fragments into buffer s. i = ks reads the two padding
-        // entries of ktab (offset 0) and weight chunks 2 ks, 2 ks + 1 (the
-        // row's padding, the next row's first chunk): in bounds, unused.
-        auto load = [&](int s, int i) {
-          const int koff = kp[2 * i];
-#pragma unroll
-          for (int mf = 0; mf < 4; ++mf) ldmatrix_x4_at(af[s][mf], abyte[mf] + koff);
-          ldmatrix_x4_at(bf[s][0], bb0 + 32 * i);
-          ldmatrix_x4_at(bf[s][1], bb0 + 32 * i + bstep1);
-        };
-        auto mmas = [&](int s, int i) {
-          const uint32_t x1b1 = 2 * i + 1 < a.kc ? kFull : 0u;
-#pragma unroll
-          for (int mf = 0; mf < 4; ++mf) {
-#pragma unroll
-            for (int nf = 0; nf < 4; ++nf)
-              mma_b1_and(acc[mf][nf], af[s][mf], bf[s][nf >> 1][(nf & 1) * 2],
-                         bf[s][nf >> 1][(nf & 1) * 2 + 1]);
-            if (mf == WQ) mma_b1_and(x1acc, af[s][mf], kFull, x1b1);
-          }
-        };
-        load(0, 0);
-        int i = 0;
-        for (; i + 1 < a.ks; i += 2) {
-          load(1, i + 1);
-          mmas(0, i);
-          load(0, i + 2);
-          mmas(1, i + 1);
-        }
-        if (i < a.ks) mmas(0, i);  // odd ks: the last step, loaded above
-        return;
-      }
       // The chunk offsets are read one K step ahead (their shared-memory
       // latency sat between each step's first instructions).
+      const int* kp = ktab + half;
       int koff = kp[0];
 #pragma unroll 2
       for (int i = 0; i < a.ks; ++i, bb0 += 32) {

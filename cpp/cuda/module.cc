@@ -170,29 +170,6 @@ PYBIND11_MODULE(_cuda, m) {
       "the default, where that grid has at most 8192 blocks) or two kernels in turn (False). "
       "A benchmark knob, results are the same. Process-wide.");
   m.def("get_fast_fused_prep", []() { return binconv::cuda::fast_fused_prep(); });
-  static const char* const kPipelines[] = {"never", "auto", "always"};
-  m.def(
-      "set_fast_pipeline",
-      [](const std::string& mode) {
-        for (int i = 0; i < 3; ++i)
-          if (mode == kPipelines[i]) return binconv::cuda::set_fast_pipeline(i);
-        throw py::value_error("set_fast_pipeline: mode must be 'auto', 'always' or 'never', got '" +
-                              mode + "'");
-      },
-      py::arg("mode"),
-      "The fast kernel's K loop with the next step's fragments loaded ahead (double-buffered "
-      "registers, one block per SM): 'auto' (the default: where shared memory allows one block "
-      "per SM anyway), 'always' or 'never'. A benchmark knob, results are the same. "
-      "Process-wide.");
-  m.def("get_fast_pipeline",
-        []() { return std::string(kPipelines[binconv::cuda::fast_pipeline()]); });
-  m.def(
-      "last_fast_pipeline",
-      []() {
-        const int v = binconv::cuda::last_fast_pipeline();
-        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
-      },
-      "Whether the most recent fast-kernel call ran the pipelined K loop (None: none yet).");
   m.def(
       "last_weight_copy",
       []() {

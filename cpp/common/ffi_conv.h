@@ -48,6 +48,17 @@ namespace binconv {
 
 namespace ffi = ::xla::ffi;
 
+// The result, with kWorkspace a second one (the device workspace of
+// docs/ffi.md), then the attributes: the tail of both bindings below.
+template <bool kWorkspace, typename Binding>
+auto bind_conv2d_results(Binding b) {
+  auto with_result = std::move(b).template Ret<ffi::AnyBuffer>();
+  if constexpr (kWorkspace)
+    return std::move(with_result).template Ret<ffi::AnyBuffer>().template Attrs<ConvAttrs>();
+  else
+    return std::move(with_result).template Attrs<ConvAttrs>();
+}
+
 // Appends the operands (x, w, input_bias, input_scale, output_scale,
 // output_bias), the result and the attributes to a binding that already
 // holds the handler's context, e.g. bind_conv2d(ffi::Ffi::Bind().Ctx<...>()).
@@ -56,18 +67,13 @@ namespace ffi = ::xla::ffi;
 // follows the first.
 template <bool kWorkspace = false, typename Binding>
 auto bind_conv2d(Binding b) {
-  auto with_result = std::move(b)
-                         .template Arg<ffi::AnyBuffer>()  // x
-                         .template Arg<ffi::AnyBuffer>()  // w
-                         .template Arg<ffi::AnyBuffer>()  // input_bias
-                         .template Arg<ffi::AnyBuffer>()  // input_scale
-                         .template Arg<ffi::AnyBuffer>()  // output_scale
-                         .template Arg<ffi::AnyBuffer>()  // output_bias
-                         .template Ret<ffi::AnyBuffer>();
-  if constexpr (kWorkspace)
-    return std::move(with_result).template Ret<ffi::AnyBuffer>().template Attrs<ConvAttrs>();
-  else
-    return std::move(with_result).template Attrs<ConvAttrs>();
+  return bind_conv2d_results<kWorkspace>(std::move(b)
+                                             .template Arg<ffi::AnyBuffer>()   // x
+                                             .template Arg<ffi::AnyBuffer>()   // w
+                                             .template Arg<ffi::AnyBuffer>()   // input_bias
+                                             .template Arg<ffi::AnyBuffer>()   // input_scale
+                                             .template Arg<ffi::AnyBuffer>()   // output_scale
+                                             .template Arg<ffi::AnyBuffer>());  // output_bias
 }
 
 // The binding of targets whose four per-channel vectors come as one operand
@@ -79,15 +85,10 @@ auto bind_conv2d(Binding b) {
 // on every call. kWorkspace: a second result, the workspace (CUDA).
 template <bool kWorkspace = false, typename Binding>
 auto bind_conv2d_affine(Binding b) {
-  auto with_result = std::move(b)
-                         .template Arg<ffi::AnyBuffer>()  // x
-                         .template Arg<ffi::AnyBuffer>()  // w
-                         .template Arg<ffi::AnyBuffer>()  // affine
-                         .template Ret<ffi::AnyBuffer>();
-  if constexpr (kWorkspace)
-    return std::move(with_result).template Ret<ffi::AnyBuffer>().template Attrs<ConvAttrs>();
-  else
-    return std::move(with_result).template Attrs<ConvAttrs>();
+  return bind_conv2d_results<kWorkspace>(std::move(b)
+                                             .template Arg<ffi::AnyBuffer>()   // x
+                                             .template Arg<ffi::AnyBuffer>()   // w
+                                             .template Arg<ffi::AnyBuffer>());  // affine
 }
 
 inline std::string dims_str(ffi::AnyBuffer::Dimensions d) {

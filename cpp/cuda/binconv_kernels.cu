@@ -283,7 +283,7 @@ __device__ int2 packed_threshold(float sc, float bi, int act, float slope, int a
 
 // The x part of prep_kernel (block bid of its x blocks): packs float x (modes
 // 1, 3) or counts the bits of packed x (mode 2). Also run by
-// fast_prep_tables_kernel.
+// fast_tables_kernel (float x on the fast kernel).
 __device__ __forceinline__ void prep_x(const PrepArgs& a, int bid) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (a.mode_x == 1) {
@@ -1283,11 +1283,7 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   return true;
 }
 
-// The 5-d tensor map of packed x for the slot copies (sm_90): dimensions,
-// innermost first, 2 x 8 bytes (one 16-byte chunk), p chunks, W, H, N; a box
-// is one chunk plane of wslot pixels of one row. False where the driver has
-// no cuTensorMapEncodeTiled or refuses these dimensions: the kernel then
-// copies with cp.async.
+// cuTensorMapEncodeTiled, looked up once (null where the driver lacks it).
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
@@ -1303,18 +1299,31 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encode;
 }
 
-bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
+// A 5-d map of 8-byte elements at ptr (16-byte aligned), dense boxes, zeros
+// outside the tensor; false where the driver has no encoder or refuses.
+bool encode_map_5d(CUtensorMap* map, const void* ptr, const cuuint64_t (&dims)[5],
+                   const cuuint64_t (&strides)[4], const cuuint32_t (&box)[5],
+                   CUtensorMapL2promotion promotion) {
   const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr || a.wslot > 256 || reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+  if (encode == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
+  const cuuint32_t estride[5] = {1, 1, 1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT64, 5, const_cast<void*>(ptr), dims, strides, box,
+                estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, promotion,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// The 5-d tensor map of packed x for the slot copies (sm_90): dimensions,
+// innermost first, 2 x 8 bytes (one 16-byte chunk), p chunks, W, H, N; a box
+// is one chunk plane of wslot pixels of one row. False where the driver has
+// no cuTensorMapEncodeTiled or refuses these dimensions: the kernel then
+// copies with cp.async.
+bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
+  if (a.wslot > 256) return false;
   const cuuint64_t p = (cuuint64_t)a.p, w = (cuuint64_t)a.w, h = (cuuint64_t)a.h;
   const cuuint64_t dims[5] = {2, p, w, h, (cuuint64_t)a.n};
   const cuuint64_t strides[4] = {16, 16 * p, 16 * p * w, 16 * p * w * h};
   const cuuint32_t box[5] = {2, 1, (cuuint32_t)a.wslot, 1, 1};
-  const cuuint32_t estride[5] = {1, 1, 1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT64, 5, const_cast<void*>(x), dims, strides, box,
-                estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return encode_map_5d(map, x, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
 }
 
 // The 5-d tensor map of the weights ([O][kc] 16-byte chunks) that copies a
@@ -1327,19 +1336,12 @@ bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
 // elements); otherwise, or where the driver refuses, the rows are copied one
 // by one.
 bool make_w_tensor_map(const FastArgs& a, const void* w, CUtensorMap* map) {
-  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr || a.o % 32 != 0 || a.pitch_b > 128 ||
-      reinterpret_cast<uintptr_t>(w) % 16 != 0)
-    return false;
+  if (a.o % 32 != 0 || a.pitch_b > 128) return false;
   const cuuint64_t row = 16 * (cuuint64_t)a.kc;  // bytes per channel row
   const cuuint64_t dims[5] = {2 * (cuuint64_t)a.kc, 2, 4, 4, (cuuint64_t)a.o / 32};
   const cuuint64_t strides[4] = {row, 8 * row, 2 * row, 32 * row};
   const cuuint32_t box[5] = {2 * (cuuint32_t)a.pitch_b, 2, 4, 4, kFastBN / 32};
-  const cuuint32_t estride[5] = {1, 1, 1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT64, 5, const_cast<void*>(w), dims, strides, box,
-                estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return encode_map_5d(map, w, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 // Programmatic dependent launch (sm_90) of the fast kernels; where a launch
@@ -1362,20 +1364,13 @@ cudaError_t launch_pdl(cudaLaunchConfig_t cfg, void (*kernel)(KArgs...), Args&&.
   return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
-cudaError_t launch_fast_tables(const FastArgs& a, cudaStream_t stream) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3((unsigned)(a.opad / 8));
-  cfg.blockDim = dim3(256);
-  cfg.stream = stream;
-  return launch_pdl(cfg, fast_tables_kernel, a);
-}
-
-cudaError_t launch_fast_prep_tables(const PrepArgs& pa, const FastArgs& a, cudaStream_t stream) {
+// The tables, after pa.xblocks blocks of x packing (0: none).
+cudaError_t launch_fast_tables(const PrepArgs& pa, const FastArgs& a, cudaStream_t stream) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3((unsigned)(pa.xblocks + a.opad / 8));
   cfg.blockDim = dim3(256);
   cfg.stream = stream;
-  return launch_pdl(cfg, fast_prep_tables_kernel, pa, a);
+  return launch_pdl(cfg, fast_tables_kernel, pa, a);
 }
 
 template <int EPI>
@@ -1575,7 +1570,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     pa.xblocks = (int)((pl.nhw * pl.g + kThreads - 1) / kThreads);
   }
   // The fast kernel with float x: the packing and the tables in one kernel
-  // (fast_prep_tables_kernel, launched below) where its grid is at most
+  // (fast_tables_kernel, launched below) where its grid is at most
   // kFusedPrepMaxBlocks blocks. It lets the convolution start at once (its
   // blocks then wait in pdl_wait, holding SMs): measured faster up to L3 at
   // N = 256 (6304 blocks, 1.05x) and slower for L7 at N = 256 (100k blocks,
@@ -1608,7 +1603,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     fa.out = b.out;
     fa.tab = at<int>(scratch, pl.off_ftab);
     fa.x_late = fused_prep ? 1 : 0;
-    err = fused_prep ? launch_fast_prep_tables(pa, fa, stream) : launch_fast_tables(fa, stream);
+    err = launch_fast_tables(fused_prep ? pa : PrepArgs{}, fa, stream);
     if (err != cudaSuccess) return err;
     return launch_fast(fa, fa.thr ? EPI_THR : (p.out_packed ? EPI_PACKED : EPI_FLOAT), fsmem,
                        stream);

@@ -66,6 +66,10 @@ int last_kernel_path();
 // or by cp.async (older GPUs, or where the map cannot be encoded). Tests
 // turn it off to cover the cp.async path on sm_90. Process-wide.
 void set_tma_slots(bool on);
+bool tma_slots();
+// Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1
+// before any fast call.
+int last_tma_slots();
 // Programmatic dependent launch of the fast kernel's two kernels (default
 // on; a benchmark knob, same results either way). Process-wide, read at
 // every call.
@@ -87,10 +91,6 @@ int last_weight_copy();
 // Process-wide, read at every call.
 void set_fast_fused_prep(bool on);
 bool fast_fused_prep();
-bool tma_slots();
-// Whether the last fast-kernel call used tensor-map copies: 1, 0, or -1
-// before any fast call.
-int last_tma_slots();
 
 // Enqueues the whole convolution on `stream`. `scratch` holds
 // scratch_bytes(p) bytes, aligned to 64 (16 would do). Returns the first CUDA error

@@ -39,7 +39,7 @@
 // borders and the interior), listed by the host. A small kernel run before
 // the convolution (fast_tables_kernel, one warp per output channel, launched
 // ahead of it with programmatic dependent launch; for float x together with
-// its packing, fast_prep_tables_kernel) tabulates per (box class,
+// its packing) tabulates per (box class,
 // channel) the column term, or for packed output without beta the bound B
 // with the column term folded in: the output bit is the sign of
 // (kmul P + row term - B), flipped per channel (the monotone activations give
@@ -106,7 +106,7 @@ struct FastArgs {
   int dyback;  // rows back that share input rows with a row (k0 = dh / gcd(sh, dh))
   FastDiv div_kh;
   int tma_x;  // slots by tensor-map copies (sm_90, map encoded by the host)
-  int x_late;  // x written by the kernel just before (fast_prep_tables_kernel): read after pdl_wait
+  int x_late;  // x written by the kernel just before (fast_tables_kernel's prep_x): read after pdl_wait
   int wcopy;  // weights by: kWeightsTensorMap, kWeightsBulk (sm_90) or kWeightsCpAsync
   int pitch_b;      // chunks per weight row in shared memory (odd)
   int mtiles, ntiles;
@@ -247,29 +247,21 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 #endif
 }
-// One box of the 5-d map of packed x (see make_x_tensor_map): 16-byte chunk
-// c of pixels [x0, x0 + wslot) of input row iy of image img; coordinates
-// outside the tensor read as zeros (the padding).
-__device__ __forceinline__ void tensor_copy_slot(uint32_t dst, const void* map, int c, int x0,
-                                                 int iy, int img, uint32_t bar) {
+// One box of a 5-d tensor map at coordinates (c0, ..., c4), innermost first,
+// into shared memory at dst, completing on the mbarrier bar; coordinates
+// outside the tensor read as zeros. The maps (binconv_kernels.cu): packed x
+// (make_x_tensor_map: box = chunk c of pixels [x0, x0 + wslot) of input row
+// iy of image img, at (0, c, x0, iy, img); zeros are the padding) and the
+// weights (make_w_tensor_map: box = the block's 128 channel rows from slab
+// slab0 on, in fast_chan_of_col order, pitch_b chunks each, at (0, 0, 0, 0,
+// slab0)).
+__device__ __forceinline__ void tensor_copy_5d(uint32_t dst, const void* map, int c0, int c1,
+                                               int c2, int c3, int c4, uint32_t bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile(
       "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(c), "r"(x0), "r"(iy), "r"(img), "r"(bar)
-      : "memory");
-#endif
-}
-// The block's weights as one box of the 5-d weight map (make_w_tensor_map):
-// 128 channel rows of slab0 * 32 on, in fast_chan_of_col order, each
-// pitch_b chunks long (chunks past the row, and rows past O, read as zeros).
-__device__ __forceinline__ void tensor_copy_weights(uint32_t dst, const void* map, int slab0,
-                                                    uint32_t bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile(
-      "cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(0), "r"(0), "r"(0), "r"(slab0), "r"(bar)
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4), "r"(bar)
       : "memory");
 #endif
 }
@@ -363,20 +355,15 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
   if (a.thr && lane == 0) a.tab[(long long)ncls * a.opad + o] = flip;
 }
 
-// Launched with programmatic serialization too (sm_90): it may start while
-// the kernel before it (which may have written w, x or the vectors) ends, so
-// it waits for that kernel's completion before anything else, and only then
-// lets the convolution start (whose prologue reads w, and x unless x_late).
-__global__ void __launch_bounds__(256) fast_tables_kernel(FastArgs a) {
-  pdl_wait();
-  pdl_launch_dependents();
-  fast_tables_block(a, blockIdx.x);
-}
-
-// Float x: its packing (prep_x, the first pa.xblocks blocks) and the tables
-// (the rest) in one launch instead of two kernels in turn. The convolution
-// then reads x only after its wait (a.x_late).
-__global__ void __launch_bounds__(256) fast_prep_tables_kernel(PrepArgs pa, FastArgs a) {
+// The tables (fast_tables_block, a.opad / 8 blocks) after pa.xblocks blocks
+// of prep_x: with float x its packing in the same launch instead of a kernel
+// of its own before (the convolution then reads x only after its wait,
+// a.x_late); else pa.xblocks = 0. Launched with programmatic serialization
+// too (sm_90): it may start while the kernel before it (which may have
+// written w, x or the vectors) ends, so it waits for that kernel's
+// completion before anything else, and only then lets the convolution start
+// (whose prologue reads w, and x unless x_late).
+__global__ void __launch_bounds__(256) fast_tables_kernel(PrepArgs pa, FastArgs a) {
   pdl_wait();
   pdl_launch_dependents();
   if ((int)blockIdx.x < pa.xblocks)
@@ -467,7 +454,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         int srow, iy, img;
         if (!fast_slot_row(a, row0, img0, q >> a.logp, srow, iy, img)) continue;
         mbar_expect_tx(bar, (uint32_t)(16 * a.wslot));
-        tensor_copy_slot(as + 16 * (c * plane + srow * a.wslot), &xmap, c, -a.pl, iy, img, bar);
+        tensor_copy_5d(as + 16 * (c * plane + srow * a.wslot), &xmap, 0, c, -a.pl, iy, img, bar);
       }
       mbar_arrive(bar);
       return;
@@ -513,7 +500,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // The box's bytes, zero-filled parts included, complete the phase.
     if (tid == 0) {
       mbar_arrive_expect_tx(wbar, (uint32_t)(kFastBN * a.pitch_b * 16));
-      tensor_copy_weights(smem_u32(bs), &wmap, n0 / 32, wbar);
+      tensor_copy_5d(smem_u32(bs), &wmap, 0, 0, 0, 0, n0 / 32, wbar);
     }
   } else if (wbulk) {
     if (tid == 0)
@@ -731,6 +718,26 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     const int ch = wn + 8 * tq;
     const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
     const int2* er_t = erec + wm + gq;
+    // The float epilogue of row k (channels ch + c, c < 8): affine, then
+    // the activation (EPI_FLOAT stores it, EPI_PACKED its sign bit).
+    auto row_values = [&](int k, float (&val)[8]) {
+      const int mf = k >> 1, hh = k & 1;
+      const int2 e = er_t[8 * k];
+      const float beta = __int_as_float(rows_t[8 * k].y);
+      const int* tb = tab_s + e.y + ch;  // the row's class, the 8 channels
+#pragma unroll
+      for (int nf = 0; nf < 4; ++nf) {
+        const int2 ct = *reinterpret_cast<const int2*>(tb + 2 * nf);
+        val[2 * nf] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh] + e.x + ct.x),
+                                      csc[ch + 2 * nf], beta, cbi[ch + 2 * nf]);
+        val[2 * nf + 1] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh + 1] + e.x + ct.y),
+                                          csc[ch + 2 * nf + 1], beta, cbi[ch + 2 * nf + 1]);
+      }
+#pragma unroll
+      for (int c = 0; c < 8; ++c)
+        val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
+                              : apply_act_select(val[c], asel);
+    };
     if (EPI != EPI_FLOAT) {
       // Packed output. Each thread builds, for its 8 rows and 8 channels,
       // two words: word g holds rows k = 4 g .. 4 g + 3, row k's byte
@@ -760,19 +767,12 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         const int o = n0 + ch;
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-          const int mf = k >> 1, hh = k & 1;
-          const int2 e = er_t[8 * k];
-          const float beta = __int_as_float(rows_t[8 * k].y);
-          const int* tb = tab_s + e.y + ch;
+          float val[8];
+          row_values(k, val);
           uint32_t bits = 0;
 #pragma unroll
-          for (int c = 0; c < 8; ++c) {
-            const int ct = tb[c];
-            float val = epilogue_affine((float)(kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + e.x + ct),
-                                        csc[ch + c], beta, cbi[ch + c]);
-            val = asel.general ? fast_act_general(val, a.act, a.slope) : apply_act_select(val, asel);
-            if (o + c < a.o) bits |= bin_bit(val) << c;
-          }
+          for (int c = 0; c < 8; ++c)
+            if (o + c < a.o) bits |= bin_bit(val[c]) << c;
           wd[k >> 2] |= bits << (8 * (k & 3));
         }
       }
@@ -797,24 +797,9 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     } else {
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        const int mf = k >> 1, hh = k & 1;
-        const int2 e = er_t[8 * k];
-        const float beta = __int_as_float(rows_t[8 * k].y);
         const int m = m0 + wm + gq + 8 * k;
-        const int* tb = tab_s + e.y + ch;  // the row's class, the 8 channels
-        float val[8];                      // channels ch + c
-#pragma unroll
-        for (int nf = 0; nf < 4; ++nf) {
-          const int2 ct = *reinterpret_cast<const int2*>(tb + 2 * nf);
-          val[2 * nf] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh] + e.x + ct.x),
-                                        csc[ch + 2 * nf], beta, cbi[ch + 2 * nf]);
-          val[2 * nf + 1] = epilogue_affine((float)(kmul * acc[mf][nf][2 * hh + 1] + e.x + ct.y),
-                                            csc[ch + 2 * nf + 1], beta, cbi[ch + 2 * nf + 1]);
-        }
-#pragma unroll
-        for (int c = 0; c < 8; ++c)
-          val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
-                                : apply_act_select(val[c], asel);
+        float val[8];  // channels ch + c
+        row_values(k, val);
         const int o = n0 + ch;
         if (m < a.m) {
           // The 4 lanes of a row write 32 consecutive channels: 128 bytes.

@@ -1313,16 +1313,17 @@ bool encode_map_5d(CUtensorMap* map, const void* ptr, const cuuint64_t (&dims)[5
 }
 
 // The 5-d tensor map of packed x for the slot copies (sm_90): dimensions,
-// innermost first, 2 x 8 bytes (one 16-byte chunk), p chunks, W, H, N; a box
-// is one chunk plane of wslot pixels of one row. False where the driver has
+// innermost first, 2 x 8 bytes (one 16-byte chunk), W, p chunks, H, N (the
+// pixel before the chunk: a box lands chunk-planar); a box is a whole slot
+// row, wslot pixels x p chunks of one input row. False where the driver has
 // no cuTensorMapEncodeTiled or refuses these dimensions: the kernel then
 // copies with cp.async.
 bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
-  if (a.wslot > 256) return false;
+  if (a.wslot > 256 || a.p > 256) return false;
   const cuuint64_t p = (cuuint64_t)a.p, w = (cuuint64_t)a.w, h = (cuuint64_t)a.h;
-  const cuuint64_t dims[5] = {2, p, w, h, (cuuint64_t)a.n};
-  const cuuint64_t strides[4] = {16, 16 * p, 16 * p * w, 16 * p * w * h};
-  const cuuint32_t box[5] = {2, 1, (cuuint32_t)a.wslot, 1, 1};
+  const cuuint64_t dims[5] = {2, w, p, h, (cuuint64_t)a.n};
+  const cuuint64_t strides[4] = {16 * p, 16, 16 * p * w, 16 * p * w * h};
+  const cuuint32_t box[5] = {2, (cuuint32_t)a.wslot, (cuuint32_t)a.p, 1, 1};
   return encode_map_5d(map, x, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
 }
 

@@ -107,7 +107,8 @@ LIST
     sanfast)
       # compute-sanitizer on the fast kernels (fast_conv_kernel, fast_tables_kernel), one process per selection.
       san_list fast_ 120 sanitize_fast <<'LIST'
-memcheck:fast_kernel_packed_io and auto and (0-xnor or 2-and or 4-xnor or 7-and)
+memcheck:fast_kernel_packed_io and auto and (0-xnor or 2-and)
+memcheck:fast_kernel_packed_io and auto and (4-xnor or 7-and)
 memcheck:fast_kernel_float_io and auto and (1-xnor or 3-and or 5-xnor or 8-and)
 memcheck:fast_kernel_persistent
 racecheck:fast_kernel_packed_io and auto and (1-xnor or 6-and)
@@ -137,11 +138,12 @@ LIST
       ;;
     ktimes)
       # Every kernel of a few calls under ncu (duration, DRAM bytes): which
-      # kernels a call runs and what each costs. $KT_LAYERS: layer:N:io list.
+      # kernels a call runs and what each costs. $KT_LAYERS: layer:N:io list;
+      # KT_CACHE=none keeps the caches warm between kernels (ncu flushes them by default).
       for spec in ${KT_LAYERS:-L3:256:float}; do
         IFS=: read -r pl pn pio <<<"$spec"
         stamp "kernel times $pl $pn $pio"
-        timeout 120 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+        timeout 120 ncu --cache-control ${KT_CACHE:-all} --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
           --csv --page raw python3 benchmarks/gpu_profile.py "$pl" "$pn" auto "$pio" 2 >"$OUT/kt_${pl}_${pn}_${pio}.csv" 2>&1
         python3 - "$OUT/kt_${pl}_${pn}_${pio}.csv" <<'PY'
 import csv, sys

@@ -286,6 +286,23 @@ __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, 
   // test 32 points spread over the range, the first true one and the one
   // before it bound the edge.
   int l = amin, h = amax + 1;
+  // First the 32 points from 15 below the zero of the affine part (v sc +
+  // bi = 0 at v = -bi / sc), where the edge of most activations lies: one
+  // round finds it there, else narrows the range to one side of them.
+  {
+    const float c = fminf(fmaxf(-bi / sc, (float)l), (float)h);  // (NaN: l)
+    const int v0 = max(l, min((int)c - 15, h));
+    const int v = min(v0 + lane, h);
+    const bool g = v > amax || f(v) == up;
+    const unsigned bal = __ballot_sync(kFull, g);
+    if (bal & 1u) {
+      h = v0;  // g(v0): the edge is at v0 or below
+    } else if (bal) {
+      l = h = min(v0 + __ffs(bal) - 1, h);  // g false before it, true there
+    } else {
+      l = v0 + 32;  // g false up to v0 + 31 < h (lanes past h read g(h), true)
+    }
+  }
   while (h > l) {
     const int step = (h - l) / 32 + 1;
     const int v = min(l + lane * step, h);
@@ -314,11 +331,21 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
   // Lanes take (tap, chunk) pairs, so that the loads of a row go out
   // together (a lane per tap looping over its chunks waited for each load
   // in turn: at N = 1 the convolution waits for this kernel).
+  // Four loads per lane in flight before their popcounts are added (one
+  // at a time, each waited for its load: at N = 1 this kernel's time is on
+  // the convolution's critical path).
   if (real) {
     const uint4* src = a.wt + (long long)o * a.kc;
-    for (int q = lane; q < a.kc; q += 32) {
-      const uint4 v = __ldg(src + q);
-      atomicAdd(&ps[q >> a.logp], __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w));
+    for (int q0 = lane; q0 < a.kc; q0 += 4 * 32) {
+      uint4 v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        v[j] = q0 + 32 * j < a.kc ? __ldg(src + q0 + 32 * j) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (q0 + 32 * j < a.kc)
+          atomicAdd(&ps[(q0 + 32 * j) >> a.logp],
+                    __popc(v[j].x) + __popc(v[j].y) + __popc(v[j].z) + __popc(v[j].w));
     }
   }
   // thr: the bit is 1 for acc >= B (flip 1) or acc < B (flip 0): the sign
@@ -568,18 +595,27 @@ __global__ void __launch_bounds__(kFastThreads, 2)
 
   if (!tma && !a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
   cp_async_commit();
-  // This block's rows of the (class, channel) table, once fast_tables_kernel
-  // (launched just before) is done; x_late: the first tile's slots too.
-  pdl_wait();
-  if (a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
-  {
+  // This block's rows of the (class, channel) table, written by
+  // fast_tables_kernel (launched just before): read after pdl_wait. With
+  // float x (x_late) the first tile's slots wait for that kernel too (it
+  // packs x), and the table comes with them; else only the first tile's
+  // epilogue needs it: the wait comes after that tile's GEMM, which so
+  // overlaps the tables kernel (at N = 1, one tile per block, that kernel's
+  // time was on the critical path).
+  auto load_tab = [&]() {
+    pdl_wait();
     constexpr int per_row = kFastBN * 4 / 16;  // chunks per table row
     for (int q = tid; q < fast_tab_rows(a) * per_row; q += kFastThreads) {
       const int row = q / per_row, j = q - row * per_row;
       cp_async<16>(fsm + L.tab + q * 16, a.tab + (long long)row * a.opad + n0 + j * 4, true);
     }
+    cp_async_commit();
+  };
+  if (a.x_late) {
+    pdl_wait();
+    if (mt0 < a.mtiles) load_tile(0, mt0);
+    load_tab();
   }
-  cp_async_commit();
 
   // The thread's 8 accumulators (nf, jj) are channels n0 + wn + 8 tq + 2 nf + jj
   // (fast_chan_of_col): bit 8 tq + 2 nf + jj of the warp's packed word.
@@ -638,7 +674,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
                     ((yc & 255) * a.ncx + (xc & 255)) * kFastBN, 16 * (srow * rowpitch + x * a.sw));
     }
     if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(it >> 1) & 1);  // this tile's slots
-    cp_async_wait<0>();  // the slots (cp.async), the first time the table too
+    cp_async_wait<0>();  // the slots (cp.async); x_late: the first time the table too
     // The tile's barrier: the slots and rows[] are visible, and every warp
     // is past the previous tile's epilogue, so the other buffer may be
     // refilled (with the next tile, overlapping this tile's GEMM) and erec
@@ -694,6 +730,11 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       case 1: kloop(std::integral_constant<int, 1>{}); break;
       case 2: kloop(std::integral_constant<int, 2>{}); break;
       default: kloop(std::integral_constant<int, 3>{}); break;
+    }
+    if (it == 0 && !a.x_late) {  // the table, before the first epilogue
+      load_tab();
+      cp_async_wait<0>();
+      __syncthreads();
     }
     // The epilogue record of the two rows whose X1 this warp has (rows
     // wm + 16 wq + gq and + 8): the whole row term (XNOR: less 2 X1; AND: 0)

@@ -174,7 +174,7 @@ PY
       ;;
     pytest)
       # tests/ files and a -k selection: PYTEST_FILES, PYTEST_K
-      stamp "pytest $PYTEST_FILES -k $PYTEST_K"
+      stamp "pytest ${PYTEST_FILES:-tests/test_gpu.py} -k ${PYTEST_K:-}"
       timeout 300 python3 -m pytest ${PYTEST_FILES:-tests/test_gpu.py} -q -x -rs -k "${PYTEST_K:-}" >"$OUT/pytest.log" 2>&1
       echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
       grep -E "^(FAILED|ERROR)|Error|error:" "$OUT/pytest.log" | head -20

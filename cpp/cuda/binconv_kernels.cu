@@ -1335,10 +1335,19 @@ bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
 // (4), nf (4), slabs (O / 32). Only for O a multiple of 32 (a partial slab
 // would read rows past the tensor) and pitch_b <= 128 (the box's 256
 // elements); otherwise, or where the driver refuses, the rows are copied one
-// by one.
-bool make_w_tensor_map(const FastArgs& a, const void* w, CUtensorMap* map) {
+// by one. float_order: the float epilogue's order (fast_chan_of_col_float).
+bool make_w_tensor_map(const FastArgs& a, const void* w, bool float_order, CUtensorMap* map) {
   if (a.o % 32 != 0 || a.pitch_b > 128) return false;
   const cuuint64_t row = 16 * (cuuint64_t)a.kc;  // bytes per channel row
+  if (float_order) {
+    // fast_chan_of_col_float: channel 16 nh + 4 tq + 2 nl + jj of shared
+    // row jj + 2 tq + 8 nl + 16 nh (nh and the slab merge into one dimension
+    // of O / 16 half-slabs, stride 16 rows; the box reads the block's 8).
+    const cuuint64_t dims[5] = {2 * (cuuint64_t)a.kc, 2, 4, 2, (cuuint64_t)a.o / 16};
+    const cuuint64_t strides[4] = {row, 4 * row, 2 * row, 16 * row};
+    const cuuint32_t box[5] = {2 * (cuuint32_t)a.pitch_b, 2, 4, 2, kFastBN / 16};
+    return encode_map_5d(map, w, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+  }
   const cuuint64_t dims[5] = {2 * (cuuint64_t)a.kc, 2, 4, 4, (cuuint64_t)a.o / 32};
   const cuuint64_t strides[4] = {row, 8 * row, 2 * row, 32 * row};
   const cuuint32_t box[5] = {2 * (cuuint32_t)a.pitch_b, 2, 4, 4, kFastBN / 32};
@@ -1415,8 +1424,9 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
   g_last_tma.store(a.tma_x, std::memory_order_relaxed);
   const int want = g_wcopy.load(std::memory_order_relaxed);
   a.wcopy = !sm90 || want == kWeightsCpAsync ? kWeightsCpAsync
-            : want == kWeightsTensorMap && make_w_tensor_map(a, a.wt, &wmap) ? kWeightsTensorMap
-                                                                             : kWeightsBulk;
+            : want == kWeightsTensorMap && make_w_tensor_map(a, a.wt, epi == EPI_FLOAT, &wmap)
+                ? kWeightsTensorMap
+                : kWeightsBulk;
   g_last_wcopy.store(a.wcopy, std::memory_order_relaxed);
   if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, map, wmap, smem, stream);
   if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, map, wmap, smem, stream);

@@ -52,8 +52,11 @@
 // MMA columns are permuted (fast_chan_of_col) so that a thread's 8
 // accumulators of a row are 8 consecutive channels: a packed byte (sign bits
 // shifted in with funnel shifts, 3 instructions per output; the 4 lanes of a
-// row group then swap bytes so that each stores two whole 32-channel words)
-// or 32 bytes of float output per thread and row.
+// row group then swap bytes so that each stores two whole 32-channel words).
+// For float output (fast_chan_of_col_float) they are two runs of 4
+// channels, 16 apart, so that each of the two 16-byte stores of the 4 lanes
+// of a row covers 64 contiguous bytes (two whole sectors; with 8 consecutive
+// channels per lane each store covered half of four sectors).
 //
 // Per-tile work outside the MMAs is kept to a few instructions per row: row
 // geometry with multiply-shift division, box classes and valid-tap counts
@@ -141,6 +144,17 @@ __host__ __device__ inline int fast_tab_rows(const FastArgs& a) { return a.ncy *
 // p is then channel p of the slab, as the output layout wants).
 __host__ __device__ inline int fast_chan_of_col(int f) {  // column f -> channel
   return (f & ~31) | (((f & 7) >> 1) << 3) | (((f >> 3) & 3) << 1) | (f & 1);
+}
+// EPI_FLOAT's order: column f = 8 nf + 2 tq + jj holds channel 16 (nf >> 1)
+// + 4 tq + 2 (nf & 1) + jj: a thread's accumulators (nf, jj) are channels
+// 4 tq .. 4 tq + 3 (nf 0, 1) and 16 + 4 tq .. 16 + 4 tq + 3 (nf 2, 3).
+__host__ __device__ inline int fast_chan_of_col_float(int f) {
+  return (f & ~31) | (((f >> 4) & 1) << 4) | (((f >> 1) & 3) << 2) | (((f >> 3) & 1) << 1) |
+         (f & 1);
+}
+template <int EPI>
+__host__ __device__ inline int chan_of_col(int f) {
+  return EPI == EPI_FLOAT ? fast_chan_of_col_float(f) : fast_chan_of_col(f);
 }
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
@@ -528,13 +542,13 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // The box's bytes, zero-filled parts included, complete the phase.
     if (tid == 0) {
       mbar_arrive_expect_tx(wbar, (uint32_t)(kFastBN * a.pitch_b * 16));
-      tensor_copy_5d(smem_u32(bs), &wmap, 0, 0, 0, 0, n0 / 32, wbar);
+      tensor_copy_5d(smem_u32(bs), &wmap, 0, 0, 0, 0, EPI == EPI_FLOAT ? n0 / 16 : n0 / 32, wbar);
     }
   } else if (wbulk) {
     if (tid == 0)
       mbar_arrive_expect_tx(wbar, (uint32_t)(min(kFastBN, a.o - n0) * a.kc * 16));
     if (tid < kFastBN) {
-      const int o = n0 + fast_chan_of_col(tid);
+      const int o = n0 + chan_of_col<EPI>(tid);
       if (o < a.o) {
         bulk_copy_to_smem(smem_u32(bs + tid * a.pitch_b), a.wt + (long long)o * a.kc,
                           (uint32_t)(a.kc * 16), wbar);
@@ -545,7 +559,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   } else {
     for (int q = tid; q < kFastBN * a.kc; q += kFastThreads) {
       const int r = fdiv(q, a.div_kc), k = q - r * a.kc;
-      const int o = n0 + fast_chan_of_col(r);
+      const int o = n0 + chan_of_col<EPI>(r);
       const bool ok = o < a.o;
       cp_async<16>(bs + r * a.pitch_b + k, a.wt + (long long)(ok ? o : 0) * a.kc + k, ok);
     }
@@ -762,15 +776,20 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     const int2* er_t = erec + wm + gq;
     // The float epilogue of row k (channels ch + c, c < 8): affine, then
     // the activation (EPI_FLOAT stores it, EPI_PACKED its sign bit).
+    // Channel (within the block) of accumulator c = 2 nf + jj of a row
+    // (EPI_FLOAT: fast_chan_of_col_float's order).
+    auto chan = [&](int c) {
+      return EPI == EPI_FLOAT ? wn + 4 * tq + (c & 3) + 16 * (c >> 2) : ch + c;
+    };
     auto row_values = [&](int k, float (&val)[8]) {
       const int mf = k >> 1, hh = k & 1;
       const int2 e = er_t[8 * k];
       const float beta = __int_as_float(rows_t[8 * k].y);
-      const int* tb = tab_s + e.y + ch;  // the row's class, the 8 channels
+      const int* tb = tab_s + e.y;  // the row's class
       int iv[8];
 #pragma unroll
       for (int nf = 0; nf < 4; ++nf) {
-        const int2 ct = *reinterpret_cast<const int2*>(tb + 2 * nf);
+        const int2 ct = *reinterpret_cast<const int2*>(tb + chan(2 * nf));
         iv[2 * nf] = kmul * acc[mf][nf][2 * hh] + e.x + ct.x;
         iv[2 * nf + 1] = kmul * acc[mf][nf][2 * hh + 1] + e.x + ct.y;
       }
@@ -780,11 +799,11 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       if (a.beta) {
 #pragma unroll
         for (int c = 0; c < 8; ++c)
-          val[c] = epilogue_affine((float)iv[c], csc[ch + c], beta, cbi[ch + c]);
+          val[c] = epilogue_affine((float)iv[c], csc[chan(c)], beta, cbi[chan(c)]);
       } else {
 #pragma unroll
         for (int c = 0; c < 8; ++c)
-          val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv[c], csc[ch + c]), cbi[ch + c]);
+          val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv[c], csc[chan(c)]), cbi[chan(c)]);
       }
       if (a.act != ACT_LINEAR) {
 #pragma unroll
@@ -853,22 +872,25 @@ __global__ void __launch_bounds__(kFastThreads, 2)
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         const int m = m0 + wm + gq + 8 * k;
-        float val[8];  // channels ch + c
+        float val[8];  // channels chan(c)
         row_values(k, val);
-        const int o = n0 + ch;
+        const int o = n0 + wn + 4 * tq;  // val[0..3]: o..o+3; val[4..7]: o+16..o+19
         if (m < a.m) {
-          // The 4 lanes of a row write 32 consecutive channels: 128 bytes.
+          // The 4 lanes of a row write channels 0-15 of their 32, then
+          // 16-31: 64 contiguous bytes per store.
           float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
-          if ((a.o & 3) == 0 && o + 8 <= a.o) {
+          if ((a.o & 3) == 0 && o + 20 <= a.o) {
             // Streaming stores: the result is not read again by this
             // kernel, and kept out of L2 it leaves room for x and weights.
             __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
-            __stcs(reinterpret_cast<float4*>(dst) + 1,
+            __stcs(reinterpret_cast<float4*>(dst + 16),
                    make_float4(val[4], val[5], val[6], val[7]));
           } else {
 #pragma unroll
-            for (int c = 0; c < 8; ++c)
-              if (o + c < a.o) dst[c] = val[c];
+            for (int c = 0; c < 8; ++c) {
+              const int d = (c & 3) + 16 * (c >> 2);
+              if (o + d < a.o) dst[d] = val[c];
+            }
           }
         }
       }

@@ -264,11 +264,12 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 // One box of a 5-d tensor map at coordinates (c0, ..., c4), innermost first,
 // into shared memory at dst, completing on the mbarrier bar; coordinates
 // outside the tensor read as zeros. The maps (binconv_kernels.cu): packed x
-// (make_x_tensor_map: box = chunk c of pixels [x0, x0 + wslot) of input row
-// iy of image img, at (0, c, x0, iy, img); zeros are the padding) and the
-// weights (make_w_tensor_map: box = the block's 128 channel rows from slab
-// slab0 on, in fast_chan_of_col order, pitch_b chunks each, at (0, 0, 0, 0,
-// slab0)).
+// (make_x_tensor_map: box = pixels [x0, x0 + wslot) x all p chunks of input
+// row iy of image img, at (0, x0, 0, iy, img); zeros are the padding) and
+// the weights (make_w_tensor_map: box = the block's 128 channel rows from
+// slab slab0 on, in fast_chan_of_col order, pitch_b chunks each, at (0, 0,
+// 0, 0, slab0); for EPI_FLOAT in fast_chan_of_col_float order, at (0, 0, 0,
+// 0, 2 slab0)).
 __device__ __forceinline__ void tensor_copy_5d(uint32_t dst, const void* map, int c0, int c1,
                                                int c2, int c3, int c4, uint32_t bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -343,11 +344,10 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
   for (int tap = lane; tap < a.t; tap += 32) ps[tap] = 0;
   __syncwarp();
   // Lanes take (tap, chunk) pairs, so that the loads of a row go out
-  // together (a lane per tap looping over its chunks waited for each load
-  // in turn: at N = 1 the convolution waits for this kernel).
-  // Four loads per lane in flight before their popcounts are added (one
-  // at a time, each waited for its load: at N = 1 this kernel's time is on
-  // the convolution's critical path).
+  // together, four per lane in flight before their popcounts are added (a
+  // lane per tap looping over its chunks, or one load at a time, waited for
+  // each load in turn: at N = 1 this kernel's time is on the convolution's
+  // critical path).
   if (real) {
     const uint4* src = a.wt + (long long)o * a.kc;
     for (int q0 = lane; q0 < a.kc; q0 += 4 * 32) {
@@ -632,7 +632,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   }
 
   // The thread's 8 accumulators (nf, jj) are channels n0 + wn + 8 tq + 2 nf + jj
-  // (fast_chan_of_col): bit 8 tq + 2 nf + jj of the warp's packed word.
+  // (fast_chan_of_col): bit 8 tq + 2 nf + jj of the warp's packed word
+  // (EPI_FLOAT: n0 + wn + 16 (nf >> 1) + 4 tq + 2 (nf & 1) + jj, see chan).
   const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32, wq = warp & 3;
   const int gq = lane >> 2, tq = lane & 3;
   const int kmul = a.type == XNOR ? 4 : 1;

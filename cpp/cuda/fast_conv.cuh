@@ -473,7 +473,6 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   const int n0 = nt * kFastBN;
 
   const int rowpitch = a.wslot * a.p;  // chunks per slot row
-  const int per_slot = rowpitch;
   const uint32_t wbar = smem_u32(fsm + L.mbar);
   const uint32_t sbar0 = wbar + 8;  // slot buffer b: sbar0 + 8 b
   const bool tma = kFastTma && a.tma_x;
@@ -508,7 +507,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       const bool rowok = img < a.n && (unsigned)iy < (unsigned)a.h;
       const uint32_t row_chunk = (uint32_t)((img * a.h + iy) * a.w) * (uint32_t)a.p;
       const uint32_t dst_slot = as + 16 * srow * rowpitch;
-      for (int q = lane; q < per_slot; q += 32) {
+      for (int q = lane; q < rowpitch; q += 32) {
         const int2 e = ltab[q];
         const bool ok = rowok && e.y >= 0;
         const uint4* src = a.x + (ok ? row_chunk + (uint32_t)e.y : 0u);
@@ -595,7 +594,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   tabulate(xcls, vt(128), a.wo, a.sw, a.pl, a.w, a.kw, a.dw, a.cx_c, a.cx_d, a.ncx);
   // Per slot element q (pixel px, chunk c): destination chunk in the slot
   // (chunk-planar) and source chunk in the input row, -1 outside the image.
-  for (int q = tid; !tma && q < per_slot; q += kFastThreads) {
+  for (int q = tid; !tma && q < rowpitch; q += kFastThreads) {
     const int px = q >> a.logp, c = q & (a.p - 1);
     const int ix = px - a.pl;
     ltab[q] = make_int2(c * a.wslot + px, (unsigned)ix < (unsigned)a.w ? ix * a.p + c : -1);
@@ -875,12 +874,12 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         const int m = m0 + wm + gq + 8 * k;
         float val[8];  // channels chan(c)
         row_values(k, val);
-        const int o = n0 + wn + 4 * tq;  // val[0..3]: o..o+3; val[4..7]: o+16..o+19
+        const int o = n0 + chan(0);  // val[c]: channel n0 + chan(c), dst[chan(c) - chan(0)]
         if (m < a.m) {
           // The 4 lanes of a row write channels 0-15 of their 32, then
           // 16-31: 64 contiguous bytes per store.
           float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
-          if ((a.o & 3) == 0 && o + 20 <= a.o) {
+          if ((a.o & 3) == 0 && o + 20 <= a.o) {  // o + 19 = n0 + chan(7)
             // Streaming stores: the result is not read again by this
             // kernel, and kept out of L2 it leaves room for x and weights.
             __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
@@ -889,7 +888,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
           } else {
 #pragma unroll
             for (int c = 0; c < 8; ++c) {
-              const int d = (c & 3) + 16 * (c >> 2);
+              const int d = chan(c) - chan(0);
               if (o + d < a.o) dst[d] = val[c];
             }
           }

@@ -134,8 +134,19 @@ def test_slot_plan_random_geometries():
         checked += 1
 
 
+def test_slot_plan_c64_is_the_c128_plan():
+    """C = 64 runs the fast kernel too (two 8-byte pixels per slot unit): the
+    slot rows it copies do not depend on C."""
+    for geo in LAYERS[:1] + LAYERS[4:5] + [(3, 9, 13, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2)]:
+        p64 = _cuda().fast_slot_plan(**_geometry(*geo, c=64))
+        assert p64 is not None and p64 == _cuda().fast_slot_plan(**_geometry(*geo)), geo
+        check_plan(_geometry(*geo, c=64), max_tiles=60)
+
+
 def test_slot_plan_none_where_the_fast_kernel_does_not_apply():
-    assert _cuda().fast_slot_plan(**_geometry(2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, c=64)) is None
+    for c in (32, 96, 192, 384):  # neither 64 nor a power-of-two multiple of 128
+        g = _geometry(2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, c=c)
+        assert _cuda().fast_slot_plan(**g) is None, c
     g = dict(_geometry(2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, c=256), groups=2)
     assert _cuda().fast_slot_plan(**g) is None
     with pytest.raises(ValueError, match="fast_slot_plan"):

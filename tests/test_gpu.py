@@ -589,7 +589,18 @@ FAST_CASES = [
     (128, 48, (17, 9), 2, (5, 3), (3, 1), (2, 1), "SAME"),  # stride 3, dilation 2: no row shared
     (256, 96, (20, 6), 5, (3, 1), (2, 1), 1, ((1, 1), (0, 0))),  # stride 2 across images
     (128, 160, (1, 40), 7, (3, 3), 1, 1, "SAME"),     # one row per image: a boundary per row
+    # C = 64: two 8-byte pixels per 16-byte K chunk (taps dx, dx + 1 where
+    # the dilation along x is 1, else one tap and an unused half)
+    (64, 64, (12, 10), 3, (3, 3), 1, 1, "SAME"),
+    (64, 128, (15, 14), 2, (3, 3), 2, 1, "SAME"),      # L5's stride 2
+    (64, 40, (9, 13), 3, (3, 3), 1, (1, 2), "SAME"),   # dilation 2 along x: a tap per chunk
+    (64, 70, (6, 8), 2, (1, 1), 1, 1, "VALID"),        # 1x1: one tap, half a chunk
+    (64, 33, (7, 9), 4, (2, 4), (1, 3), 1, ((1, 0), (2, 1))),  # even kw, stride 3
+    (64, 96, (5, 6), 2, (3, 3), 1, 1, ((3, 3), (3, 3))),  # rows and columns with no valid tap
+    (64, 50, (8, 11), 2, (1, 5), 1, 1, "SAME"),        # kw = 5: taps (0, 1), (2, 3), (4, -)
 ]
+# C = 64 cases: slots and weights by cp.async on every GPU.
+_C64_CASES = {i for i, case in enumerate(FAST_CASES) if case[0] == 64}
 # Fast-kernel cases whose slot row is wider than 256 pixels (the tensor
 # map's box limit): cp.async copies them on every GPU.
 _NO_TMA_CASES = {11}
@@ -623,14 +634,17 @@ def _expect_path(policy, case=None):
     mod = _cuda_mod()
     assert mod.last_kernel() == ("general" if policy == "general" else "fast")
     if policy != "general":
-        tma = policy == "auto" and _sm90() and case not in _NO_TMA_CASES
+        tma = (policy == "auto" and _sm90() and case not in _NO_TMA_CASES
+               and case not in _C64_CASES)
         assert mod.last_tma_slots() == tma
         if case is not None:
             # Weights: one tensor-map box where O is a multiple of 32 (every
             # case's K is short enough), else a bulk copy per row; cp.async
-            # before sm_90.
+            # before sm_90 and for C = 64.
             o = FAST_CASES[case][1]
             want = ("tensor_map" if o % 32 == 0 else "bulk") if _sm90() else "cp.async"
+            if case in _C64_CASES:
+                want = "cp.async"
             assert mod.last_weight_copy() == want
 
 

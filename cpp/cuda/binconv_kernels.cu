@@ -1170,8 +1170,12 @@ cudaError_t dev_info(DevInfo* out) {
 // parameters are outside what it handles. Depends on the parameters only
 // (no device, no pointers): workspace_bytes sizes the fast plan with it.
 bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
-  if (p.type == BINARY_WEIGHTS || p.groups != 1 || p.c % 128 != 0) return false;
-  const long long pch = p.c / 128;
+  // C = 64 ("half" mode): a 16-byte K chunk is two pixels of 64 channels,
+  // taps dx and dx + 1 where dw = 1, else one tap and an unused upper half
+  // (see fast_conv.cuh).
+  const bool half = p.c == 64;
+  if (p.type == BINARY_WEIGHTS || p.groups != 1 || (!half && p.c % 128 != 0)) return false;
+  const long long pch = half ? 1 : p.c / 128;
   if ((pch & (pch - 1)) != 0 || pch > 64) return false;
   const long long ho = p.ho(), wo = p.wo();
   const long long m = p.n * ho * wo;
@@ -1185,7 +1189,10 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
   a.p = (int)pch;
   a.logp = logp;
   a.t = (int)(p.kh * p.kw);
-  a.kc = a.t * a.p;
+  a.half = half ? 1 : 0;
+  a.tpc = half && p.dil_w == 1 ? 2 : 1;
+  a.nj = (int)((p.kw + a.tpc - 1) / a.tpc);
+  a.kc = half ? (int)p.kh * a.nj : a.t * a.p;
   a.ks = (a.kc + 1) / 2;
   a.pitch_b = 2 * a.ks + 1;
   a.rmax = (int)((kFastBM - 1) / wo + 2);
@@ -1420,10 +1427,12 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
   CUtensorMap map{}, wmap{};
   DevInfo di;
   const bool sm90 = dev_info(&di) == cudaSuccess && di.major >= 9;
-  a.tma_x = sm90 && g_tma_slots.load() && make_x_tensor_map(a, a.x, &map);
+  // C = 64: both by cp.async (a slot unit is two 8-byte pixels, a weight
+  // chunk two 8-byte taps: no tensor-map box has those layouts).
+  a.tma_x = !a.half && sm90 && g_tma_slots.load() && make_x_tensor_map(a, a.x, &map);
   g_last_tma.store(a.tma_x, std::memory_order_relaxed);
   const int want = g_wcopy.load(std::memory_order_relaxed);
-  a.wcopy = !sm90 || want == kWeightsCpAsync ? kWeightsCpAsync
+  a.wcopy = a.half || !sm90 || want == kWeightsCpAsync ? kWeightsCpAsync
             : want == kWeightsTensorMap && make_w_tensor_map(a, a.wt, epi == EPI_FLOAT, &wmap)
                 ? kWeightsTensorMap
                 : kWeightsBulk;

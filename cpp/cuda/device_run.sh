@@ -118,6 +118,15 @@ racecheck:fast_kernel_packed_io and auto and (4-and or 12-xnor)
 memcheck:fast_kernel_packed_io and auto and (12-xnor or 13-and or 14-xnor)
 LIST
       ;;
+    sanc64)
+      # compute-sanitizer on the fast kernels' C = 64 cases (FAST_CASES 15-21).
+      san_list fast_ 120 sanitize_c64 <<'LIST'
+memcheck:fast_kernel_packed_io and auto and (15-xnor or 16-and or 17-xnor or 21-and)
+memcheck:fast_kernel_float_io and auto and (18-xnor or 19-and or 20-xnor or 16-xnor)
+racecheck:fast_kernel_packed_io and auto and (15-and or 19-xnor)
+racecheck:fast_kernel_float_io and auto and (17-and or 20-xnor)
+LIST
+      ;;
     prof)
       # ncu of the fast kernel: one launch per $PROF_LAYERS entry (layer:N:io),
       # summary sections as text, SASS source counters (stall samples) as CSV.

@@ -103,6 +103,10 @@ struct FastArgs {
   FastDiv div_wo, div_ho, div_kc;
   int kh, kw, sh, sw, dh, dw, pt, pl;
   int t, p, logp, kc, ks;  // taps, chunks per pixel, log2 p, K chunks, K steps
+  // C = 64 (half): a 16-byte slot unit holds pixels u and u + 1, a K chunk
+  // taps (dy, tpc j) and (dy, tpc j + 1) (tpc = 2 where dw = 1; the second
+  // half unused where tpc = 1 or past kw), nj chunks per tap row; p = 1.
+  int half, tpc, nj;
   int rmax, wslot;  // output rows a tile can touch (bound); pixels per slot (multiple of 8)
   int srows, erow;  // slot rows per tile buffer (bound); extra rows per image boundary (E)
   unsigned long long dymask;  // taps dy whose row is new for a row dyback rows into its image
@@ -159,7 +163,7 @@ __host__ __device__ inline int chan_of_col(int f) {
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
-  int b, a0, a1, ktab, tab, csc, cbi, rows, erec, ycls, xcls, ltab, mbar, total;
+  int b, a0, a1, ktab, x1m, tab, csc, cbi, rows, erec, ycls, xcls, ltab, mbar, total;
 };
 __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   const int a_chunks = a.srows * a.wslot * a.p;
@@ -176,6 +180,7 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   s.a1 = take(a_chunks * 16);
   s.b = take(kFastBN * a.pitch_b * 16);
   s.ktab = take((2 * a.ks + 2) * 4);  // + 2: the K loop reads one step ahead
+  s.x1m = take(a.half ? (a.ks + 1) * 16 : 0);  // half: the X1 MMA's B masks per K step
   s.tab = take(fast_tab_rows(a) * kFastBN * 4);
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
@@ -183,7 +188,7 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   s.erec = take(kFastBM * 8);
   s.ycls = take(a.ho * 4);
   s.xcls = take(a.wo * 4);
-  s.ltab = take(a.wslot * a.p * 8);
+  s.ltab = take(a.wslot * a.p * (a.half ? 16 : 8));
   s.mbar = take(24);  // mbarriers (sm_90): the weight copy, then the slots of buffer 0 and 1
   s.total = off;
   return s;
@@ -348,7 +353,13 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
   // lane per tap looping over its chunks, or one load at a time, waited for
   // each load in turn: at N = 1 this kernel's time is on the convolution's
   // critical path).
-  if (real) {
+  if (real && a.half) {  // C = 64: 8 bytes per tap
+    const uint2* src = reinterpret_cast<const uint2*>(a.wt) + (long long)o * a.t;
+    for (int tap = lane; tap < a.t; tap += 32) {
+      const uint2 v = __ldg(src + tap);
+      ps[tap] = __popc(v.x) + __popc(v.y);
+    }
+  } else if (real) {
     const uint4* src = a.wt + (long long)o * a.kc;
     for (int q0 = lane; q0 < a.kc; q0 += 4 * 32) {
       uint4 v[4];
@@ -507,6 +518,16 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       const bool rowok = img < a.n && (unsigned)iy < (unsigned)a.h;
       const uint32_t row_chunk = (uint32_t)((img * a.h + iy) * a.w) * (uint32_t)a.p;
       const uint32_t dst_slot = as + 16 * srow * rowpitch;
+      if (a.half) {  // 8-byte pixels, two per slot unit (ltab: 8-byte indices)
+        for (int q = lane; q < 2 * rowpitch; q += 32) {
+          const int2 e = ltab[q];
+          const bool ok = rowok && e.y >= 0;
+          const uint2* src = reinterpret_cast<const uint2*>(a.x) + (ok ? row_chunk + (uint32_t)e.y : 0u);
+          asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst_slot + 8 * e.x),
+                       "l"(src), "r"(ok ? 8 : 0));
+        }
+        continue;
+      }
       for (int q = lane; q < rowpitch; q += 32) {
         const int2 e = ltab[q];
         const bool ok = rowok && e.y >= 0;
@@ -555,6 +576,19 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         for (int k = 0; k < a.kc; ++k) bs[tid * a.pitch_b + k] = make_uint4(0, 0, 0, 0);
       }
     }
+  } else if (a.half) {
+    // C = 64: chunk k of a row = taps (dy, tpc j + hf), hf = 0, 1 (zeros
+    // where tpc = 1 or past kw), 8 bytes each; weights are [O][t] 8-byte taps.
+    for (int q = tid; q < 2 * kFastBN * a.kc; q += kFastThreads) {
+      const int hf = q & 1, rk = q >> 1;
+      const int r = fdiv(rk, a.div_kc), k = rk - r * a.kc;
+      const int o = n0 + chan_of_col<EPI>(r);
+      const int dy = k / a.nj, dx = (k - dy * a.nj) * a.tpc + hf;
+      const bool ok = o < a.o && hf < a.tpc && dx < a.kw;
+      cp_async<8>(reinterpret_cast<uint2*>(bs + r * a.pitch_b + k) + hf,
+                  reinterpret_cast<const uint2*>(a.wt) + (ok ? (long long)o * a.t + dy * a.kw + dx : 0),
+                  ok);
+    }
   } else {
     for (int q = tid; q < kFastBN * a.kc; q += kFastThreads) {
       const int r = fdiv(q, a.div_kc), k = q - r * a.kc;
@@ -574,12 +608,27 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // Byte offset of K chunk k from a lane's pixel base. The padding chunk
     // (odd kc) reads real data: its weights are zero, and the X1 MMA masks it.
     int e = 0;
-    if (k < a.kc) {
+    if (k < a.kc && a.half) {  // slot unit x sw + tpc j dw: pixels of taps (dy, tpc j [+ 1])
+      const int dy = k / a.nj, dx = (k - dy * a.nj) * a.tpc;
+      e = 16 * (dy * a.dh * rowpitch + dx * a.dw);
+    } else if (k < a.kc) {
       const int tap = k >> a.logp, c = k & (a.p - 1);
       const int dy = tap / a.kw, dx = tap - dy * a.kw;
       e = 16 * (dy * a.dh * rowpitch + c * a.wslot + dx * a.dw);
     }
     ktab[k] = e;
+  }
+  // half: the X1 MMA's B registers per K step i and lane half (tq < 2: the
+  // chunk's first pixel, else its second): ones where that pixel is a tap
+  // (x1m[2 i + h] = masks of chunks 2 i and 2 i + 1).
+  uint2* x1m = reinterpret_cast<uint2*>(fsm + L.x1m);
+  for (int q = vt(64); a.half && q < 2 * (a.ks + 1); q += kFastThreads) {
+    const int i = q >> 1, h = q & 1;
+    auto mask = [&](int k) {
+      const int dx = (k - (k / a.nj) * a.nj) * a.tpc + h;
+      return k < a.kc && h < a.tpc && dx < a.kw ? kFull : 0u;
+    };
+    x1m[q] = make_uint2(mask(2 * i), mask(2 * i + 1));
   }
   // Per output row y / column x: box class index | valid taps along the axis << 8.
   auto tabulate = [&](int* dst, int t0, int extent, int stride, int pad, int size, int k, int dil,
@@ -594,7 +643,13 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   tabulate(xcls, vt(128), a.wo, a.sw, a.pl, a.w, a.kw, a.dw, a.cx_c, a.cx_d, a.ncx);
   // Per slot element q (pixel px, chunk c): destination chunk in the slot
   // (chunk-planar) and source chunk in the input row, -1 outside the image.
-  for (int q = tid; !tma && q < rowpitch; q += kFastThreads) {
+  // half: element q = 8-byte half q & 1 of slot unit q >> 1, pixel (q >> 1)
+  // + (q & 1) of the slot row.
+  for (int q = tid; !tma && a.half && q < 2 * rowpitch; q += kFastThreads) {
+    const int ix = (q >> 1) + (q & 1) - a.pl;
+    ltab[q] = make_int2(q, (unsigned)ix < (unsigned)a.w ? ix : -1);
+  }
+  for (int q = tid; !tma && !a.half && q < rowpitch; q += kFastThreads) {
     const int px = q >> a.logp, c = q & (a.p - 1);
     const int ix = px - a.pl;
     ltab[q] = make_int2(c * a.wslot + px, (unsigned)ix < (unsigned)a.w ? ix * a.p + c : -1);
@@ -713,13 +768,15 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // condition it cost a compare, a predicated MMA and two WARPSYNCs per
     // row fragment and K step: 4.5% of all instructions were WARPSYNC). It
     // runs for AND too, unused.
-    auto kloop = [&](auto wq_const) {
+    auto kloop = [&](auto wq_const, auto half_const) {
       constexpr int WQ = decltype(wq_const)::value;
+      constexpr bool HALF = decltype(half_const)::value;
+      const uint2* x1p = HALF ? reinterpret_cast<const uint2*>(fsm + L.x1m) + (tq >> 1) : nullptr;
       // The chunk offsets are read one K step ahead (their shared-memory
       // latency sat between each step's first instructions).
       const int* kp = ktab + half;
       int koff = kp[0];
-#pragma unroll 2
+#pragma unroll(HALF ? 1 : 2)
       for (int i = 0; i < a.ks; ++i, bb0 += 32) {
         const int knext = kp[2 * i + 2];
         uint32_t af[4][4], bf[2][4];
@@ -727,24 +784,32 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         for (int mf = 0; mf < 4; ++mf) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
         ldmatrix_x4_at(bf[0], bb0);
         ldmatrix_x4_at(bf[1], bb0 + bstep1);
-        const uint32_t x1b1 = 2 * i + 1 < a.kc ? kFull : 0u;
+        // X1's all-ones B: the padding chunk (odd kc) masked; half: per
+        // pixel of a chunk (x1m).
+        const uint2 x1b = HALF ? x1p[2 * i] : make_uint2(kFull, 2 * i + 1 < a.kc ? kFull : 0u);
 #pragma unroll
         for (int mf = 0; mf < 4; ++mf) {
 #pragma unroll
           for (int nf = 0; nf < 4; ++nf)
             mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2],
                        bf[nf >> 1][(nf & 1) * 2 + 1]);
-          if (mf == WQ) mma_b1_and(x1acc, af[mf], kFull, x1b1);
+          if (mf == WQ) mma_b1_and(x1acc, af[mf], x1b.x, x1b.y);
         }
         koff = knext;
       }
     };
-    switch (wq) {
-      case 0: kloop(std::integral_constant<int, 0>{}); break;
-      case 1: kloop(std::integral_constant<int, 1>{}); break;
-      case 2: kloop(std::integral_constant<int, 2>{}); break;
-      default: kloop(std::integral_constant<int, 3>{}); break;
-    }
+    auto kloop_wq = [&](auto half_const) {
+      switch (wq) {
+        case 0: kloop(std::integral_constant<int, 0>{}, half_const); break;
+        case 1: kloop(std::integral_constant<int, 1>{}, half_const); break;
+        case 2: kloop(std::integral_constant<int, 2>{}, half_const); break;
+        default: kloop(std::integral_constant<int, 3>{}, half_const); break;
+      }
+    };
+    if (a.half)
+      kloop_wq(std::true_type{});
+    else
+      kloop_wq(std::false_type{});
     if (it == 0 && !a.x_late) {  // the table, before the first epilogue
       load_tab();
       cp_async_wait<0>();

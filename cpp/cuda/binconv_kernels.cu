@@ -1387,10 +1387,11 @@ cudaError_t launch_fast_tables(const PrepArgs& pa, const FastArgs& a, cudaStream
   cfg.gridDim = dim3((unsigned)(pa.xblocks + a.opad / 8));
   cfg.blockDim = dim3(256);
   cfg.stream = stream;
-  return launch_pdl(cfg, fast_tables_kernel, pa, a);
+  return a.half ? launch_pdl(cfg, fast_tables_kernel<true>, pa, a)
+                : launch_pdl(cfg, fast_tables_kernel<false>, pa, a);
 }
 
-template <int EPI>
+template <int EPI, bool HALF>
 cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUtensorMap& wmap,
                             int smem, cudaStream_t stream) {
   static std::atomic<uint64_t> attr_set{0};
@@ -1401,7 +1402,7 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   if (err != cudaSuccess) return err;
   const uint64_t bit = uint64_t(1) << (dev & 63);
   if (!(attr_set.load(std::memory_order_relaxed) & bit)) {
-    err = cudaFuncSetAttribute(fast_conv_kernel<EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    err = cudaFuncSetAttribute(fast_conv_kernel<EPI, HALF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                di.optin);
     if (err != cudaSuccess) return err;
     attr_set.fetch_or(bit, std::memory_order_relaxed);
@@ -1420,7 +1421,7 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   cfg.blockDim = dim3(kFastThreads);
   cfg.dynamicSmemBytes = (size_t)smem;
   cfg.stream = stream;
-  return launch_pdl(cfg, fast_conv_kernel<EPI>, a, map, wmap);
+  return launch_pdl(cfg, fast_conv_kernel<EPI, HALF>, a, map, wmap);
 }
 
 cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
@@ -1437,9 +1438,14 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
                 ? kWeightsTensorMap
                 : kWeightsBulk;
   g_last_wcopy.store(a.wcopy, std::memory_order_relaxed);
-  if (epi == EPI_THR) return launch_fast_epi<EPI_THR>(a, map, wmap, smem, stream);
-  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED>(a, map, wmap, smem, stream);
-  return launch_fast_epi<EPI_FLOAT>(a, map, wmap, smem, stream);
+  if (a.half) {
+    if (epi == EPI_THR) return launch_fast_epi<EPI_THR, true>(a, map, wmap, smem, stream);
+    if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED, true>(a, map, wmap, smem, stream);
+    return launch_fast_epi<EPI_FLOAT, true>(a, map, wmap, smem, stream);
+  }
+  if (epi == EPI_THR) return launch_fast_epi<EPI_THR, false>(a, map, wmap, smem, stream);
+  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED, false>(a, map, wmap, smem, stream);
+  return launch_fast_epi<EPI_FLOAT, false>(a, map, wmap, smem, stream);
 }
 
 void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_relaxed); }

@@ -103,10 +103,6 @@ struct FastArgs {
   FastDiv div_wo, div_ho, div_kc;
   int kh, kw, sh, sw, dh, dw, pt, pl;
   int t, p, logp, kc, ks;  // taps, chunks per pixel, log2 p, K chunks, K steps
-  // C = 64 (half): a 16-byte slot unit holds pixels u and u + 1, a K chunk
-  // taps (dy, tpc j) and (dy, tpc j + 1) (tpc = 2 where dw = 1; the second
-  // half unused where tpc = 1 or past kw), nj chunks per tap row; p = 1.
-  int half, tpc, nj;
   int rmax, wslot;  // output rows a tile can touch (bound); pixels per slot (multiple of 8)
   int srows, erow;  // slot rows per tile buffer (bound); extra rows per image boundary (E)
   unsigned long long dymask;  // taps dy whose row is new for a row dyback rows into its image
@@ -122,6 +118,11 @@ struct FastArgs {
   int amin, amax;
   int ncy, ncx;  // box classes per axis
   int cy_a[kMaxCls], cy_b[kMaxCls], cx_c[kMaxCls], cx_d[kMaxCls];
+  // C = 64 (half; fast_conv_kernel<EPI, true>): a 16-byte slot unit holds
+  // pixels u and u + 1, a K chunk taps (dy, tpc j) and (dy, tpc j + 1) (tpc
+  // = 2 where dw = 1; the second half unused where tpc = 1 or past kw), nj
+  // chunks per tap row; p = 1.
+  int half, tpc, nj;
 };
 
 // The valid-tap range [lo, hi) along one axis of the output position whose
@@ -165,7 +166,8 @@ __host__ __device__ inline int chan_of_col(int f) {
 struct FastSmem {
   int b, a0, a1, ktab, x1m, tab, csc, cbi, rows, erec, ycls, xcls, ltab, mbar, total;
 };
-__host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
+// (half: a.half, a compile-time constant in the kernel.)
+__host__ __device__ inline FastSmem fast_smem(const FastArgs& a, bool half) {
   const int a_chunks = a.srows * a.wslot * a.p;
   FastSmem s;
   int off = 0;
@@ -180,7 +182,6 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   s.a1 = take(a_chunks * 16);
   s.b = take(kFastBN * a.pitch_b * 16);
   s.ktab = take((2 * a.ks + 2) * 4);  // + 2: the K loop reads one step ahead
-  s.x1m = take(a.half ? (a.ks + 1) * 16 : 0);  // half: the X1 MMA's B masks per K step
   s.tab = take(fast_tab_rows(a) * kFastBN * 4);
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
@@ -188,11 +189,13 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a) {
   s.erec = take(kFastBM * 8);
   s.ycls = take(a.ho * 4);
   s.xcls = take(a.wo * 4);
-  s.ltab = take(a.wslot * a.p * (a.half ? 16 : 8));
+  s.ltab = take(a.wslot * a.p * (half ? 16 : 8));
   s.mbar = take(24);  // mbarriers (sm_90): the weight copy, then the slots of buffer 0 and 1
+  s.x1m = take(half ? (a.ks + 1) * 16 : 0);  // half: the X1 MMA's B masks per K step
   s.total = off;
   return s;
 }
+inline FastSmem fast_smem(const FastArgs& a) { return fast_smem(a, a.half != 0); }
 
 // One warp per output channel (columns o < opad; those past O get entries
 // that never fire / add nothing): the per-(box class, channel) table.
@@ -338,6 +341,7 @@ __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, 
 }
 
 // Block `block` of the tables: 8 channels, a warp each (256 threads).
+template <bool HALF>
 __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) {
   __shared__ int sp[8][kFastMaxTaps];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -353,7 +357,7 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
   // lane per tap looping over its chunks, or one load at a time, waited for
   // each load in turn: at N = 1 this kernel's time is on the convolution's
   // critical path).
-  if (real && a.half) {  // C = 64: 8 bytes per tap
+  if (real && HALF) {  // C = 64: 8 bytes per tap
     const uint2* src = reinterpret_cast<const uint2*>(a.wt) + (long long)o * a.t;
     for (int tap = lane; tap < a.t; tap += 32) {
       const uint2 v = __ldg(src + tap);
@@ -415,13 +419,14 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
 // written w, x or the vectors) ends, so it waits for that kernel's
 // completion before anything else, and only then lets the convolution start
 // (whose prologue reads w, and x unless x_late).
+template <bool HALF>
 __global__ void __launch_bounds__(256) fast_tables_kernel(PrepArgs pa, FastArgs a) {
   pdl_wait();
   pdl_launch_dependents();
   if ((int)blockIdx.x < pa.xblocks)
     prep_x(pa, blockIdx.x);
   else
-    fast_tables_block(a, (int)blockIdx.x - pa.xblocks);
+    fast_tables_block<HALF>(a, (int)blockIdx.x - pa.xblocks);
 }
 
 // A slot row is stored chunk-planar: its plane c (16-byte chunk c of every
@@ -461,13 +466,13 @@ __device__ __forceinline__ bool fast_slot_row(const FastArgs& a, int row0, int i
   return true;
 }
 
-template <int EPI>
+template <int EPI, bool HALF>
 __global__ void __launch_bounds__(kFastThreads, 2)
     fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
                      const __grid_constant__ CUtensorMap wmap) {
   extern __shared__ __align__(128) unsigned char fsm[];
   const int ncls = a.ncy * a.ncx;
-  const FastSmem L = fast_smem(a);
+  const FastSmem L = fast_smem(a, HALF);
   uint4* bs = reinterpret_cast<uint4*>(fsm + L.b);
   int* ktab = reinterpret_cast<int*>(fsm + L.ktab);
   float* csc = reinterpret_cast<float*>(fsm + L.csc);
@@ -518,7 +523,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       const bool rowok = img < a.n && (unsigned)iy < (unsigned)a.h;
       const uint32_t row_chunk = (uint32_t)((img * a.h + iy) * a.w) * (uint32_t)a.p;
       const uint32_t dst_slot = as + 16 * srow * rowpitch;
-      if (a.half) {  // 8-byte pixels, two per slot unit (ltab: 8-byte indices)
+      if (HALF) {  // 8-byte pixels, two per slot unit (ltab: 8-byte indices)
         for (int q = lane; q < 2 * rowpitch; q += 32) {
           const int2 e = ltab[q];
           const bool ok = rowok && e.y >= 0;
@@ -576,7 +581,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         for (int k = 0; k < a.kc; ++k) bs[tid * a.pitch_b + k] = make_uint4(0, 0, 0, 0);
       }
     }
-  } else if (a.half) {
+  } else if (HALF) {
     // C = 64: chunk k of a row = taps (dy, tpc j + hf), hf = 0, 1 (zeros
     // where tpc = 1 or past kw), 8 bytes each; weights are [O][t] 8-byte taps.
     for (int q = tid; q < 2 * kFastBN * a.kc; q += kFastThreads) {
@@ -608,7 +613,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // Byte offset of K chunk k from a lane's pixel base. The padding chunk
     // (odd kc) reads real data: its weights are zero, and the X1 MMA masks it.
     int e = 0;
-    if (k < a.kc && a.half) {  // slot unit x sw + tpc j dw: pixels of taps (dy, tpc j [+ 1])
+    if (k < a.kc && HALF) {  // slot unit x sw + tpc j dw: pixels of taps (dy, tpc j [+ 1])
       const int dy = k / a.nj, dx = (k - dy * a.nj) * a.tpc;
       e = 16 * (dy * a.dh * rowpitch + dx * a.dw);
     } else if (k < a.kc) {
@@ -622,7 +627,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   // chunk's first pixel, else its second): ones where that pixel is a tap
   // (x1m[2 i + h] = masks of chunks 2 i and 2 i + 1).
   uint2* x1m = reinterpret_cast<uint2*>(fsm + L.x1m);
-  for (int q = vt(64); a.half && q < 2 * (a.ks + 1); q += kFastThreads) {
+  for (int q = vt(64); HALF && q < 2 * (a.ks + 1); q += kFastThreads) {
     const int i = q >> 1, h = q & 1;
     auto mask = [&](int k) {
       const int dx = (k - (k / a.nj) * a.nj) * a.tpc + h;
@@ -645,11 +650,11 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   // (chunk-planar) and source chunk in the input row, -1 outside the image.
   // half: element q = 8-byte half q & 1 of slot unit q >> 1, pixel (q >> 1)
   // + (q & 1) of the slot row.
-  for (int q = tid; !tma && a.half && q < 2 * rowpitch; q += kFastThreads) {
+  for (int q = tid; !tma && HALF && q < 2 * rowpitch; q += kFastThreads) {
     const int ix = (q >> 1) + (q & 1) - a.pl;
     ltab[q] = make_int2(q, (unsigned)ix < (unsigned)a.w ? ix : -1);
   }
-  for (int q = tid; !tma && !a.half && q < rowpitch; q += kFastThreads) {
+  for (int q = tid; !tma && !HALF && q < rowpitch; q += kFastThreads) {
     const int px = q >> a.logp, c = q & (a.p - 1);
     const int ix = px - a.pl;
     ltab[q] = make_int2(c * a.wslot + px, (unsigned)ix < (unsigned)a.w ? ix * a.p + c : -1);
@@ -768,9 +773,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // condition it cost a compare, a predicated MMA and two WARPSYNCs per
     // row fragment and K step: 4.5% of all instructions were WARPSYNC). It
     // runs for AND too, unused.
-    auto kloop = [&](auto wq_const, auto half_const) {
+    auto kloop = [&](auto wq_const) {
       constexpr int WQ = decltype(wq_const)::value;
-      constexpr bool HALF = decltype(half_const)::value;
       const uint2* x1p = HALF ? reinterpret_cast<const uint2*>(fsm + L.x1m) + (tq >> 1) : nullptr;
       // The chunk offsets are read one K step ahead (their shared-memory
       // latency sat between each step's first instructions).
@@ -798,18 +802,12 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         koff = knext;
       }
     };
-    auto kloop_wq = [&](auto half_const) {
-      switch (wq) {
-        case 0: kloop(std::integral_constant<int, 0>{}, half_const); break;
-        case 1: kloop(std::integral_constant<int, 1>{}, half_const); break;
-        case 2: kloop(std::integral_constant<int, 2>{}, half_const); break;
-        default: kloop(std::integral_constant<int, 3>{}, half_const); break;
-      }
-    };
-    if (a.half)
-      kloop_wq(std::true_type{});
-    else
-      kloop_wq(std::false_type{});
+    switch (wq) {
+      case 0: kloop(std::integral_constant<int, 0>{}); break;
+      case 1: kloop(std::integral_constant<int, 1>{}); break;
+      case 2: kloop(std::integral_constant<int, 2>{}); break;
+      default: kloop(std::integral_constant<int, 3>{}); break;
+    }
     if (it == 0 && !a.x_late) {  // the table, before the first epilogue
       load_tab();
       cp_async_wait<0>();

@@ -523,7 +523,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       const bool rowok = img < a.n && (unsigned)iy < (unsigned)a.h;
       const uint32_t row_chunk = (uint32_t)((img * a.h + iy) * a.w) * (uint32_t)a.p;
       const uint32_t dst_slot = as + 16 * srow * rowpitch;
-      if (HALF) {  // 8-byte pixels, two per slot unit (ltab: 8-byte indices)
+      if constexpr (HALF) {  // 8-byte pixels, two per slot unit (ltab: 8-byte indices)
         for (int q = lane; q < 2 * rowpitch; q += 32) {
           const int2 e = ltab[q];
           const bool ok = rowok && e.y >= 0;
@@ -531,14 +531,14 @@ __global__ void __launch_bounds__(kFastThreads, 2)
           asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst_slot + 8 * e.x),
                        "l"(src), "r"(ok ? 8 : 0));
         }
-        continue;
-      }
-      for (int q = lane; q < rowpitch; q += 32) {
-        const int2 e = ltab[q];
-        const bool ok = rowok && e.y >= 0;
-        const uint4* src = a.x + (ok ? row_chunk + (uint32_t)e.y : 0u);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_slot + 16 * e.x),
-                     "l"(src), "r"(ok ? 16 : 0));
+      } else {
+        for (int q = lane; q < rowpitch; q += 32) {
+          const int2 e = ltab[q];
+          const bool ok = rowok && e.y >= 0;
+          const uint4* src = a.x + (ok ? row_chunk + (uint32_t)e.y : 0u);
+          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_slot + 16 * e.x),
+                       "l"(src), "r"(ok ? 16 : 0));
+        }
       }
     }
   };
@@ -780,7 +780,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       // latency sat between each step's first instructions).
       const int* kp = ktab + half;
       int koff = kp[0];
-#pragma unroll(HALF ? 1 : 2)
+#pragma unroll(HALF ? 1 : 2)  // (half: 2 spilled in EPI_PACKED)
       for (int i = 0; i < a.ks; ++i, bb0 += 32) {
         const int knext = kp[2 * i + 2];
         uint32_t af[4][4], bf[2][4];

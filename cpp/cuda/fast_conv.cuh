@@ -773,8 +773,12 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // condition it cost a compare, a predicated MMA and two WARPSYNCs per
     // row fragment and K step: 4.5% of all instructions were WARPSYNC). It
     // runs for AND too, unused.
-    auto kloop = [&](auto wq_const) {
+    // DEAD: a warp whose 32 channels are all past O (O = 64: half the
+    // block) runs only its X1 MMA, which the other warps of its row range
+    // need, and no epilogue.
+    auto kloop = [&](auto wq_const, auto dead_const) {
       constexpr int WQ = decltype(wq_const)::value;
+      constexpr bool DEAD = decltype(dead_const)::value;
       const uint2* x1p = HALF ? reinterpret_cast<const uint2*>(fsm + L.x1m) + (tq >> 1) : nullptr;
       // The chunk offsets are read one K step ahead (their shared-memory
       // latency sat between each step's first instructions).
@@ -785,9 +789,12 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         const int knext = kp[2 * i + 2];
         uint32_t af[4][4], bf[2][4];
 #pragma unroll
-        for (int mf = 0; mf < 4; ++mf) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
-        ldmatrix_x4_at(bf[0], bb0);
-        ldmatrix_x4_at(bf[1], bb0 + bstep1);
+        for (int mf = 0; mf < 4; ++mf)
+          if (!DEAD || mf == WQ) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
+        if (!DEAD) {
+          ldmatrix_x4_at(bf[0], bb0);
+          ldmatrix_x4_at(bf[1], bb0 + bstep1);
+        }
         // X1's all-ones B: the padding chunk (odd kc) masked; half: per
         // pixel of a chunk (x1m).
         const uint2 x1b = HALF ? x1p[2 * i] : make_uint2(kFull, 2 * i + 1 < a.kc ? kFull : 0u);
@@ -795,19 +802,27 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         for (int mf = 0; mf < 4; ++mf) {
 #pragma unroll
           for (int nf = 0; nf < 4; ++nf)
-            mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2],
-                       bf[nf >> 1][(nf & 1) * 2 + 1]);
+            if (!DEAD)
+              mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2],
+                         bf[nf >> 1][(nf & 1) * 2 + 1]);
           if (mf == WQ) mma_b1_and(x1acc, af[mf], x1b.x, x1b.y);
         }
         koff = knext;
       }
     };
-    switch (wq) {
-      case 0: kloop(std::integral_constant<int, 0>{}); break;
-      case 1: kloop(std::integral_constant<int, 1>{}); break;
-      case 2: kloop(std::integral_constant<int, 2>{}); break;
-      default: kloop(std::integral_constant<int, 3>{}); break;
-    }
+    const bool cols = n0 + wn < a.o;
+    auto kloop_wq = [&](auto dead_const) {
+      switch (wq) {
+        case 0: kloop(std::integral_constant<int, 0>{}, dead_const); break;
+        case 1: kloop(std::integral_constant<int, 1>{}, dead_const); break;
+        case 2: kloop(std::integral_constant<int, 2>{}, dead_const); break;
+        default: kloop(std::integral_constant<int, 3>{}, dead_const); break;
+      }
+    };
+    if (cols)
+      kloop_wq(std::false_type{});
+    else
+      kloop_wq(std::true_type{});
     if (it == 0 && !a.x_late) {  // the table, before the first epilogue
       load_tab();
       cp_async_wait<0>();
@@ -830,6 +845,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       asm volatile("bar.sync 1, 128;\n" ::: "memory");
     else
       asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    if (!cols) continue;  // (no barrier below: the next one is the tile's)
 
     // ---- epilogue straight from the accumulators; ch: the thread's first
     // channel within the block (8 consecutive ones). Row r = wm + gq + dr,

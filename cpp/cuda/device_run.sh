@@ -119,12 +119,15 @@ memcheck:fast_kernel_packed_io and auto and (12-xnor or 13-and or 14-xnor)
 LIST
       ;;
     sanc64)
-      # compute-sanitizer on the fast kernels' C = 64 cases (FAST_CASES 15-21).
+      # compute-sanitizer on the fast kernels' C = 64 cases (FAST_CASES 15-21),
+      # and C >= 128 cases with warps past O (4-6, 10).
       san_list fast_ 120 sanitize_c64 <<'LIST'
 memcheck:fast_kernel_packed_io and auto and (15-xnor or 16-and or 17-xnor or 21-and)
 memcheck:fast_kernel_float_io and auto and (18-xnor or 19-and or 20-xnor or 16-xnor)
 racecheck:fast_kernel_packed_io and auto and (15-and or 19-xnor)
 racecheck:fast_kernel_float_io and auto and (17-and or 20-xnor)
+memcheck:fast_kernel_packed_io and auto and (4-xnor or 5-and or 6-xnor)
+racecheck:fast_kernel_float_io and auto and (5-xnor or 10-and)
 LIST
       ;;
     prof)

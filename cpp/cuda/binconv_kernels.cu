@@ -60,6 +60,7 @@ struct PrepArgs {
   float* aimg;          // [NHW], may be null
   long long nhw;
   int c, g, cg, wg;
+  int ppw;  // mode 3: pixels per warp (1, or 64 / (C / 4) where C / 4 divides 32)
   int xblocks;
   // weight section
   int wblocks;
@@ -334,6 +335,60 @@ __device__ __forceinline__ void prep_x(const PrepArgs& a, int bid) {
 #pragma unroll
       for (int s = 16; s > 0; s >>= 1) asum += __shfl_xor_sync(kFull, asum, s);
       if (lane == 0) a.aimg[pix] = asum / (float)a.c;
+    }
+  } else if (a.mode_x == 3 && a.ppw > 1) {
+    // C = 32, 64, 128 (nq = C / 4 float4s, a divisor of 32): a warp packs
+    // ppw = 64 / nq consecutive pixels, one contiguous run of x, two float4
+    // per lane in flight (one pixel per warp left half the lanes idle at
+    // C = 64, and too few loads in flight for the copy bandwidth). Within
+    // an iteration pixel i of the 32 / nq takes lanes nq i .. nq i + nq - 1.
+    const int nq = a.c / 4, nw = a.g * a.wg;
+    const long long pix0 = ((long long)bid * (kThreads / 32) + warp) * a.ppw;
+    if (pix0 >= a.nhw) return;
+    const float4* xs = reinterpret_cast<const float4*>(a.x) + pix0 * nq;
+    const long long left = (a.nhw - pix0) * nq;  // float4s of x from xs on
+    const float4* ib4 = reinterpret_cast<const float4*>(a.ib);
+    const float4* is4 = reinterpret_cast<const float4*>(a.is);
+    float4 v[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u)
+      v[u] = u * 32 + lane < left ? __ldcs(xs + u * 32 + lane) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int f = u * 32 + lane, qi = f % nq;
+      const long long pix = pix0 + f / nq;
+      const bool ok = f < left;
+      uint32_t nib = 0;
+      float s = 0.0f;
+      if (ok) {
+        const float4 bb = __ldg(ib4 + qi), ss = __ldg(is4 + qi);
+        const float x0 = (v[u].x + bb.x) * ss.x, x1 = (v[u].y + bb.y) * ss.y;
+        const float x2 = (v[u].z + bb.z) * ss.z, x3 = (v[u].w + bb.w) * ss.w;
+        nib = bin_bit(x0) | (bin_bit(x1) << 1) | (bin_bit(x2) << 2) | (bin_bit(x3) << 3);
+        s = fabsf(x0) + fabsf(x1) + fabsf(x2) + fabsf(x3);
+      }
+      uint32_t word = nib << (4 * (lane % 8));
+      word |= __shfl_xor_sync(kFull, word, 1);
+      word |= __shfl_xor_sync(kFull, word, 2);
+      word |= __shfl_xor_sync(kFull, word, 4);
+      if (a.xp && lane % 8 == 0 && ok) a.xp[pix * nw + qi / 8] = word;
+      if (a.aimg) {
+        // The same sums in the same order as one pixel per warp (whose
+        // lanes past nq added zeros first).
+        for (int sh = nq / 2; sh > 0; sh >>= 1) s += __shfl_xor_sync(kFull, s, sh);
+        if (qi == 0 && ok) a.aimg[pix] = s / (float)a.c;
+      }
+    }
+    if (a.popc) {
+      __syncwarp();  // the words written above by other lanes are visible after it
+      for (int q = lane; q < a.ppw * a.g; q += 32) {
+        const long long pix = pix0 + q / a.g;
+        const int grp = q % a.g;
+        if (pix >= a.nhw) break;
+        int sc = 0;
+        for (int j = 0; j < a.wg; ++j) sc += __popc(a.xp[pix * nw + grp * a.wg + j]);
+        a.popc[pix * a.g + grp] = sc;
+      }
     }
   } else if (a.mode_x == 3) {
     // Vectorized pack (C % 4 == 0, and group words aligned to channel words):
@@ -1588,7 +1643,10 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     pa.xp = at<uint32_t>(scratch, pl.off_xp);
     pa.popc = popc;
     pa.aimg = aimg;
-    pa.xblocks = (int)((pl.nhw + warps_per_block - 1) / warps_per_block);
+    const int nq = (int)(p.c / 4);
+    pa.ppw = pa.mode_x == 3 && p.c % 32 == 0 && 32 % nq == 0 ? 64 / nq : 1;
+    const long long warps = (pl.nhw + pa.ppw - 1) / pa.ppw;
+    pa.xblocks = (int)((warps + warps_per_block - 1) / warps_per_block);
   } else if (p.x_packed && p.type == XNOR && !fast) {
     pa.mode_x = 2;
     pa.xpk = static_cast<const uint32_t*>(b.x);
@@ -1602,9 +1660,11 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
   // N = 256 (6304 blocks, 1.05x) and slower for L7 at N = 256 (100k blocks,
   // 0.94x), where the two kernels in turn run instead.
   constexpr long long kFusedPrepMaxBlocks = 8192;
+  // (Counted as one pixel per warp, the packing of the measurements.)
   const bool fused_prep = fast && pa.mode_x != 0 && pa.wblocks == 0 &&
                           g_fused_prep.load(std::memory_order_relaxed) &&
-                          pa.xblocks + fa.opad / 8 <= kFusedPrepMaxBlocks;
+                          (pl.nhw + warps_per_block - 1) / warps_per_block + fa.opad / 8 <=
+                              kFusedPrepMaxBlocks;
   const long long prep_blocks = (long long)pa.wblocks + (pa.mode_x ? pa.xblocks : 0);
   if (prep_blocks > 0 && !fused_prep) {
     const size_t smem = sizeof(int) * warps_per_block * pl.t;

@@ -130,6 +130,17 @@ memcheck:fast_kernel_packed_io and auto and (4-xnor or 5-and or 6-xnor)
 racecheck:fast_kernel_float_io and auto and (5-xnor or 10-and)
 LIST
       ;;
+    sanprep)
+      # compute-sanitizer on the x packing (prep_kernel, and prep_x in fast_tables_kernel).
+      san_list prep 150 sanitize_prep <<'LIST'
+memcheck:test_beta_scaling and xnor
+memcheck:fast_kernel_float_io and auto and (15-xnor or 16-and or 17-xnor or 0-and or 1-xnor)
+racecheck:test_beta_scaling and and
+LIST
+      san_list fast_tables 150 sanitize_prep2 <<'LIST'
+memcheck:fast_kernel_float_io and auto and (15-xnor or 16-and or 17-xnor or 0-and or 1-xnor)
+LIST
+      ;;
     prof)
       # ncu of the fast kernel: one launch per $PROF_LAYERS entry (layer:N:io),
       # summary sections as text, SASS source counters (stall samples) as CSV.

@@ -135,7 +135,7 @@ LIST
       san_list prep 150 sanitize_prep <<'LIST'
 memcheck:test_beta_scaling and xnor
 memcheck:fast_kernel_float_io and auto and (15-xnor or 16-and or 17-xnor or 0-and or 1-xnor)
-racecheck:test_beta_scaling and and
+racecheck:test_beta_scaling and not xnor
 LIST
       san_list fast_tables 150 sanitize_prep2 <<'LIST'
 memcheck:fast_kernel_float_io and auto and (15-xnor or 16-and or 17-xnor or 0-and or 1-xnor)

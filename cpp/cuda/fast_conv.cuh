@@ -924,11 +924,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       uint32_t wd[2] = {0u, 0u};
       if (EPI == EPI_THR) {
         // Sign of kmul P + rowc - B per channel (as P + E - B: see erec),
-        // shifted into the row's byte: channel 7 first, so that channel c
-        // ends at bit c. One chain of 8 funnel shifts per row (one chain of
-        // 32 per word was a serial dependence), then 3 byte permutes per
-        // word put row 4 g + j at byte j of word g.
-        uint32_t rb[8];
+        // shifted in: row 7 channel 7 first, so that row 4 g channel 0 ends
+        // at bit 0 of word g.
 #pragma unroll
         for (int k = 7; k >= 0; --k) {
           const int mf = k >> 1, hh = k & 1;
@@ -937,18 +934,13 @@ __global__ void __launch_bounds__(kFastThreads, 2)
           const int4 b0 = *reinterpret_cast<const int4*>(tb);
           const int4 b1 = *reinterpret_cast<const int4*>(tb + 4);
           const int bnd[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-          rb[k] = 0u;
 #pragma unroll
           for (int c = 7; c >= 0; --c) {
             // XNOR: P + E - B (see erec); AND: P + 0 - b.
             const int d = acc[mf][c >> 1][2 * hh + (c & 1)] + e.x - bnd[c];
-            rb[k] = __funnelshift_l((uint32_t)d, rb[k], 1);
+            wd[k >> 2] = __funnelshift_l((uint32_t)d, wd[k >> 2], 1);
           }
         }
-#pragma unroll
-        for (int g = 0; g < 2; ++g)  // (byte 1 of a row's register is 0)
-          wd[g] = __byte_perm(__byte_perm(rb[4 * g], rb[4 * g + 1], 0x1140),
-                              __byte_perm(rb[4 * g + 2], rb[4 * g + 3], 0x1140), 0x5410);
       } else {
         const int o = n0 + ch;
 #pragma unroll

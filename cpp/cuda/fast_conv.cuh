@@ -43,9 +43,7 @@
 // channel) the column term, or for packed output without beta the bound B
 // with the column term folded in: the output bit is the sign of
 // (kmul P + row term - B), flipped per channel (the monotone activations give
-// one-sided acc intervals; for XNOR computed as P + E - B' with one add,
-// E = row term >> 2 and B' from one of two rows per class by the parity of
-// X1). A block copies its channels' rows of that table
+// one-sided acc intervals). A block copies its channels' rows of that table
 // after its weights. X1 comes from the tensor cores too: one extra MMA per K
 // step against an all-ones B fragment (each of the 4 warps that share a row
 // range does it for one of its 4 row fragments and passes the whole row
@@ -142,11 +140,7 @@ __host__ __device__ __forceinline__ int axis_class(int i0, int size, int k, int 
 
 // Rows of the (class, channel) table: one per box class, plus the flip row
 // with thresholds.
-// XNOR with thresholds: two rows per class, by the parity of X1 (see the
-// EPI_THR epilogue); the flip row is the last.
-__host__ __device__ inline int fast_tab_rows(const FastArgs& a) {
-  return a.ncy * a.ncx * (a.thr && a.type == XNOR ? 2 : 1) + a.thr;
-}
+__host__ __device__ inline int fast_tab_rows(const FastArgs& a) { return a.ncy * a.ncx + a.thr; }
 
 // Shared-memory row of the weights (and MMA column) of channel slot r of a
 // block: within each 32-channel slab, fragment column f = 8 nf + 2 tq + jj
@@ -411,18 +405,10 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
                      : a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
                                       : a.pv * (w1all - w1v);
     // thr: the convolution compares kmul P + rowconst (acc without the
-    // column term) with the bound less the term, b. XNOR: as P + (rowconst
-    // >> 2) with ceil(b / 4) or ceil((b - 2) / 4) (rowconst = 2 X1 mod 4,
-    // see the EPI_THR epilogue).
-    const int b = bound - term;
-    if (a.thr && a.type == XNOR) {
-      a.tab[(long long)cls * a.opad + o] = -((-b) >> 2);
-      a.tab[(long long)(ncls + cls) * a.opad + o] = -((2 - b) >> 2);
-    } else {
-      a.tab[(long long)cls * a.opad + o] = a.thr ? b : term;
-    }
+    // column term) with the bound less the term.
+    a.tab[(long long)cls * a.opad + o] = a.thr ? bound - term : term;
   }
-  if (a.thr && lane == 0) a.tab[(long long)(fast_tab_rows(a) - 1) * a.opad + o] = flip;
+  if (a.thr && lane == 0) a.tab[(long long)ncls * a.opad + o] = flip;
 }
 
 // The tables (fast_tables_block, a.opad / 8 blocks) after pa.xblocks blocks
@@ -851,16 +837,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       for (int hh = 0; hh < 2; ++hh) {
         const int r = wm + wq * 16 + gq + 8 * hh;
         const int4 rd = rows[buf * kFastBM + r];
-        int ex = need_x1 ? rd.x - 2 * x1acc[2 * hh] : 0, ey = rd.z;
-        if (EPI == EPI_THR && need_x1) {
-          // XNOR: 4 P + ex - b < 0 exactly where P + (ex >> 2) - ceil((b -
-          // 2 pi) / 4) < 0, pi = (ex mod 4) / 2 (ex = 4 E + 2 pi: the row term
-          // less 2 X1 is 2 X1 mod 4, as C is a multiple of 64): the class's
-          // row of parity pi, and P + E - B is one add of three.
-          ey += ((ex >> 1) & 1) * ncls * kFastBN;
-          ex >>= 2;
-        }
-        erec[r] = make_int2(ex, ey);
+        erec[r] = make_int2(need_x1 ? rd.x - 2 * x1acc[2 * hh] : 0, rd.z);
       }
     }
     // (Constant barrier ids: a register id makes ptxas reserve all 16.)
@@ -923,9 +900,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       // word of rows k = tq and 4 + tq, which it stores.
       uint32_t wd[2] = {0u, 0u};
       if (EPI == EPI_THR) {
-        // Sign of kmul P + rowc - B per channel (as P + E - B: see erec),
-        // shifted in: row 7 channel 7 first, so that row 4 g channel 0 ends
-        // at bit 0 of word g.
+        // Sign of kmul P + rowc - B per channel, shifted in: row 7 channel
+        // 7 first, so that row 4 g channel 0 ends at bit 0 of word g.
 #pragma unroll
         for (int k = 7; k >= 0; --k) {
           const int mf = k >> 1, hh = k & 1;
@@ -936,8 +912,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
           const int bnd[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
           for (int c = 7; c >= 0; --c) {
-            // XNOR: P + E - B (see erec); AND: P + 0 - b.
-            const int d = acc[mf][c >> 1][2 * hh + (c & 1)] + e.x - bnd[c];
+            const int d = kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + (e.x - bnd[c]);
             wd[k >> 2] = __funnelshift_l((uint32_t)d, wd[k >> 2], 1);
           }
         }
@@ -965,9 +940,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       }
       // thr: flip bits of the warp's 32 channels, in packed-word order.
       const uint32_t flipw =
-          EPI == EPI_THR
-              ? __ballot_sync(kFull, tab_s[(fast_tab_rows(a) - 1) * kFastBN + wn + lane] != 0)
-              : 0u;
+          EPI == EPI_THR ? __ballot_sync(kFull, tab_s[ncls * kFastBN + wn + lane] != 0) : 0u;
       if (n0 + wn < a.o) {
         const int m = m0 + wm + gq + 8 * tq;  // rows k = tq and k = 4 + tq (dr = 32)
         uint32_t* dst = static_cast<uint32_t*>(a.out) + (long long)m * ow + (n0 + wn) / 32;

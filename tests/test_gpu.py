@@ -567,7 +567,7 @@ def test_packed_output_nonfinite_scales_match_float_path():
 
 
 # ------------------------------------------------------------ the fast kernel
-# XNOR/AND with groups = 1 and C a power-of-two multiple of 128 run
+# XNOR/AND with groups = 1 and C = 64 or a power-of-two multiple of 128 run
 # fast_conv_kernel (cpp/cuda/fast_conv.cuh); everything else, or
 # set_kernel("general"), the general one. Both are checked on the same cases,
 # and that the intended kernel really ran.

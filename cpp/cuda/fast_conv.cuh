@@ -1,4 +1,5 @@
-// The fast popcount convolution (XNOR / AND, groups = 1, C % 128 == 0):
+// The fast popcount convolution (XNOR / AND, groups = 1, C = 64 or a
+// power-of-two multiple of 128):
 // a persistent implicit GEMM on the b1 tensor cores. Included by
 // binconv_kernels.cu inside its anonymous namespace (it uses that file's
 // cp.async / ldmatrix / MMA helpers and packed_threshold).
@@ -28,6 +29,14 @@
 // chunks 2i and 2i + 1, possibly of two taps (C = 128). An odd chunk count
 // is padded with a chunk whose weights are zero (the A side reads any real
 // data there; the X1 MMA masks it).
+//
+// C = 64 (fast_conv_kernel<EPI, true>): a pixel is 8 bytes, half a chunk. A
+// 16-byte slot unit holds pixels u and u + 1 of its slot row (8-byte
+// cp.async copies: no tensor map has that layout), so one K chunk is taps
+// (dy, dx) and (dy, dx + 1) where dw = 1 (for odd kw the second half of a
+// tap row's last chunk is no tap), else one tap and an unused half. Unused
+// halves have zero weights, and the X1 MMA masks them with B registers per
+// K step and lane half (x1m).
 //
 // Exactness. The MMA gives P = sum over valid taps of popc(x AND w) (padded
 // taps are zero words). With V valid taps, X1 = sum of popc(x) over them and

@@ -103,6 +103,18 @@ def accumulate(xb, wb, *, strides, padding, dilation, groups, pad_value):
     )
 
 
+def exact_integers(acc):
+    """XNOR / AND accumulators rounded to the exact integers they are (SPEC
+    section 3; the pad values these types allow keep them integers).
+
+    A backend's float convolution need not be exact: on a GPU cuDNN may pick
+    a Winograd algorithm even at HIGHEST precision (240 came out as 239.99997
+    at K = 36873 on an H100). Rounding restores the integer; the gradient
+    passes straight through (the value is ``acc`` plus a constant).
+    """
+    return acc + lax.stop_gradient(jnp.round(acc) - acc)
+
+
 def beta_image(absmean, *, kernel_size, strides, padding, dilation, out_sharding=None):
     """SPEC section 5: average over the convolution's taps of ``A``, padded taps 0.
 
@@ -181,6 +193,8 @@ def conv_canonical(x, w, input_bias, input_scale, output_scale, output_bias, *,
     wb = weight_values(w, conv_type, weight_estimator, cg)
     acc = accumulate(xb, wb, strides=strides, padding=padding, dilation=dilation,
                      groups=groups, pad_value=pad_value)
+    if conv_type != BinaryConvType.BINARY_WEIGHTS:
+        acc = exact_integers(acc)
     beta = None
     if beta_scaling:
         beta = beta_image(absmean, kernel_size=wb.shape[:2], strides=strides,

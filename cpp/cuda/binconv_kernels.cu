@@ -282,6 +282,44 @@ __device__ int2 packed_threshold(float sc, float bi, int act, float slope, int a
   return make_int2(lo, hi);
 }
 
+// Vectorized packing (prep_x mode 3): float4 qi of a pixel's channels (v,
+// where ok) binarized after the input bias and scale; returns the packed
+// word of the 8 lanes lane & ~7 .. (their nibbles OR-ed; lane % 8 == 0
+// stores it) and adds the lane's sum of |x'| to asum (unchanged where !ok).
+__device__ __forceinline__ uint32_t pack_float4_word(const PrepArgs& a, float4 v, int qi, bool ok,
+                                                     int lane, float& asum) {
+  uint32_t nib = 0;
+  if (ok) {
+    const float4 bb = __ldg(reinterpret_cast<const float4*>(a.ib) + qi);
+    const float4 ss = __ldg(reinterpret_cast<const float4*>(a.is) + qi);
+    const float x0 = (v.x + bb.x) * ss.x, x1 = (v.y + bb.y) * ss.y;
+    const float x2 = (v.z + bb.z) * ss.z, x3 = (v.w + bb.w) * ss.w;
+    nib = bin_bit(x0) | (bin_bit(x1) << 1) | (bin_bit(x2) << 2) | (bin_bit(x3) << 3);
+    asum += fabsf(x0) + fabsf(x1) + fabsf(x2) + fabsf(x3);
+  }
+  uint32_t word = nib << (4 * (lane % 8));
+  word |= __shfl_xor_sync(kFull, word, 1);
+  word |= __shfl_xor_sync(kFull, word, 2);
+  word |= __shfl_xor_sync(kFull, word, 4);
+  return word;
+}
+
+// Per-group popcounts of the packed words of pixels [pix0, pix0 + npix)
+// (< nhw), written by the warp before: its lanes take (pixel, group) pairs.
+__device__ __forceinline__ void popc_packed_pixels(const PrepArgs& a, long long pix0, int npix,
+                                                   int lane) {
+  const int nw = a.g * a.wg;
+  __syncwarp();  // the words written by other lanes are visible after it
+  for (int q = lane; q < npix * a.g; q += 32) {
+    const long long pix = pix0 + q / a.g;
+    const int grp = q % a.g;
+    if (pix >= a.nhw) break;
+    int sc = 0;
+    for (int j = 0; j < a.wg; ++j) sc += __popc(a.xp[pix * nw + grp * a.wg + j]);
+    a.popc[pix * a.g + grp] = sc;
+  }
+}
+
 // The x part of prep_kernel (block bid of its x blocks): packs float x (modes
 // 1, 3) or counts the bits of packed x (mode 2). Also run by
 // fast_tables_kernel (float x on the fast kernel).
@@ -347,8 +385,6 @@ __device__ __forceinline__ void prep_x(const PrepArgs& a, int bid) {
     if (pix0 >= a.nhw) return;
     const float4* xs = reinterpret_cast<const float4*>(a.x) + pix0 * nq;
     const long long left = (a.nhw - pix0) * nq;  // float4s of x from xs on
-    const float4* ib4 = reinterpret_cast<const float4*>(a.ib);
-    const float4* is4 = reinterpret_cast<const float4*>(a.is);
     float4 v[2];
 #pragma unroll
     for (int u = 0; u < 2; ++u)
@@ -358,19 +394,8 @@ __device__ __forceinline__ void prep_x(const PrepArgs& a, int bid) {
       const int f = u * 32 + lane, qi = f % nq;
       const long long pix = pix0 + f / nq;
       const bool ok = f < left;
-      uint32_t nib = 0;
       float s = 0.0f;
-      if (ok) {
-        const float4 bb = __ldg(ib4 + qi), ss = __ldg(is4 + qi);
-        const float x0 = (v[u].x + bb.x) * ss.x, x1 = (v[u].y + bb.y) * ss.y;
-        const float x2 = (v[u].z + bb.z) * ss.z, x3 = (v[u].w + bb.w) * ss.w;
-        nib = bin_bit(x0) | (bin_bit(x1) << 1) | (bin_bit(x2) << 2) | (bin_bit(x3) << 3);
-        s = fabsf(x0) + fabsf(x1) + fabsf(x2) + fabsf(x3);
-      }
-      uint32_t word = nib << (4 * (lane % 8));
-      word |= __shfl_xor_sync(kFull, word, 1);
-      word |= __shfl_xor_sync(kFull, word, 2);
-      word |= __shfl_xor_sync(kFull, word, 4);
+      const uint32_t word = pack_float4_word(a, v[u], qi, ok, lane, s);
       if (a.xp && lane % 8 == 0 && ok) a.xp[pix * nw + qi / 8] = word;
       if (a.aimg) {
         // The same sums in the same order as one pixel per warp (whose
@@ -379,17 +404,7 @@ __device__ __forceinline__ void prep_x(const PrepArgs& a, int bid) {
         if (qi == 0 && ok) a.aimg[pix] = s / (float)a.c;
       }
     }
-    if (a.popc) {
-      __syncwarp();  // the words written above by other lanes are visible after it
-      for (int q = lane; q < a.ppw * a.g; q += 32) {
-        const long long pix = pix0 + q / a.g;
-        const int grp = q % a.g;
-        if (pix >= a.nhw) break;
-        int sc = 0;
-        for (int j = 0; j < a.wg; ++j) sc += __popc(a.xp[pix * nw + grp * a.wg + j]);
-        a.popc[pix * a.g + grp] = sc;
-      }
-    }
+    if (a.popc) popc_packed_pixels(a, pix0, a.ppw, lane);
   } else if (a.mode_x == 3) {
     // Vectorized pack (C % 4 == 0, and group words aligned to channel words):
     // each lane reads 4 channels as one float4, 8 lanes OR their nibbles
@@ -397,8 +412,6 @@ __device__ __forceinline__ void prep_x(const PrepArgs& a, int bid) {
     const long long pix = (long long)bid * (kThreads / 32) + warp;
     if (pix >= a.nhw) return;
     const float4* xrow = reinterpret_cast<const float4*>(a.x + pix * a.c);
-    const float4* ib4 = reinterpret_cast<const float4*>(a.ib);
-    const float4* is4 = reinterpret_cast<const float4*>(a.is);
     const int nw = a.g * a.wg;
     const int nq = a.c / 4;
     float asum = 0.0f;
@@ -415,29 +428,11 @@ __device__ __forceinline__ void prep_x(const PrepArgs& a, int bid) {
         const int qb = q0 + u * 32;
         if (qb >= nq) break;
         const int qi = qb + lane;
-        uint32_t nib = 0;
-        if (qi < nq) {
-          const float4 bb = __ldg(ib4 + qi), ss = __ldg(is4 + qi);
-          const float x0 = (v[u].x + bb.x) * ss.x, x1 = (v[u].y + bb.y) * ss.y;
-          const float x2 = (v[u].z + bb.z) * ss.z, x3 = (v[u].w + bb.w) * ss.w;
-          nib = bin_bit(x0) | (bin_bit(x1) << 1) | (bin_bit(x2) << 2) | (bin_bit(x3) << 3);
-          asum += fabsf(x0) + fabsf(x1) + fabsf(x2) + fabsf(x3);
-        }
-        uint32_t word = nib << (4 * (lane % 8));
-        word |= __shfl_xor_sync(kFull, word, 1);
-        word |= __shfl_xor_sync(kFull, word, 2);
-        word |= __shfl_xor_sync(kFull, word, 4);
+        const uint32_t word = pack_float4_word(a, v[u], qi, qi < nq, lane, asum);
         if (a.xp && lane % 8 == 0 && qi < nq) a.xp[pix * nw + qi / 8] = word;
       }
     }
-    if (a.popc) {
-      __syncwarp();  // the words written above by other lanes are visible after it
-      for (int grp = lane; grp < a.g; grp += 32) {
-        int sc = 0;
-        for (int j = 0; j < a.wg; ++j) sc += __popc(a.xp[pix * nw + grp * a.wg + j]);
-        a.popc[pix * a.g + grp] = sc;
-      }
-    }
+    if (a.popc) popc_packed_pixels(a, pix, 1, lane);
     if (a.aimg) {
 #pragma unroll
       for (int sh = 16; sh > 0; sh >>= 1) asum += __shfl_xor_sync(kFull, asum, sh);
@@ -1493,14 +1488,13 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
                 ? kWeightsTensorMap
                 : kWeightsBulk;
   g_last_wcopy.store(a.wcopy, std::memory_order_relaxed);
-  if (a.half) {
-    if (epi == EPI_THR) return launch_fast_epi<EPI_THR, true>(a, map, wmap, smem, stream);
-    if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED, true>(a, map, wmap, smem, stream);
-    return launch_fast_epi<EPI_FLOAT, true>(a, map, wmap, smem, stream);
-  }
-  if (epi == EPI_THR) return launch_fast_epi<EPI_THR, false>(a, map, wmap, smem, stream);
-  if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED, false>(a, map, wmap, smem, stream);
-  return launch_fast_epi<EPI_FLOAT, false>(a, map, wmap, smem, stream);
+  auto launch = [&](auto half) {
+    constexpr bool HALF = decltype(half)::value;
+    if (epi == EPI_THR) return launch_fast_epi<EPI_THR, HALF>(a, map, wmap, smem, stream);
+    if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED, HALF>(a, map, wmap, smem, stream);
+    return launch_fast_epi<EPI_FLOAT, HALF>(a, map, wmap, smem, stream);
+  };
+  return a.half ? launch(std::true_type{}) : launch(std::false_type{});
 }
 
 void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_relaxed); }

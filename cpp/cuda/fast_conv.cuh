@@ -147,6 +147,17 @@ __host__ __device__ __forceinline__ int axis_class(int i0, int size, int k, int 
   return -1;
 }
 
+// C = 64 (a.half): half hf (0, 1) of K chunk k < kc holds tap (dy, dx) of
+// the kernel; true where that is a tap (false for the unused halves: tpc =
+// 1, or past kw). The weight copy, the A offsets and the X1 masks all read
+// the chunk layout from here.
+__host__ __device__ __forceinline__ bool half_chunk_tap(const FastArgs& a, int k, int hf, int& dy,
+                                                        int& dx) {
+  dy = k / a.nj;
+  dx = (k - dy * a.nj) * a.tpc + hf;
+  return k < a.kc && hf < a.tpc && dx < a.kw;
+}
+
 // Rows of the (class, channel) table: one per box class, plus the flip row
 // with thresholds.
 __host__ __device__ inline int fast_tab_rows(const FastArgs& a) { return a.ncy * a.ncx + a.thr; }
@@ -597,8 +608,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       const int hf = q & 1, rk = q >> 1;
       const int r = fdiv(rk, a.div_kc), k = rk - r * a.kc;
       const int o = n0 + chan_of_col<EPI>(r);
-      const int dy = k / a.nj, dx = (k - dy * a.nj) * a.tpc + hf;
-      const bool ok = o < a.o && hf < a.tpc && dx < a.kw;
+      int dy, dx;
+      const bool ok = half_chunk_tap(a, k, hf, dy, dx) && o < a.o;
       cp_async<8>(reinterpret_cast<uint2*>(bs + r * a.pitch_b + k) + hf,
                   reinterpret_cast<const uint2*>(a.wt) + (ok ? (long long)o * a.t + dy * a.kw + dx : 0),
                   ok);
@@ -623,7 +634,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     // (odd kc) reads real data: its weights are zero, and the X1 MMA masks it.
     int e = 0;
     if (k < a.kc && HALF) {  // slot unit x sw + tpc j dw: pixels of taps (dy, tpc j [+ 1])
-      const int dy = k / a.nj, dx = (k - dy * a.nj) * a.tpc;
+      int dy, dx;
+      half_chunk_tap(a, k, 0, dy, dx);
       e = 16 * (dy * a.dh * rowpitch + dx * a.dw);
     } else if (k < a.kc) {
       const int tap = k >> a.logp, c = k & (a.p - 1);
@@ -639,8 +651,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   for (int q = vt(64); HALF && q < 2 * (a.ks + 1); q += kFastThreads) {
     const int i = q >> 1, h = q & 1;
     auto mask = [&](int k) {
-      const int dx = (k - (k / a.nj) * a.nj) * a.tpc + h;
-      return k < a.kc && h < a.tpc && dx < a.kw ? kFull : 0u;
+      int dy, dx;
+      return half_chunk_tap(a, k, h, dy, dx) ? kFull : 0u;
     };
     x1m[q] = make_uint2(mask(2 * i), mask(2 * i + 1));
   }

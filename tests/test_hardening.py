@@ -339,14 +339,17 @@ def test_many_threads_call_the_metal_shim():
     if "metal_shim" not in jb.lowering.available:
         pytest.skip(f"jax_binconv._metal_shim did not load: {jb.lowering.load_errors.get('_metal_shim')}")
     c, o = 48, 40
-    w = rand_x(42, (3, 3, c, o))
+    # On the CPU device even where a GPU is the default (the shim is a CPU
+    # lowering; a GPU call would lower for cuda).
+    cpu = jax.devices("cpu")[0]
+    w = jax.device_put(rand_x(42, (3, 3, c, o)), cpu)
     with jb.config.cpu_kernel_override("metal_shim"):
         f = jax.jit(lambda x: (jb.binary_conv2d(x, w, type="xnor", beta_scaling=True),
                                jb.binary_conv2d(x, w, type="binary_weights", strides=2),
                                jb.binary_conv2d(x, w[:, :, :24], type="and", groups=2,
                                                 output="packed").words))
-        assert jb.TARGETS["metal_shim"] in f.lower(rand_x(0, (2, 9, 9, c))).as_text()
-        inputs = [rand_x(200 + i, (2, 9, 9, c)) for i in range(8)]
+        assert jb.TARGETS["metal_shim"] in f.lower(jax.device_put(rand_x(0, (2, 9, 9, c)), cpu)).as_text()
+        inputs = [jax.device_put(rand_x(200 + i, (2, 9, 9, c)), cpu) for i in range(8)]
         want = [jax.tree.map(np.asarray, f(x)) for x in inputs]
     _hammer(f, inputs, want, threads=8, reps=10, start_together=False)
 

@@ -143,8 +143,18 @@ def test_slot_plan_c64_is_the_c128_plan():
         check_plan(_geometry(*geo, c=64), max_tiles=60)
 
 
+def test_slot_plan_any_multiple_of_128_is_the_c128_plan():
+    """Every multiple of 128 up to 8192 runs the fast kernel (p = C / 128
+    chunks per pixel need not be a power of two: AlexNet's 384, 640, ...), on
+    the same slot rows as C = 128."""
+    for c in (384, 640, 768, 1152, 8192):
+        for geo in LAYERS[2:4] + [(3, 9, 13, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2)]:
+            pc = _cuda().fast_slot_plan(**_geometry(*geo, c=c))
+            assert pc is not None and pc == _cuda().fast_slot_plan(**_geometry(*geo)), (c, geo)
+
+
 def test_slot_plan_none_where_the_fast_kernel_does_not_apply():
-    for c in (32, 96, 192, 384):  # neither 64 nor a power-of-two multiple of 128
+    for c in (32, 96, 192, 320, 8320):  # neither 64 nor a multiple of 128 up to 8192
         g = _geometry(2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, c=c)
         assert _cuda().fast_slot_plan(**g) is None, c
     g = dict(_geometry(2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, c=256), groups=2)

@@ -567,7 +567,7 @@ def test_packed_output_nonfinite_scales_match_float_path():
 
 
 # ------------------------------------------------------------ the fast kernel
-# XNOR/AND with groups = 1 and C = 64 or a power-of-two multiple of 128 run
+# XNOR/AND with groups = 1 and C = 64 or a multiple of 128 run
 # fast_conv_kernel (cpp/cuda/fast_conv.cuh); everything else, or
 # set_kernel("general"), the general one. Both are checked on the same cases,
 # and that the intended kernel really ran.
@@ -598,6 +598,11 @@ FAST_CASES = [
     (64, 33, (7, 9), 4, (2, 4), (1, 3), 1, ((1, 0), (2, 1))),  # even kw, stride 3
     (64, 96, (5, 6), 2, (3, 3), 1, 1, ((3, 3), (3, 3))),  # rows and columns with no valid tap
     (64, 50, (8, 11), 2, (1, 5), 1, 1, "SAME"),        # kw = 5: taps (0, 1), (2, 3), (4, -)
+    # C a multiple of 128 but not a power of two: p = C / 128 chunks per
+    # pixel, so a K step's two chunks straddle taps where p is odd
+    (384, 96, (13, 13), 2, (3, 3), 1, 1, "SAME"),      # AlexNet's 384
+    (640, 70, (6, 7), 3, (3, 3), (2, 1), 1, "SAME"),   # p = 5, stride 2
+    (768, 130, (7, 7), 2, (3, 3), 1, 1, "SAME"),       # p = 6
 ]
 # C = 64 cases: slots and weights by cp.async on every GPU.
 _C64_CASES = {i for i, case in enumerate(FAST_CASES) if case[0] == 64}
@@ -746,7 +751,7 @@ def test_fast_kernel_persistent_blocks_and_big_batch():
 
 def test_fast_kernel_not_used_where_it_does_not_apply():
     mod = _cuda_mod()
-    x = np.asarray(rand_x(45, (2, 6, 6, 192)))   # 192 channels: not a power-of-two multiple of 128
+    x = np.asarray(rand_x(45, (2, 6, 6, 192)))   # 192 channels: neither 64 nor a multiple of 128
     w = np.asarray(rand_x(46, (3, 3, 192, 32)))
     check(x, w, type="xnor")
     assert mod.last_kernel() == "general"

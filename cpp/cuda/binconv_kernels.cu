@@ -408,7 +408,8 @@ __device__ __forceinline__ void prep_x(const PrepArgs& a, int bid) {
   } else if (a.mode_x == 3) {
     // Vectorized pack (C % 4 == 0, and group words aligned to channel words):
     // each lane reads 4 channels as one float4, 8 lanes OR their nibbles
-    // into a word; two float4 per lane in flight.
+    // into a word; two float4 per lane in flight (four measured no faster
+    // at C = 512, S9-5).
     const long long pix = (long long)bid * (kThreads / 32) + warp;
     if (pix >= a.nhw) return;
     const float4* xrow = reinterpret_cast<const float4*>(a.x + pix * a.c);
@@ -1226,7 +1227,7 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
   const bool half = p.c == 64;
   if (p.type == BINARY_WEIGHTS || p.groups != 1 || (!half && p.c % 128 != 0)) return false;
   const long long pch = half ? 1 : p.c / 128;
-  if ((pch & (pch - 1)) != 0 || pch > 64) return false;
+  if (pch > 64) return false;
   const long long ho = p.ho(), wo = p.wo();
   const long long m = p.n * ho * wo;
   // 32-bit row arithmetic (with multiply-shift division) inside the kernel.
@@ -1234,10 +1235,7 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
   if (p.n * p.h * p.w * pch >= (1LL << 31)) return false;  // chunk indices of x
   if (ho > kFastMaxSide || wo > kFastMaxSide || p.kh * p.kw > kFastMaxTaps) return false;
   FastArgs a{};
-  int logp = 0;
-  while ((1LL << logp) < pch) ++logp;
   a.p = (int)pch;
-  a.logp = logp;
   a.t = (int)(p.kh * p.kw);
   a.half = half ? 1 : 0;
   a.tpc = half && p.dil_w == 1 ? 2 : 1;
@@ -1251,6 +1249,7 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
   const long long wslot = ((wo - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1 + 7) / 8 * 8;
   if (wslot > (1 << 16)) return false;
   a.wslot = (int)wslot;
+  a.rowpitch = (int)(wslot * pch);
   const long long window = (p.kh - 1) * p.dil_h + 1;
   a.erow = (int)std::max<long long>(window - p.stride_h, 0);
   const long long srows =
@@ -1635,7 +1634,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     pa.ib = b.input_bias;
     pa.is = b.input_scale;
     pa.xp = at<uint32_t>(scratch, pl.off_xp);
-    pa.popc = popc;
+    pa.popc = fast ? nullptr : popc;  // (the fast kernel's X1 comes from its MMAs)
     pa.aimg = aimg;
     const int nq = (int)(p.c / 4);
     pa.ppw = pa.mode_x == 3 && p.c % 32 == 0 && 32 % nq == 0 ? 64 / nq : 1;

@@ -116,6 +116,9 @@ racecheck:fast_kernel_float_io and auto and (2-xnor or 8-and)
 racecheck:fast_kernel_float_io and auto-cp.async and (4-xnor or 12-and)
 racecheck:fast_kernel_packed_io and auto and (4-and or 12-xnor)
 memcheck:fast_kernel_packed_io and auto and (12-xnor or 13-and or 14-xnor)
+memcheck:fast_kernel_packed_io and auto and (22-xnor or 23-and or 24-xnor)
+memcheck:fast_kernel_float_io and auto and (22-and or 23-xnor or 24-and)
+racecheck:fast_kernel_packed_io and auto and (22-and or 23-xnor)
 LIST
       ;;
     sanc64)

@@ -1,5 +1,5 @@
 // The fast popcount convolution (XNOR / AND, groups = 1, C = 64 or a
-// power-of-two multiple of 128):
+// multiple of 128 up to 8192):
 // a persistent implicit GEMM on the b1 tensor cores. Included by
 // binconv_kernels.cu inside its anonymous namespace (it uses that file's
 // cp.async / ldmatrix / MMA helpers and packed_threshold).
@@ -26,7 +26,8 @@
 // own row address, so the implicit im2col costs one add per fragment.
 //
 // K order is (tap, 16-byte chunk of channels): an MMA k-step (256 bits) is
-// chunks 2i and 2i + 1, possibly of two taps (C = 128). An odd chunk count
+// chunks 2i and 2i + 1, possibly of two taps (an odd number p of chunks per
+// pixel: C = 128, 384, 640, ...). An odd chunk count
 // is padded with a chunk whose weights are zero (the A side reads any real
 // data there; the X1 MMA masks it).
 //
@@ -111,7 +112,7 @@ struct FastArgs {
   int n, h, w, ho, wo, o, cg, opad;
   FastDiv div_wo, div_ho, div_kc;
   int kh, kw, sh, sw, dh, dw, pt, pl;
-  int t, p, logp, kc, ks;  // taps, chunks per pixel, log2 p, K chunks, K steps
+  int t, p, rowpitch, kc, ks;  // taps, chunks per pixel (1..64), chunks per slot row, K chunks, K steps
   int rmax, wslot;  // output rows a tile can touch (bound); pixels per slot (multiple of 8)
   int srows, erow;  // slot rows per tile buffer (bound); extra rows per image boundary (E)
   unsigned long long dymask;  // taps dy whose row is new for a row dyback rows into its image
@@ -393,7 +394,7 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
 #pragma unroll
       for (int j = 0; j < 4; ++j)
         if (q0 + 32 * j < a.kc)
-          atomicAdd(&ps[(q0 + 32 * j) >> a.logp],
+          atomicAdd(&ps[(q0 + 32 * j) / a.p],
                     __popc(v[j].x) + __popc(v[j].y) + __popc(v[j].z) + __popc(v[j].w));
     }
   }
@@ -508,7 +509,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   const int mstep = gridDim.x / a.ntiles;
   const int n0 = nt * kFastBN;
 
-  const int rowpitch = a.wslot * a.p;  // chunks per slot row
+  const int rowpitch = a.rowpitch;  // wslot p
   const uint32_t wbar = smem_u32(fsm + L.mbar);
   const uint32_t sbar0 = wbar + 8;  // slot buffer b: sbar0 + 8 b
   const bool tma = kFastTma && a.tma_x;
@@ -638,7 +639,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       half_chunk_tap(a, k, 0, dy, dx);
       e = 16 * (dy * a.dh * rowpitch + dx * a.dw);
     } else if (k < a.kc) {
-      const int tap = k >> a.logp, c = k & (a.p - 1);
+      const int tap = k / a.p, c = k - tap * a.p;
       const int dy = tap / a.kw, dx = tap - dy * a.kw;
       e = 16 * (dy * a.dh * rowpitch + c * a.wslot + dx * a.dw);
     }
@@ -676,7 +677,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     ltab[q] = make_int2(q, (unsigned)ix < (unsigned)a.w ? ix : -1);
   }
   for (int q = tid; !tma && !HALF && q < rowpitch; q += kFastThreads) {
-    const int px = q >> a.logp, c = q & (a.p - 1);
+    const int px = q / a.p, c = q - px * a.p;
     const int ix = px - a.pl;
     ltab[q] = make_int2(c * a.wslot + px, (unsigned)ix < (unsigned)a.w ? ix * a.p + c : -1);
   }

@@ -22,8 +22,8 @@ TYPES = ["binary_weights", "xnor", "and"]
 def test_cpu_lowering_contains_our_custom_call():
     """A silent fallback to the reference would make every other test here vacuous."""
     assert "cpu" in jb.lowering.available, jb.lowering.load_errors.get("_cpu")
-    x = rand_x(0, (1, 6, 6, 8))
-    w = rand_x(1, (3, 3, 8, 4))
+    # On the CPU device, also where a GPU is the default (it would lower for cuda).
+    x, w = jax.device_put((rand_x(0, (1, 6, 6, 8)), rand_x(1, (3, 3, 8, 4))), jax.devices("cpu")[0])
     text = jax.jit(lambda x, w: jb.binary_conv2d(x, w)).lower(x, w).as_text()
     assert jb.TARGETS["cpu"] in text
     compiled = jax.jit(lambda x, w: jb.binary_conv2d(x, w)).lower(x, w).compile().as_text()
@@ -31,8 +31,7 @@ def test_cpu_lowering_contains_our_custom_call():
 
 
 def test_reference_override_lowers_without_custom_call():
-    x = rand_x(0, (1, 6, 6, 8))
-    w = rand_x(1, (3, 3, 8, 4))
+    x, w = jax.device_put((rand_x(0, (1, 6, 6, 8)), rand_x(1, (3, 3, 8, 4))), jax.devices("cpu")[0])
     with jb.config.cpu_kernel_override("reference"):
         text = jax.jit(lambda x, w: jb.binary_conv2d(x, w)).lower(x, w).as_text()
     assert jb.TARGETS["cpu"] not in text

@@ -447,6 +447,7 @@ def _run_det(threads="-", env_extra=None, prefix=()):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env.pop("JAX_BINCONV_CPU_THREADS", None)
+    env["JAX_PLATFORMS"] = "cpu"  # the CPU kernel's threads and ISAs, also where a GPU is present
     env.update(env_extra or {})
     env["PYTHONPATH"] = PKG_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(list(prefix) + [sys.executable, "-c", _DET_SCRIPT, threads], env=env,
@@ -521,7 +522,8 @@ def test_bug_binary_weights_packed_output_not_zeroed(isa, o):
         x = np.abs(rng.standard_normal((2, 8, 8, 16))).astype(np.float32)
         w = rng.standard_normal((3, 3, 16, o)).astype(np.float32)
         w[..., :32] = -1.0  # a whole word of negative outputs: all its bits 0
-        x, w = jnp.asarray(x), jnp.asarray(w)
+        # On the CPU device (the ISA under test), also where a GPU is the default.
+        x, w = jax.device_put((x, w), jax.devices("cpu")[0])
         want = np.asarray(_ref(x, w, type="binary_weights", output="packed").words)
 
         @jax.jit
@@ -585,7 +587,9 @@ def test_bug_huge_padding_overflows_scratch_size(shape, attrs):
     first two; the third stays within that bound and overflowed until 02c5ae8
     (size products checked in cpp/common/ffi_conv.h). It must be an
     InvalidArgument error (or the right numbers)."""
-    env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # (JAX_PLATFORMS=cpu: the CPU handler, also where a GPU is the default device.)
+    env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _OVERFLOW_SCRIPT, *map(str, shape)] + attrs,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, (f"the process died with {proc.returncode} "
@@ -599,7 +603,7 @@ def test_bug_huge_padding_overflows_scratch_size(shape, attrs):
 
 
 def test_bug_cuda_attributes_truncated_to_int32():
-    """Found by reading cpp/cuda (not yet run on a GPU from this suite): the
+    """Found by reading cpp/cuda (first run on a GPU in session 9, S9-12): the
     CUDA handler bounds image and kernel sizes but not strides, dilations or
     padding, and binconv_kernels.cu narrows them to int (EpiArgs). With
     pad_top = 2^32 and stride_h = 2^33 the single output row lies entirely in
@@ -619,7 +623,10 @@ def test_bug_cuda_attributes_truncated_to_int32():
         np.ones((1, 4, 4, 8), np.float32), np.zeros((4, 1, 1, 1), np.uint32),
         np.zeros(8, np.float32), np.ones(8, np.float32), np.ones(4, np.float32),
         np.zeros(4, np.float32))]
-    call = jax.ffi.ffi_call(jb.TARGETS["cuda"], jax.ShapeDtypeStruct((1, 1, 4, 4), np.float32))
+    # v1: these six operands and one result (TARGETS["cuda"] is v3: three
+    # operands and a workspace result; called with v1's operands XLA killed
+    # the process instead of reporting the wrong arity, see docs/ffi.md).
+    call = jax.ffi.ffi_call("jax_binconv_conv2d_cuda_v1", jax.ShapeDtypeStruct((1, 1, 4, 4), np.float32))
     try:
         y = np.asarray(jax.jit(lambda *a: call(*a, **attrs))(*ops))
     except Exception as e:  # noqa: BLE001

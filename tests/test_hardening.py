@@ -603,7 +603,7 @@ def test_bug_huge_padding_overflows_scratch_size(shape, attrs):
 
 
 def test_bug_cuda_attributes_truncated_to_int32():
-    """Found by reading cpp/cuda (first run on a GPU in session 9, S9-12): the
+    """Found by reading cpp/cuda (first run on a GPU in session 9, S9-9): the
     CUDA handler bounds image and kernel sizes but not strides, dilations or
     padding, and binconv_kernels.cu narrows them to int (EpiArgs). With
     pad_top = 2^32 and stride_h = 2^33 the single output row lies entirely in

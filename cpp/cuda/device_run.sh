@@ -198,6 +198,16 @@ PY
       XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout ${BENCH_TIMEOUT:-300} \
         python3 benchmarks/gpu.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_nocb.log" | tail -40
       ;;
+    others)
+      # The suites besides test_gpu.py, with the GPU as JAX's default device
+      # (their CPU-kernel tests must pin the CPU device); no -x: every failure.
+      stamp "other test files on the GPU machine"
+      timeout ${OTHERS_TIMEOUT:-300} python3 -m pytest -q -rf --tb=line -n 8 tests/test_hardening.py \
+        tests/test_conv.py tests/test_grad.py tests/test_export.py tests/test_errors.py \
+        tests/test_cuda_slots.py >"$OUT/others.log" 2>&1
+      echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/others.log" | tail -3
+      grep -E "^(FAILED|ERROR)|crashed" "$OUT/others.log" | head -20
+      ;;
     pytest)
       # tests/ files and a -k selection: PYTEST_FILES, PYTEST_K
       stamp "pytest ${PYTEST_FILES:-tests/test_gpu.py} -k ${PYTEST_K:-}"

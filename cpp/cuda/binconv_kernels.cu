@@ -1634,7 +1634,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     pa.ib = b.input_bias;
     pa.is = b.input_scale;
     pa.xp = at<uint32_t>(scratch, pl.off_xp);
-    pa.popc = fast ? nullptr : popc;  // (the fast kernel's X1 comes from its MMAs)
+    pa.popc = popc;
     pa.aimg = aimg;
     const int nq = (int)(p.c / 4);
     pa.ppw = pa.mode_x == 3 && p.c % 32 == 0 && 32 % nq == 0 ? 64 / nq : 1;

@@ -96,6 +96,10 @@ def main(argv=None):
                     help="how applications are repeated inside the timed jit")
     ap.add_argument("--kernel", choices=["auto", "general"], default="auto",
                     help="jax_binconv._cuda.set_kernel policy for ours")
+    ap.add_argument("--wgmma", choices=["on", "off", "both"], default="on",
+                    help="the fast kernel's K loop on wgmma (compute capability 9.0) or "
+                         "mma.sync; both: ours timed each way in the same run (rows "
+                         "'float-mma', 'packed-mma' for mma.sync)")
     args = ap.parse_args(argv)
 
     gpu = jax.devices("gpu")[0]
@@ -104,8 +108,10 @@ def main(argv=None):
     from jax_binconv import _cuda
 
     _cuda.set_kernel(args.kernel)
+    _cuda.set_fast_wgmma(args.wgmma != "off")
     print(f"device: {gpu.device_kind}; jax {jax.__version__}; loop {args.loop}; "
-          f"kernel policy {args.kernel}")
+          f"kernel policy {args.kernel}; wgmma {args.wgmma} "
+          f"(available: {_cuda.wgmma_available()})")
     ceil = _cuda.measure_ceilings(1 << 30)
     mma_rate, copy_bw = ceil["mma_macs_per_s"], ceil["copy_bytes_per_s"]
     print(f"ceilings: b1 MMA {mma_rate:.3e} binary MAC/s; copy {copy_bw / 1e9:.0f} GB/s "
@@ -140,26 +146,38 @@ def main(argv=None):
             x16 = x.astype(jnp.bfloat16)
             t_of = bench(ours_f, (x, wpk), args.reps, args.loop)
             t_op = bench(ours_p, (xp.words, wpk), args.reps, args.loop)
+            wg_ran = _cuda.last_wgmma()
+            extra = []
+            if args.wgmma == "both":
+                _cuda.set_fast_wgmma(False)
+                jax.clear_caches()
+                extra = [("float-mma", bench(ours_f, (x, wpk), args.reps, args.loop)),
+                         ("packed-mma", bench(ours_p, (xp.words, wpk), args.reps, args.loop))]
+                _cuda.set_fast_wgmma(True)
+                jax.clear_caches()
             t_16 = bench(cudnn, (x16, w16), args.reps, args.loop)
             t_32 = bench(cudnn, (x, w32), args.reps, args.loop)
             bytes_f = 4 * (n * h * w * c + n * ho * wo * o)
             bytes_p = 4 * (n * h * w * -(-c // 32) + n * ho * wo * -(-o // 32))
-            for io, t, nbytes in (("float", t_of, bytes_f), ("packed", t_op, bytes_p)):
+            timed = [("float", t_of), ("packed", t_op)] + extra
+            for io, t in timed:
+                nbytes = bytes_f if io.startswith("float") else bytes_p
                 ms = t[0]
                 rows.append(dict(
                     layer=name, n=n, io=io, ours=ms, ours_med=t[1], bf16=t_16[0], f32=t_32[0],
                     tmacs=macs / (ms * 1e-3) / 1e12, pct_mma=100 * macs / (ms * 1e-3) / mma_rate,
                     pct_mem=100 * (nbytes / copy_bw) / (ms * 1e-3)))
-            r = rows[-2:]
-            paths = _cuda.last_kernel()
-            print(f"  {name} N={n} [{paths}]: float {r[0]['ours']:.4f} ms, packed {r[1]['ours']:.4f} ms, "
-                  f"bf16 {t_16[0]:.4f} ms, f32 {t_32[0]:.4f} ms", flush=True)
+            r = rows[-len(timed):]
+            paths = _cuda.last_kernel() + (" wgmma" if wg_ran else "")
+            print(f"  {name} N={n} [{paths}]: " + ", ".join(
+                f"{q['io']} {q['ours']:.4f} ms" for q in r) +
+                  f", bf16 {t_16[0]:.4f} ms, f32 {t_32[0]:.4f} ms", flush=True)
 
     print()
-    print(f"{'layer':5} {'N':>4} {'io':6} {'ours ms':>9} {'(med)':>9} {'bf16 ms':>9} "
+    print(f"{'layer':5} {'N':>4} {'io':10} {'ours ms':>9} {'(med)':>9} {'bf16 ms':>9} "
           f"{'f32 ms':>9} {'x bf16':>7} {'x f32':>7} {'TMAC/s':>8} {'%MMA':>6} {'%memfl':>7}")
     for r in rows:
-        print(f"{r['layer']:5} {r['n']:4d} {r['io']:6} {r['ours']:9.4f} {r['ours_med']:9.4f} "
+        print(f"{r['layer']:5} {r['n']:4d} {r['io']:10} {r['ours']:9.4f} {r['ours_med']:9.4f} "
               f"{r['bf16']:9.4f} {r['f32']:9.4f} {r['bf16'] / r['ours']:7.2f} "
               f"{r['f32'] / r['ours']:7.2f} {r['tmacs']:8.1f} {r['pct_mma']:6.1f} "
               f"{r['pct_mem']:7.1f}")

@@ -1178,12 +1178,14 @@ std::atomic<int> g_wcopy{kWeightsTensorMap};  // set_fast_weight_copy: the most 
 std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
 std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
+std::atomic<bool> g_wgmma{true};      // set_fast_wgmma
+std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
 // device (a handful of runtime calls less per call: N = 1 layers are bound
 // by such host work).
 struct DevInfo {
-  int sms, optin, smem_sm, reserved, major;
+  int sms, optin, smem_sm, reserved, major, minor;
 };
 cudaError_t dev_info(DevInfo* out) {
   constexpr int kMaxDev = 64;
@@ -1205,7 +1207,9 @@ cudaError_t dev_info(DevInfo* out) {
                                     dev)) != cudaSuccess ||
       (err = cudaDeviceGetAttribute(&d.reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev)) !=
           cudaSuccess ||
-      (err = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess)
+      (err = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev)) !=
+          cudaSuccess ||
+      (err = cudaDeviceGetAttribute(&d.minor, cudaDevAttrComputeCapabilityMinor, dev)) != cudaSuccess)
     return err;
   if (dev < kMaxDev) {
     static std::mutex mu;
@@ -1321,6 +1325,27 @@ bool plan_fast_geometry(const ConvParams& p, FastArgs* fa) {
   return true;
 }
 
+// Whether this build has sm_90a code (the wgmma kernel): CMake defines
+// JAX_BINCONV_HAVE_SM90A when JAX_BINCONV_CUDA_ARCHS lists 90a.
+constexpr bool wgmma_built() {
+#ifdef JAX_BINCONV_HAVE_SM90A
+  return true;
+#else
+  return false;
+#endif
+}
+
+// The wgmma kernel's weight layout: K padded to whole steps (kcp = 2 ks
+// chunks), in nbk tensor-map boxes of wg_kbox <= 256 chunks per 8-row group,
+// pitch_b = nbk wg_kbox chunks per group.
+void plan_wgmma(FastArgs* a) {
+  const int kcp = 2 * a->ks;
+  const int nbk = (kcp + 255) / 256;
+  a->wg = 1;
+  a->wg_kbox = (kcp + nbk - 1) / nbk;
+  a->pitch_b = nbk * a->wg_kbox;
+}
+
 // plan_fast_geometry, and whether this call can run it: x and w are the
 // operand pointers (packed x: 16-byte chunks must be aligned; float x is
 // packed into 256-byte aligned scratch), and the shared memory must fit the
@@ -1332,6 +1357,19 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   if (!plan_fast_geometry(p, &a)) return false;
   DevInfo di;
   if (dev_info(&di) != cudaSuccess) return false;
+  // The wgmma kernel (sm_90a code: compute capability 9.0 exactly, from a
+  // build that has it), where its shared memory fits too.
+  if (!a.half && wgmma_built() && di.major == 9 && di.minor == 0 &&
+      g_wgmma.load(std::memory_order_relaxed)) {
+    FastArgs g = a;
+    plan_wgmma(&g);
+    const FastSmem Lg = fast_smem(g);
+    if (Lg.total <= di.optin) {
+      *fa = g;
+      *smem = Lg.total;
+      return true;
+    }
+  }
   const FastSmem L = fast_smem(a);
   if (L.total > di.optin) return false;
   *fa = a;
@@ -1410,6 +1448,23 @@ bool make_w_tensor_map(const FastArgs& a, const void* w, bool float_order, CUten
   return encode_map_5d(map, w, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
+// The wgmma kernel's weight map (O a multiple of 128): a box is one 8-row
+// group j of a block (wg_chan_of_col): rows jj + S tq (S = 32, or 4 for
+// EPI_FLOAT) from channel n0 + wg_group_base(j), wg_kbox chunks from k0,
+// landing as [k][tq][jj][16 bytes], the core-matrix order. Dimensions,
+// innermost first: 2 x 8 bytes (a chunk), jj (2, a channel apart), tq (4, S
+// channels apart), kc chunks (16 bytes apart; zeros past kc), channel pairs
+// (O / 2, 2 channels apart: the box's first channel / 2 is the coordinate).
+bool make_w_tensor_map_wg(const FastArgs& a, const void* w, bool float_order, CUtensorMap* map) {
+  if (a.o % kFastBN != 0 || a.wg_kbox > 256) return false;
+  const cuuint64_t row = 16 * (cuuint64_t)a.kc;
+  const cuuint64_t sq = float_order ? 4 : 32;
+  const cuuint64_t dims[5] = {2, 2, 4, (cuuint64_t)a.kc, (cuuint64_t)a.o / 2};
+  const cuuint64_t strides[4] = {row, sq * row, 16, 2 * row};
+  const cuuint32_t box[5] = {2, 2, 4, (cuuint32_t)a.wg_kbox, 1};
+  return encode_map_5d(map, w, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+}
+
 // Programmatic dependent launch (sm_90) of the fast kernels; where a launch
 // is refused with it, once, never again in this process.
 std::atomic<bool> g_pdl_ok{true};
@@ -1440,7 +1495,7 @@ cudaError_t launch_fast_tables(const PrepArgs& pa, const FastArgs& a, cudaStream
                 : launch_pdl(cfg, fast_tables_kernel<false>, pa, a);
 }
 
-template <int EPI, bool HALF>
+template <int EPI, bool HALF, bool WG>
 cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUtensorMap& wmap,
                             int smem, cudaStream_t stream) {
   static std::atomic<uint64_t> attr_set{0};
@@ -1451,7 +1506,7 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   if (err != cudaSuccess) return err;
   const uint64_t bit = uint64_t(1) << (dev & 63);
   if (!(attr_set.load(std::memory_order_relaxed) & bit)) {
-    err = cudaFuncSetAttribute(fast_conv_kernel<EPI, HALF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    err = cudaFuncSetAttribute(fast_conv_kernel<EPI, HALF, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                di.optin);
     if (err != cudaSuccess) return err;
     attr_set.fetch_or(bit, std::memory_order_relaxed);
@@ -1470,7 +1525,7 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   cfg.blockDim = dim3(kFastThreads);
   cfg.dynamicSmemBytes = (size_t)smem;
   cfg.stream = stream;
-  return launch_pdl(cfg, fast_conv_kernel<EPI, HALF>, a, map, wmap);
+  return launch_pdl(cfg, fast_conv_kernel<EPI, HALF, WG>, a, map, wmap);
 }
 
 cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
@@ -1482,18 +1537,29 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
   a.tma_x = !a.half && sm90 && g_tma_slots.load() && make_x_tensor_map(a, a.x, &map);
   g_last_tma.store(a.tma_x, std::memory_order_relaxed);
   const int want = g_wcopy.load(std::memory_order_relaxed);
-  a.wcopy = a.half || !sm90 || want == kWeightsCpAsync ? kWeightsCpAsync
-            : want == kWeightsTensorMap && make_w_tensor_map(a, a.wt, epi == EPI_FLOAT, &wmap)
-                ? kWeightsTensorMap
-                : kWeightsBulk;
+  if (a.wg) {
+    // Core-matrix rows are not contiguous: a tensor-map box per 8-row group
+    // (O a multiple of 128), else cp.async (no bulk-copy mode).
+    a.wcopy = want == kWeightsTensorMap && make_w_tensor_map_wg(a, a.wt, epi == EPI_FLOAT, &wmap)
+                  ? kWeightsTensorMap
+                  : kWeightsCpAsync;
+  } else {
+    a.wcopy = a.half || !sm90 || want == kWeightsCpAsync ? kWeightsCpAsync
+              : want == kWeightsTensorMap && make_w_tensor_map(a, a.wt, epi == EPI_FLOAT, &wmap)
+                  ? kWeightsTensorMap
+                  : kWeightsBulk;
+  }
   g_last_wcopy.store(a.wcopy, std::memory_order_relaxed);
-  auto launch = [&](auto half) {
-    constexpr bool HALF = decltype(half)::value;
-    if (epi == EPI_THR) return launch_fast_epi<EPI_THR, HALF>(a, map, wmap, smem, stream);
-    if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED, HALF>(a, map, wmap, smem, stream);
-    return launch_fast_epi<EPI_FLOAT, HALF>(a, map, wmap, smem, stream);
+  g_last_wgmma.store(a.wg, std::memory_order_relaxed);
+  auto launch = [&](auto half, auto wg) {
+    constexpr bool HALF = decltype(half)::value, WG = decltype(wg)::value;
+    if (epi == EPI_THR) return launch_fast_epi<EPI_THR, HALF, WG>(a, map, wmap, smem, stream);
+    if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED, HALF, WG>(a, map, wmap, smem, stream);
+    return launch_fast_epi<EPI_FLOAT, HALF, WG>(a, map, wmap, smem, stream);
   };
-  return a.half ? launch(std::true_type{}) : launch(std::false_type{});
+  if (a.half) return launch(std::true_type{}, std::false_type{});
+  if (a.wg && wgmma_built()) return launch(std::false_type{}, std::true_type{});
+  return launch(std::false_type{}, std::false_type{});
 }
 
 void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_relaxed); }
@@ -1509,6 +1575,13 @@ void set_fast_fused_prep(bool on) { g_fused_prep.store(on, std::memory_order_rel
 bool fast_fused_prep() { return g_fused_prep.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
+void set_fast_wgmma(bool on) { g_wgmma.store(on, std::memory_order_relaxed); }
+bool fast_wgmma() { return g_wgmma.load(std::memory_order_relaxed); }
+int last_wgmma() { return g_last_wgmma.load(std::memory_order_relaxed); }
+bool wgmma_available() {
+  DevInfo di;
+  return wgmma_built() && dev_info(&di) == cudaSuccess && di.major == 9 && di.minor == 0;
+}
 
 size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast) {
   FastArgs fa;

@@ -91,6 +91,16 @@ int last_weight_copy();
 // Process-wide, read at every call.
 void set_fast_fused_prep(bool on);
 bool fast_fused_prep();
+// The fast kernel's K loop on wgmma (warpgroup MMAs, sm_90a code) where the
+// current GPU is compute capability 9.0 and the build has sm_90a code
+// (default on), else on mma.sync. C = 64 always runs mma.sync. A knob for
+// tests and benchmarks, same results. Process-wide, read at every call.
+void set_fast_wgmma(bool on);
+bool fast_wgmma();
+// Whether the last fast-kernel call ran the wgmma kernel: 1, 0, or -1.
+int last_wgmma();
+// Whether this build and the current GPU can run the wgmma kernel.
+bool wgmma_available();
 
 // Enqueues the whole convolution on `stream`. `scratch` holds
 // scratch_bytes(p) bytes, aligned to 64 (16 would do). Returns the first CUDA error

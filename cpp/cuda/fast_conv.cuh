@@ -133,6 +133,10 @@ struct FastArgs {
   // = 2 where dw = 1; the second half unused where tpc = 1 or past kw), nj
   // chunks per tap row; p = 1.
   int half, tpc, nj;
+  // sm_90a (fast_conv_kernel<EPI, false, true>): the K loop on wgmma, the
+  // weights in core-matrix order (see wg_chan_of_col), pitch_b chunks per
+  // 8-row group (a multiple of wg_kbox, the weight tensor map's box along K).
+  int wg, wg_kbox;
 };
 
 // The valid-tap range [lo, hi) along one axis of the output position whose
@@ -182,6 +186,29 @@ template <int EPI>
 __host__ __device__ inline int chan_of_col(int f) {
   return EPI == EPI_FLOAT ? fast_chan_of_col_float(f) : fast_chan_of_col(f);
 }
+// The wgmma kernel's order: a warpgroup's m64n128 accumulator gives thread
+// tq of a row group, per row, columns f = 8 j + 2 tq + jj (j < 16, jj < 2);
+// column f holds channel 32 tq + 2 j + jj (packed output: the thread's 32
+// accumulators c = 2 j + jj of a row are one whole output word, bit c), or
+// for EPI_FLOAT 16 (j >> 1) + 4 tq + 2 (j & 1) + jj (accumulators c = 4 g ..
+// 4 g + 3 are channels 16 g + 4 tq .. + 3: the 4 lanes of a row store 64
+// contiguous bytes per float4 store).
+template <int EPI>
+__host__ __device__ inline int wg_chan_of_col(int f) {
+  const int j = f >> 3, tq = (f >> 1) & 3, jj = f & 1;
+  return EPI == EPI_FLOAT ? 16 * (j >> 1) + 4 * tq + 2 * (j & 1) + jj : 32 * tq + 2 * j + jj;
+}
+// Channel (within the block) of a wgmma thread's accumulator c = 2 j + jj.
+template <int EPI>
+__host__ __device__ inline int wg_chan(int tq, int c) {
+  return EPI == EPI_FLOAT ? 16 * (c >> 2) + 4 * tq + (c & 3) : 32 * tq + c;
+}
+// First channel of the 8-row group j of the weights (the tensor-map box of
+// that group starts there; its rows are then jj + S tq, S = 32 or 4).
+template <int EPI>
+__host__ __device__ inline int wg_group_base(int j) {
+  return EPI == EPI_FLOAT ? 16 * (j >> 1) + 2 * (j & 1) : 2 * j;
+}
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
@@ -212,7 +239,9 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a, bool half) {
   s.xcls = take(a.wo * 4);
   s.ltab = take(a.wslot * a.p * (half ? 16 : 8));
   s.mbar = take(24);  // mbarriers (sm_90): the weight copy, then the slots of buffer 0 and 1
-  s.x1m = take(half ? (a.ks + 1) * 16 : 0);  // half: the X1 MMA's B masks per K step
+  // half: the X1 MMA's B masks per K step; wg: the X1 wgmma's all-ones B
+  // (two core matrices of ones, then ones and zeros for a padding chunk).
+  s.x1m = take(half ? (a.ks + 1) * 16 : a.wg ? 512 : 0);
   s.total = off;
   return s;
 }
@@ -462,6 +491,78 @@ __device__ __forceinline__ void ldmatrix_x4_at(uint32_t (&r)[4], uint32_t addr) 
                : "r"(addr));
 }
 
+// wgmma (sm_90a only: __CUDA_ARCH_FEAT_SM90_ALL; the host launches
+// fast_conv_kernel<EPI, false, true> only on compute capability 9.0 from a
+// build with sm_90a code, JAX_BINCONV_HAVE_SM90A). A from registers (the
+// ldmatrix fragments of mma.sync m16n8k256: warp w of the warpgroup gives
+// rows 16 w .. 16 w + 15), B from shared memory by a matrix descriptor: no
+// swizzle, K-major core matrices of 8 rows x 16 bytes, LBO the byte step
+// between the two core matrices of a K step (along K), SBO the step between
+// 8-row groups (along N). Checked on the H100 by cpp/cuda/tools/wgmma_probe.cu.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr bool kFastWg = true;
+#else
+constexpr bool kFastWg = false;
+#endif
+__device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
+         ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32);
+}
+__device__ __forceinline__ void wg_fence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_commit() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// d (64 per thread) = popc(A AND B) over 256 bits (+ d where acc != 0), m64n128.
+// (acc = 0 for the first K step instead of zeroing d: a non-wgmma
+// instruction that writes the accumulators makes ptxas serialize the
+// wgmmas.)
+__device__ __forceinline__ void wgmma_n128(int (&d)[64], const uint32_t (&a)[4], uint64_t bdesc,
+                                           int acc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define BINCONV_WG8(i)                                                                   \
+  "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]), \
+      "+r"(d[i + 6]), "+r"(d[i + 7])
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "{%64,%65,%66,%67}, %68, p;\n"
+      "}\n"
+      : BINCONV_WG8(0), BINCONV_WG8(8), BINCONV_WG8(16), BINCONV_WG8(24), BINCONV_WG8(32),
+        BINCONV_WG8(40), BINCONV_WG8(48), BINCONV_WG8(56)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc), "r"(acc));
+#undef BINCONV_WG8
+#endif
+}
+// d (4 per thread) = popc(A AND B) (+ d where acc != 0), m64n8 (X1 against
+// all-ones B).
+__device__ __forceinline__ void wgmma_n8(int (&d)[4], const uint32_t (&a)[4], uint64_t bdesc,
+                                         int acc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %9, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k256.s32.b1.b1.and.popc "
+      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc), "r"(acc));
+#endif
+}
+
 // Sigmoid and tanh, out of line: the float epilogue is unrolled over a
 // thread's 64 outputs per tile, and inlining expf / tanhf (and a switch) at
 // each of them made the kernel's code larger than the instruction cache
@@ -487,7 +588,7 @@ __device__ __forceinline__ bool fast_slot_row(const FastArgs& a, int row0, int i
   return true;
 }
 
-template <int EPI, bool HALF>
+template <int EPI, bool HALF, bool WG>
 __global__ void __launch_bounds__(kFastThreads, 2)
     fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
                      const __grid_constant__ CUtensorMap wmap) {
@@ -584,7 +685,35 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   // this one starts only after it has started.
   const int mt0 = blockIdx.x / a.ntiles;
   if (tma && !a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
-  if (wtmap) {
+  if (WG) {
+    // Core-matrix order (wg_chan_of_col): shared row f = 8 j + r8 of the
+    // block holds channel n0 + wg_chan_of_col(f); chunk k of it is at
+    // chunk (j pitch_b + k) 8 + r8. By tensor map (O a multiple of 128): a
+    // box per 8-row group j and wg_kbox chunks (zeros past kc: the padding
+    // chunk and the rest up to pitch_b); else 16-byte cp.async.
+    if (wtmap) {
+      const int nbk = a.pitch_b / a.wg_kbox;
+      if (tid == 0) mbar_arrive_expect_tx(wbar, (uint32_t)(kFastBN * a.pitch_b * 16));
+      for (int q = tid; q < (kFastBN / 8) * nbk; q += kFastThreads) {
+        const int j = q / nbk, kb = q - j * nbk;
+        tensor_copy_5d(smem_u32(bs + 8 * (j * a.pitch_b + kb * a.wg_kbox)), &wmap, 0, 0, 0,
+                       kb * a.wg_kbox, (n0 + wg_group_base<EPI>(j)) / 2, wbar);
+      }
+    } else {
+      for (int q = tid; q < kFastBN * a.kc; q += kFastThreads) {
+        const int r = fdiv(q, a.div_kc), k = q - r * a.kc;
+        const int o = n0 + wg_chan_of_col<EPI>(r);
+        const bool ok = o < a.o;
+        cp_async<16>(bs + 8 * ((r >> 3) * a.pitch_b + k) + (r & 7),
+                     a.wt + (long long)(ok ? o : 0) * a.kc + k, ok);
+      }
+      const int zc = a.pitch_b - a.kc;  // chunks past kc, per row
+      for (int q = tid; q < kFastBN * zc; q += kFastThreads) {
+        const int r = q / zc, k = a.kc + (q - r * zc);
+        bs[8 * ((r >> 3) * a.pitch_b + k) + (r & 7)] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  } else if (wtmap) {
     // The box's bytes, zero-filled parts included, complete the phase.
     if (tid == 0) {
       mbar_arrive_expect_tx(wbar, (uint32_t)(kFastBN * a.pitch_b * 16));
@@ -624,7 +753,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     }
   }
   cp_async_commit();
-  if (2 * a.ks > a.kc && !wtmap)  // (the tensor map reads zeros past kc)
+  if (!WG && 2 * a.ks > a.kc && !wtmap)  // (the tensor map reads zeros past kc)
     for (int r = tid; r < kFastBN; r += kFastThreads) bs[r * a.pitch_b + a.kc] = make_uint4(0, 0, 0, 0);
   // The small tables below start at different warps (vt: the thread's index
   // rotated), so that no warp builds them all while the others wait at the
@@ -681,6 +810,9 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     const int ix = px - a.pl;
     ltab[q] = make_int2(c * a.wslot + px, (unsigned)ix < (unsigned)a.w ? ix * a.p + c : -1);
   }
+  if (WG && tid < 32)  // the X1 wgmma's B: 24 chunks of ones, then 8 of zeros
+    reinterpret_cast<uint4*>(fsm + L.x1m)[tid] =
+        tid < 24 ? make_uint4(kFull, kFull, kFull, kFull) : make_uint4(0, 0, 0, 0);
   if (EPI != EPI_THR && tid >= kFastThreads - kFastBN) {  // warps 4-7 (0-3 copy weights)
     const int r = tid - (kFastThreads - kFastBN), o = min(n0 + r, a.o - 1);
     csc[r] = __ldg(a.osc + o);
@@ -781,251 +913,390 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     cp_async_commit();
     const uint32_t as_addr = smem_u32(fsm + (buf ? L.a1 : L.a0));
     const int4* rows_t = rows + buf * kFastBM + wm + gq;  // row wm + gq + dr: rows_t[dr]
-
-    // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
-    uint32_t abyte[4];
-#pragma unroll
-    for (int mf = 0; mf < 4; ++mf)
-      abyte[mf] = as_addr + rows[buf * kFastBM + wm + mf * 16 + (lane & 15)].w;
-    int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
-    uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);
-    const uint32_t bstep1 = 16 * 16 * a.pitch_b;
-    // The X1 MMA of the row fragment this warp owns (mf == wq): the K loop is
-    // instantiated per wq, so that it is a plain MMA (as a run-time
-    // condition it cost a compare, a predicated MMA and two WARPSYNCs per
-    // row fragment and K step: 4.5% of all instructions were WARPSYNC). It
-    // runs for AND too, unused.
-    // DEAD: a warp whose 32 channels are all past O (O = 64: half the
-    // block) runs only its X1 MMA, which the other warps of its row range
-    // need, and no epilogue.
-    auto kloop = [&](auto wq_const, auto dead_const) {
-      constexpr int WQ = decltype(wq_const)::value;
-      constexpr bool DEAD = decltype(dead_const)::value;
-      const uint2* x1p = HALF ? reinterpret_cast<const uint2*>(fsm + L.x1m) + (tq >> 1) : nullptr;
-      // The chunk offsets are read one K step ahead (their shared-memory
-      // latency sat between each step's first instructions).
+    if constexpr (WG) {
+      // ---- wgmma: warpgroup g (warps 4 g .. 4 g + 3) computes rows 64 g ..
+      // 64 g + 63 of the tile x all 128 channels, one m64n128k256 per K step
+      // (+ one m64n8k256 against all-ones B for X1 (XNOR): every thread then
+      // has the X1 of its own two rows). Warp w's A fragment (its 16 rows)
+      // by ldmatrix as for mma.sync, double-buffered: the next step's is
+      // loaded once the wgmma that last read that buffer has completed.
+      const int wrow = 64 * (warp >> 2) + 16 * (warp & 3);
+      const int4* rows_b = rows + buf * kFastBM;
+      const uint32_t abase = as_addr + rows_b[wrow + (lane & 15)].w;
       const int* kp = ktab + half;
-      int koff = kp[0];
-#pragma unroll(HALF ? 1 : 2)  // (half: 2 spilled in EPI_PACKED)
-      for (int i = 0; i < a.ks; ++i, bb0 += 32) {
-        const int knext = kp[2 * i + 2];
-        uint32_t af[4][4], bf[2][4];
-#pragma unroll
-        for (int mf = 0; mf < 4; ++mf)
-          if (!DEAD || mf == WQ) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
-        if (!DEAD) {
-          ldmatrix_x4_at(bf[0], bb0);
-          ldmatrix_x4_at(bf[1], bb0 + bstep1);
+      const uint64_t bdesc = wg_desc(smem_u32(bs), 128, 128 * a.pitch_b);
+      const uint32_t ones = smem_u32(fsm + L.x1m);
+      const uint64_t x1full = wg_desc(ones, 128, 256), x1last = wg_desc(ones + 256, 128, 256);
+      int acc[64], x1acc[4];  // (set by the first K step: accumulate flag 0)
+      uint32_t af0[4], af1[4];
+      ldmatrix_x4_at(af0, abase + kp[0]);
+      auto step = [&](int i, uint32_t(&cur)[4], uint32_t(&nxt)[4]) {
+        wg_fence();
+        wgmma_n128(acc, cur, bdesc + (uint64_t)(16 * i), i);  // 256 bytes per K step
+        if (need_x1) wgmma_n8(x1acc, cur, 2 * i + 1 < a.kc ? x1full : x1last, i);
+        wg_commit();
+        if (i + 1 < a.ks) {
+          wg_wait<1>();  // step i - 1 (the last reader of nxt) is done
+          ldmatrix_x4_at(nxt, abase + kp[2 * i + 2]);
         }
-        // X1's all-ones B: the padding chunk (odd kc) masked; half: per
-        // pixel of a chunk (x1m).
-        const uint2 x1b = HALF ? x1p[2 * i] : make_uint2(kFull, 2 * i + 1 < a.kc ? kFull : 0u);
-#pragma unroll
-        for (int mf = 0; mf < 4; ++mf) {
-#pragma unroll
-          for (int nf = 0; nf < 4; ++nf)
-            if (!DEAD)
-              mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2],
-                         bf[nf >> 1][(nf & 1) * 2 + 1]);
-          if (mf == WQ) mma_b1_and(x1acc, af[mf], x1b.x, x1b.y);
-        }
-        koff = knext;
+      };
+      for (int i = 0; i < a.ks; i += 2) {
+        step(i, af0, af1);
+        if (i + 1 < a.ks) step(i + 1, af1, af0);
       }
-    };
-    const bool cols = n0 + wn < a.o;
-    auto kloop_wq = [&](auto dead_const) {
-      switch (wq) {
-        case 0: kloop(std::integral_constant<int, 0>{}, dead_const); break;
-        case 1: kloop(std::integral_constant<int, 1>{}, dead_const); break;
-        case 2: kloop(std::integral_constant<int, 2>{}, dead_const); break;
-        default: kloop(std::integral_constant<int, 3>{}, dead_const); break;
+      wg_wait<0>();
+      if (it == 0 && !a.x_late) {  // the table, before the first epilogue
+        load_tab();
+        cp_async_wait<0>();
+        __syncthreads();
       }
-    };
-    if (cols)
-      kloop_wq(std::false_type{});
-    else
-      kloop_wq(std::true_type{});
-    if (it == 0 && !a.x_late) {  // the table, before the first epilogue
-      load_tab();
-      cp_async_wait<0>();
-      __syncthreads();
-    }
-    // The epilogue record of the two rows whose X1 this warp has (rows
-    // wm + 16 wq + gq and + 8): the whole row term (XNOR: less 2 X1; AND: 0)
-    // and the class offset. Shared only by the 4 warps of this row range
-    // (wm): a barrier of those 128 threads, not of the block.
-    if (tq == 0) {
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int r = wm + wq * 16 + gq + 8 * hh;
-        const int4 rd = rows[buf * kFastBM + r];
-        erec[r] = make_int2(need_x1 ? rd.x - 2 * x1acc[2 * hh] : 0, rd.z);
-      }
-    }
-    // (Constant barrier ids: a register id makes ptxas reserve all 16.)
-    if (warp < 4)
-      asm volatile("bar.sync 1, 128;\n" ::: "memory");
-    else
-      asm volatile("bar.sync 2, 128;\n" ::: "memory");
-    if (!cols) continue;  // (no barrier below: the next one is the tile's)
-
-    // ---- epilogue straight from the accumulators; ch: the thread's first
-    // channel within the block (8 consecutive ones). Row r = wm + gq + dr,
-    // dr = 16 mf + 8 hh (k = 2 mf + hh: dr = 8 k).
-    const int ch = wn + 8 * tq;
-    const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
-    const int2* er_t = erec + wm + gq;
-    // The float epilogue of row k (channels ch + c, c < 8): affine, then
-    // the activation (EPI_FLOAT stores it, EPI_PACKED its sign bit).
-    // Channel (within the block) of accumulator c = 2 nf + jj of a row
-    // (EPI_FLOAT: fast_chan_of_col_float's order).
-    auto chan = [&](int c) {
-      return EPI == EPI_FLOAT ? wn + 4 * tq + (c & 3) + 16 * (c >> 2) : ch + c;
-    };
-    auto row_values = [&](int k, float (&val)[8]) {
-      const int mf = k >> 1, hh = k & 1;
-      const int2 e = er_t[8 * k];
-      const float beta = __int_as_float(rows_t[8 * k].y);
-      const int* tb = tab_s + e.y;  // the row's class
-      int iv[8];
-#pragma unroll
-      for (int nf = 0; nf < 4; ++nf) {
-        const int2 ct = *reinterpret_cast<const int2*>(tb + chan(2 * nf));
-        iv[2 * nf] = kmul * acc[mf][nf][2 * hh] + e.x + ct.x;
-        iv[2 * nf + 1] = kmul * acc[mf][nf][2 * hh + 1] + e.x + ct.y;
-      }
-      // Without beta (1.0f: z * 1.0f is z, bit for bit) and without an
-      // activation (linear: v itself) those steps are left out, a branch per
-      // row instead of an instruction or five per value.
-      if (a.beta) {
-#pragma unroll
-        for (int c = 0; c < 8; ++c)
-          val[c] = epilogue_affine((float)iv[c], csc[chan(c)], beta, cbi[chan(c)]);
-      } else {
-#pragma unroll
-        for (int c = 0; c < 8; ++c)
-          val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv[c], csc[chan(c)]), cbi[chan(c)]);
-      }
-      if (a.act != ACT_LINEAR) {
-#pragma unroll
-        for (int c = 0; c < 8; ++c)
-          val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
-                                : apply_act_select(val[c], asel);
-      }
-    };
-    if (EPI != EPI_FLOAT) {
-      // Packed output. Each thread builds, for its 8 rows and 8 channels,
-      // two words: word g holds rows k = 4 g .. 4 g + 3, row k's byte
-      // (channels ch .. ch + 7, channel c at bit c) at byte k & 3. A 4 x 4
-      // byte transpose among the 4 lanes of a row group (two shuffles and
-      // two byte permutes per word) then gives lane tq the whole 32-channel
-      // word of rows k = tq and 4 + tq, which it stores.
-      uint32_t wd[2] = {0u, 0u};
+      // ---- epilogue: thread (gq, tq) has rows wrow + gq + 8 h (h = 0, 1),
+      // accumulators c = 2 j + jj (acc[4 j + 2 h + jj]) of channels
+      // n0 + wg_chan(tq, c); 4 consecutive c are 4 consecutive channels.
+      const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
+      uint32_t flipw = 0;  // thr: flip bits of the thread's word (channels 32 tq ..)
       if (EPI == EPI_THR) {
-        // Sign of kmul P + rowc - B per channel, shifted in: row 7 channel
-        // 7 first, so that row 4 g channel 0 ends at bit 0 of word g.
 #pragma unroll
-        for (int k = 7; k >= 0; --k) {
-          const int mf = k >> 1, hh = k & 1;
-          const int2 e = er_t[8 * k];
-          const int* tb = tab_s + e.y + ch;  // the row's class, the 8 channels
-          const int4 b0 = *reinterpret_cast<const int4*>(tb);
-          const int4 b1 = *reinterpret_cast<const int4*>(tb + 4);
-          const int bnd[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+        for (int t = 0; t < 4; ++t) {
+          const uint32_t f = __ballot_sync(kFull, tab_s[ncls * kFastBN + 32 * t + lane] != 0);
+          if (t == tq) flipw = f;
+        }
+      }
 #pragma unroll
-          for (int c = 7; c >= 0; --c) {
-            const int d = kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + (e.x - bnd[c]);
-            wd[k >> 2] = __funnelshift_l((uint32_t)d, wd[k >> 2], 1);
+      for (int h = 0; h < 2; ++h) {
+        const int r = wrow + gq + 8 * h;
+        const int m = m0 + r;
+        const int4 rd = rows_b[r];
+        const int ex = need_x1 ? rd.x - 2 * x1acc[2 * h] : 0;
+        const int* tb = tab_s + rd.z;  // the row's class
+        auto accv = [&](int c) { return acc[4 * (c >> 1) + 2 * h + (c & 1)]; };
+        if (EPI == EPI_THR) {
+          // Sign of kmul P + rowc - B per channel, shifted in from c = 31.
+          const int* tbc = tb + 32 * tq;
+          uint32_t word = 0;
+#pragma unroll
+          for (int g = 7; g >= 0; --g) {
+            const int4 b4 = *reinterpret_cast<const int4*>(tbc + 4 * g);
+            const int bnd[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int q = 3; q >= 0; --q) {
+              const int d = kmul * accv(4 * g + q) + (ex - bnd[q]);
+              word = __funnelshift_l((uint32_t)d, word, 1);
+            }
           }
+          if (m < a.m && n0 + 32 * tq < a.o)
+            static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] = word ^ flipw;
+          continue;
         }
-      } else {
-        const int o = n0 + ch;
+        const float beta = __int_as_float(rd.y);
+        // Values of accumulators 4 g .. 4 g + 3 (channels wg_chan(tq, 4 g) + 0..3).
+        auto quad = [&](int g, float (&v)[4], auto plain_const) {
+          constexpr bool PLAIN = decltype(plain_const)::value;  // no beta, linear
+          const int ch = wg_chan<EPI>(tq, 4 * g);
+          const int4 t4 = *reinterpret_cast<const int4*>(tb + ch);
+          const float4 s4 = *reinterpret_cast<const float4*>(csc + ch);
+          const float4 b4 = *reinterpret_cast<const float4*>(cbi + ch);
+          const int tt[4] = {t4.x, t4.y, t4.z, t4.w};
+          const float ss[4] = {s4.x, s4.y, s4.z, s4.w}, bb[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          float val[8];
-          row_values(k, val);
-          uint32_t bits = 0;
+          for (int q = 0; q < 4; ++q) {
+            const float z = (float)(kmul * accv(4 * g + q) + ex + tt[q]);
+            if (PLAIN) {
+              v[q] = BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
+            } else {
+              v[q] = a.beta ? epilogue_affine(z, ss[q], beta, bb[q])
+                            : BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
+              if (a.act != ACT_LINEAR)
+                v[q] = asel.general ? fast_act_general(v[q], a.act, a.slope)
+                                    : apply_act_select(v[q], asel);
+            }
+          }
+        };
+        if (EPI == EPI_PACKED) {
+          uint32_t word = 0;
 #pragma unroll
-          for (int c = 0; c < 8; ++c)
-            if (o + c < a.o) bits |= bin_bit(val[c]) << c;
-          wd[k >> 2] |= bits << (8 * (k & 3));
+          for (int g = 0; g < 8; ++g) {
+            float v[4];
+            quad(g, v, std::false_type{});
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+              if (n0 + 32 * tq + 4 * g + q < a.o) word |= bin_bit(v[q]) << (4 * g + q);
+          }
+          if (m < a.m && n0 + 32 * tq < a.o)
+            static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] = word;
+          continue;
+        }
+        // EPI_FLOAT: 8 float4 stores per row, the 4 lanes of a row 64
+        // contiguous bytes per store; streaming (not read again here).
+        if (m >= a.m) continue;
+        float* dst = static_cast<float*>(a.out) + (long long)m * a.o + n0 + 4 * tq;
+        auto emit = [&](auto plain_const) {
+#pragma unroll
+          for (int g = 0; g < 8; ++g) {
+            float v[4];
+            quad(g, v, plain_const);
+            const int o = n0 + 16 * g + 4 * tq;
+            if ((a.o & 3) == 0 && o + 4 <= a.o) {
+              __stcs(reinterpret_cast<float4*>(dst + 16 * g), make_float4(v[0], v[1], v[2], v[3]));
+            } else {
+#pragma unroll
+              for (int q = 0; q < 4; ++q)
+                if (o + q < a.o) dst[16 * g + q] = v[q];
+            }
+          }
+        };
+        if (!a.beta && a.act == ACT_LINEAR)
+          emit(std::true_type{});
+        else
+          emit(std::false_type{});
+      }
+    } else {  // mma.sync
+
+      // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
+      uint32_t abyte[4];
+  #pragma unroll
+      for (int mf = 0; mf < 4; ++mf)
+        abyte[mf] = as_addr + rows[buf * kFastBM + wm + mf * 16 + (lane & 15)].w;
+      int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
+      uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);
+      const uint32_t bstep1 = 16 * 16 * a.pitch_b;
+      // The X1 MMA of the row fragment this warp owns (mf == wq): the K loop is
+      // instantiated per wq, so that it is a plain MMA (as a run-time
+      // condition it cost a compare, a predicated MMA and two WARPSYNCs per
+      // row fragment and K step: 4.5% of all instructions were WARPSYNC). It
+      // runs for AND too, unused.
+      // DEAD: a warp whose 32 channels are all past O (O = 64: half the
+      // block) runs only its X1 MMA, which the other warps of its row range
+      // need, and no epilogue.
+      auto kloop = [&](auto wq_const, auto dead_const) {
+        constexpr int WQ = decltype(wq_const)::value;
+        constexpr bool DEAD = decltype(dead_const)::value;
+        const uint2* x1p = HALF ? reinterpret_cast<const uint2*>(fsm + L.x1m) + (tq >> 1) : nullptr;
+        // The chunk offsets are read one K step ahead (their shared-memory
+        // latency sat between each step's first instructions).
+        const int* kp = ktab + half;
+        int koff = kp[0];
+  #pragma unroll(HALF ? 1 : 2)  // (half: 2 spilled in EPI_PACKED)
+        for (int i = 0; i < a.ks; ++i, bb0 += 32) {
+          const int knext = kp[2 * i + 2];
+          uint32_t af[4][4], bf[2][4];
+  #pragma unroll
+          for (int mf = 0; mf < 4; ++mf)
+            if (!DEAD || mf == WQ) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
+          if (!DEAD) {
+            ldmatrix_x4_at(bf[0], bb0);
+            ldmatrix_x4_at(bf[1], bb0 + bstep1);
+          }
+          // X1's all-ones B: the padding chunk (odd kc) masked; half: per
+          // pixel of a chunk (x1m).
+          const uint2 x1b = HALF ? x1p[2 * i] : make_uint2(kFull, 2 * i + 1 < a.kc ? kFull : 0u);
+  #pragma unroll
+          for (int mf = 0; mf < 4; ++mf) {
+  #pragma unroll
+            for (int nf = 0; nf < 4; ++nf)
+              if (!DEAD)
+                mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2],
+                           bf[nf >> 1][(nf & 1) * 2 + 1]);
+            if (mf == WQ) mma_b1_and(x1acc, af[mf], x1b.x, x1b.y);
+          }
+          koff = knext;
+        }
+      };
+      const bool cols = n0 + wn < a.o;
+      auto kloop_wq = [&](auto dead_const) {
+        switch (wq) {
+          case 0: kloop(std::integral_constant<int, 0>{}, dead_const); break;
+          case 1: kloop(std::integral_constant<int, 1>{}, dead_const); break;
+          case 2: kloop(std::integral_constant<int, 2>{}, dead_const); break;
+          default: kloop(std::integral_constant<int, 3>{}, dead_const); break;
+        }
+      };
+      if (cols)
+        kloop_wq(std::false_type{});
+      else
+        kloop_wq(std::true_type{});
+      if (it == 0 && !a.x_late) {  // the table, before the first epilogue
+        load_tab();
+        cp_async_wait<0>();
+        __syncthreads();
+      }
+      // The epilogue record of the two rows whose X1 this warp has (rows
+      // wm + 16 wq + gq and + 8): the whole row term (XNOR: less 2 X1; AND: 0)
+      // and the class offset. Shared only by the 4 warps of this row range
+      // (wm): a barrier of those 128 threads, not of the block.
+      if (tq == 0) {
+  #pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int r = wm + wq * 16 + gq + 8 * hh;
+          const int4 rd = rows[buf * kFastBM + r];
+          erec[r] = make_int2(need_x1 ? rd.x - 2 * x1acc[2 * hh] : 0, rd.z);
         }
       }
-      // The transpose. Stage 1 (lanes tq, tq ^ 2): bytes 0-1 of rows from
-      // lanes 0, 1 / 2, 3; stage 2 (lanes tq, tq ^ 1): single bytes.
-      const uint32_t sel1 = (tq & 2) ? 0x3276u : 0x5410u;
-      const uint32_t sel2 = (tq & 1) ? 0x3715u : 0x6240u;
-#pragma unroll
-      for (int g = 0; g < 2; ++g) {
-        wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 2), sel1);
-        wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 1), sel2);
-      }
-      // thr: flip bits of the warp's 32 channels, in packed-word order.
-      const uint32_t flipw =
-          EPI == EPI_THR ? __ballot_sync(kFull, tab_s[ncls * kFastBN + wn + lane] != 0) : 0u;
-      if (n0 + wn < a.o) {
-        const int m = m0 + wm + gq + 8 * tq;  // rows k = tq and k = 4 + tq (dr = 32)
-        uint32_t* dst = static_cast<uint32_t*>(a.out) + (long long)m * ow + (n0 + wn) / 32;
-        if (m < a.m) dst[0] = wd[0] ^ flipw;
-        if (m + 32 < a.m) dst[32 * (long long)ow] = wd[1] ^ flipw;
-      }
-    } else if (!a.beta && a.act == ACT_LINEAR && (a.o & 3) == 0 && n0 + wn + 32 <= a.o) {
-      // The usual case (no beta, no activation, the warp's 32 channels all
-      // real, rows of whole float4s) as straight-line code: the general
-      // loop below branches several times per row (beta, activation, the
-      // store's form), and in ncu (S8-9, L3 N=256) 19% of the float
-      // kernel's stall samples were instruction fetch (no_inst).
-      const int o = n0 + chan(0);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
+      // (Constant barrier ids: a register id makes ptxas reserve all 16.)
+      if (warp < 4)
+        asm volatile("bar.sync 1, 128;\n" ::: "memory");
+      else
+        asm volatile("bar.sync 2, 128;\n" ::: "memory");
+      if (!cols) continue;  // (no barrier below: the next one is the tile's)
+
+      // ---- epilogue straight from the accumulators; ch: the thread's first
+      // channel within the block (8 consecutive ones). Row r = wm + gq + dr,
+      // dr = 16 mf + 8 hh (k = 2 mf + hh: dr = 8 k).
+      const int ch = wn + 8 * tq;
+      const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
+      const int2* er_t = erec + wm + gq;
+      // The float epilogue of row k (channels ch + c, c < 8): affine, then
+      // the activation (EPI_FLOAT stores it, EPI_PACKED its sign bit).
+      // Channel (within the block) of accumulator c = 2 nf + jj of a row
+      // (EPI_FLOAT: fast_chan_of_col_float's order).
+      auto chan = [&](int c) {
+        return EPI == EPI_FLOAT ? wn + 4 * tq + (c & 3) + 16 * (c >> 2) : ch + c;
+      };
+      auto row_values = [&](int k, float (&val)[8]) {
         const int mf = k >> 1, hh = k & 1;
-        const int m = m0 + wm + gq + 8 * k;
         const int2 e = er_t[8 * k];
+        const float beta = __int_as_float(rows_t[8 * k].y);
         const int* tb = tab_s + e.y;  // the row's class
-        float val[8];
-#pragma unroll
+        int iv[8];
+  #pragma unroll
         for (int nf = 0; nf < 4; ++nf) {
           const int2 ct = *reinterpret_cast<const int2*>(tb + chan(2 * nf));
-#pragma unroll
-          for (int jj = 0; jj < 2; ++jj) {
-            const int c = 2 * nf + jj;
-            const int iv = kmul * acc[mf][nf][2 * hh + jj] + e.x + (jj ? ct.y : ct.x);
-            val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv, csc[chan(c)]), cbi[chan(c)]);
+          iv[2 * nf] = kmul * acc[mf][nf][2 * hh] + e.x + ct.x;
+          iv[2 * nf + 1] = kmul * acc[mf][nf][2 * hh + 1] + e.x + ct.y;
+        }
+        // Without beta (1.0f: z * 1.0f is z, bit for bit) and without an
+        // activation (linear: v itself) those steps are left out, a branch per
+        // row instead of an instruction or five per value.
+        if (a.beta) {
+  #pragma unroll
+          for (int c = 0; c < 8; ++c)
+            val[c] = epilogue_affine((float)iv[c], csc[chan(c)], beta, cbi[chan(c)]);
+        } else {
+  #pragma unroll
+          for (int c = 0; c < 8; ++c)
+            val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv[c], csc[chan(c)]), cbi[chan(c)]);
+        }
+        if (a.act != ACT_LINEAR) {
+  #pragma unroll
+          for (int c = 0; c < 8; ++c)
+            val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
+                                  : apply_act_select(val[c], asel);
+        }
+      };
+      if (EPI != EPI_FLOAT) {
+        // Packed output. Each thread builds, for its 8 rows and 8 channels,
+        // two words: word g holds rows k = 4 g .. 4 g + 3, row k's byte
+        // (channels ch .. ch + 7, channel c at bit c) at byte k & 3. A 4 x 4
+        // byte transpose among the 4 lanes of a row group (two shuffles and
+        // two byte permutes per word) then gives lane tq the whole 32-channel
+        // word of rows k = tq and 4 + tq, which it stores.
+        uint32_t wd[2] = {0u, 0u};
+        if (EPI == EPI_THR) {
+          // Sign of kmul P + rowc - B per channel, shifted in: row 7 channel
+          // 7 first, so that row 4 g channel 0 ends at bit 0 of word g.
+  #pragma unroll
+          for (int k = 7; k >= 0; --k) {
+            const int mf = k >> 1, hh = k & 1;
+            const int2 e = er_t[8 * k];
+            const int* tb = tab_s + e.y + ch;  // the row's class, the 8 channels
+            const int4 b0 = *reinterpret_cast<const int4*>(tb);
+            const int4 b1 = *reinterpret_cast<const int4*>(tb + 4);
+            const int bnd[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+  #pragma unroll
+            for (int c = 7; c >= 0; --c) {
+              const int d = kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + (e.x - bnd[c]);
+              wd[k >> 2] = __funnelshift_l((uint32_t)d, wd[k >> 2], 1);
+            }
+          }
+        } else {
+          const int o = n0 + ch;
+  #pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            float val[8];
+            row_values(k, val);
+            uint32_t bits = 0;
+  #pragma unroll
+            for (int c = 0; c < 8; ++c)
+              if (o + c < a.o) bits |= bin_bit(val[c]) << c;
+            wd[k >> 2] |= bits << (8 * (k & 3));
           }
         }
-        if (m < a.m) {
-          float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
-          __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
-          __stcs(reinterpret_cast<float4*>(dst + 16), make_float4(val[4], val[5], val[6], val[7]));
+        // The transpose. Stage 1 (lanes tq, tq ^ 2): bytes 0-1 of rows from
+        // lanes 0, 1 / 2, 3; stage 2 (lanes tq, tq ^ 1): single bytes.
+        const uint32_t sel1 = (tq & 2) ? 0x3276u : 0x5410u;
+        const uint32_t sel2 = (tq & 1) ? 0x3715u : 0x6240u;
+  #pragma unroll
+        for (int g = 0; g < 2; ++g) {
+          wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 2), sel1);
+          wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 1), sel2);
         }
-      }
-    } else {
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const int m = m0 + wm + gq + 8 * k;
-        float val[8];  // channels chan(c)
-        row_values(k, val);
-        const int o = n0 + chan(0);  // val[c]: channel n0 + chan(c), dst[chan(c) - chan(0)]
-        if (m < a.m) {
-          // The 4 lanes of a row write channels 0-15 of their 32, then
-          // 16-31: 64 contiguous bytes per store.
-          float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
-          if ((a.o & 3) == 0 && o + 20 <= a.o) {  // o + 19 = n0 + chan(7)
-            // Streaming stores: the result is not read again by this
-            // kernel, and kept out of L2 it leaves room for x and weights.
+        // thr: flip bits of the warp's 32 channels, in packed-word order.
+        const uint32_t flipw =
+            EPI == EPI_THR ? __ballot_sync(kFull, tab_s[ncls * kFastBN + wn + lane] != 0) : 0u;
+        if (n0 + wn < a.o) {
+          const int m = m0 + wm + gq + 8 * tq;  // rows k = tq and k = 4 + tq (dr = 32)
+          uint32_t* dst = static_cast<uint32_t*>(a.out) + (long long)m * ow + (n0 + wn) / 32;
+          if (m < a.m) dst[0] = wd[0] ^ flipw;
+          if (m + 32 < a.m) dst[32 * (long long)ow] = wd[1] ^ flipw;
+        }
+      } else if (!a.beta && a.act == ACT_LINEAR && (a.o & 3) == 0 && n0 + wn + 32 <= a.o) {
+        // The usual case (no beta, no activation, the warp's 32 channels all
+        // real, rows of whole float4s) as straight-line code: the general
+        // loop below branches several times per row (beta, activation, the
+        // store's form), and in ncu (S8-9, L3 N=256) 19% of the float
+        // kernel's stall samples were instruction fetch (no_inst).
+        const int o = n0 + chan(0);
+  #pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const int mf = k >> 1, hh = k & 1;
+          const int m = m0 + wm + gq + 8 * k;
+          const int2 e = er_t[8 * k];
+          const int* tb = tab_s + e.y;  // the row's class
+          float val[8];
+  #pragma unroll
+          for (int nf = 0; nf < 4; ++nf) {
+            const int2 ct = *reinterpret_cast<const int2*>(tb + chan(2 * nf));
+  #pragma unroll
+            for (int jj = 0; jj < 2; ++jj) {
+              const int c = 2 * nf + jj;
+              const int iv = kmul * acc[mf][nf][2 * hh + jj] + e.x + (jj ? ct.y : ct.x);
+              val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv, csc[chan(c)]), cbi[chan(c)]);
+            }
+          }
+          if (m < a.m) {
+            float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
             __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
-            __stcs(reinterpret_cast<float4*>(dst + 16),
-                   make_float4(val[4], val[5], val[6], val[7]));
-          } else {
-#pragma unroll
-            for (int c = 0; c < 8; ++c) {
-              const int d = chan(c) - chan(0);
-              if (o + d < a.o) dst[d] = val[c];
+            __stcs(reinterpret_cast<float4*>(dst + 16), make_float4(val[4], val[5], val[6], val[7]));
+          }
+        }
+      } else {
+  #pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const int m = m0 + wm + gq + 8 * k;
+          float val[8];  // channels chan(c)
+          row_values(k, val);
+          const int o = n0 + chan(0);  // val[c]: channel n0 + chan(c), dst[chan(c) - chan(0)]
+          if (m < a.m) {
+            // The 4 lanes of a row write channels 0-15 of their 32, then
+            // 16-31: 64 contiguous bytes per store.
+            float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
+            if ((a.o & 3) == 0 && o + 20 <= a.o) {  // o + 19 = n0 + chan(7)
+              // Streaming stores: the result is not read again by this
+              // kernel, and kept out of L2 it leaves room for x and weights.
+              __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
+              __stcs(reinterpret_cast<float4*>(dst + 16),
+                     make_float4(val[4], val[5], val[6], val[7]));
+            } else {
+  #pragma unroll
+              for (int c = 0; c < 8; ++c) {
+                const int d = chan(c) - chan(0);
+                if (o + d < a.o) dst[d] = val[c];
+              }
             }
           }
         }
       }
-    }
+    }  // mma.sync
   }
   cp_async_wait<0>();
 }

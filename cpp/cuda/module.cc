@@ -171,6 +171,22 @@ PYBIND11_MODULE(_cuda, m) {
       "A benchmark knob, results are the same. Process-wide.");
   m.def("get_fast_fused_prep", []() { return binconv::cuda::fast_fused_prep(); });
   m.def(
+      "set_fast_wgmma", [](bool on) { binconv::cuda::set_fast_wgmma(on); }, py::arg("on"),
+      "The fast kernel's K loop on warpgroup MMAs (wgmma, True, the default) where the GPU is "
+      "compute capability 9.0 and the build has sm_90a code, else (False, or elsewhere) on "
+      "mma.sync. C = 64 always runs mma.sync. Results are the same. Process-wide.");
+  m.def("get_fast_wgmma", []() { return binconv::cuda::fast_wgmma(); });
+  m.def(
+      "last_wgmma",
+      []() {
+        const int v = binconv::cuda::last_wgmma();
+        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
+      },
+      "Whether the most recent fast-kernel call ran the wgmma kernel (None: no fast call yet).");
+  m.def("wgmma_available", []() { return binconv::cuda::wgmma_available(); },
+        "Whether this build has sm_90a code and the current GPU can run it (compute capability "
+        "9.0): where the fast kernel's K loop can run on wgmma.");
+  m.def(
       "last_weight_copy",
       []() {
         const int v = binconv::cuda::last_weight_copy();

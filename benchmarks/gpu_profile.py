@@ -3,7 +3,8 @@
     ncu --kernel-name regex:conv python benchmarks/gpu_profile.py L3 256 auto
 
 Runs the layer (XNOR, packed weights, SAME) a few times with packed or float
-input/output under the given kernel policy (``auto`` or ``general``).
+input/output under the given kernel policy (``auto``, ``general``, or ``mma``:
+the fast kernel with its K loop on mma.sync instead of wgmma).
 """
 
 import sys
@@ -18,7 +19,8 @@ from jax_binconv._bench_layers import LAYERS
 
 
 def main(layer="L3", n="256", policy="auto", io="packed", reps="3"):
-    _cuda.set_kernel(policy)
+    _cuda.set_kernel("auto" if policy == "mma" else policy)
+    _cuda.set_fast_wgmma(policy != "mma")
     h, w, c, o, k, s = LAYERS[layer]
     n = int(n)
     rng = np.random.default_rng(0)
@@ -33,7 +35,7 @@ def main(layer="L3", n="256", policy="auto", io="packed", reps="3"):
         f = jax.jit(lambda xx, wt: jb.binary_conv2d(xx, wt, strides=s, padding="SAME"))
     for _ in range(int(reps)):
         f(xin, wp).block_until_ready()
-    print(layer, n, policy, io, "ran", _cuda.last_kernel())
+    print(layer, n, policy, io, "ran", _cuda.last_kernel(), "wgmma" if _cuda.last_wgmma() else "")
 
 
 if __name__ == "__main__":

@@ -148,16 +148,26 @@ LIST
       # ncu of the fast kernel: one launch per $PROF_LAYERS entry (layer:N:io),
       # summary sections as text, SASS source counters (stall samples) as CSV.
       for spec in ${PROF_LAYERS:-L3:256:packed}; do
-        IFS=: read -r pl pn pio <<<"$spec"
-        stamp "prof $pl $pn $pio"
-        rep="$OUT/prof_${pl}_${pn}_${pio}"
+        IFS=: read -r pl pn pio ppol <<<"$spec"
+        ppol=${ppol:-auto}
+        stamp "prof $pl $pn $pio $ppol"
+        rep="$OUT/prof_${pl}_${pn}_${pio}_${ppol}"
         timeout 240 ncu --kernel-name regex:${PROF_KERNEL:-fast_conv} --launch-skip 1 --launch-count 1 \
           --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
           --section WarpStateStats --section ComputeWorkloadAnalysis --section SourceCounters \
-          --import-source no -f -o "$rep" python3 benchmarks/gpu_profile.py "$pl" "$pn" auto "$pio" >"$rep.run.log" 2>&1
+          --import-source no -f -o "$rep" python3 benchmarks/gpu_profile.py "$pl" "$pn" "$ppol" "$pio" >"$rep.run.log" 2>&1
         echo "ncu rc=$?"; tail -2 "$rep.run.log"
         ncu --import "$rep.ncu-rep" --page details >"$rep.txt" 2>&1
         grep -E "Duration|Executed Ipc A|Registers Per|Achieved Occupancy|No Eligible|Issued Warp|Warp Cycles Per Issued|Stall" "$rep.txt" | head -30
+        # stall reasons (cycles per issued instruction), largest first
+        ncu --import "$rep.ncu-rep" --page raw --csv 2>/dev/null | python3 -c '
+import csv, sys
+r = list(csv.reader(sys.stdin))
+if len(r) > 2:
+    v = [(h, x) for h, x in zip(r[0], r[2]) if h.startswith("smsp__average_warps_issue_stalled_") and h.endswith("_per_issue_active.ratio")]
+    v = sorted(((float(x.replace(",", "")), h[34:-23]) for h, x in v if x.replace(",", "").replace(".", "").isdigit()), reverse=True)
+    print("  stalls/issue:", ", ".join(f"{n} {x:.2f}" for x, n in v[:10]))
+' 
         ncu --import "$rep.ncu-rep" --page source --print-source sass --csv >"$rep.sass.csv" 2>&1
         rm -f "$rep.ncu-rep"
       done

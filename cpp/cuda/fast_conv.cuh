@@ -918,8 +918,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       // 64 g + 63 of the tile x all 128 channels, one m64n128k256 per K step
       // (+ one m64n8k256 against all-ones B for X1 (XNOR): every thread then
       // has the X1 of its own two rows). Warp w's A fragment (its 16 rows)
-      // by ldmatrix as for mma.sync, double-buffered: the next step's is
-      // loaded once the wgmma that last read that buffer has completed.
+      // by ldmatrix as for mma.sync, in three buffers (below).
       const int wrow = 64 * (warp >> 2) + 16 * (warp & 3);
       const int4* rows_b = rows + buf * kFastBM;
       const uint32_t abase = as_addr + rows_b[wrow + (lane & 15)].w;
@@ -928,21 +927,31 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       const uint32_t ones = smem_u32(fsm + L.x1m);
       const uint64_t x1full = wg_desc(ones, 128, 256), x1last = wg_desc(ones + 256, 128, 256);
       int acc[64], x1acc[4];  // (set by the first K step: accumulate flag 0)
-      uint32_t af0[4], af1[4];
-      ldmatrix_x4_at(af0, abase + kp[0]);
-      auto step = [&](int i, uint32_t(&cur)[4], uint32_t(&nxt)[4]) {
+      // Three A buffers, loaded two steps ahead, and the chunk offsets three
+      // ahead: a step's ldmatrix then has a whole step to land before its
+      // wgmma (two buffers and one ahead left a chain of shared loads,
+      // ldmatrix and the fence after each wait: 52% of the stall samples
+      // of L7 at N = 256 were in the K loop, short scoreboard first).
+      uint32_t af[3][4];
+      ldmatrix_x4_at(af[0], abase + kp[0]);
+      if (a.ks > 1) ldmatrix_x4_at(af[1], abase + kp[2]);
+      int knext = a.ks > 2 ? kp[4] : 0;  // step 2's (ktab has 2 ks + 2 entries)
+      auto step = [&](int i, auto b_const) {
+        constexpr int B = decltype(b_const)::value;  // i % 3
         wg_fence();
-        wgmma_n128(acc, cur, bdesc + (uint64_t)(16 * i), i);  // 256 bytes per K step
-        if (need_x1) wgmma_n8(x1acc, cur, 2 * i + 1 < a.kc ? x1full : x1last, i);
+        wgmma_n128(acc, af[B], bdesc + (uint64_t)(16 * i), i);  // 256 bytes per K step
+        if (need_x1) wgmma_n8(x1acc, af[B], 2 * i + 1 < a.kc ? x1full : x1last, i);
         wg_commit();
-        if (i + 1 < a.ks) {
-          wg_wait<1>();  // step i - 1 (the last reader of nxt) is done
-          ldmatrix_x4_at(nxt, abase + kp[2 * i + 2]);
+        if (i + 2 < a.ks) {
+          wg_wait<1>();  // step i - 1 (the last reader of buffer (i + 2) % 3) is done
+          ldmatrix_x4_at(af[(B + 2) % 3], abase + knext);
+          knext = kp[2 * i + 6];  // step i + 3's (i + 3 <= ks)
         }
       };
-      for (int i = 0; i < a.ks; i += 2) {
-        step(i, af0, af1);
-        if (i + 1 < a.ks) step(i + 1, af1, af0);
+      for (int i = 0; i < a.ks; i += 3) {
+        step(i, std::integral_constant<int, 0>{});
+        if (i + 1 < a.ks) step(i + 1, std::integral_constant<int, 1>{});
+        if (i + 2 < a.ks) step(i + 2, std::integral_constant<int, 2>{});
       }
       wg_wait<0>();
       if (it == 0 && !a.x_late) {  // the table, before the first epilogue

@@ -39,6 +39,12 @@ __device__ __forceinline__ void wgmma128(int (&d)[64], const uint32_t (&a)[4], u
       : R8(0), R8(8), R8(16), R8(24), R8(32), R8(40), R8(48), R8(56)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc));
 }
+__device__ __forceinline__ void wgmma8(int (&d)[4], const uint32_t (&a)[4], uint64_t bdesc) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n8k256.s32.b1.b1.and.popc {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, 1;\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc));
+}
 __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
@@ -119,6 +125,44 @@ __global__ void tput_mma(int* out, int iters) {
   out[blockIdx.x * blockDim.x + threadIdx.x] = s;
 }
 
+// The kernel's K-loop pattern: per step ldmatrix of the next A (double
+// buffered), fence, m64n128 (+ m64n8 when X1), commit, wait 1; `steps` K steps
+// per "tile", then wait 0 (as at a tile's end).
+template <bool X1>
+__global__ void tput_rs_loop(int* out, int tiles, int steps) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  const int tid = threadIdx.x, lane = tid & 31;
+  for (int q = tid; q < 48 * 1024 / 4; q += blockDim.x) ((uint32_t*)sm)[q] = q * 2654435761u;
+  __syncthreads();
+  int d[64], x1[4] = {0, 0, 0, 0};
+  for (int i = 0; i < 64; ++i) d[i] = 0;
+  const uint32_t abase = smem_u32(sm + 16384) + (lane & 15) * 32 + (lane >> 4) * 16 + (tid >> 5) * 512;
+  const uint64_t desc = make_desc(smem_u32(sm), 128, 256 * 2);
+  const uint64_t ones = make_desc(smem_u32(sm + 40000), 128, 256);
+  for (int t = 0; t < tiles; ++t) {
+    uint32_t a0[4], a1[4];
+    ldsm4(a0, abase);
+    for (int i = 0; i < steps; i += 2) {
+      wg_fence();
+      wgmma128(d, a0, desc + 16 * (i & 3));
+      if (X1) wgmma8(x1, a0, ones);
+      wg_commit();
+      wg_wait<1>();
+      ldsm4(a1, abase + 1024 * ((i + 1) & 7));
+      wg_fence();
+      wgmma128(d, a1, desc + 16 * ((i + 1) & 3));
+      if (X1) wgmma8(x1, a1, ones);
+      wg_commit();
+      wg_wait<1>();
+      ldsm4(a0, abase + 1024 * ((i + 2) & 7));
+    }
+    wg_wait<0>();
+  }
+  int s = x1[0];
+  for (int i = 0; i < 64; ++i) s += d[i];
+  out[blockIdx.x * blockDim.x + tid] = s;
+}
+
 static int popc8(uint8_t v) { return __builtin_popcount(v); }
 int main() {
   int sms; cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -172,5 +216,22 @@ int main() {
       if (rep) printf("mma.sync m16n8k256, %d warps/SM: %.3f ms, %.2e MAC/s\n", warps, ms, macs / ms * 1e3);
     }
   }
+  cudaFuncSetAttribute(tput_rs_loop<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+  cudaFuncSetAttribute(tput_rs_loop<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+  for (int x1 = 0; x1 < 2; ++x1)
+    for (int bps = 1; bps <= 2; ++bps)
+      for (int steps = 4; steps <= 16; steps *= 2) {
+        const int tiles = 8000 / steps;
+        for (int rep = 0; rep < 2; ++rep) {
+          cudaEventRecord(t0);
+          if (x1) tput_rs_loop<true><<<sms * bps, 256, 48 * 1024>>>(dout, tiles, steps);
+          else tput_rs_loop<false><<<sms * bps, 256, 48 * 1024>>>(dout, tiles, steps);
+          cudaEventRecord(t1); cudaEventSynchronize(t1);
+          float ms; cudaEventElapsedTime(&ms, t0, t1);
+          const double macs = (double)sms * bps * 2 * tiles * steps * 64.0 * 128 * 256;
+          if (rep) printf("RS loop x1=%d, %d blocks of 2 warpgroups/SM, %2d steps per tile: %.2e MAC/s (%s)\n", x1, bps,
+                          steps, macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
+        }
+      }
   return 0;
 }

@@ -96,10 +96,10 @@ def main(argv=None):
                     help="how applications are repeated inside the timed jit")
     ap.add_argument("--kernel", choices=["auto", "general"], default="auto",
                     help="jax_binconv._cuda.set_kernel policy for ours")
-    ap.add_argument("--wgmma", choices=["on", "off", "both"], default="on",
+    ap.add_argument("--wgmma", choices=["on", "off", "both"], default="off",
                     help="the fast kernel's K loop on wgmma (compute capability 9.0) or "
-                         "mma.sync; both: ours timed each way in the same run (rows "
-                         "'float-mma', 'packed-mma' for mma.sync)")
+                         "mma.sync (off, the default); both: ours timed each way in the same "
+                         "run (rows 'float-mma', 'packed-mma' for mma.sync)")
     args = ap.parse_args(argv)
 
     gpu = jax.devices("gpu")[0]

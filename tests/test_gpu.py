@@ -616,18 +616,18 @@ def _cuda_mod():
     return _cuda
 
 
-@pytest.fixture(params=["auto", "auto-cp.async", "mma", "general"])
+@pytest.fixture(params=["auto", "auto-cp.async", "wgmma", "general"])
 def kernel_policy(request):
-    """auto: the fast kernel, input slots by tensor map on sm_90, its K loop on
-    wgmma on compute capability 9.0 (C != 64); auto-cp.async: the same with
-    cp.async slot copies (what older GPUs run); mma: the fast kernel with its
-    K loop on mma.sync (what every GPU but 9.0 runs; wgmma off); general: the
-    general kernel."""
+    """auto: the fast kernel (K loop on mma.sync), input slots by tensor map on
+    sm_90; auto-cp.async: the same with cp.async slot copies (what older GPUs
+    run); wgmma: the fast kernel with its K loop on wgmma (set_fast_wgmma:
+    compute capability 9.0, C != 64; elsewhere the same as auto); general:
+    the general kernel."""
     mod = _cuda_mod()
     old, old_tma, old_wg = mod.get_kernel(), mod.get_tma_slots(), mod.get_fast_wgmma()
     mod.set_kernel("general" if request.param == "general" else "auto")
-    mod.set_tma_slots(request.param in ("auto", "mma"))
-    mod.set_fast_wgmma(request.param != "mma")
+    mod.set_tma_slots(request.param in ("auto", "wgmma"))
+    mod.set_fast_wgmma(request.param == "wgmma")
     jax.clear_caches()  # no executable whose CUDA graph was captured under another policy
     yield request.param
     mod.set_kernel(old)
@@ -643,11 +643,11 @@ def _expect_path(policy, case=None):
     mod = _cuda_mod()
     assert mod.last_kernel() == ("general" if policy == "general" else "fast")
     if policy != "general":
-        tma = (policy in ("auto", "mma") and _sm90() and case not in _NO_TMA_CASES
+        tma = (policy in ("auto", "wgmma") and _sm90() and case not in _NO_TMA_CASES
                and case not in _C64_CASES)
         assert mod.last_tma_slots() == tma
-        # wgmma: compute capability 9.0 with sm_90a code, C != 64, not turned off.
-        wg = policy != "mma" and mod.wgmma_available() and case not in _C64_CASES
+        # wgmma: turned on, compute capability 9.0 with sm_90a code, C != 64.
+        wg = policy == "wgmma" and mod.wgmma_available() and case not in _C64_CASES
         if case is not None:
             assert mod.last_wgmma() == wg
             # Weights (mma.sync): one tensor-map box where O is a multiple
@@ -696,14 +696,14 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 @pytest.mark.parametrize("case", [1, 2, 8])
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
                                         ("fast_weight_copy", "cp.async"),
-                                        ("fast_fused_prep", False), ("fast_wgmma", False)])
+                                        ("fast_fused_prep", False), ("fast_wgmma", True)])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
     programmatic dependent launch off (set_fast_pdl(False), the launch path
     of drivers that refuse it) and the weights by one bulk copy per channel
     row or by 16-byte cp.async (what GPUs before sm_90 run) instead of one
     tensor-map box; float x packed by a kernel of its own before the tables
-    kernel instead of both in one; the K loop on mma.sync instead of wgmma
+    kernel instead of both in one; the K loop on wgmma instead of mma.sync
     (compute capability 9.0). Packed and float results still equal the
     reference."""
     mod = _cuda_mod()
@@ -723,7 +723,7 @@ def test_fast_kernel_knobs(knob, value, case):
                 bulk_as = "cp.async" if mod.last_wgmma() else "bulk"
                 assert mod.last_weight_copy() == (bulk_as if value == "bulk" else value)
             if knob == "fast_wgmma":
-                assert mod.last_wgmma() is False
+                assert mod.last_wgmma() == mod.wgmma_available()
         assert getattr(mod, "get_" + knob)() == value
     finally:
         getattr(mod, "set_" + knob)(old)

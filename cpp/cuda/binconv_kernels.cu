@@ -1178,7 +1178,7 @@ std::atomic<int> g_wcopy{kWeightsTensorMap};  // set_fast_weight_copy: the most 
 std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
 std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
-std::atomic<bool> g_wgmma{true};      // set_fast_wgmma
+std::atomic<bool> g_wgmma{false};     // set_fast_wgmma (off: slower, see fast_conv.cuh)
 std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per

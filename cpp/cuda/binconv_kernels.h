@@ -92,9 +92,11 @@ int last_weight_copy();
 void set_fast_fused_prep(bool on);
 bool fast_fused_prep();
 // The fast kernel's K loop on wgmma (warpgroup MMAs, sm_90a code) where the
-// current GPU is compute capability 9.0 and the build has sm_90a code
-// (default on), else on mma.sync. C = 64 always runs mma.sync. A knob for
-// tests and benchmarks, same results. Process-wide, read at every call.
+// current GPU is compute capability 9.0 and the build has sm_90a code, else
+// on mma.sync. Default off: on the H100 it is slower than mma.sync on most
+// BENCH layers (benchmarks/NOTES-gpu.md, session 10). C = 64 always runs
+// mma.sync. A knob for tests and benchmarks, same results. Process-wide,
+// read at every call.
 void set_fast_wgmma(bool on);
 bool fast_wgmma();
 // Whether the last fast-kernel call ran the wgmma kernel: 1, 0, or -1.

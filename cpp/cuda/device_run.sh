@@ -121,6 +121,16 @@ memcheck:fast_kernel_float_io and auto and (22-and or 23-xnor or 24-and)
 racecheck:fast_kernel_packed_io and auto and (22-and or 23-xnor)
 LIST
       ;;
+    sanwg)
+      # compute-sanitizer on the wgmma kernel (set_fast_wgmma; the "wgmma" policy of the tests).
+      san_list fast_ 150 sanitize_wg <<'LIST'
+memcheck:fast_kernel_packed_io and wgmma and (0-xnor or 2-and or 4-xnor or 7-and)
+memcheck:fast_kernel_float_io and wgmma and (1-xnor or 3-and or 22-xnor or 24-and)
+memcheck:fast_kernel_packed_io and wgmma and (11-xnor or 13-and or 14-xnor or 23-and)
+racecheck:fast_kernel_packed_io and wgmma and (1-xnor or 6-and)
+racecheck:fast_kernel_float_io and wgmma and (2-xnor or 8-and)
+LIST
+      ;;
     sanc64)
       # compute-sanitizer on the fast kernels' C = 64 cases (FAST_CASES 15-21),
       # and C >= 128 cases with warps past O (4-6, 10).

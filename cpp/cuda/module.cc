@@ -172,9 +172,10 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("get_fast_fused_prep", []() { return binconv::cuda::fast_fused_prep(); });
   m.def(
       "set_fast_wgmma", [](bool on) { binconv::cuda::set_fast_wgmma(on); }, py::arg("on"),
-      "The fast kernel's K loop on warpgroup MMAs (wgmma, True, the default) where the GPU is "
-      "compute capability 9.0 and the build has sm_90a code, else (False, or elsewhere) on "
-      "mma.sync. C = 64 always runs mma.sync. Results are the same. Process-wide.");
+      "The fast kernel's K loop on warpgroup MMAs (wgmma, True) where the GPU is compute "
+      "capability 9.0 and the build has sm_90a code, else on mma.sync (False, the default: "
+      "wgmma is slower on the H100 so far). C = 64 always runs mma.sync. Results are the "
+      "same. Process-wide.");
   m.def("get_fast_wgmma", []() { return binconv::cuda::fast_wgmma(); });
   m.def(
       "last_wgmma",

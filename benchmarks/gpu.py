@@ -108,10 +108,14 @@ def main(argv=None):
     from jax_binconv import _cuda
 
     _cuda.set_kernel(args.kernel)
-    _cuda.set_fast_wgmma(args.wgmma != "off")
+    has_wg = hasattr(_cuda, "set_fast_wgmma")  # (older builds, for A/B of trees)
+    if has_wg:
+        _cuda.set_fast_wgmma(args.wgmma != "off")
+    elif args.wgmma != "off":
+        sys.exit("--wgmma: this build of jax_binconv._cuda has no wgmma kernel")
     print(f"device: {gpu.device_kind}; jax {jax.__version__}; loop {args.loop}; "
           f"kernel policy {args.kernel}; wgmma {args.wgmma} "
-          f"(available: {_cuda.wgmma_available()})")
+          f"(available: {has_wg and _cuda.wgmma_available()})")
     ceil = _cuda.measure_ceilings(1 << 30)
     mma_rate, copy_bw = ceil["mma_macs_per_s"], ceil["copy_bytes_per_s"]
     print(f"ceilings: b1 MMA {mma_rate:.3e} binary MAC/s; copy {copy_bw / 1e9:.0f} GB/s "
@@ -146,7 +150,7 @@ def main(argv=None):
             x16 = x.astype(jnp.bfloat16)
             t_of = bench(ours_f, (x, wpk), args.reps, args.loop)
             t_op = bench(ours_p, (xp.words, wpk), args.reps, args.loop)
-            wg_ran = _cuda.last_wgmma()
+            wg_ran = has_wg and _cuda.last_wgmma()
             extra = []
             if args.wgmma == "both":
                 _cuda.set_fast_wgmma(False)

@@ -7,7 +7,8 @@
 #            (run's carry: ["build/ab"]; AB_BENCH: gpu.py's arguments;
 #            ROUNDS: rounds of runs, default 2)
 #
-# Each tree (the working tree is "cur") is built with CMake (sm_90 only) into
+# Each tree (the working tree is "cur") is built with CMake (sm_90 only, or
+# AB_ARCHS_<name>, e.g. AB_ARCHS_cur=90a-real) into
 # /tmp/pkg_<name>/jax_binconv, then benchmarks/gpu.py runs for each in turn,
 # its package from PYTHONPATH. An editable install of jax_binconv would
 # shadow PYTHONPATH (its import hook comes first), so it is removed.
@@ -17,9 +18,10 @@ root=$(pwd)
 pip uninstall -y jax_binconv >/dev/null 2>&1
 sp=$(python3 -c "import site; print(site.getsitepackages()[0])")
 rm -f "$sp"/*jax_binconv*.pth "$sp"/_jax_binconv_editable*.py
-bld() {  # $1 name, $2 source dir, $3 targets
+bld() {  # $1 name, $2 source dir, $3 targets; AB_ARCHS_<name>: its CUDA archs (default 90)
+  local av="AB_ARCHS_$1"
   cmake -S "$2" -B /tmp/b_$1 -G Ninja -DCMAKE_BUILD_TYPE=Release -DJAX_BINCONV_CUDA=ON \
-    -DJAX_BINCONV_CUDA_ARCHS=90 -DJAX_BINCONV_METAL_SHIM=OFF -DPython_EXECUTABLE="$(command -v python3)" \
+    -DJAX_BINCONV_CUDA_ARCHS="${!av:-90}" -DJAX_BINCONV_METAL_SHIM=OFF -DPython_EXECUTABLE="$(command -v python3)" \
     -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" >/tmp/b_$1.log 2>&1 &&
   cmake --build /tmp/b_$1 -j8 --target $3 >>/tmp/b_$1.log 2>&1 || { echo "build $1 failed"; tail -20 /tmp/b_$1.log; }
 }

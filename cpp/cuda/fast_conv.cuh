@@ -68,6 +68,16 @@
 // of a row covers 64 contiguous bytes (two whole sectors; with 8 consecutive
 // channels per lane each store covered half of four sectors).
 //
+// The wgmma variant (fast_conv_kernel<EPI, false, true>, sm_90a, opt-in:
+// set_fast_wgmma): the same prologue, slots and tables; each warpgroup (4
+// warps) computes 64 rows x 128 channels with one m64n128k256 b1 wgmma per
+// K step (A from registers by ldmatrix as above, B from shared memory in
+// core-matrix order, wg_chan_of_col) and X1 with one m64n8k256 against
+// all-ones B; the epilogue then has every thread's X1 for its own two rows
+// (no exchange) and 32 accumulators per row (a whole packed word). Slower
+// than the mma.sync kernel on the H100 so far (benchmarks/NOTES-gpu.md,
+// session 10), hence off by default.
+//
 // Per-tile work outside the MMAs is kept to a few instructions per row: row
 // geometry with multiply-shift division, box classes and valid-tap counts
 // from per-y and per-x tables built once per block; the slot copies take

@@ -1335,15 +1335,12 @@ constexpr bool wgmma_built() {
 #endif
 }
 
-// The wgmma kernel's weight layout: K padded to whole steps (kcp = 2 ks
-// chunks), in nbk tensor-map boxes of wg_kbox <= 256 chunks per 8-row group,
-// pitch_b = nbk wg_kbox chunks per group.
+// The wgmma kernel's weight layout: K in blocks of 8 chunks (wg_b_offset),
+// zeros past kc; pitch_b = the chunks that covers.
 void plan_wgmma(FastArgs* a) {
-  const int kcp = 2 * a->ks;
-  const int nbk = (kcp + 255) / 256;
   a->wg = 1;
-  a->wg_kbox = (kcp + nbk - 1) / nbk;
-  a->pitch_b = nbk * a->wg_kbox;
+  a->wg_kblocks = (a->kc + 7) / 8;
+  a->pitch_b = 8 * a->wg_kblocks;
 }
 
 // plan_fast_geometry, and whether this call can run it: x and w are the
@@ -1397,12 +1394,13 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 // outside the tensor; false where the driver has no encoder or refuses.
 bool encode_map_5d(CUtensorMap* map, const void* ptr, const cuuint64_t (&dims)[5],
                    const cuuint64_t (&strides)[4], const cuuint32_t (&box)[5],
-                   CUtensorMapL2promotion promotion) {
+                   CUtensorMapL2promotion promotion,
+                   CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_NONE) {
   const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return false;
   const cuuint32_t estride[5] = {1, 1, 1, 1, 1};
   return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT64, 5, const_cast<void*>(ptr), dims, strides, box,
-                estride, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, promotion,
+                estride, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
@@ -1448,21 +1446,23 @@ bool make_w_tensor_map(const FastArgs& a, const void* w, bool float_order, CUten
   return encode_map_5d(map, w, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
-// The wgmma kernel's weight map (O a multiple of 128): a box is one 8-row
-// group j of a block (wg_chan_of_col): rows jj + S tq (S = 32, or 4 for
-// EPI_FLOAT) from channel n0 + wg_group_base(j), wg_kbox chunks from k0,
-// landing as [k][tq][jj][16 bytes], the core-matrix order. Dimensions,
-// innermost first: 2 x 8 bytes (a chunk), jj (2, a channel apart), tq (4, S
-// channels apart), kc chunks (16 bytes apart; zeros past kc), channel pairs
-// (O / 2, 2 channels apart: the box's first channel / 2 is the coordinate).
+// The wgmma kernel's weight map (O a multiple of 128): a box is K block kb
+// (8 chunks = 16 x 8 bytes from element 16 kb; zeros past kc) of a block's
+// 128 channel rows in wg_chan_of_col order, with the 128-byte swizzle
+// (wg_b_offset). Shared row f = 16 g + 8 h + 2 tq + jj holds channel n0 +
+// jj + S tq + 2 h + G g (S, G = 32, 4; EPI_FLOAT 4, 16). Dimensions,
+// innermost first: 2 kc elements of 8 bytes, jj (2, a channel apart), tq
+// (4, S channels), h (2, 2 channels), g (O / G, G channels: the block's
+// first is n0 / G).
 bool make_w_tensor_map_wg(const FastArgs& a, const void* w, bool float_order, CUtensorMap* map) {
-  if (a.o % kFastBN != 0 || a.wg_kbox > 256) return false;
+  if (a.o % kFastBN != 0) return false;
   const cuuint64_t row = 16 * (cuuint64_t)a.kc;
-  const cuuint64_t sq = float_order ? 4 : 32;
-  const cuuint64_t dims[5] = {2, 2, 4, (cuuint64_t)a.kc, (cuuint64_t)a.o / 2};
-  const cuuint64_t strides[4] = {row, sq * row, 16, 2 * row};
-  const cuuint32_t box[5] = {2, 2, 4, (cuuint32_t)a.wg_kbox, 1};
-  return encode_map_5d(map, w, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+  const cuuint64_t sq = float_order ? 4 : 32, g = float_order ? 16 : 4;
+  const cuuint64_t dims[5] = {2 * (cuuint64_t)a.kc, 2, 4, 2, (cuuint64_t)a.o / g};
+  const cuuint64_t strides[4] = {row, sq * row, 2 * row, g * row};
+  const cuuint32_t box[5] = {16, 2, 4, 2, 8};
+  return encode_map_5d(map, w, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                       CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
 // Programmatic dependent launch (sm_90) of the fast kernels; where a launch

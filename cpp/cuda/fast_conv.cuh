@@ -72,7 +72,8 @@
 // set_fast_wgmma): the same prologue, slots and tables; each warpgroup (4
 // warps) computes 64 rows x 128 channels with one m64n128k256 b1 wgmma per
 // K step (A from registers by ldmatrix as above, B from shared memory in
-// core-matrix order, wg_chan_of_col) and X1 with one m64n8k256 against
+// 128-byte swizzled K blocks, wg_b_offset, channels in wg_chan_of_col
+// order) and X1 with one m64n8k256 against
 // all-ones B; the epilogue then has every thread's X1 for its own two rows
 // (no exchange) and 32 accumulators per row (a whole packed word). Slower
 // than the mma.sync kernel on the H100 so far (benchmarks/NOTES-gpu.md,
@@ -144,9 +145,9 @@ struct FastArgs {
   // chunks per tap row; p = 1.
   int half, tpc, nj;
   // sm_90a (fast_conv_kernel<EPI, false, true>): the K loop on wgmma, the
-  // weights in core-matrix order (see wg_chan_of_col), pitch_b chunks per
-  // 8-row group (a multiple of wg_kbox, the weight tensor map's box along K).
-  int wg, wg_kbox;
+  // weights in 128-byte swizzled K blocks (wg_b_offset), pitch_b = 8 x the
+  // number of K blocks (wg_kblocks).
+  int wg, wg_kblocks;
 };
 
 // The valid-tap range [lo, hi) along one axis of the output position whose
@@ -213,11 +214,15 @@ template <int EPI>
 __host__ __device__ inline int wg_chan(int tq, int c) {
   return EPI == EPI_FLOAT ? 16 * (c >> 2) + 4 * tq + (c & 3) : 32 * tq + c;
 }
-// First channel of the 8-row group j of the weights (the tensor-map box of
-// that group starts there; its rows are then jj + S tq, S = 32 or 4).
-template <int EPI>
-__host__ __device__ inline int wg_group_base(int j) {
-  return EPI == EPI_FLOAT ? 16 * (j >> 1) + 2 * (j & 1) : 2 * j;
+// The wgmma kernel's weights in shared memory: K block kb (8 chunks, 1024
+// bits) of all 128 rows is 16 KB, row f's 128 bytes at 128 f, its chunk c
+// (0..7) at 16 (c ^ (f & 7)): the 128-byte swizzle that a tensor-map box
+// of 128 rows x 128 bytes writes (CU_TENSOR_MAP_SWIZZLE_128B) and that
+// wgmma reads with a K-major 128-byte-swizzle descriptor (SBO 1024 bytes
+// between 8-row groups; K step s of the block at +32 s bytes). Byte offset
+// of (row f, chunk k) from the 1024-aligned base:
+__host__ __device__ inline int wg_b_offset(int f, int k) {
+  return (k >> 3) * (kFastBN * 128) + f * 128 + (((k & 7) ^ (f & 7)) << 4);
 }
 
 // Shared-memory carve-up, in bytes; host and device use the same function.
@@ -238,7 +243,8 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a, bool half) {
   // destinations (every slot row is a multiple of 8 chunks).
   s.a0 = take(a_chunks * 16);
   s.a1 = take(a_chunks * 16);
-  s.b = take(kFastBN * a.pitch_b * 16);
+  // (wg: 1024 bytes more, the kernel aligns the swizzled blocks to 1024)
+  s.b = take(kFastBN * a.pitch_b * 16 + (a.wg ? 1024 : 0));
   s.ktab = take((2 * a.ks + 2) * 4);  // + 2: the K loop reads one step ahead
   s.tab = take(fast_tab_rows(a) * kFastBN * 4);
   s.csc = take(kFastBN * 4);
@@ -505,10 +511,12 @@ __device__ __forceinline__ void ldmatrix_x4_at(uint32_t (&r)[4], uint32_t addr) 
 // fast_conv_kernel<EPI, false, true> only on compute capability 9.0 from a
 // build with sm_90a code, JAX_BINCONV_HAVE_SM90A). A from registers (the
 // ldmatrix fragments of mma.sync m16n8k256: warp w of the warpgroup gives
-// rows 16 w .. 16 w + 15), B from shared memory by a matrix descriptor: no
-// swizzle, K-major core matrices of 8 rows x 16 bytes, LBO the byte step
-// between the two core matrices of a K step (along K), SBO the step between
-// 8-row groups (along N). Checked on the H100 by cpp/cuda/tools/wgmma_probe.cu.
+// rows 16 w .. 16 w + 15), B from shared memory by a matrix descriptor:
+// the weights K-major with the 128-byte swizzle (wg_b_offset), the X1
+// operand's ones without swizzle (core matrices of 8 rows x 16 bytes, LBO
+// the byte step between the two core matrices of a K step, SBO the step
+// between 8-row groups; that reading checked on the H100 by
+// cpp/cuda/tools/wgmma_probe.cu).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 constexpr bool kFastWg = true;
 #else
@@ -695,32 +703,24 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   // this one starts only after it has started.
   const int mt0 = blockIdx.x / a.ntiles;
   if (tma && !a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
+  // wgmma: the weights' 1024-aligned base (swizzle atoms).
+  const uint32_t wg_bbase = (smem_u32(bs) + 1023u) & ~1023u;
   if (WG) {
-    // Core-matrix order (wg_chan_of_col): shared row f = 8 j + r8 of the
-    // block holds channel n0 + wg_chan_of_col(f); chunk k of it is at
-    // chunk (j pitch_b + k) 8 + r8. By tensor map (O a multiple of 128): a
-    // box per 8-row group j and wg_kbox chunks (zeros past kc: the padding
-    // chunk and the rest up to pitch_b); else 16-byte cp.async.
+    // Shared row f holds channel n0 + wg_chan_of_col(f), in K blocks of 8
+    // chunks (wg_b_offset). By tensor map (O a multiple of 128): one box
+    // per K block (zeros past kc: the padding chunks); else 16-byte cp.async.
     if (wtmap) {
-      const int nbk = a.pitch_b / a.wg_kbox;
       if (tid == 0) mbar_arrive_expect_tx(wbar, (uint32_t)(kFastBN * a.pitch_b * 16));
-      for (int q = tid; q < (kFastBN / 8) * nbk; q += kFastThreads) {
-        const int j = q / nbk, kb = q - j * nbk;
-        tensor_copy_5d(smem_u32(bs + 8 * (j * a.pitch_b + kb * a.wg_kbox)), &wmap, 0, 0, 0,
-                       kb * a.wg_kbox, (n0 + wg_group_base<EPI>(j)) / 2, wbar);
-      }
+      for (int kb = tid; kb < a.wg_kblocks; kb += kFastThreads)
+        tensor_copy_5d(wg_bbase + kb * (kFastBN * 128), &wmap, 16 * kb, 0, 0, 0,
+                       EPI == EPI_FLOAT ? n0 / 16 : n0 / 4, wbar);
     } else {
-      for (int q = tid; q < kFastBN * a.kc; q += kFastThreads) {
-        const int r = fdiv(q, a.div_kc), k = q - r * a.kc;
+      for (int q = tid; q < kFastBN * a.pitch_b; q += kFastThreads) {
+        const int r = q / a.pitch_b, k = q - r * a.pitch_b;
         const int o = n0 + wg_chan_of_col<EPI>(r);
-        const bool ok = o < a.o;
-        cp_async<16>(bs + 8 * ((r >> 3) * a.pitch_b + k) + (r & 7),
-                     a.wt + (long long)(ok ? o : 0) * a.kc + k, ok);
-      }
-      const int zc = a.pitch_b - a.kc;  // chunks past kc, per row
-      for (int q = tid; q < kFastBN * zc; q += kFastThreads) {
-        const int r = q / zc, k = a.kc + (q - r * zc);
-        bs[8 * ((r >> 3) * a.pitch_b + k) + (r & 7)] = make_uint4(0, 0, 0, 0);
+        const bool ok = o < a.o && k < a.kc;
+        cp_async<16>(fsm + (wg_bbase - smem_u32(fsm)) + wg_b_offset(r, k),
+                     a.wt + (ok ? (long long)o * a.kc + k : 0), ok);
       }
     }
   } else if (wtmap) {
@@ -933,7 +933,9 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       const int4* rows_b = rows + buf * kFastBM;
       const uint32_t abase = as_addr + rows_b[wrow + (lane & 15)].w;
       const int* kp = ktab + half;
-      const uint64_t bdesc = wg_desc(smem_u32(bs), 128, 128 * a.pitch_b);
+      // K step i: K block i >> 2, +32 bytes per step inside it; 128-byte
+      // swizzle (descriptor bits 62-63 = 1), SBO 1024, LBO unused (1).
+      const uint64_t bdesc = wg_desc(wg_bbase, 16, 1024) | (1ull << 62);
       const uint32_t ones = smem_u32(fsm + L.x1m);
       const uint64_t x1full = wg_desc(ones, 128, 256), x1last = wg_desc(ones + 256, 128, 256);
       int acc[64], x1acc[4];  // (set by the first K step: accumulate flag 0)
@@ -949,7 +951,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       auto step = [&](int i, auto b_const) {
         constexpr int B = decltype(b_const)::value;  // i % 3
         wg_fence();
-        wgmma_n128(acc, af[B], bdesc + (uint64_t)(16 * i), i);  // 256 bytes per K step
+        wgmma_n128(acc, af[B], bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3)), i);
         if (need_x1) wgmma_n8(x1acc, af[B], 2 * i + 1 < a.kc ? x1full : x1last, i);
         wg_commit();
         if (i + 2 < a.ks) {

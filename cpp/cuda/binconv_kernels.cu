@@ -1335,6 +1335,10 @@ constexpr bool wgmma_built() {
 #endif
 }
 
+// Whether the wgmma kernel can run on this device: sm_90a code in the build,
+// compute capability 9.0 exactly.
+bool wgmma_device(const DevInfo& di) { return wgmma_built() && di.major == 9 && di.minor == 0; }
+
 // The wgmma kernel's weight layout: K in blocks of 8 chunks (wg_b_offset),
 // zeros past kc; pitch_b = the chunks that covers.
 void plan_wgmma(FastArgs* a) {
@@ -1354,10 +1358,8 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   if (!plan_fast_geometry(p, &a)) return false;
   DevInfo di;
   if (dev_info(&di) != cudaSuccess) return false;
-  // The wgmma kernel (sm_90a code: compute capability 9.0 exactly, from a
-  // build that has it), where its shared memory fits too.
-  if (!a.half && wgmma_built() && di.major == 9 && di.minor == 0 &&
-      g_wgmma.load(std::memory_order_relaxed)) {
+  // The wgmma kernel, where turned on and its shared memory fits too.
+  if (!a.half && wgmma_device(di) && g_wgmma.load(std::memory_order_relaxed)) {
     FastArgs g = a;
     plan_wgmma(&g);
     const FastSmem Lg = fast_smem(g);
@@ -1538,8 +1540,8 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
   g_last_tma.store(a.tma_x, std::memory_order_relaxed);
   const int want = g_wcopy.load(std::memory_order_relaxed);
   if (a.wg) {
-    // Core-matrix rows are not contiguous: a tensor-map box per 8-row group
-    // (O a multiple of 128), else cp.async (no bulk-copy mode).
+    // Swizzled K blocks (wg_b_offset): a tensor-map box per K block (O a
+    // multiple of 128), else cp.async (a row is not contiguous: no bulk mode).
     a.wcopy = want == kWeightsTensorMap && make_w_tensor_map_wg(a, a.wt, epi == EPI_FLOAT, &wmap)
                   ? kWeightsTensorMap
                   : kWeightsCpAsync;
@@ -1580,7 +1582,7 @@ bool fast_wgmma() { return g_wgmma.load(std::memory_order_relaxed); }
 int last_wgmma() { return g_last_wgmma.load(std::memory_order_relaxed); }
 bool wgmma_available() {
   DevInfo di;
-  return wgmma_built() && dev_info(&di) == cudaSuccess && di.major == 9 && di.minor == 0;
+  return dev_info(&di) == cudaSuccess && wgmma_device(di);
 }
 
 size_t scratch_bytes(const ConvParams& p, const ConvBuffers& b, bool* fast) {

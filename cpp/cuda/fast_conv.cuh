@@ -517,11 +517,6 @@ __device__ __forceinline__ void ldmatrix_x4_at(uint32_t (&r)[4], uint32_t addr) 
 // the byte step between the two core matrices of a K step, SBO the step
 // between 8-row groups; that reading checked on the H100 by
 // cpp/cuda/tools/wgmma_probe.cu).
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-constexpr bool kFastWg = true;
-#else
-constexpr bool kFastWg = false;
-#endif
 __device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
   return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
          ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32);
@@ -1075,7 +1070,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
 
       // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
       uint32_t abyte[4];
-  #pragma unroll
+#pragma unroll
       for (int mf = 0; mf < 4; ++mf)
         abyte[mf] = as_addr + rows[buf * kFastBM + wm + mf * 16 + (lane & 15)].w;
       int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
@@ -1097,11 +1092,11 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         // latency sat between each step's first instructions).
         const int* kp = ktab + half;
         int koff = kp[0];
-  #pragma unroll(HALF ? 1 : 2)  // (half: 2 spilled in EPI_PACKED)
+#pragma unroll(HALF ? 1 : 2)  // (half: 2 spilled in EPI_PACKED)
         for (int i = 0; i < a.ks; ++i, bb0 += 32) {
           const int knext = kp[2 * i + 2];
           uint32_t af[4][4], bf[2][4];
-  #pragma unroll
+#pragma unroll
           for (int mf = 0; mf < 4; ++mf)
             if (!DEAD || mf == WQ) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
           if (!DEAD) {
@@ -1111,9 +1106,9 @@ __global__ void __launch_bounds__(kFastThreads, 2)
           // X1's all-ones B: the padding chunk (odd kc) masked; half: per
           // pixel of a chunk (x1m).
           const uint2 x1b = HALF ? x1p[2 * i] : make_uint2(kFull, 2 * i + 1 < a.kc ? kFull : 0u);
-  #pragma unroll
+#pragma unroll
           for (int mf = 0; mf < 4; ++mf) {
-  #pragma unroll
+#pragma unroll
             for (int nf = 0; nf < 4; ++nf)
               if (!DEAD)
                 mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2],
@@ -1146,7 +1141,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       // and the class offset. Shared only by the 4 warps of this row range
       // (wm): a barrier of those 128 threads, not of the block.
       if (tq == 0) {
-  #pragma unroll
+#pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
           const int r = wm + wq * 16 + gq + 8 * hh;
           const int4 rd = rows[buf * kFastBM + r];
@@ -1179,7 +1174,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         const float beta = __int_as_float(rows_t[8 * k].y);
         const int* tb = tab_s + e.y;  // the row's class
         int iv[8];
-  #pragma unroll
+#pragma unroll
         for (int nf = 0; nf < 4; ++nf) {
           const int2 ct = *reinterpret_cast<const int2*>(tb + chan(2 * nf));
           iv[2 * nf] = kmul * acc[mf][nf][2 * hh] + e.x + ct.x;
@@ -1189,16 +1184,16 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         // activation (linear: v itself) those steps are left out, a branch per
         // row instead of an instruction or five per value.
         if (a.beta) {
-  #pragma unroll
+#pragma unroll
           for (int c = 0; c < 8; ++c)
             val[c] = epilogue_affine((float)iv[c], csc[chan(c)], beta, cbi[chan(c)]);
         } else {
-  #pragma unroll
+#pragma unroll
           for (int c = 0; c < 8; ++c)
             val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv[c], csc[chan(c)]), cbi[chan(c)]);
         }
         if (a.act != ACT_LINEAR) {
-  #pragma unroll
+#pragma unroll
           for (int c = 0; c < 8; ++c)
             val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
                                   : apply_act_select(val[c], asel);
@@ -1215,7 +1210,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         if (EPI == EPI_THR) {
           // Sign of kmul P + rowc - B per channel, shifted in: row 7 channel
           // 7 first, so that row 4 g channel 0 ends at bit 0 of word g.
-  #pragma unroll
+#pragma unroll
           for (int k = 7; k >= 0; --k) {
             const int mf = k >> 1, hh = k & 1;
             const int2 e = er_t[8 * k];
@@ -1223,7 +1218,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
             const int4 b0 = *reinterpret_cast<const int4*>(tb);
             const int4 b1 = *reinterpret_cast<const int4*>(tb + 4);
             const int bnd[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-  #pragma unroll
+#pragma unroll
             for (int c = 7; c >= 0; --c) {
               const int d = kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + (e.x - bnd[c]);
               wd[k >> 2] = __funnelshift_l((uint32_t)d, wd[k >> 2], 1);
@@ -1231,12 +1226,12 @@ __global__ void __launch_bounds__(kFastThreads, 2)
           }
         } else {
           const int o = n0 + ch;
-  #pragma unroll
+#pragma unroll
           for (int k = 0; k < 8; ++k) {
             float val[8];
             row_values(k, val);
             uint32_t bits = 0;
-  #pragma unroll
+#pragma unroll
             for (int c = 0; c < 8; ++c)
               if (o + c < a.o) bits |= bin_bit(val[c]) << c;
             wd[k >> 2] |= bits << (8 * (k & 3));
@@ -1246,7 +1241,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         // lanes 0, 1 / 2, 3; stage 2 (lanes tq, tq ^ 1): single bytes.
         const uint32_t sel1 = (tq & 2) ? 0x3276u : 0x5410u;
         const uint32_t sel2 = (tq & 1) ? 0x3715u : 0x6240u;
-  #pragma unroll
+#pragma unroll
         for (int g = 0; g < 2; ++g) {
           wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 2), sel1);
           wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 1), sel2);
@@ -1267,17 +1262,17 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         // store's form), and in ncu (S8-9, L3 N=256) 19% of the float
         // kernel's stall samples were instruction fetch (no_inst).
         const int o = n0 + chan(0);
-  #pragma unroll
+#pragma unroll
         for (int k = 0; k < 8; ++k) {
           const int mf = k >> 1, hh = k & 1;
           const int m = m0 + wm + gq + 8 * k;
           const int2 e = er_t[8 * k];
           const int* tb = tab_s + e.y;  // the row's class
           float val[8];
-  #pragma unroll
+#pragma unroll
           for (int nf = 0; nf < 4; ++nf) {
             const int2 ct = *reinterpret_cast<const int2*>(tb + chan(2 * nf));
-  #pragma unroll
+#pragma unroll
             for (int jj = 0; jj < 2; ++jj) {
               const int c = 2 * nf + jj;
               const int iv = kmul * acc[mf][nf][2 * hh + jj] + e.x + (jj ? ct.y : ct.x);
@@ -1291,7 +1286,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
           }
         }
       } else {
-  #pragma unroll
+#pragma unroll
         for (int k = 0; k < 8; ++k) {
           const int m = m0 + wm + gq + 8 * k;
           float val[8];  // channels chan(c)
@@ -1308,7 +1303,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
               __stcs(reinterpret_cast<float4*>(dst + 16),
                      make_float4(val[4], val[5], val[6], val[7]));
             } else {
-  #pragma unroll
+#pragma unroll
               for (int c = 0; c < 8; ++c) {
                 const int d = chan(c) - chan(0);
                 if (o + d < a.o) dst[d] = val[c];

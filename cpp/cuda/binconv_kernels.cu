@@ -1513,10 +1513,11 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
     if (err != cudaSuccess) return err;
     attr_set.fetch_or(bit, std::memory_order_relaxed);
   }
-  // Blocks per SM: registers allow 2 (__launch_bounds__), shared memory as
-  // computed here (what cudaOccupancyMaxActiveBlocksPerMultiprocessor gives,
-  // without its cost on every call).
-  const int per_sm = std::max(1, std::min(2, di.smem_sm / (smem + di.reserved)));
+  // Blocks per SM: registers allow 2 (__launch_bounds__; the wgmma kernel:
+  // 1), shared memory as computed here (what
+  // cudaOccupancyMaxActiveBlocksPerMultiprocessor gives, without its cost
+  // on every call).
+  const int per_sm = std::max(1, std::min(WG ? 1 : 2, di.smem_sm / (smem + di.reserved)));
   const int sms = di.sms;
   const long long items = (long long)a.mtiles * a.ntiles;
   const long long cap = (long long)sms * std::max(per_sm, 1);

@@ -225,9 +225,23 @@ __host__ __device__ inline int wg_b_offset(int f, int k) {
   return (k >> 3) * (kFastBN * 128) + f * 128 + (((k & 7) ^ (f & 7)) << 4);
 }
 
+// The wgmma kernel's copy of the (class, channel) table, packed output: a
+// thread's 32 channels (32 tq .. 32 tq + 31) are 8 16-byte chunks, and the
+// 4 threads of a row group read chunk k of theirs together; 16-byte chunk j
+// of a row is stored at (j & ~7) | ((j ^ (j >> 3)) & 7) so that those 4
+// reads hit 4 different bank groups (unswizzled they were 128 bytes apart:
+// 4.6x the ideal shared-memory wavefronts, the whole epilogue's bound).
+// Index of channel ch (< 128) of a row:
+template <int EPI>
+__host__ __device__ inline int wg_tab_at(int ch) {
+  if (EPI == EPI_FLOAT) return ch;  // (16 g + 4 tq: already 4 consecutive chunks)
+  const int j = ch >> 2;
+  return (((j & ~7) | ((j ^ (j >> 3)) & 7)) << 2) | (ch & 3);
+}
+
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
-  int b, a0, a1, ktab, x1m, tab, csc, cbi, rows, erec, ycls, xcls, ltab, mbar, total;
+  int b, a0, a1, a2, a3, ktab, x1m, tab, csc, cbi, rows, erec, ycls, xcls, ltab, mbar, total;
 };
 // (half: a.half, a compile-time constant in the kernel.)
 __host__ __device__ inline FastSmem fast_smem(const FastArgs& a, bool half) {
@@ -243,18 +257,23 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a, bool half) {
   // destinations (every slot row is a multiple of 8 chunks).
   s.a0 = take(a_chunks * 16);
   s.a1 = take(a_chunks * 16);
+  // wg: two buffers per warpgroup (each runs its own tiles).
+  s.a2 = a.wg ? take(a_chunks * 16) : s.a0;
+  s.a3 = a.wg ? take(a_chunks * 16) : s.a1;
   // (wg: 1024 bytes more, the kernel aligns the swizzled blocks to 1024)
   s.b = take(kFastBN * a.pitch_b * 16 + (a.wg ? 1024 : 0));
   s.ktab = take((2 * a.ks + 2) * 4);  // + 2: the K loop reads one step ahead
   s.tab = take(fast_tab_rows(a) * kFastBN * 4);
   s.csc = take(kFastBN * 4);
   s.cbi = take(kFastBN * 4);
-  s.rows = take(2 * kFastBM * 16);  // double-buffered by tile parity
+  s.rows = take((a.wg ? 4 : 2) * kFastBM * 16);  // one per slot buffer
   s.erec = take(kFastBM * 8);
   s.ycls = take(a.ho * 4);
   s.xcls = take(a.wo * 4);
   s.ltab = take(a.wslot * a.p * (half ? 16 : 8));
-  s.mbar = take(24);  // mbarriers (sm_90): the weight copy, then the slots of buffer 0 and 1
+  // mbarriers (sm_90): the weight copy, then the slots of each buffer; wg:
+  // then the table copy.
+  s.mbar = take(a.wg ? 48 : 24);
   // half: the X1 MMA's B masks per K step; wg: the X1 wgmma's all-ones B
   // (two core matrices of ones, then ones and zeros for a padding chunk).
   s.x1m = take(half ? (a.ks + 1) * 16 : a.wg ? 512 : 0);
@@ -307,6 +326,13 @@ __device__ __forceinline__ void bulk_copy_to_smem(uint32_t dst, const void* src,
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
       "l"(src), "r"(bytes), "r"(bar)
       : "memory");
+#endif
+}
+// An arrival on bar once this thread's earlier cp.async copies are done
+// (the barrier's count includes it: noinc).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 #endif
 }
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t phase) {
@@ -537,6 +563,20 @@ __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
+// Named barriers (bar.sync / bar.arrive id, n: n threads, whole warps).
+__device__ __forceinline__ void named_sync(int id, int n) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int n) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+// Orders this thread's generic-proxy writes to shared memory before later
+// async-proxy reads (wgmma's B operand).
+__device__ __forceinline__ void fence_proxy_async() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
 // d (64 per thread) = popc(A AND B) over 256 bits (+ d where acc != 0), m64n128.
 // (acc = 0 for the first K step instead of zeroing d: a non-wgmma
 // instruction that writes the accumulators makes ptxas serialize the
@@ -602,7 +642,7 @@ __device__ __forceinline__ bool fast_slot_row(const FastArgs& a, int row0, int i
 }
 
 template <int EPI, bool HALF, bool WG>
-__global__ void __launch_bounds__(kFastThreads, 2)
+__global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
                      const __grid_constant__ CUtensorMap wmap) {
   extern __shared__ __align__(128) unsigned char fsm[];
@@ -632,8 +672,14 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   // of consecutive output rows overlap as the input rows do, and each image
   // the tile touches gets its own rows (E = max((kh - 1) dh + 1 - sh, 0)
   // more per boundary). Each slot row is copied once (fast_slot_row).
-  auto load_tile = [&](int buf, int mt) {
-    const uint32_t as = smem_u32(fsm + (buf ? L.a1 : L.a0));
+  // (lt, nthr, lw, nwarps: the thread's index among the nthr threads that
+  // load, its warp's among their nwarps warps; the whole block, or with
+  // WG one warpgroup, which loads its own tiles into its own buffers.)
+  auto slot_buf = [&](int buf) {
+    return !WG ? (buf ? L.a1 : L.a0) : buf == 0 ? L.a0 : buf == 1 ? L.a1 : buf == 2 ? L.a2 : L.a3;
+  };
+  auto load_tile = [&](int buf, int mt, int lt, int nthr, int lw, int nwarps) {
+    const uint32_t as = smem_u32(fsm + slot_buf(buf));
     const int row0 = fdiv(mt * kFastBM, a.div_wo);
     const int img0 = fdiv(row0, a.div_ho);
     if (tma) {
@@ -642,7 +688,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       // (S7-3: as fast as a box per chunk plane, with p times fewer copies.)
       const uint32_t bar = sbar0 + 8 * buf;
       const int items = a.rmax * a.kh;
-      for (int q = tid; q < items; q += kFastThreads) {
+      for (int q = lt; q < items; q += nthr) {
         int srow, iy, img;
         if (!fast_slot_row(a, row0, img0, q, srow, iy, img)) continue;
         mbar_expect_tx(bar, (uint32_t)(16 * rowpitch));
@@ -652,7 +698,7 @@ __global__ void __launch_bounds__(kFastThreads, 2)
       return;
     }
     // cp.async: a warp per (row, dy), its lanes over the slot's chunks.
-    for (int s = warp; s < a.rmax * a.kh; s += kFastThreads / 32) {
+    for (int s = lw; s < a.rmax * a.kh; s += nwarps) {
       int srow, iy, img;
       if (!fast_slot_row(a, row0, img0, s, srow, iy, img)) continue;
       const bool rowok = img < a.n && (unsigned)iy < (unsigned)a.h;
@@ -687,8 +733,8 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   if (kFastTma) {
     if (tid == 0) {
       mbar_init(wbar, 1);
-      mbar_init(sbar0, kFastThreads);
-      mbar_init(sbar0 + 8, kFastThreads);
+      for (int b = 0; b < (WG ? 4 : 2); ++b) mbar_init(sbar0 + 8 * b, WG ? 128 : kFastThreads);
+      if (WG) mbar_init(sbar0 + 32, 32);  // the table copy (warp 0's lanes)
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
   }
@@ -697,7 +743,18 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   // kernel: x was complete before that kernel started (stream order), and
   // this one starts only after it has started.
   const int mt0 = blockIdx.x / a.ntiles;
-  if (tma && !a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
+  // WG: warpgroup g runs the block's tiles k = g, g + 2, ... (M tile mt0 + k
+  // mstep) in buffers 2 g, 2 g + 1.
+  const int wgi = warp >> 2, wlt = tid & 127, wlw = warp & 3;
+  const int mtg = mt0 + (WG ? wgi * mstep : 0);
+  auto load_first = [&]() {
+    if (mtg >= a.mtiles) return;
+    if (WG)
+      load_tile(2 * wgi, mtg, wlt, 128, wlw, 4);
+    else
+      load_tile(0, mt0, tid, kFastThreads, warp, kFastThreads / 32);
+  };
+  if (tma && !a.x_late) load_first();
   // wgmma: the weights' 1024-aligned base (swizzle atoms).
   const uint32_t wg_bbase = (smem_u32(bs) + 1023u) & ~1023u;
   if (WG) {
@@ -823,9 +880,16 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     csc[r] = __ldg(a.osc + o);
     cbi[r] = __ldg(a.obias + o);
   }
+  if (WG) {
+    // wgmma reads the weights and the ones through the async proxy: the
+    // generic-proxy writes (st.shared, cp.async) must be fenced before the
+    // barrier.
+    if (!wtmap) cp_async_wait<0>();
+    fence_proxy_async();
+  }
   __syncthreads();  // ltab
 
-  if (!tma && !a.x_late && mt0 < a.mtiles) load_tile(0, mt0);
+  if (!tma && !a.x_late) load_first();
   cp_async_commit();
   // This block's rows of the (class, channel) table, written by
   // fast_tables_kernel (launched just before): read after pdl_wait. With
@@ -843,10 +907,27 @@ __global__ void __launch_bounds__(kFastThreads, 2)
     }
     cp_async_commit();
   };
+  // WG: the table by warp 0 (16-byte cp.async into the wg_tab_at layout),
+  // each lane's copies completing an arrival on its own mbarrier (the
+  // warpgroups meet at no block barrier).
+  const uint32_t tbar = sbar0 + 32;
+  auto load_tab_wg = [&]() {
+    pdl_wait();
+    constexpr int per_row = kFastBN * 4 / 16;  // chunks per table row
+    for (int q = lane; q < fast_tab_rows(a) * per_row; q += 32) {
+      const int row = q / per_row, j = q - row * per_row;
+      cp_async<16>(fsm + L.tab + 16 * (row * per_row) + 4 * wg_tab_at<EPI>(4 * j),
+                   a.tab + (long long)row * a.opad + n0 + j * 4, true);
+    }
+    cp_async_mbar_arrive(tbar);
+  };
   if (a.x_late) {
     pdl_wait();
-    if (mt0 < a.mtiles) load_tile(0, mt0);
-    load_tab();
+    load_first();
+    if (!WG)
+      load_tab();
+    else if (warp == 0)
+      load_tab_wg();
   }
 
   // The thread's 8 accumulators (nf, jj) are channels n0 + wn + 8 tq + 2 nf + jj
@@ -863,95 +944,106 @@ __global__ void __launch_bounds__(kFastThreads, 2)
   const ActSelect asel = act_select(a.act, a.slope);
   if (wtmap || wbulk) mbar_wait(wbar, 0);  // the weights are in shared memory
 
-  int buf = 0, it = 0;
-  for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1, ++it) {
-    const int m0 = mt * kFastBM;
-    const int row0 = fdiv(m0, a.div_wo);
-    const int img0 = fdiv(row0, a.div_ho);
-    // This block's last tile: the next call's tables kernel (launched with
-    // programmatic serialization, and waiting for this grid's completion
-    // before it reads anything) may become resident in the meantime.
-    if (mt + mstep >= a.mtiles) pdl_launch_dependents();
-
-    // ---- per-row data (does not need this tile's input): the row term
-    // without X1, beta, the row's box class (as its offset in the table)
-    // and the byte offset of its first A element in the slot buffer.
-    if (tid < kFastBM) {
-      const int r = tid, m = m0 + r;
-      const bool valid = m < a.m;
-      const int rg = fdiv(m, a.div_wo);
-      const int x = m - rg * a.wo;
-      const int img = fdiv(rg, a.div_ho);
-      const int y = rg - img * a.ho;
-      const int yc = ycls[y], xc = xcls[x];
-      const int v = (yc >> 8) * (xc >> 8);
-      float beta = 1.0f;
-      if (a.beta) {
-        if (a.x_packed) {
-          beta = (float)v / (float)a.t;
-        } else if (valid) {
-          int ba, bb, bc, bd;
-          tap_range(y * a.sh - a.pt, a.h, a.kh, a.dh, ba, bb);
-          tap_range(x * a.sw - a.pl, a.w, a.kw, a.dw, bc, bd);
-          float asum = 0.0f;
-          for (int dy = ba; dy < bb; ++dy)
-            for (int dx = bc; dx < bd; ++dx)
-              asum += __ldg(a.aimg + ((long long)img * a.h + y * a.sh + dy * a.dh - a.pt) * a.w +
-                            x * a.sw + dx * a.dw - a.pl);
-          beta = asum / (float)a.t;
-        }
+  // ---- per-row data (does not need this tile's input): the row term
+  // without X1, beta, the row's box class (as its offset in the table)
+  // and the byte offset of its first A element in the slot buffer.
+  auto row_record = [&](int r, int m0, int row0, int img0) {
+    const int m = m0 + r;
+    const bool valid = m < a.m;
+    const int rg = fdiv(m, a.div_wo);
+    const int x = m - rg * a.wo;
+    const int img = fdiv(rg, a.div_ho);
+    const int y = rg - img * a.ho;
+    const int yc = ycls[y], xc = xcls[x];
+    const int v = (yc >> 8) * (xc >> 8);
+    float beta = 1.0f;
+    if (a.beta) {
+      if (a.x_packed) {
+        beta = (float)v / (float)a.t;
+      } else if (valid) {
+        int ba, bb, bc, bd;
+        tap_range(y * a.sh - a.pt, a.h, a.kh, a.dh, ba, bb);
+        tap_range(x * a.sw - a.pl, a.w, a.kw, a.dw, bc, bd);
+        float asum = 0.0f;
+        for (int dy = ba; dy < bb; ++dy)
+          for (int dx = bc; dx < bd; ++dx)
+            asum += __ldg(a.aimg + ((long long)img * a.h + y * a.sh + dy * a.dh - a.pt) * a.w +
+                          x * a.sw + dx * a.dw - a.pl);
+        beta = asum / (float)a.t;
       }
-      const int srow = (rg - row0) * a.sh + (img - img0) * a.erow;
-      rows[buf * kFastBM + r] =
-          make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
-                    ((yc & 255) * a.ncx + (xc & 255)) * kFastBN, 16 * (srow * rowpitch + x * a.sw));
     }
-    if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(it >> 1) & 1);  // this tile's slots
-    cp_async_wait<0>();  // the slots (cp.async); x_late: the first time the table too
-    // The tile's barrier: the slots and rows[] are visible, and every warp
-    // is past the previous tile's epilogue, so the other buffer may be
-    // refilled (with the next tile, overlapping this tile's GEMM) and erec
-    // rewritten. rows[] is double-buffered: it is written before this
-    // barrier, while a slower warp may still read the previous tile's half.
-    __syncthreads();
-    if (mt + mstep < a.mtiles) load_tile(buf ^ 1, mt + mstep);
-    cp_async_commit();
-    const uint32_t as_addr = smem_u32(fsm + (buf ? L.a1 : L.a0));
-    const int4* rows_t = rows + buf * kFastBM + wm + gq;  // row wm + gq + dr: rows_t[dr]
-    if constexpr (WG) {
-      // ---- wgmma: warpgroup g (warps 4 g .. 4 g + 3) computes rows 64 g ..
-      // 64 g + 63 of the tile x all 128 channels, one m64n128k256 per K step
-      // (+ one m64n8k256 against all-ones B for X1 (XNOR): every thread then
-      // has the X1 of its own two rows). Warp w's A fragment (its 16 rows)
-      // by ldmatrix as for mma.sync, in three buffers (below).
-      const int wrow = 64 * (warp >> 2) + 16 * (warp & 3);
+    const int srow = (rg - row0) * a.sh + (img - img0) * a.erow;
+    return make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
+                  ((yc & 255) * a.ncx + (xc & 255)) * kFastBN, 16 * (srow * rowpitch + x * a.sw));
+  };
+  if constexpr (WG) {
+    // ---- ping-pong: warpgroup g runs whole 128-row tiles k = g, g + 2, ...
+    // of the block's list (M tile mt0 + k mstep), with its own two slot
+    // buffers (2 g, 2 g + 1), rows[] records and mbarriers, meeting the
+    // other warpgroup at no barrier but the MMA order: tile k's wgmmas are
+    // issued after tile k - 1's (named barriers 3 + g), so that one
+    // warpgroup's epilogue runs while the other's wgmmas do.
+    const int ntile = mt0 < a.mtiles ? (a.mtiles - mt0 + mstep - 1) / mstep : 0;
+    const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
+    const int* kp = ktab + half;
+    // K step i: K block i >> 2, +32 bytes per step inside it; 128-byte
+    // swizzle (descriptor bits 62-63 = 1), SBO 1024, LBO unused (1).
+    const uint64_t bdesc = wg_desc(wg_bbase, 16, 1024) | (1ull << 62);
+    const uint32_t ones = smem_u32(fsm + L.x1m);
+    const uint64_t x1full = wg_desc(ones, 128, 256), x1last = wg_desc(ones + 256, 128, 256);
+    uint32_t flipw = 0;  // thr: flip bits of the thread's word (channels 32 tq ..)
+    int j = 0;
+    for (int k = wgi; mt0 + k * mstep < a.mtiles; k += 2, ++j) {
+      const int mt = mt0 + k * mstep;
+      const int buf = 2 * wgi + (j & 1);
+      const int m0 = mt * kFastBM;
+      const int row0 = fdiv(m0, a.div_wo);
+      const int img0 = fdiv(row0, a.div_ho);
+      // The warpgroup's last tile (see the mma.sync loop).
+      if (mt + 2 * mstep >= a.mtiles) pdl_launch_dependents();
+      rows[buf * kFastBM + wlt] = row_record(wlt, m0, row0, img0);
+      if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(j >> 1) & 1);  // this tile's slots
+      cp_async_wait<0>();  // the slots (cp.async)
+      // The warpgroup's barrier: its slots and rows[] are visible, and its
+      // warps are past its previous tile's epilogue (the other buffer and
+      // its records may be refilled).
+      named_sync(1 + wgi, 128);
+      if (mt + 2 * mstep < a.mtiles) load_tile(buf ^ 1, mt + 2 * mstep, wlt, 128, wlw, 4);
+      cp_async_commit();
+      const uint32_t as_addr = smem_u32(fsm + slot_buf(buf));
       const int4* rows_b = rows + buf * kFastBM;
-      const uint32_t abase = as_addr + rows_b[wrow + (lane & 15)].w;
-      const int* kp = ktab + half;
-      // K step i: K block i >> 2, +32 bytes per step inside it; 128-byte
-      // swizzle (descriptor bits 62-63 = 1), SBO 1024, LBO unused (1).
-      const uint64_t bdesc = wg_desc(wg_bbase, 16, 1024) | (1ull << 62);
-      const uint32_t ones = smem_u32(fsm + L.x1m);
-      const uint64_t x1full = wg_desc(ones, 128, 256), x1last = wg_desc(ones + 256, 128, 256);
-      int acc[64], x1acc[4];  // (set by the first K step: accumulate flag 0)
-      // Three A buffers, loaded two steps ahead, and the chunk offsets three
-      // ahead: a step's ldmatrix then has a whole step to land before its
-      // wgmma (two buffers and one ahead left a chain of shared loads,
-      // ldmatrix and the fence after each wait: 52% of the stall samples
-      // of L7 at N = 256 were in the K loop, short scoreboard first).
-      uint32_t af[3][4];
-      ldmatrix_x4_at(af[0], abase + kp[0]);
-      if (a.ks > 1) ldmatrix_x4_at(af[1], abase + kp[2]);
+      // Rows 16 w .. 16 w + 15 of each 64-row half: the warp's A fragments.
+      const uint32_t abase0 = as_addr + rows_b[16 * wlw + (lane & 15)].w;
+      const uint32_t abase1 = as_addr + rows_b[64 + 16 * wlw + (lane & 15)].w;
+      int acc0[64], acc1[64], x10[4], x11[4];  // (set by the first K step: accumulate flag 0)
+      // Three A buffers (both halves), loaded two steps ahead, the chunk
+      // offsets three ahead (see the S10 notes: a step's ldmatrix then has
+      // a whole step to land before its wgmma).
+      uint32_t af[3][2][4];
+      ldmatrix_x4_at(af[0][0], abase0 + kp[0]);
+      ldmatrix_x4_at(af[0][1], abase1 + kp[0]);
+      if (a.ks > 1) {
+        ldmatrix_x4_at(af[1][0], abase0 + kp[2]);
+        ldmatrix_x4_at(af[1][1], abase1 + kp[2]);
+      }
       int knext = a.ks > 2 ? kp[4] : 0;  // step 2's (ktab has 2 ks + 2 entries)
+      if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
       auto step = [&](int i, auto b_const) {
         constexpr int B = decltype(b_const)::value;  // i % 3
         wg_fence();
-        wgmma_n128(acc, af[B], bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3)), i);
-        if (need_x1) wgmma_n8(x1acc, af[B], 2 * i + 1 < a.kc ? x1full : x1last, i);
+        const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
+        wgmma_n128(acc0, af[B][0], bd, i);
+        wgmma_n128(acc1, af[B][1], bd, i);
+        if (need_x1) {
+          const uint64_t xd = 2 * i + 1 < a.kc ? x1full : x1last;
+          wgmma_n8(x10, af[B][0], xd, i);
+          wgmma_n8(x11, af[B][1], xd, i);
+        }
         wg_commit();
         if (i + 2 < a.ks) {
           wg_wait<1>();  // step i - 1 (the last reader of buffer (i + 2) % 3) is done
-          ldmatrix_x4_at(af[(B + 2) % 3], abase + knext);
+          ldmatrix_x4_at(af[(B + 2) % 3][0], abase0 + knext);
+          ldmatrix_x4_at(af[(B + 2) % 3][1], abase1 + knext);
           knext = kp[2 * i + 6];  // step i + 3's (i + 3 <= ks)
         }
       };
@@ -960,359 +1052,417 @@ __global__ void __launch_bounds__(kFastThreads, 2)
         if (i + 1 < a.ks) step(i + 1, std::integral_constant<int, 1>{});
         if (i + 2 < a.ks) step(i + 2, std::integral_constant<int, 2>{});
       }
+      if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
       wg_wait<0>();
-      if (it == 0 && !a.x_late) {  // the table, before the first epilogue
-        load_tab();
-        cp_async_wait<0>();
-        __syncthreads();
-      }
-      // ---- epilogue: thread (gq, tq) has rows wrow + gq + 8 h (h = 0, 1),
-      // accumulators c = 2 j + jj (acc[4 j + 2 h + jj]) of channels
-      // n0 + wg_chan(tq, c); 4 consecutive c are 4 consecutive channels.
-      const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
-      uint32_t flipw = 0;  // thr: flip bits of the thread's word (channels 32 tq ..)
-      if (EPI == EPI_THR) {
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          const uint32_t f = __ballot_sync(kFull, tab_s[ncls * kFastBN + 32 * t + lane] != 0);
-          if (t == tq) flipw = f;
-        }
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = wrow + gq + 8 * h;
-        const int m = m0 + r;
-        const int4 rd = rows_b[r];
-        const int ex = need_x1 ? rd.x - 2 * x1acc[2 * h] : 0;
-        const int* tb = tab_s + rd.z;  // the row's class
-        auto accv = [&](int c) { return acc[4 * (c >> 1) + 2 * h + (c & 1)]; };
+      if (j == 0) {
+        // The table, before the first epilogue: copied by warp 0 after its
+        // first tile's wgmmas (which so overlap the tables kernel).
+        if (!a.x_late && warp == 0) load_tab_wg();
+        mbar_wait(tbar, 0);
         if (EPI == EPI_THR) {
-          // Sign of kmul P + rowc - B per channel, shifted in from c = 31.
-          const int* tbc = tb + 32 * tq;
-          uint32_t word = 0;
 #pragma unroll
-          for (int g = 7; g >= 0; --g) {
-            const int4 b4 = *reinterpret_cast<const int4*>(tbc + 4 * g);
-            const int bnd[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-            for (int q = 3; q >= 0; --q) {
-              const int d = kmul * accv(4 * g + q) + (ex - bnd[q]);
-              word = __funnelshift_l((uint32_t)d, word, 1);
-            }
+          for (int t = 0; t < 4; ++t) {
+            const uint32_t f =
+                __ballot_sync(kFull, tab_s[ncls * kFastBN + wg_tab_at<EPI>(32 * t + lane)] != 0);
+            if (t == tq) flipw = f;
           }
-          if (m < a.m && n0 + 32 * tq < a.o)
-            static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] = word ^ flipw;
-          continue;
         }
-        const float beta = __int_as_float(rd.y);
-        // Values of accumulators 4 g .. 4 g + 3 (channels wg_chan(tq, 4 g) + 0..3).
-        auto quad = [&](int g, float (&v)[4], auto plain_const) {
-          constexpr bool PLAIN = decltype(plain_const)::value;  // no beta, linear
-          const int ch = wg_chan<EPI>(tq, 4 * g);
-          const int4 t4 = *reinterpret_cast<const int4*>(tb + ch);
-          const float4 s4 = *reinterpret_cast<const float4*>(csc + ch);
-          const float4 b4 = *reinterpret_cast<const float4*>(cbi + ch);
-          const int tt[4] = {t4.x, t4.y, t4.z, t4.w};
-          const float ss[4] = {s4.x, s4.y, s4.z, s4.w}, bb[4] = {b4.x, b4.y, b4.z, b4.w};
+      }
+      // ---- epilogue (EPI_FLOAT, EPI_PACKED; EPI_THR below): thread (gq,
+      // tq) has rows wrow + gq + 8 h (h = 0, 1) of each half, accumulators
+      // c = 2 j + jj (acc[4 j + 2 h + jj]) of channels n0 + wg_chan(tq, c);
+      // 4 consecutive c are 4 consecutive channels.
+      auto epi_half = [&](const int (&acc)[64], const int (&x1acc)[4], int wrow) {
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const float z = (float)(kmul * accv(4 * g + q) + ex + tt[q]);
-            if (PLAIN) {
-              v[q] = BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
-            } else {
-              v[q] = a.beta ? epilogue_affine(z, ss[q], beta, bb[q])
-                            : BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
-              if (a.act != ACT_LINEAR)
-                v[q] = asel.general ? fast_act_general(v[q], a.act, a.slope)
-                                    : apply_act_select(v[q], asel);
+        for (int h = 0; h < 2; ++h) {
+          const int r = wrow + gq + 8 * h;
+          const int m = m0 + r;
+          const int4 rd = rows_b[r];
+          const int ex = need_x1 ? rd.x - 2 * x1acc[2 * h] : 0;
+          const int* tb = tab_s + rd.z;  // the row's class
+          auto accv = [&](int c) { return acc[4 * (c >> 1) + 2 * h + (c & 1)]; };
+          const float beta = __int_as_float(rd.y);
+          // Values of accumulators 4 g .. 4 g + 3 (channels wg_chan(tq, 4 g) + 0..3).
+          auto quad = [&](int g, float (&v)[4], auto plain_const) {
+            constexpr bool PLAIN = decltype(plain_const)::value;  // no beta, linear
+            const int ch = wg_chan<EPI>(tq, 4 * g);
+            const int4 t4 = *reinterpret_cast<const int4*>(tb + wg_tab_at<EPI>(ch));
+            const float4 s4 = *reinterpret_cast<const float4*>(csc + ch);
+            const float4 b4 = *reinterpret_cast<const float4*>(cbi + ch);
+            const int tt[4] = {t4.x, t4.y, t4.z, t4.w};
+            const float ss[4] = {s4.x, s4.y, s4.z, s4.w}, bb[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              const float z = (float)(kmul * accv(4 * g + q) + ex + tt[q]);
+              if (PLAIN) {
+                v[q] = BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
+              } else {
+                v[q] = a.beta ? epilogue_affine(z, ss[q], beta, bb[q])
+                              : BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
+                if (a.act != ACT_LINEAR)
+                  v[q] = asel.general ? fast_act_general(v[q], a.act, a.slope)
+                                      : apply_act_select(v[q], asel);
+              }
             }
-          }
-        };
-        if (EPI == EPI_PACKED) {
-          uint32_t word = 0;
+          };
+          if (EPI == EPI_PACKED) {
+            uint32_t word = 0;
 #pragma unroll
-          for (int g = 0; g < 8; ++g) {
-            float v[4];
-            quad(g, v, std::false_type{});
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-              if (n0 + 32 * tq + 4 * g + q < a.o) word |= bin_bit(v[q]) << (4 * g + q);
-          }
-          if (m < a.m && n0 + 32 * tq < a.o)
-            static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] = word;
-          continue;
-        }
-        // EPI_FLOAT: 8 float4 stores per row, the 4 lanes of a row 64
-        // contiguous bytes per store; streaming (not read again here).
-        if (m >= a.m) continue;
-        float* dst = static_cast<float*>(a.out) + (long long)m * a.o + n0 + 4 * tq;
-        auto emit = [&](auto plain_const) {
-#pragma unroll
-          for (int g = 0; g < 8; ++g) {
-            float v[4];
-            quad(g, v, plain_const);
-            const int o = n0 + 16 * g + 4 * tq;
-            if ((a.o & 3) == 0 && o + 4 <= a.o) {
-              __stcs(reinterpret_cast<float4*>(dst + 16 * g), make_float4(v[0], v[1], v[2], v[3]));
-            } else {
+            for (int g = 0; g < 8; ++g) {
+              float v[4];
+              quad(g, v, std::false_type{});
 #pragma unroll
               for (int q = 0; q < 4; ++q)
-                if (o + q < a.o) dst[16 * g + q] = v[q];
+                if (n0 + 32 * tq + 4 * g + q < a.o) word |= bin_bit(v[q]) << (4 * g + q);
             }
+            if (m < a.m && n0 + 32 * tq < a.o)
+              static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] = word;
+            continue;
+          }
+          // EPI_FLOAT: 8 float4 stores per row, the 4 lanes of a row 64
+          // contiguous bytes per store; streaming (not read again here).
+          if (m >= a.m) continue;
+          float* dst = static_cast<float*>(a.out) + (long long)m * a.o + n0 + 4 * tq;
+          auto emit = [&](auto plain_const) {
+#pragma unroll
+            for (int g = 0; g < 8; ++g) {
+              float v[4];
+              quad(g, v, plain_const);
+              const int o = n0 + 16 * g + 4 * tq;
+              if ((a.o & 3) == 0 && o + 4 <= a.o) {
+                __stcs(reinterpret_cast<float4*>(dst + 16 * g), make_float4(v[0], v[1], v[2], v[3]));
+              } else {
+#pragma unroll
+                for (int q = 0; q < 4; ++q)
+                  if (o + q < a.o) dst[16 * g + q] = v[q];
+              }
+            }
+          };
+          if (!a.beta && a.act == ACT_LINEAR)
+            emit(std::true_type{});
+          else
+            emit(std::false_type{});
+        }
+      };
+      if constexpr (EPI == EPI_THR) {
+        // The thread's 4 rows (2 per half) at once, channel groups in the
+        // outer loop, each word as two 16-bit chains (channels 16-31, 0-15)
+        // merged at the end: 8 independent funnel-shift chains and the
+        // table loads of 4 rows in flight (one row and one 32-step chain
+        // at a time left the warp waiting on each load and shift: with
+        // the other warpgroup in its K loop, a scheduler has one warp here).
+        int ex[4];
+        const int* tbc[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int4 rd = rows_b[64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1)];
+          ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x11 : x10)[2 * (q & 1)] : 0;
+          tbc[q] = tab_s + rd.z + 32 * tq;
+        }
+        uint32_t lo[4] = {0u, 0u, 0u, 0u}, hi[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+        for (int g = 3; g >= 0; --g) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
+            const int h = q & 1;
+            const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
+            const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
+            const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
+#pragma unroll
+            for (int e = 3; e >= 0; --e) {
+              const int cl = 4 * g + e, ch = 16 + cl;  // accumulator c: acc[4 (c >> 1) + 2 h + (c & 1)]
+              const int dl = kmul * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
+              const int dh = kmul * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
+              lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
+              hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
+            }
+          }
+        }
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int m = m0 + 64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1);
+          if (m < a.m && n0 + 32 * tq < a.o)
+            static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
+                __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
+        }
+      } else {
+        epi_half(acc0, x10, 16 * wlw);
+        epi_half(acc1, x11, 64 + 16 * wlw);
+      }
+    }
+  } else {
+    int buf = 0, it = 0;
+    for (int mt = mt0; mt < a.mtiles; mt += mstep, buf ^= 1, ++it) {
+      const int m0 = mt * kFastBM;
+      const int row0 = fdiv(m0, a.div_wo);
+      const int img0 = fdiv(row0, a.div_ho);
+      // This block's last tile: the next call's tables kernel (launched with
+      // programmatic serialization, and waiting for this grid's completion
+      // before it reads anything) may become resident in the meantime.
+      if (mt + mstep >= a.mtiles) pdl_launch_dependents();
+
+      if (tid < kFastBM) rows[buf * kFastBM + tid] = row_record(tid, m0, row0, img0);
+      if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(it >> 1) & 1);  // this tile's slots
+      cp_async_wait<0>();  // the slots (cp.async); x_late: the first time the table too
+      // The tile's barrier: the slots and rows[] are visible, and every warp
+      // is past the previous tile's epilogue, so the other buffer may be
+      // refilled (with the next tile, overlapping this tile's GEMM) and erec
+      // rewritten. rows[] is double-buffered: it is written before this
+      // barrier, while a slower warp may still read the previous tile's half.
+      __syncthreads();
+      if (mt + mstep < a.mtiles) load_tile(buf ^ 1, mt + mstep, tid, kFastThreads, warp, kFastThreads / 32);
+      cp_async_commit();
+      const uint32_t as_addr = smem_u32(fsm + (buf ? L.a1 : L.a0));
+      const int4* rows_t = rows + buf * kFastBM + wm + gq;  // row wm + gq + dr: rows_t[dr]
+      {  // mma.sync
+
+        // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
+        uint32_t abyte[4];
+#pragma unroll
+        for (int mf = 0; mf < 4; ++mf)
+          abyte[mf] = as_addr + rows[buf * kFastBM + wm + mf * 16 + (lane & 15)].w;
+        int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
+        uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);
+        const uint32_t bstep1 = 16 * 16 * a.pitch_b;
+        // The X1 MMA of the row fragment this warp owns (mf == wq): the K loop is
+        // instantiated per wq, so that it is a plain MMA (as a run-time
+        // condition it cost a compare, a predicated MMA and two WARPSYNCs per
+        // row fragment and K step: 4.5% of all instructions were WARPSYNC). It
+        // runs for AND too, unused.
+        // DEAD: a warp whose 32 channels are all past O (O = 64: half the
+        // block) runs only its X1 MMA, which the other warps of its row range
+        // need, and no epilogue.
+        auto kloop = [&](auto wq_const, auto dead_const) {
+          constexpr int WQ = decltype(wq_const)::value;
+          constexpr bool DEAD = decltype(dead_const)::value;
+          const uint2* x1p = HALF ? reinterpret_cast<const uint2*>(fsm + L.x1m) + (tq >> 1) : nullptr;
+          // The chunk offsets are read one K step ahead (their shared-memory
+          // latency sat between each step's first instructions).
+          const int* kp = ktab + half;
+          int koff = kp[0];
+  #pragma unroll(HALF ? 1 : 2)  // (half: 2 spilled in EPI_PACKED)
+          for (int i = 0; i < a.ks; ++i, bb0 += 32) {
+            const int knext = kp[2 * i + 2];
+            uint32_t af[4][4], bf[2][4];
+#pragma unroll
+            for (int mf = 0; mf < 4; ++mf)
+              if (!DEAD || mf == WQ) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
+            if (!DEAD) {
+              ldmatrix_x4_at(bf[0], bb0);
+              ldmatrix_x4_at(bf[1], bb0 + bstep1);
+            }
+            // X1's all-ones B: the padding chunk (odd kc) masked; half: per
+            // pixel of a chunk (x1m).
+            const uint2 x1b = HALF ? x1p[2 * i] : make_uint2(kFull, 2 * i + 1 < a.kc ? kFull : 0u);
+#pragma unroll
+            for (int mf = 0; mf < 4; ++mf) {
+#pragma unroll
+              for (int nf = 0; nf < 4; ++nf)
+                if (!DEAD)
+                  mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2],
+                             bf[nf >> 1][(nf & 1) * 2 + 1]);
+              if (mf == WQ) mma_b1_and(x1acc, af[mf], x1b.x, x1b.y);
+            }
+            koff = knext;
           }
         };
-        if (!a.beta && a.act == ACT_LINEAR)
-          emit(std::true_type{});
+        const bool cols = n0 + wn < a.o;
+        auto kloop_wq = [&](auto dead_const) {
+          switch (wq) {
+            case 0: kloop(std::integral_constant<int, 0>{}, dead_const); break;
+            case 1: kloop(std::integral_constant<int, 1>{}, dead_const); break;
+            case 2: kloop(std::integral_constant<int, 2>{}, dead_const); break;
+            default: kloop(std::integral_constant<int, 3>{}, dead_const); break;
+          }
+        };
+        if (cols)
+          kloop_wq(std::false_type{});
         else
-          emit(std::false_type{});
-      }
-    } else {  // mma.sync
+          kloop_wq(std::true_type{});
+        if (it == 0 && !a.x_late) {  // the table, before the first epilogue
+          load_tab();
+          cp_async_wait<0>();
+          __syncthreads();
+        }
+        // The epilogue record of the two rows whose X1 this warp has (rows
+        // wm + 16 wq + gq and + 8): the whole row term (XNOR: less 2 X1; AND: 0)
+        // and the class offset. Shared only by the 4 warps of this row range
+        // (wm): a barrier of those 128 threads, not of the block.
+        if (tq == 0) {
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int r = wm + wq * 16 + gq + 8 * hh;
+            const int4 rd = rows[buf * kFastBM + r];
+            erec[r] = make_int2(need_x1 ? rd.x - 2 * x1acc[2 * hh] : 0, rd.z);
+          }
+        }
+        // (Constant barrier ids: a register id makes ptxas reserve all 16.)
+        if (warp < 4)
+          asm volatile("bar.sync 1, 128;\n" ::: "memory");
+        else
+          asm volatile("bar.sync 2, 128;\n" ::: "memory");
+        if (!cols) continue;  // (no barrier below: the next one is the tile's)
 
-      // ---- the GEMM: warp tile 64 x 32, 4 x 4 MMAs per K step (+1 for X1)
-      uint32_t abyte[4];
-#pragma unroll
-      for (int mf = 0; mf < 4; ++mf)
-        abyte[mf] = as_addr + rows[buf * kFastBM + wm + mf * 16 + (lane & 15)].w;
-      int acc[4][4][4] = {}, x1acc[4] = {0, 0, 0, 0};
-      uint32_t bb0 = smem_u32(bs + (wn + b_row) * a.pitch_b + b_half);
-      const uint32_t bstep1 = 16 * 16 * a.pitch_b;
-      // The X1 MMA of the row fragment this warp owns (mf == wq): the K loop is
-      // instantiated per wq, so that it is a plain MMA (as a run-time
-      // condition it cost a compare, a predicated MMA and two WARPSYNCs per
-      // row fragment and K step: 4.5% of all instructions were WARPSYNC). It
-      // runs for AND too, unused.
-      // DEAD: a warp whose 32 channels are all past O (O = 64: half the
-      // block) runs only its X1 MMA, which the other warps of its row range
-      // need, and no epilogue.
-      auto kloop = [&](auto wq_const, auto dead_const) {
-        constexpr int WQ = decltype(wq_const)::value;
-        constexpr bool DEAD = decltype(dead_const)::value;
-        const uint2* x1p = HALF ? reinterpret_cast<const uint2*>(fsm + L.x1m) + (tq >> 1) : nullptr;
-        // The chunk offsets are read one K step ahead (their shared-memory
-        // latency sat between each step's first instructions).
-        const int* kp = ktab + half;
-        int koff = kp[0];
-#pragma unroll(HALF ? 1 : 2)  // (half: 2 spilled in EPI_PACKED)
-        for (int i = 0; i < a.ks; ++i, bb0 += 32) {
-          const int knext = kp[2 * i + 2];
-          uint32_t af[4][4], bf[2][4];
-#pragma unroll
-          for (int mf = 0; mf < 4; ++mf)
-            if (!DEAD || mf == WQ) ldmatrix_x4_at(af[mf], abyte[mf] + koff);
-          if (!DEAD) {
-            ldmatrix_x4_at(bf[0], bb0);
-            ldmatrix_x4_at(bf[1], bb0 + bstep1);
-          }
-          // X1's all-ones B: the padding chunk (odd kc) masked; half: per
-          // pixel of a chunk (x1m).
-          const uint2 x1b = HALF ? x1p[2 * i] : make_uint2(kFull, 2 * i + 1 < a.kc ? kFull : 0u);
-#pragma unroll
-          for (int mf = 0; mf < 4; ++mf) {
-#pragma unroll
-            for (int nf = 0; nf < 4; ++nf)
-              if (!DEAD)
-                mma_b1_and(acc[mf][nf], af[mf], bf[nf >> 1][(nf & 1) * 2],
-                           bf[nf >> 1][(nf & 1) * 2 + 1]);
-            if (mf == WQ) mma_b1_and(x1acc, af[mf], x1b.x, x1b.y);
-          }
-          koff = knext;
-        }
-      };
-      const bool cols = n0 + wn < a.o;
-      auto kloop_wq = [&](auto dead_const) {
-        switch (wq) {
-          case 0: kloop(std::integral_constant<int, 0>{}, dead_const); break;
-          case 1: kloop(std::integral_constant<int, 1>{}, dead_const); break;
-          case 2: kloop(std::integral_constant<int, 2>{}, dead_const); break;
-          default: kloop(std::integral_constant<int, 3>{}, dead_const); break;
-        }
-      };
-      if (cols)
-        kloop_wq(std::false_type{});
-      else
-        kloop_wq(std::true_type{});
-      if (it == 0 && !a.x_late) {  // the table, before the first epilogue
-        load_tab();
-        cp_async_wait<0>();
-        __syncthreads();
-      }
-      // The epilogue record of the two rows whose X1 this warp has (rows
-      // wm + 16 wq + gq and + 8): the whole row term (XNOR: less 2 X1; AND: 0)
-      // and the class offset. Shared only by the 4 warps of this row range
-      // (wm): a barrier of those 128 threads, not of the block.
-      if (tq == 0) {
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int r = wm + wq * 16 + gq + 8 * hh;
-          const int4 rd = rows[buf * kFastBM + r];
-          erec[r] = make_int2(need_x1 ? rd.x - 2 * x1acc[2 * hh] : 0, rd.z);
-        }
-      }
-      // (Constant barrier ids: a register id makes ptxas reserve all 16.)
-      if (warp < 4)
-        asm volatile("bar.sync 1, 128;\n" ::: "memory");
-      else
-        asm volatile("bar.sync 2, 128;\n" ::: "memory");
-      if (!cols) continue;  // (no barrier below: the next one is the tile's)
-
-      // ---- epilogue straight from the accumulators; ch: the thread's first
-      // channel within the block (8 consecutive ones). Row r = wm + gq + dr,
-      // dr = 16 mf + 8 hh (k = 2 mf + hh: dr = 8 k).
-      const int ch = wn + 8 * tq;
-      const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
-      const int2* er_t = erec + wm + gq;
-      // The float epilogue of row k (channels ch + c, c < 8): affine, then
-      // the activation (EPI_FLOAT stores it, EPI_PACKED its sign bit).
-      // Channel (within the block) of accumulator c = 2 nf + jj of a row
-      // (EPI_FLOAT: fast_chan_of_col_float's order).
-      auto chan = [&](int c) {
-        return EPI == EPI_FLOAT ? wn + 4 * tq + (c & 3) + 16 * (c >> 2) : ch + c;
-      };
-      auto row_values = [&](int k, float (&val)[8]) {
-        const int mf = k >> 1, hh = k & 1;
-        const int2 e = er_t[8 * k];
-        const float beta = __int_as_float(rows_t[8 * k].y);
-        const int* tb = tab_s + e.y;  // the row's class
-        int iv[8];
-#pragma unroll
-        for (int nf = 0; nf < 4; ++nf) {
-          const int2 ct = *reinterpret_cast<const int2*>(tb + chan(2 * nf));
-          iv[2 * nf] = kmul * acc[mf][nf][2 * hh] + e.x + ct.x;
-          iv[2 * nf + 1] = kmul * acc[mf][nf][2 * hh + 1] + e.x + ct.y;
-        }
-        // Without beta (1.0f: z * 1.0f is z, bit for bit) and without an
-        // activation (linear: v itself) those steps are left out, a branch per
-        // row instead of an instruction or five per value.
-        if (a.beta) {
-#pragma unroll
-          for (int c = 0; c < 8; ++c)
-            val[c] = epilogue_affine((float)iv[c], csc[chan(c)], beta, cbi[chan(c)]);
-        } else {
-#pragma unroll
-          for (int c = 0; c < 8; ++c)
-            val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv[c], csc[chan(c)]), cbi[chan(c)]);
-        }
-        if (a.act != ACT_LINEAR) {
-#pragma unroll
-          for (int c = 0; c < 8; ++c)
-            val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
-                                  : apply_act_select(val[c], asel);
-        }
-      };
-      if (EPI != EPI_FLOAT) {
-        // Packed output. Each thread builds, for its 8 rows and 8 channels,
-        // two words: word g holds rows k = 4 g .. 4 g + 3, row k's byte
-        // (channels ch .. ch + 7, channel c at bit c) at byte k & 3. A 4 x 4
-        // byte transpose among the 4 lanes of a row group (two shuffles and
-        // two byte permutes per word) then gives lane tq the whole 32-channel
-        // word of rows k = tq and 4 + tq, which it stores.
-        uint32_t wd[2] = {0u, 0u};
-        if (EPI == EPI_THR) {
-          // Sign of kmul P + rowc - B per channel, shifted in: row 7 channel
-          // 7 first, so that row 4 g channel 0 ends at bit 0 of word g.
-#pragma unroll
-          for (int k = 7; k >= 0; --k) {
-            const int mf = k >> 1, hh = k & 1;
-            const int2 e = er_t[8 * k];
-            const int* tb = tab_s + e.y + ch;  // the row's class, the 8 channels
-            const int4 b0 = *reinterpret_cast<const int4*>(tb);
-            const int4 b1 = *reinterpret_cast<const int4*>(tb + 4);
-            const int bnd[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-#pragma unroll
-            for (int c = 7; c >= 0; --c) {
-              const int d = kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + (e.x - bnd[c]);
-              wd[k >> 2] = __funnelshift_l((uint32_t)d, wd[k >> 2], 1);
-            }
-          }
-        } else {
-          const int o = n0 + ch;
-#pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            float val[8];
-            row_values(k, val);
-            uint32_t bits = 0;
-#pragma unroll
-            for (int c = 0; c < 8; ++c)
-              if (o + c < a.o) bits |= bin_bit(val[c]) << c;
-            wd[k >> 2] |= bits << (8 * (k & 3));
-          }
-        }
-        // The transpose. Stage 1 (lanes tq, tq ^ 2): bytes 0-1 of rows from
-        // lanes 0, 1 / 2, 3; stage 2 (lanes tq, tq ^ 1): single bytes.
-        const uint32_t sel1 = (tq & 2) ? 0x3276u : 0x5410u;
-        const uint32_t sel2 = (tq & 1) ? 0x3715u : 0x6240u;
-#pragma unroll
-        for (int g = 0; g < 2; ++g) {
-          wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 2), sel1);
-          wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 1), sel2);
-        }
-        // thr: flip bits of the warp's 32 channels, in packed-word order.
-        const uint32_t flipw =
-            EPI == EPI_THR ? __ballot_sync(kFull, tab_s[ncls * kFastBN + wn + lane] != 0) : 0u;
-        if (n0 + wn < a.o) {
-          const int m = m0 + wm + gq + 8 * tq;  // rows k = tq and k = 4 + tq (dr = 32)
-          uint32_t* dst = static_cast<uint32_t*>(a.out) + (long long)m * ow + (n0 + wn) / 32;
-          if (m < a.m) dst[0] = wd[0] ^ flipw;
-          if (m + 32 < a.m) dst[32 * (long long)ow] = wd[1] ^ flipw;
-        }
-      } else if (!a.beta && a.act == ACT_LINEAR && (a.o & 3) == 0 && n0 + wn + 32 <= a.o) {
-        // The usual case (no beta, no activation, the warp's 32 channels all
-        // real, rows of whole float4s) as straight-line code: the general
-        // loop below branches several times per row (beta, activation, the
-        // store's form), and in ncu (S8-9, L3 N=256) 19% of the float
-        // kernel's stall samples were instruction fetch (no_inst).
-        const int o = n0 + chan(0);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
+        // ---- epilogue straight from the accumulators; ch: the thread's first
+        // channel within the block (8 consecutive ones). Row r = wm + gq + dr,
+        // dr = 16 mf + 8 hh (k = 2 mf + hh: dr = 8 k).
+        const int ch = wn + 8 * tq;
+        const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
+        const int2* er_t = erec + wm + gq;
+        // The float epilogue of row k (channels ch + c, c < 8): affine, then
+        // the activation (EPI_FLOAT stores it, EPI_PACKED its sign bit).
+        // Channel (within the block) of accumulator c = 2 nf + jj of a row
+        // (EPI_FLOAT: fast_chan_of_col_float's order).
+        auto chan = [&](int c) {
+          return EPI == EPI_FLOAT ? wn + 4 * tq + (c & 3) + 16 * (c >> 2) : ch + c;
+        };
+        auto row_values = [&](int k, float (&val)[8]) {
           const int mf = k >> 1, hh = k & 1;
-          const int m = m0 + wm + gq + 8 * k;
           const int2 e = er_t[8 * k];
+          const float beta = __int_as_float(rows_t[8 * k].y);
           const int* tb = tab_s + e.y;  // the row's class
-          float val[8];
+          int iv[8];
 #pragma unroll
           for (int nf = 0; nf < 4; ++nf) {
             const int2 ct = *reinterpret_cast<const int2*>(tb + chan(2 * nf));
+            iv[2 * nf] = kmul * acc[mf][nf][2 * hh] + e.x + ct.x;
+            iv[2 * nf + 1] = kmul * acc[mf][nf][2 * hh + 1] + e.x + ct.y;
+          }
+          // Without beta (1.0f: z * 1.0f is z, bit for bit) and without an
+          // activation (linear: v itself) those steps are left out, a branch per
+          // row instead of an instruction or five per value.
+          if (a.beta) {
 #pragma unroll
-            for (int jj = 0; jj < 2; ++jj) {
-              const int c = 2 * nf + jj;
-              const int iv = kmul * acc[mf][nf][2 * hh + jj] + e.x + (jj ? ct.y : ct.x);
-              val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv, csc[chan(c)]), cbi[chan(c)]);
+            for (int c = 0; c < 8; ++c)
+              val[c] = epilogue_affine((float)iv[c], csc[chan(c)], beta, cbi[chan(c)]);
+          } else {
+#pragma unroll
+            for (int c = 0; c < 8; ++c)
+              val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv[c], csc[chan(c)]), cbi[chan(c)]);
+          }
+          if (a.act != ACT_LINEAR) {
+#pragma unroll
+            for (int c = 0; c < 8; ++c)
+              val[c] = asel.general ? fast_act_general(val[c], a.act, a.slope)
+                                    : apply_act_select(val[c], asel);
+          }
+        };
+        if (EPI != EPI_FLOAT) {
+          // Packed output. Each thread builds, for its 8 rows and 8 channels,
+          // two words: word g holds rows k = 4 g .. 4 g + 3, row k's byte
+          // (channels ch .. ch + 7, channel c at bit c) at byte k & 3. A 4 x 4
+          // byte transpose among the 4 lanes of a row group (two shuffles and
+          // two byte permutes per word) then gives lane tq the whole 32-channel
+          // word of rows k = tq and 4 + tq, which it stores.
+          uint32_t wd[2] = {0u, 0u};
+          if (EPI == EPI_THR) {
+            // Sign of kmul P + rowc - B per channel, shifted in: row 7 channel
+            // 7 first, so that row 4 g channel 0 ends at bit 0 of word g.
+#pragma unroll
+            for (int k = 7; k >= 0; --k) {
+              const int mf = k >> 1, hh = k & 1;
+              const int2 e = er_t[8 * k];
+              const int* tb = tab_s + e.y + ch;  // the row's class, the 8 channels
+              const int4 b0 = *reinterpret_cast<const int4*>(tb);
+              const int4 b1 = *reinterpret_cast<const int4*>(tb + 4);
+              const int bnd[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+              for (int c = 7; c >= 0; --c) {
+                const int d = kmul * acc[mf][c >> 1][2 * hh + (c & 1)] + (e.x - bnd[c]);
+                wd[k >> 2] = __funnelshift_l((uint32_t)d, wd[k >> 2], 1);
+              }
+            }
+          } else {
+            const int o = n0 + ch;
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+              float val[8];
+              row_values(k, val);
+              uint32_t bits = 0;
+#pragma unroll
+              for (int c = 0; c < 8; ++c)
+                if (o + c < a.o) bits |= bin_bit(val[c]) << c;
+              wd[k >> 2] |= bits << (8 * (k & 3));
             }
           }
-          if (m < a.m) {
-            float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
-            __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
-            __stcs(reinterpret_cast<float4*>(dst + 16), make_float4(val[4], val[5], val[6], val[7]));
+          // The transpose. Stage 1 (lanes tq, tq ^ 2): bytes 0-1 of rows from
+          // lanes 0, 1 / 2, 3; stage 2 (lanes tq, tq ^ 1): single bytes.
+          const uint32_t sel1 = (tq & 2) ? 0x3276u : 0x5410u;
+          const uint32_t sel2 = (tq & 1) ? 0x3715u : 0x6240u;
+#pragma unroll
+          for (int g = 0; g < 2; ++g) {
+            wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 2), sel1);
+            wd[g] = __byte_perm(wd[g], __shfl_xor_sync(kFull, wd[g], 1), sel2);
           }
-        }
-      } else {
+          // thr: flip bits of the warp's 32 channels, in packed-word order.
+          const uint32_t flipw =
+              EPI == EPI_THR ? __ballot_sync(kFull, tab_s[ncls * kFastBN + wn + lane] != 0) : 0u;
+          if (n0 + wn < a.o) {
+            const int m = m0 + wm + gq + 8 * tq;  // rows k = tq and k = 4 + tq (dr = 32)
+            uint32_t* dst = static_cast<uint32_t*>(a.out) + (long long)m * ow + (n0 + wn) / 32;
+            if (m < a.m) dst[0] = wd[0] ^ flipw;
+            if (m + 32 < a.m) dst[32 * (long long)ow] = wd[1] ^ flipw;
+          }
+        } else if (!a.beta && a.act == ACT_LINEAR && (a.o & 3) == 0 && n0 + wn + 32 <= a.o) {
+          // The usual case (no beta, no activation, the warp's 32 channels all
+          // real, rows of whole float4s) as straight-line code: the general
+          // loop below branches several times per row (beta, activation, the
+          // store's form), and in ncu (S8-9, L3 N=256) 19% of the float
+          // kernel's stall samples were instruction fetch (no_inst).
+          const int o = n0 + chan(0);
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          const int m = m0 + wm + gq + 8 * k;
-          float val[8];  // channels chan(c)
-          row_values(k, val);
-          const int o = n0 + chan(0);  // val[c]: channel n0 + chan(c), dst[chan(c) - chan(0)]
-          if (m < a.m) {
-            // The 4 lanes of a row write channels 0-15 of their 32, then
-            // 16-31: 64 contiguous bytes per store.
-            float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
-            if ((a.o & 3) == 0 && o + 20 <= a.o) {  // o + 19 = n0 + chan(7)
-              // Streaming stores: the result is not read again by this
-              // kernel, and kept out of L2 it leaves room for x and weights.
+          for (int k = 0; k < 8; ++k) {
+            const int mf = k >> 1, hh = k & 1;
+            const int m = m0 + wm + gq + 8 * k;
+            const int2 e = er_t[8 * k];
+            const int* tb = tab_s + e.y;  // the row's class
+            float val[8];
+#pragma unroll
+            for (int nf = 0; nf < 4; ++nf) {
+              const int2 ct = *reinterpret_cast<const int2*>(tb + chan(2 * nf));
+#pragma unroll
+              for (int jj = 0; jj < 2; ++jj) {
+                const int c = 2 * nf + jj;
+                const int iv = kmul * acc[mf][nf][2 * hh + jj] + e.x + (jj ? ct.y : ct.x);
+                val[c] = BINCONV_FADD(BINCONV_FMUL((float)iv, csc[chan(c)]), cbi[chan(c)]);
+              }
+            }
+            if (m < a.m) {
+              float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
               __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
-              __stcs(reinterpret_cast<float4*>(dst + 16),
-                     make_float4(val[4], val[5], val[6], val[7]));
-            } else {
+              __stcs(reinterpret_cast<float4*>(dst + 16), make_float4(val[4], val[5], val[6], val[7]));
+            }
+          }
+        } else {
 #pragma unroll
-              for (int c = 0; c < 8; ++c) {
-                const int d = chan(c) - chan(0);
-                if (o + d < a.o) dst[d] = val[c];
+          for (int k = 0; k < 8; ++k) {
+            const int m = m0 + wm + gq + 8 * k;
+            float val[8];  // channels chan(c)
+            row_values(k, val);
+            const int o = n0 + chan(0);  // val[c]: channel n0 + chan(c), dst[chan(c) - chan(0)]
+            if (m < a.m) {
+              // The 4 lanes of a row write channels 0-15 of their 32, then
+              // 16-31: 64 contiguous bytes per store.
+              float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
+              if ((a.o & 3) == 0 && o + 20 <= a.o) {  // o + 19 = n0 + chan(7)
+                // Streaming stores: the result is not read again by this
+                // kernel, and kept out of L2 it leaves room for x and weights.
+                __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
+                __stcs(reinterpret_cast<float4*>(dst + 16),
+                       make_float4(val[4], val[5], val[6], val[7]));
+              } else {
+#pragma unroll
+                for (int c = 0; c < 8; ++c) {
+                  const int d = chan(c) - chan(0);
+                  if (o + d < a.o) dst[d] = val[c];
+                }
               }
             }
           }
         }
-      }
-    }  // mma.sync
+      }  // mma.sync
+  }
   }
   cp_async_wait<0>();
 }

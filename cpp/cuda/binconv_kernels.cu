@@ -23,6 +23,9 @@
 // popcount of all of o's weights and W1pad = W1all - W1valid, W1valid a box
 // sum read from the prefix table. popc(a XOR b) = popc a + popc b - 2 popc(a AND b)
 // is why Hopper's emulated XOR MMA is never needed.
+#ifdef JAX_BINCONV_TIMELINE
+#include <cstdio>  // (printf of the wgmma kernel's timeline, fast_conv.cuh)
+#endif
 #include <cuda.h>  // CUtensorMap (the driver entry point is looked up at run time)
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
@@ -1343,6 +1346,8 @@ bool wgmma_device(const DevInfo& di) { return wgmma_built() && di.major == 9 && 
 // zeros past kc; pitch_b = the chunks that covers.
 void plan_wgmma(FastArgs* a) {
   a->wg = 1;
+  static const bool no_order = std::getenv("JAX_BINCONV_WG_NOORDER") != nullptr;  // (experiment)
+  a->wg_order = no_order ? 0 : 1;
   a->wg_kblocks = (a->kc + 7) / 8;
   a->pitch_b = 8 * a->wg_kblocks;
 }

@@ -148,6 +148,7 @@ struct FastArgs {
   // weights in 128-byte swizzled K blocks (wg_b_offset), pitch_b = 8 x the
   // number of K blocks (wg_kblocks).
   int wg, wg_kblocks;
+  int wg_order;  // the two warpgroups' wgmmas in tile order (ping-pong)
 };
 
 // The valid-tap range [lo, hi) along one axis of the output position whose
@@ -239,6 +240,13 @@ __host__ __device__ inline int wg_tab_at(int ch) {
   return (((j & ~7) | ((j ^ (j >> 3)) & 7)) << 2) | (ch & 3);
 }
 
+// The wgmma kernel's weight mbarriers: K block kb < kWgWbars - 1 on its own
+// (the first tile's K steps start as its block lands), the rest on the last.
+constexpr int kWgWbars = 8;
+// A fragment buffers of the wgmma K loop (both halves of the tile): loaded
+// two K steps ahead, kWgAbufs - 1 steps' wgmmas in flight.
+constexpr int kWgAbufs = 4;
+
 // Shared-memory carve-up, in bytes; host and device use the same function.
 struct FastSmem {
   int b, a0, a1, a2, a3, ktab, x1m, tab, csc, cbi, rows, erec, ycls, xcls, ltab, mbar, total;
@@ -271,9 +279,10 @@ __host__ __device__ inline FastSmem fast_smem(const FastArgs& a, bool half) {
   s.ycls = take(a.ho * 4);
   s.xcls = take(a.wo * 4);
   s.ltab = take(a.wslot * a.p * (half ? 16 : 8));
-  // mbarriers (sm_90): the weight copy, then the slots of each buffer; wg:
-  // then the table copy.
-  s.mbar = take(a.wg ? 48 : 24);
+  // mbarriers (sm_90): the weight copy (wg: kWgWbars, one per K block, the
+  // last for the rest), then the slots of each buffer; wg: then the table
+  // copy.
+  s.mbar = take(a.wg ? 8 * (kWgWbars + 5) : 24);
   // half: the X1 MMA's B masks per K step; wg: the X1 wgmma's all-ones B
   // (two core matrices of ones, then ones and zeros for a padding chunk).
   s.x1m = take(half ? (a.ks + 1) * 16 : a.wg ? 512 : 0);
@@ -646,6 +655,13 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
                      const __grid_constant__ CUtensorMap wmap) {
   extern __shared__ __align__(128) unsigned char fsm[];
+#ifdef JAX_BINCONV_TIMELINE
+  unsigned long long tl_[10] = {};
+#define TLS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tl_[i]) :: "memory")
+  TLS(0);
+#else
+#define TLS(i) (void)0
+#endif
   const int ncls = a.ncy * a.ncx;
   const FastSmem L = fast_smem(a, HALF);
   uint4* bs = reinterpret_cast<uint4*>(fsm + L.b);
@@ -665,7 +681,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
 
   const int rowpitch = a.rowpitch;  // wslot p
   const uint32_t wbar = smem_u32(fsm + L.mbar);
-  const uint32_t sbar0 = wbar + 8;  // slot buffer b: sbar0 + 8 b
+  const uint32_t sbar0 = wbar + (WG ? 8 * kWgWbars : 8);  // slot buffer b: sbar0 + 8 b
   const bool tma = kFastTma && a.tma_x;
   // ---- input slots of one M tile. Output row j of the tile (image img0 + d)
   // reads slot rows j sh + d E + dy dh (dy < kh): within an image, the rows
@@ -688,6 +704,23 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // (S7-3: as fast as a box per chunk plane, with p times fewer copies.)
       const uint32_t bar = sbar0 + 8 * buf;
       const int items = a.rmax * a.kh;
+      if (WG) {
+        // Item lane * 4 + w to warp w (a warp issues its copies one lane at
+        // a time: spread, each of the 4 warps has a quarter of them), and
+        // one expect-tx per warp and round for all its copies (the phase
+        // cannot complete before the warpgroup's arrivals below).
+        for (int q0 = 0; q0 < items; q0 += nthr) {
+          const int q = q0 + (lt & 31) * nwarps + lw;
+          int srow = 0, iy = 0, img = 0;
+          const bool cp = q < items && fast_slot_row(a, row0, img0, q, srow, iy, img);
+          const uint32_t cps = __ballot_sync(kFull, cp);
+          if (lane == 0 && cps) mbar_expect_tx(bar, (uint32_t)(__popc(cps) * 16 * rowpitch));
+          __syncwarp();
+          if (cp) tensor_copy_5d(as + 16 * srow * rowpitch, &xmap, 0, -a.pl, 0, iy, img, bar);
+        }
+        mbar_arrive(bar);
+        return;
+      }
       for (int q = lt; q < items; q += nthr) {
         int srow, iy, img;
         if (!fast_slot_row(a, row0, img0, q, srow, iy, img)) continue;
@@ -732,7 +765,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   const bool wbulk = kFastTma && a.wcopy == kWeightsBulk;
   if (kFastTma) {
     if (tid == 0) {
-      mbar_init(wbar, 1);
+      for (int b = 0; b < (WG ? kWgWbars : 1); ++b) mbar_init(wbar + 8 * b, 1);
       for (int b = 0; b < (WG ? 4 : 2); ++b) mbar_init(sbar0 + 8 * b, WG ? 128 : kFastThreads);
       if (WG) mbar_init(sbar0 + 32, 32);  // the table copy (warp 0's lanes)
     }
@@ -755,18 +788,22 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       load_tile(0, mt0, tid, kFastThreads, warp, kFastThreads / 32);
   };
   if (tma && !a.x_late) load_first();
+  TLS(1);
   // wgmma: the weights' 1024-aligned base (swizzle atoms).
   const uint32_t wg_bbase = (smem_u32(bs) + 1023u) & ~1023u;
   if (WG) {
     // Shared row f holds channel n0 + wg_chan_of_col(f), in K blocks of 8
     // chunks (wg_b_offset). By tensor map (O a multiple of 128): one box
     // per K block (zeros past kc: the padding chunks); else 16-byte cp.async.
-    if (wtmap) {
-      if (tid == 0) mbar_arrive_expect_tx(wbar, (uint32_t)(kFastBN * a.pitch_b * 16));
-      for (int kb = tid; kb < a.wg_kblocks; kb += kFastThreads)
+    // Thread kb < kWgWbars: K block kb (the last of them: the rest too) on
+    // mbarrier kb.
+    if (wtmap && tid < min(a.wg_kblocks, kWgWbars)) {
+      const int kend = tid == kWgWbars - 1 ? a.wg_kblocks : tid + 1;
+      mbar_arrive_expect_tx(wbar + 8 * tid, (uint32_t)((kend - tid) * kFastBN * 128));
+      for (int kb = tid; kb < kend; ++kb)
         tensor_copy_5d(wg_bbase + kb * (kFastBN * 128), &wmap, 16 * kb, 0, 0, 0,
-                       EPI == EPI_FLOAT ? n0 / 16 : n0 / 4, wbar);
-    } else {
+                       EPI == EPI_FLOAT ? n0 / 16 : n0 / 4, wbar + 8 * tid);
+    } else if (!wtmap) {
       for (int q = tid; q < kFastBN * a.pitch_b; q += kFastThreads) {
         const int r = q / a.pitch_b, k = q - r * a.pitch_b;
         const int o = n0 + wg_chan_of_col<EPI>(r);
@@ -888,6 +925,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     fence_proxy_async();
   }
   __syncthreads();  // ltab
+  TLS(2);
 
   if (!tma && !a.x_late) load_first();
   cp_async_commit();
@@ -942,7 +980,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   const int ow = (a.o + 31) / 32;
   const int rowpv = a.pv * a.cg;
   const ActSelect asel = act_select(a.act, a.slope);
-  if (wtmap || wbulk) mbar_wait(wbar, 0);  // the weights are in shared memory
+  if (!WG && (wtmap || wbulk)) mbar_wait(wbar, 0);  // the weights are in shared memory
+  TLS(3);
 
   // ---- per-row data (does not need this tile's input): the row term
   // without X1, beta, the row's box class (as its offset in the table)
@@ -1007,6 +1046,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // The warpgroup's barrier: its slots and rows[] are visible, and its
       // warps are past its previous tile's epilogue (the other buffer and
       // its records may be refilled).
+      if (j == 0) TLS(4);
       named_sync(1 + wgi, 128);
       if (mt + 2 * mstep < a.mtiles) load_tile(buf ^ 1, mt + 2 * mstep, wlt, 128, wlw, 4);
       cp_async_commit();
@@ -1019,7 +1059,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // Three A buffers (both halves), loaded two steps ahead, the chunk
       // offsets three ahead (see the S10 notes: a step's ldmatrix then has
       // a whole step to land before its wgmma).
-      uint32_t af[3][2][4];
+      uint32_t af[kWgAbufs][2][4];
       ldmatrix_x4_at(af[0][0], abase0 + kp[0]);
       ldmatrix_x4_at(af[0][1], abase1 + kp[0]);
       if (a.ks > 1) {
@@ -1027,9 +1067,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         ldmatrix_x4_at(af[1][1], abase1 + kp[2]);
       }
       int knext = a.ks > 2 ? kp[4] : 0;  // step 2's (ktab has 2 ks + 2 entries)
-      if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
+      if (a.wg_order && k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
+      if (j == 0) TLS(5);
+      const bool wfirst = wtmap && j == 0;  // the weights may still be landing
       auto step = [&](int i, auto b_const) {
-        constexpr int B = decltype(b_const)::value;  // i % 3
+        constexpr int B = decltype(b_const)::value;  // i % kWgAbufs
+        if (wfirst && (i & 3) == 0 && (i >> 2) < kWgWbars) mbar_wait(wbar + 8 * (i >> 2), 0);
         wg_fence();
         const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
         wgmma_n128(acc0, af[B][0], bd, i);
@@ -1041,24 +1084,29 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         }
         wg_commit();
         if (i + 2 < a.ks) {
-          wg_wait<1>();  // step i - 1 (the last reader of buffer (i + 2) % 3) is done
-          ldmatrix_x4_at(af[(B + 2) % 3][0], abase0 + knext);
-          ldmatrix_x4_at(af[(B + 2) % 3][1], abase1 + knext);
+          // Step i + 2 - kWgAbufs (the last reader of buffer (i + 2) %
+          // kWgAbufs) is done: kWgAbufs - 1 groups stay in flight.
+          wg_wait<kWgAbufs - 2>();
+          ldmatrix_x4_at(af[(B + 2) % kWgAbufs][0], abase0 + knext);
+          ldmatrix_x4_at(af[(B + 2) % kWgAbufs][1], abase1 + knext);
           knext = kp[2 * i + 6];  // step i + 3's (i + 3 <= ks)
         }
       };
-      for (int i = 0; i < a.ks; i += 3) {
+      for (int i = 0; i < a.ks; i += kWgAbufs) {
         step(i, std::integral_constant<int, 0>{});
         if (i + 1 < a.ks) step(i + 1, std::integral_constant<int, 1>{});
         if (i + 2 < a.ks) step(i + 2, std::integral_constant<int, 2>{});
+        if (kWgAbufs > 3 && i + 3 < a.ks) step(i + 3, std::integral_constant<int, 3 % kWgAbufs>{});
       }
-      if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
+      if (a.wg_order && k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
       wg_wait<0>();
+      if (j == 0) TLS(6);
       if (j == 0) {
         // The table, before the first epilogue: copied by warp 0 after its
         // first tile's wgmmas (which so overlap the tables kernel).
         if (!a.x_late && warp == 0) load_tab_wg();
         mbar_wait(tbar, 0);
+        TLS(7);
         if (EPI == EPI_THR) {
 #pragma unroll
           for (int t = 0; t < 4; ++t) {
@@ -1190,6 +1238,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         epi_half(acc0, x10, 16 * wlw);
         epi_half(acc1, x11, 64 + 16 * wlw);
       }
+      if (j == 0) TLS(8);
     }
   } else {
     int buf = 0, it = 0;
@@ -1465,4 +1514,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   }
   }
   cp_async_wait<0>();
+#ifdef JAX_BINCONV_TIMELINE
+  TLS(9);
+  if (WG && (tid == 0 || tid == 128) && (blockIdx.x == 0 || blockIdx.x == gridDim.x - 1 || blockIdx.x == 1))
+    printf("TL b%d t%d start %llu | issue %lld tabs %lld wts %lld slot %lld order %lld kdone %lld tab %lld epi %lld end %lld\n",
+           blockIdx.x, tid, tl_[0] % 100000000ull, (long long)(tl_[1]-tl_[0]), (long long)(tl_[2]-tl_[0]), (long long)(tl_[3]-tl_[0]),
+           (long long)(tl_[4]-tl_[0]), (long long)(tl_[5]-tl_[0]), (long long)(tl_[6]-tl_[0]), (long long)(tl_[7]-tl_[0]),
+           (long long)(tl_[8]-tl_[0]), (long long)(tl_[9]-tl_[0]));
+#endif
 }

@@ -96,10 +96,12 @@ def main(argv=None):
                     help="how applications are repeated inside the timed jit")
     ap.add_argument("--kernel", choices=["auto", "general"], default="auto",
                     help="jax_binconv._cuda.set_kernel policy for ours")
-    ap.add_argument("--wgmma", choices=["on", "off", "both"], default="off",
-                    help="the fast kernel's K loop on wgmma (compute capability 9.0) or "
-                         "mma.sync (off, the default); both: ours timed each way in the same "
-                         "run (rows 'float-mma', 'packed-mma' for mma.sync)")
+    ap.add_argument("--wgmma", choices=["auto", "on", "off", "both"], default="auto",
+                    help="jax_binconv._cuda.set_fast_wgmma mode for ours: the fast kernel's K "
+                         "loop on wgmma (compute capability 9.0) where it pays (auto, the "
+                         "default), wherever it can run (on) or never (off: mma.sync); both: "
+                         "ours timed on and off in the same run (rows 'float-mma', "
+                         "'packed-mma' for off)")
     args = ap.parse_args(argv)
 
     gpu = jax.devices("gpu")[0]
@@ -109,9 +111,16 @@ def main(argv=None):
 
     _cuda.set_kernel(args.kernel)
     has_wg = hasattr(_cuda, "set_fast_wgmma")  # (older builds, for A/B of trees)
+
+    def set_wg(mode):
+        try:
+            _cuda.set_fast_wgmma(mode)
+        except TypeError:  # builds before the "auto" mode: a bool, off by default
+            _cuda.set_fast_wgmma(mode == "on")
+
     if has_wg:
-        _cuda.set_fast_wgmma(args.wgmma != "off")
-    elif args.wgmma != "off":
+        set_wg("on" if args.wgmma == "both" else args.wgmma)
+    elif args.wgmma in ("on", "both"):
         sys.exit("--wgmma: this build of jax_binconv._cuda has no wgmma kernel")
     print(f"device: {gpu.device_kind}; jax {jax.__version__}; loop {args.loop}; "
           f"kernel policy {args.kernel}; wgmma {args.wgmma} "
@@ -153,11 +162,11 @@ def main(argv=None):
             wg_ran = has_wg and _cuda.last_wgmma()
             extra = []
             if args.wgmma == "both":
-                _cuda.set_fast_wgmma(False)
+                set_wg("off")
                 jax.clear_caches()
                 extra = [("float-mma", bench(ours_f, (x, wpk), args.reps, args.loop)),
                          ("packed-mma", bench(ours_p, (xp.words, wpk), args.reps, args.loop))]
-                _cuda.set_fast_wgmma(True)
+                set_wg("on")
                 jax.clear_caches()
             t_16 = bench(cudnn, (x16, w16), args.reps, args.loop)
             t_32 = bench(cudnn, (x, w32), args.reps, args.loop)

@@ -3,8 +3,9 @@
     ncu --kernel-name regex:conv python benchmarks/gpu_profile.py L3 256 auto
 
 Runs the layer (XNOR, packed weights, SAME) a few times with packed or float
-input/output under the given kernel policy (``auto``, ``general``, or ``wgmma``:
-the fast kernel with its K loop on wgmma, set_fast_wgmma).
+input/output under the given kernel policy: ``auto`` (the library's default),
+``mma`` / ``wgmma`` (the fast kernel with its K loop on mma.sync / wgmma:
+set_fast_wgmma("off") / ("on")) or ``general``.
 """
 
 import sys
@@ -19,8 +20,8 @@ from jax_binconv._bench_layers import LAYERS
 
 
 def main(layer="L3", n="256", policy="auto", io="packed", reps="3"):
-    _cuda.set_kernel("auto" if policy == "wgmma" else policy)
-    _cuda.set_fast_wgmma(policy == "wgmma")
+    _cuda.set_kernel("general" if policy == "general" else "auto")
+    _cuda.set_fast_wgmma({"wgmma": "on", "mma": "off"}.get(policy, "auto"))
     h, w, c, o, k, s = LAYERS[layer]
     n = int(n)
     rng = np.random.default_rng(0)

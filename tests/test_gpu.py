@@ -624,16 +624,18 @@ def _cuda_mod():
 
 @pytest.fixture(params=["auto", "auto-cp.async", "wgmma", "general"])
 def kernel_policy(request):
-    """auto: the fast kernel (K loop on mma.sync), input slots by tensor map on
-    sm_90; auto-cp.async: the same with cp.async slot copies (what older GPUs
-    run); wgmma: the fast kernel with its K loop on wgmma (set_fast_wgmma:
-    compute capability 9.0, C != 64; elsewhere the same as auto); general:
-    the general kernel."""
+    """auto: the fast kernel with its K loop on mma.sync (set_fast_wgmma("off")),
+    input slots by tensor map on sm_90; auto-cp.async: the same with cp.async
+    slot copies (what older GPUs run); wgmma: the fast kernel with its K loop
+    on wgmma wherever it can run (set_fast_wgmma("on"): compute capability
+    9.0, C != 64, shared memory that fits; elsewhere the same as auto);
+    general: the general kernel. (The library's default, set_fast_wgmma("auto"),
+    picks between the two fast variants: test_fast_wgmma_auto_mode.)"""
     mod = _cuda_mod()
     old, old_tma, old_wg = mod.get_kernel(), mod.get_tma_slots(), mod.get_fast_wgmma()
     mod.set_kernel("general" if request.param == "general" else "auto")
     mod.set_tma_slots(request.param in ("auto", "wgmma"))
-    mod.set_fast_wgmma(request.param == "wgmma")
+    mod.set_fast_wgmma("on" if request.param == "wgmma" else "off")
     jax.clear_caches()  # no executable whose CUDA graph was captured under another policy
     yield request.param
     mod.set_kernel(old)
@@ -703,16 +705,17 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 @pytest.mark.parametrize("case", [1, 2, 8])
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
                                         ("fast_weight_copy", "cp.async"),
-                                        ("fast_fused_prep", False), ("fast_wgmma", True)])
+                                        ("fast_fused_prep", False), ("fast_wgmma", "on"),
+                                        ("fast_wgmma", "off")])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
     programmatic dependent launch off (set_fast_pdl(False), the launch path
     of drivers that refuse it) and the weights by one bulk copy per channel
     row or by 16-byte cp.async (what GPUs before sm_90 run) instead of one
     tensor-map box; float x packed by a kernel of its own before the tables
-    kernel instead of both in one; the K loop on wgmma instead of mma.sync
-    (compute capability 9.0). Packed and float results still equal the
-    reference."""
+    kernel instead of both in one; the K loop on wgmma wherever it can run
+    (compute capability 9.0) or never, instead of where it pays. Packed and
+    float results still equal the reference."""
     mod = _cuda_mod()
     old = getattr(mod, "get_" + knob)()
     getattr(mod, "set_" + knob)(value)
@@ -730,10 +733,38 @@ def test_fast_kernel_knobs(knob, value, case):
                 bulk_as = "cp.async" if mod.last_wgmma() else "bulk"
                 assert mod.last_weight_copy() == (bulk_as if value == "bulk" else value)
             if knob == "fast_wgmma":
-                assert mod.last_wgmma() == mod.wgmma_available()
+                assert mod.last_wgmma() == (value == "on" and mod.wgmma_available())
         assert getattr(mod, "get_" + knob)() == value
     finally:
         getattr(mod, "set_" + knob)(old)
+        jax.clear_caches()
+
+
+def test_fast_wgmma_auto_mode():
+    """set_fast_wgmma("auto"), the default: on a GPU that can run the wgmma
+    kernel (compute capability 9.0, sm_90a code) it runs where every SM gets a
+    128-row tile and the K loop has at least 3 steps; with fewer tiles, or a
+    1x1 kernel over 256 channels (1 step), the mma.sync kernel runs. Both
+    exact. Unknown modes are refused."""
+    mod = _cuda_mod()
+    old = mod.get_fast_wgmma()
+    with pytest.raises(ValueError, match="auto"):
+        mod.set_fast_wgmma("fast")
+    assert mod.get_fast_wgmma() == old
+    mod.set_fast_wgmma("auto")
+    jax.clear_caches()
+    try:
+        sms = jax.devices("gpu")[0].core_count
+        big = -(-sms * 64 // (14 * 14)) + 1  # ceil(n 196 / 128) * 2 tiles >= SMs
+        for n, k, want in [(big, (3, 3), True), (1, (3, 3), False), (big, (1, 1), False)]:
+            x = np.asarray(rand_x(950 + n, (n, 14, 14, 256)))
+            w = np.asarray(rand_x(960 + k[0], k + (256, 256)))
+            check(x, w, type="xnor", padding="SAME", output="packed",
+                  output_bias=rand_vec(970, 256, -30, 30))
+            assert mod.last_kernel() == "fast"
+            assert mod.last_wgmma() == (want and mod.wgmma_available()), (n, k)
+    finally:
+        mod.set_fast_wgmma(old)
         jax.clear_caches()
 
 

@@ -1181,7 +1181,7 @@ std::atomic<int> g_wcopy{kWeightsTensorMap};  // set_fast_weight_copy: the most 
 std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
 std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
-std::atomic<bool> g_wgmma{false};     // set_fast_wgmma (off: slower, see fast_conv.cuh)
+std::atomic<int> g_wgmma{kWgmmaAuto};  // set_fast_wgmma
 std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1342,6 +1342,17 @@ constexpr bool wgmma_built() {
 // compute capability 9.0 exactly.
 bool wgmma_device(const DevInfo& di) { return wgmma_built() && di.major == 9 && di.minor == 0; }
 
+// kWgmmaAuto: the wgmma kernel where every SM gets a tile (its block, one
+// per SM, runs its tiles on two warpgroups in turn: with fewer tiles than
+// SMs the mma.sync kernel's two blocks per SM and shorter prologue win) and
+// the K loop has at least 3 steps (with 1 or 2 a warpgroup's epilogue is
+// longer than the other's K loop: the 1x1 L6, 2 steps, ran slower on it).
+// benchmarks/NOTES-gpu.md, session 11: faster or even on every BENCH row
+// that passes this test, slower on some N = 1 rows that do not.
+bool wgmma_pays(const FastArgs& a, const DevInfo& di) {
+  return (long long)a.mtiles * a.ntiles >= di.sms && a.ks >= 3;
+}
+
 // The wgmma kernel's weight layout: K in blocks of 8 chunks (wg_b_offset),
 // zeros past kc; pitch_b = the chunks that covers.
 void plan_wgmma(FastArgs* a) {
@@ -1364,7 +1375,9 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   DevInfo di;
   if (dev_info(&di) != cudaSuccess) return false;
   // The wgmma kernel, where turned on and its shared memory fits too.
-  if (!a.half && wgmma_device(di) && g_wgmma.load(std::memory_order_relaxed)) {
+  const int wmode = g_wgmma.load(std::memory_order_relaxed);
+  if (!a.half && wgmma_device(di) && wmode != kWgmmaOff &&
+      (wmode == kWgmmaOn || wgmma_pays(a, di))) {
     FastArgs g = a;
     plan_wgmma(&g);
     const FastSmem Lg = fast_smem(g);
@@ -1583,8 +1596,8 @@ void set_fast_fused_prep(bool on) { g_fused_prep.store(on, std::memory_order_rel
 bool fast_fused_prep() { return g_fused_prep.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
-void set_fast_wgmma(bool on) { g_wgmma.store(on, std::memory_order_relaxed); }
-bool fast_wgmma() { return g_wgmma.load(std::memory_order_relaxed); }
+void set_fast_wgmma(int mode) { g_wgmma.store(mode, std::memory_order_relaxed); }
+int fast_wgmma() { return g_wgmma.load(std::memory_order_relaxed); }
 int last_wgmma() { return g_last_wgmma.load(std::memory_order_relaxed); }
 bool wgmma_available() {
   DevInfo di;

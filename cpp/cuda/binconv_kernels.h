@@ -91,14 +91,15 @@ int last_weight_copy();
 // Process-wide, read at every call.
 void set_fast_fused_prep(bool on);
 bool fast_fused_prep();
-// The fast kernel's K loop on wgmma (warpgroup MMAs, sm_90a code) where the
-// current GPU is compute capability 9.0 and the build has sm_90a code, else
-// on mma.sync. Default off: on the H100 it is slower than mma.sync on most
-// BENCH layers (benchmarks/NOTES-gpu.md, session 10). C = 64 always runs
-// mma.sync. A knob for tests and benchmarks, same results. Process-wide,
-// read at every call.
-void set_fast_wgmma(bool on);
-bool fast_wgmma();
+// The fast kernel's K loop on wgmma (warpgroup MMAs, sm_90a code) or on
+// mma.sync. wgmma runs only where the current GPU is compute capability 9.0,
+// the build has sm_90a code, C != 64 and its shared memory fits; there
+// kWgmmaAuto (the default) picks it where it pays (wgmma_pays: every SM
+// gets a tile, at least 3 K steps), kWgmmaOn wherever it can run, kWgmmaOff
+// never. Same results either way. Process-wide, read at every call.
+enum WgmmaMode { kWgmmaOff = 0, kWgmmaOn = 1, kWgmmaAuto = 2 };
+void set_fast_wgmma(int mode);
+int fast_wgmma();
 // Whether the last fast-kernel call ran the wgmma kernel: 1, 0, or -1.
 int last_wgmma();
 // Whether this build and the current GPU can run the wgmma kernel.

@@ -170,13 +170,31 @@ PYBIND11_MODULE(_cuda, m) {
       "the default, where that grid has at most 8192 blocks) or two kernels in turn (False). "
       "A benchmark knob, results are the same. Process-wide.");
   m.def("get_fast_fused_prep", []() { return binconv::cuda::fast_fused_prep(); });
+  static const char* const kWgmmaModes[] = {"off", "on", "auto"};
+  static const char* const kWgmmaDoc =
+      "The fast kernel's K loop on Hopper's warpgroup MMAs (wgmma) or on mma.sync. wgmma "
+      "runs only where the GPU is compute capability 9.0, the build has sm_90a code, C != 64 "
+      "and its shared memory fits. mode 'auto' (the default): there where it pays (every SM "
+      "gets a 128-row tile and the K loop has at least 3 steps of 256 bits); 'on' (or True): "
+      "wherever it can run; 'off' (or False): never. Results are the same. Process-wide.";
   m.def(
-      "set_fast_wgmma", [](bool on) { binconv::cuda::set_fast_wgmma(on); }, py::arg("on"),
-      "The fast kernel's K loop on warpgroup MMAs (wgmma, True) where the GPU is compute "
-      "capability 9.0 and the build has sm_90a code, else on mma.sync (False, the default: "
-      "wgmma is slower on the H100 so far). C = 64 always runs mma.sync. Results are the "
-      "same. Process-wide.");
-  m.def("get_fast_wgmma", []() { return binconv::cuda::fast_wgmma(); });
+      "set_fast_wgmma",
+      [](const std::string& mode) {
+        for (int i = 0; i < 3; ++i)
+          if (mode == kWgmmaModes[i]) return binconv::cuda::set_fast_wgmma(i);
+        throw py::value_error("set_fast_wgmma: mode must be 'auto', 'on' or 'off' (or a bool), "
+                              "got '" + mode + "'");
+      },
+      py::arg("mode"), kWgmmaDoc);
+  m.def(
+      "set_fast_wgmma",
+      [](bool on) {
+        binconv::cuda::set_fast_wgmma(on ? binconv::cuda::kWgmmaOn : binconv::cuda::kWgmmaOff);
+      },
+      py::arg("mode"), kWgmmaDoc);
+  m.def("get_fast_wgmma",
+        []() { return std::string(kWgmmaModes[binconv::cuda::fast_wgmma()]); },
+        "The set_fast_wgmma mode: 'auto', 'on' or 'off'.");
   m.def(
       "last_wgmma",
       []() {

@@ -1357,8 +1357,6 @@ bool wgmma_pays(const FastArgs& a, const DevInfo& di) {
 // zeros past kc; pitch_b = the chunks that covers.
 void plan_wgmma(FastArgs* a) {
   a->wg = 1;
-  static const bool no_order = std::getenv("JAX_BINCONV_WG_NOORDER") != nullptr;  // (experiment)
-  a->wg_order = no_order ? 0 : 1;
   a->wg_kblocks = (a->kc + 7) / 8;
   a->pitch_b = 8 * a->wg_kblocks;
 }

@@ -68,16 +68,22 @@
 // of a row covers 64 contiguous bytes (two whole sectors; with 8 consecutive
 // channels per lane each store covered half of four sectors).
 //
-// The wgmma variant (fast_conv_kernel<EPI, false, true>, sm_90a, opt-in:
-// set_fast_wgmma): the same prologue, slots and tables; each warpgroup (4
-// warps) computes 64 rows x 128 channels with one m64n128k256 b1 wgmma per
-// K step (A from registers by ldmatrix as above, B from shared memory in
-// 128-byte swizzled K blocks, wg_b_offset, channels in wg_chan_of_col
-// order) and X1 with one m64n8k256 against
-// all-ones B; the epilogue then has every thread's X1 for its own two rows
-// (no exchange) and 32 accumulators per row (a whole packed word). Slower
-// than the mma.sync kernel on the H100 so far (benchmarks/NOTES-gpu.md,
-// session 10), hence off by default.
+// The wgmma variant (fast_conv_kernel<EPI, false, true>, sm_90a; the
+// host's default where it pays, set_fast_wgmma "auto"): the same prologue
+// and tables; one block of two warpgroups per SM in "ping-pong": each
+// warpgroup runs whole 128-row tiles (the block's tiles alternate between
+// them) with its own two slot buffers, row records and mbarriers, and the
+// two meet only at named barriers that keep their K loops in tile order,
+// so that one's epilogue runs while the other's wgmmas do. Per K step a
+// warpgroup issues two m64n128k256 b1 wgmmas (rows 0-63 and 64-127 of its
+// tile; A from registers by ldmatrix as above, four buffers loaded two
+// steps ahead; B from shared memory in 128-byte swizzled K blocks,
+// wg_b_offset, channels in wg_chan_of_col order, one mbarrier per K block
+// so the first tile starts as its first block lands) and for X1 two
+// m64n8k256 against all-ones B. The epilogue has every thread's X1 for its
+// own rows and 32 accumulators per row (a whole packed word); packed output
+// takes its 4 rows at once (wg_tab_at: the table in a bank-conflict-free
+// layout). benchmarks/NOTES-gpu.md, sessions 10 and 11.
 //
 // Per-tile work outside the MMAs is kept to a few instructions per row: row
 // geometry with multiply-shift division, box classes and valid-tap counts
@@ -148,7 +154,6 @@ struct FastArgs {
   // weights in 128-byte swizzled K blocks (wg_b_offset), pitch_b = 8 x the
   // number of K blocks (wg_kblocks).
   int wg, wg_kblocks;
-  int wg_order;  // the two warpgroups' wgmmas in tile order (ping-pong)
 };
 
 // The valid-tap range [lo, hi) along one axis of the output position whose
@@ -656,6 +661,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
                      const __grid_constant__ CUtensorMap wmap) {
   extern __shared__ __align__(128) unsigned char fsm[];
 #ifdef JAX_BINCONV_TIMELINE
+  // A debugging aid (build with -DJAX_BINCONV_TIMELINE): the wgmma kernel's
+  // threads 0 and 128 of blocks 0, 1 and the last print the globaltimer (ns)
+  // at points of the prologue and of their first tile, from kernel start.
+  // ptxas may move a timer read across a barrier wait (TLS(5), after the
+  // MMA-order barrier, read before it in session 11's runs).
   unsigned long long tl_[10] = {};
 #define TLS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tl_[i]) :: "memory")
   TLS(0);
@@ -1067,7 +1077,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         ldmatrix_x4_at(af[1][1], abase1 + kp[2]);
       }
       int knext = a.ks > 2 ? kp[4] : 0;  // step 2's (ktab has 2 ks + 2 entries)
-      if (a.wg_order && k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
+      if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
       if (j == 0) TLS(5);
       const bool wfirst = wtmap && j == 0;  // the weights may still be landing
       auto step = [&](int i, auto b_const) {
@@ -1098,7 +1108,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         if (i + 2 < a.ks) step(i + 2, std::integral_constant<int, 2>{});
         if (kWgAbufs > 3 && i + 3 < a.ks) step(i + 3, std::integral_constant<int, 3 % kWgAbufs>{});
       }
-      if (a.wg_order && k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
+      if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
       wg_wait<0>();
       if (j == 0) TLS(6);
       if (j == 0) {
@@ -1516,10 +1526,14 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   cp_async_wait<0>();
 #ifdef JAX_BINCONV_TIMELINE
   TLS(9);
-  if (WG && (tid == 0 || tid == 128) && (blockIdx.x == 0 || blockIdx.x == gridDim.x - 1 || blockIdx.x == 1))
-    printf("TL b%d t%d start %llu | issue %lld tabs %lld wts %lld slot %lld order %lld kdone %lld tab %lld epi %lld end %lld\n",
-           blockIdx.x, tid, tl_[0] % 100000000ull, (long long)(tl_[1]-tl_[0]), (long long)(tl_[2]-tl_[0]), (long long)(tl_[3]-tl_[0]),
-           (long long)(tl_[4]-tl_[0]), (long long)(tl_[5]-tl_[0]), (long long)(tl_[6]-tl_[0]), (long long)(tl_[7]-tl_[0]),
-           (long long)(tl_[8]-tl_[0]), (long long)(tl_[9]-tl_[0]));
+  if (WG && (tid == 0 || tid == 128) &&
+      (blockIdx.x <= 1 || blockIdx.x == gridDim.x - 1)) {
+    long long d[10];
+    for (int i = 0; i < 10; ++i) d[i] = (long long)(tl_[i] - tl_[0]);
+    printf("TL b%d t%d start %llu | issue %lld tabs %lld wts %lld slot %lld order %lld "
+           "kdone %lld tab %lld epi %lld end %lld\n",
+           blockIdx.x, tid, tl_[0] % 100000000ull, d[1], d[2], d[3], d[4], d[5], d[6], d[7],
+           d[8], d[9]);
+  }
 #endif
 }

@@ -714,7 +714,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // (S7-3: as fast as a box per chunk plane, with p times fewer copies.)
       const uint32_t bar = sbar0 + 8 * buf;
       const int items = a.rmax * a.kh;
-      if (WG) {
+      if constexpr (WG) {
         // Item lane * 4 + w to warp w (a warp issues its copies one lane at
         // a time: spread, each of the 4 warps has a quarter of them), and
         // one expect-tx per warp and round for all its copies (the phase
@@ -728,14 +728,13 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           __syncwarp();
           if (cp) tensor_copy_5d(as + 16 * srow * rowpitch, &xmap, 0, -a.pl, 0, iy, img, bar);
         }
-        mbar_arrive(bar);
-        return;
-      }
-      for (int q = lt; q < items; q += nthr) {
-        int srow, iy, img;
-        if (!fast_slot_row(a, row0, img0, q, srow, iy, img)) continue;
-        mbar_expect_tx(bar, (uint32_t)(16 * rowpitch));
-        tensor_copy_5d(as + 16 * srow * rowpitch, &xmap, 0, -a.pl, 0, iy, img, bar);
+      } else {
+        for (int q = lt; q < items; q += nthr) {
+          int srow, iy, img;
+          if (!fast_slot_row(a, row0, img0, q, srow, iy, img)) continue;
+          mbar_expect_tx(bar, (uint32_t)(16 * rowpitch));
+          tensor_copy_5d(as + 16 * srow * rowpitch, &xmap, 0, -a.pl, 0, iy, img, bar);
+        }
       }
       mbar_arrive(bar);
       return;
@@ -1066,9 +1065,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const uint32_t abase0 = as_addr + rows_b[16 * wlw + (lane & 15)].w;
       const uint32_t abase1 = as_addr + rows_b[64 + 16 * wlw + (lane & 15)].w;
       int acc0[64], acc1[64], x10[4], x11[4];  // (set by the first K step: accumulate flag 0)
-      // Three A buffers (both halves), loaded two steps ahead, the chunk
-      // offsets three ahead (see the S10 notes: a step's ldmatrix then has
-      // a whole step to land before its wgmma).
+      // kWgAbufs A buffers (both halves), loaded two steps ahead, the chunk
+      // offsets three ahead (a step's ldmatrix then has a whole step to land
+      // before its wgmma; with 4 buffers three steps' wgmmas stay in flight).
+      // (The loop is at the register limit, and ptxas's schedule there is
+      // fragile: session 11's variants of it, one more buffer loaded one
+      // step ahead or X1 by popc, ran 10-50% slower. Time any change.)
       uint32_t af[kWgAbufs][2][4];
       ldmatrix_x4_at(af[0][0], abase0 + kp[0]);
       ldmatrix_x4_at(af[0][1], abase1 + kp[0]);
@@ -1110,8 +1112,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       }
       if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
       wg_wait<0>();
-      if (j == 0) TLS(6);
       if (j == 0) {
+        TLS(6);
         // The table, before the first epilogue: copied by warp 0 after its
         // first tile's wgmmas (which so overlap the tables kernel).
         if (!a.x_late && warp == 0) load_tab_wg();

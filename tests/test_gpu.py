@@ -743,9 +743,10 @@ def test_fast_kernel_knobs(knob, value, case):
 def test_fast_wgmma_auto_mode():
     """set_fast_wgmma("auto"), the default: on a GPU that can run the wgmma
     kernel (compute capability 9.0, sm_90a code) it runs where every SM gets a
-    128-row tile and the K loop has at least 3 steps; with fewer tiles, or a
-    1x1 kernel over 256 channels (1 step), the mma.sync kernel runs. Both
-    exact. Unknown modes are refused."""
+    128-row tile and the K loop has at least 3 steps; with fewer tiles, a 1x1
+    kernel over 256 channels (1 step), or packed output through the float
+    epilogue (beta with float x), the mma.sync kernel runs. All exact.
+    Unknown modes are refused."""
     mod = _cuda_mod()
     old = mod.get_fast_wgmma()
     with pytest.raises(ValueError, match="auto"):
@@ -756,13 +757,14 @@ def test_fast_wgmma_auto_mode():
     try:
         sms = jax.devices("gpu")[0].core_count
         big = -(-sms * 64 // (14 * 14)) + 1  # ceil(n 196 / 128) * 2 tiles >= SMs
-        for n, k, want in [(big, (3, 3), True), (1, (3, 3), False), (big, (1, 1), False)]:
+        for n, k, beta, want in [(big, (3, 3), False, True), (1, (3, 3), False, False),
+                                 (big, (1, 1), False, False), (big, (3, 3), True, False)]:
             x = np.asarray(rand_x(950 + n, (n, 14, 14, 256)))
             w = np.asarray(rand_x(960 + k[0], k + (256, 256)))
-            check(x, w, type="xnor", padding="SAME", output="packed",
+            check(x, w, type="xnor", padding="SAME", output="packed", beta_scaling=beta,
                   output_bias=rand_vec(970, 256, -30, 30))
             assert mod.last_kernel() == "fast"
-            assert mod.last_wgmma() == (want and mod.wgmma_available()), (n, k)
+            assert mod.last_wgmma() == (want and mod.wgmma_available()), (n, k, beta)
     finally:
         mod.set_fast_wgmma(old)
         jax.clear_caches()

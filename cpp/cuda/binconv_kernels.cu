@@ -1348,9 +1348,13 @@ bool wgmma_device(const DevInfo& di) { return wgmma_built() && di.major == 9 && 
 // the K loop has at least 3 steps (with 1 or 2 a warpgroup's epilogue is
 // longer than the other's K loop: the 1x1 L6, 2 steps, ran slower on it).
 // benchmarks/NOTES-gpu.md, session 11: faster or even on every BENCH row
-// that passes this test, slower on some N = 1 rows that do not.
-bool wgmma_pays(const FastArgs& a, const DevInfo& di) {
-  return (long long)a.mtiles * a.ntiles >= di.sms && a.ks >= 3;
+// that passes this test, slower on some N = 1 rows that do not. Not for
+// packed output by the float epilogue (EPI_PACKED: beta with float x, or a
+// non-monotone activation), whose wgmma form spills ~1 KB of registers
+// (unmeasured).
+bool wgmma_pays(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
+  const bool epi_packed = !a.thr && p.out_packed;
+  return !epi_packed && (long long)a.mtiles * a.ntiles >= di.sms && a.ks >= 3;
 }
 
 // The wgmma kernel's weight layout: K in blocks of 8 chunks (wg_b_offset),
@@ -1375,7 +1379,7 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   // The wgmma kernel, where turned on and its shared memory fits too.
   const int wmode = g_wgmma.load(std::memory_order_relaxed);
   if (!a.half && wgmma_device(di) && wmode != kWgmmaOff &&
-      (wmode == kWgmmaOn || wgmma_pays(a, di))) {
+      (wmode == kWgmmaOn || wgmma_pays(p, a, di))) {
     FastArgs g = a;
     plan_wgmma(&g);
     const FastSmem Lg = fast_smem(g);

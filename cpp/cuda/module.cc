@@ -175,8 +175,10 @@ PYBIND11_MODULE(_cuda, m) {
       "The fast kernel's K loop on Hopper's warpgroup MMAs (wgmma) or on mma.sync. wgmma "
       "runs only where the GPU is compute capability 9.0, the build has sm_90a code, C != 64 "
       "and its shared memory fits. mode 'auto' (the default): there where it pays (every SM "
-      "gets a 128-row tile and the K loop has at least 3 steps of 256 bits); 'on' (or True): "
-      "wherever it can run; 'off' (or False): never. Results are the same. Process-wide.";
+      "gets a 128-row tile, the K loop has at least 3 steps of 256 bits, and the output is "
+      "not packed through the float epilogue: beta with float x or a non-monotone "
+      "activation); 'on' (or True): wherever it can run; 'off' (or False): never. Results "
+      "are the same. Process-wide.";
   m.def(
       "set_fast_wgmma",
       [](const std::string& mode) {

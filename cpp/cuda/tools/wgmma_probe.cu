@@ -5,10 +5,18 @@
 //    the descriptor's LBO / SBO;
 // 2. throughput of m64n128k256 / m64n256k256 (A in registers) against
 //    mma.sync m16n8k256, in binary MACs per second.
-// nvcc -std=c++17 -arch=sm_90a -O3 -o wgmma_probe wgmma_probe.cu
+// 3. (session 11, not yet run) the ping-pong kernel's K step as it issues
+//    it: two m64n128k256 (two 64-row halves, A in registers) over B in
+//    128-byte swizzled K blocks of 16 KB, optionally two m64n8k256 for X1,
+//    four A buffers loaded two steps ahead (wait 2), one warpgroup per SM
+//    (the other waits in the kernel): ns per K step and MAC/s, against
+//    variants without X1, with one half only, and with unswizzled B.
+//    In the kernel (S11-10, L4) a step took ~267 ns with 3 buffers.
+// nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -o wgmma_probe wgmma_probe.cu
 #include <cstdio>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 #include <cuda_runtime.h>
 
@@ -163,6 +171,85 @@ __global__ void tput_rs_loop(int* out, int tiles, int steps) {
   out[blockIdx.x * blockDim.x + tid] = s;
 }
 
+// The ping-pong kernel's K loop (fast_conv.cuh, WG): per step i, two
+// m64n128 (HALVES = 2) on A buffer i % 4 and B at K block i / 4 (+32 bytes
+// per step inside it, 128-byte swizzle, SBO 1024) or, SWZ = false, B without
+// swizzle (core matrices, LBO 128, SBO 256 per K step); X1: two m64n8 on
+// all-ones B; then wait 2 and ldmatrix of step i + 2. `steps` steps per
+// tile, `tiles` tiles; one block of 128 threads per SM.
+template <bool X1, int HALVES, bool SWZ>
+__global__ void tput_kernel_loop(int* out, int tiles, int steps) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  for (int q = tid; q < 161 * 1024 / 4; q += blockDim.x) ((uint32_t*)sm)[q] = q * 2654435761u;
+  __syncthreads();
+  const uint32_t base = (smem_u32(sm) + 1023u) & ~1023u;  // swizzle atoms: 1024-aligned
+  const uint32_t bbase = base;                // 5 K blocks of 16 KB (80 KB)
+  const uint32_t abase = base + 81920;        // slots: 2 halves x 64 rows x 16 chunks (32 KB)
+  const uint32_t ones = base + 155648;
+  const uint32_t arow0 = abase + (16 * warp + (lane & 15)) * 256 + (lane >> 4) * 16;
+  const uint32_t arow1 = arow0 + 64 * 256;
+  const uint64_t bdesc = SWZ ? (make_desc(bbase, 16, 1024) | (1ull << 62)) : make_desc(bbase, 128, 256);
+  const uint64_t x1d = make_desc(ones, 128, 256);
+  int d0[64], d1[64], x0[4] = {0, 0, 0, 0}, x1v[4] = {0, 0, 0, 0};
+  for (int i = 0; i < 64; ++i) d0[i] = d1[i] = 0;
+  for (int t = 0; t < tiles; ++t) {
+    uint32_t af[4][2][4];
+    ldsm4(af[0][0], arow0);
+    ldsm4(af[0][1], arow1);
+    ldsm4(af[1][0], arow0 + 32);
+    ldsm4(af[1][1], arow1 + 32);
+    auto step = [&](int i, auto bc) {
+      constexpr int B = decltype(bc)::value;
+      wg_fence();
+      const uint64_t bd = SWZ ? bdesc + (uint64_t)(((i >> 2) % 5) * 1024 + 2 * (i & 3))
+                              : bdesc + (uint64_t)((i % 20) * 16);
+      wgmma128(d0, af[B][0], bd);
+      if (HALVES == 2) wgmma128(d1, af[B][1], bd);
+      if (X1) {
+        wgmma8(x0, af[B][0], x1d);
+        if (HALVES == 2) wgmma8(x1v, af[B][1], x1d);
+      }
+      wg_commit();
+      if (i + 2 < steps) {
+        wg_wait<2>();
+        ldsm4(af[(B + 2) % 4][0], arow0 + 32 * ((i + 2) & 7));
+        if (HALVES == 2) ldsm4(af[(B + 2) % 4][1], arow1 + 32 * ((i + 2) & 7));
+      }
+    };
+    for (int i = 0; i < steps; i += 4) {
+      step(i, std::integral_constant<int, 0>{});
+      if (i + 1 < steps) step(i + 1, std::integral_constant<int, 1>{});
+      if (i + 2 < steps) step(i + 2, std::integral_constant<int, 2>{});
+      if (i + 3 < steps) step(i + 3, std::integral_constant<int, 3>{});
+    }
+    wg_wait<0>();
+  }
+  int s = x0[0] + x1v[0];
+  for (int i = 0; i < 64; ++i) s += d0[i] + d1[i];
+  out[blockIdx.x * blockDim.x + tid] = s;
+}
+
+template <bool X1, int HALVES, bool SWZ>
+void run_kernel_loop(int sms, int* dout, const char* name) {
+  auto k = tput_kernel_loop<X1, HALVES, SWZ>;
+  cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 161 * 1024);
+  cudaEvent_t t0, t1; cudaEventCreate(&t0); cudaEventCreate(&t1);
+  for (int steps = 5; steps <= 18; steps = steps == 5 ? 9 : 18) {
+    const int tiles = 36000 / steps;
+    float ms = 0;
+    for (int rep = 0; rep < 2; ++rep) {
+      cudaEventRecord(t0);
+      k<<<sms, 128, 161 * 1024>>>(dout, tiles, steps);
+      cudaEventRecord(t1); cudaEventSynchronize(t1);
+      cudaEventElapsedTime(&ms, t0, t1);
+    }
+    const double macs = (double)sms * tiles * steps * HALVES * 64.0 * 128 * 256;
+    printf("kernel loop %-22s %2d steps/tile: %6.1f ns/step, %.2e MAC/s (%s)\n", name, steps,
+           ms * 1e6 / ((double)tiles * steps), macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
+  }
+}
+
 static int popc8(uint8_t v) { return __builtin_popcount(v); }
 int main() {
   int sms; cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -233,5 +320,9 @@ int main() {
                           steps, macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
         }
       }
+  run_kernel_loop<true, 2, true>(sms, dout, "x1, 2 halves, swz");
+  run_kernel_loop<false, 2, true>(sms, dout, "no x1, 2 halves, swz");
+  run_kernel_loop<true, 1, true>(sms, dout, "x1, 1 half, swz");
+  run_kernel_loop<true, 2, false>(sms, dout, "x1, 2 halves, no swz");
   return 0;
 }

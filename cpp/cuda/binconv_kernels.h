@@ -96,7 +96,8 @@ bool fast_fused_prep();
 // the build has sm_90a code, C != 64 and its shared memory fits; there
 // kWgmmaAuto (the default) picks it where it pays (wgmma_pays: every SM
 // gets a tile, at least 3 K steps, not packed output by the float
-// epilogue), kWgmmaOn wherever it can run, kWgmmaOff never. Same results either way. Process-wide, read at every call.
+// epilogue), kWgmmaOn wherever it can run, kWgmmaOff never. Same results
+// either way. Process-wide, read at every call.
 enum WgmmaMode { kWgmmaOff = 0, kWgmmaOn = 1, kWgmmaAuto = 2 };
 void set_fast_wgmma(int mode);
 int fast_wgmma();

@@ -692,6 +692,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   const int rowpitch = a.rowpitch;  // wslot p
   const uint32_t wbar = smem_u32(fsm + L.mbar);
   const uint32_t sbar0 = wbar + (WG ? 8 * kWgWbars : 8);  // slot buffer b: sbar0 + 8 b
+  const uint32_t tbar = sbar0 + 32;  // WG: the table copy's, after the 4 slot buffers'
   const bool tma = kFastTma && a.tma_x;
   // ---- input slots of one M tile. Output row j of the tile (image img0 + d)
   // reads slot rows j sh + d E + dy dh (dy < kh): within an image, the rows
@@ -776,7 +777,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     if (tid == 0) {
       for (int b = 0; b < (WG ? kWgWbars : 1); ++b) mbar_init(wbar + 8 * b, 1);
       for (int b = 0; b < (WG ? 4 : 2); ++b) mbar_init(sbar0 + 8 * b, WG ? 128 : kFastThreads);
-      if (WG) mbar_init(sbar0 + 32, 32);  // the table copy (warp 0's lanes)
+      if (WG) mbar_init(tbar, 32);  // the table copy (warp 0's lanes)
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
   }
@@ -957,7 +958,6 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   // WG: the table by warp 0 (16-byte cp.async into the wg_tab_at layout),
   // each lane's copies completing an arrival on its own mbarrier (the
   // warpgroups meet at no block barrier).
-  const uint32_t tbar = sbar0 + 32;
   auto load_tab_wg = [&]() {
     pdl_wait();
     constexpr int per_row = kFastBN * 4 / 16;  // chunks per table row
@@ -1022,7 +1022,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     }
     const int srow = (rg - row0) * a.sh + (img - img0) * a.erow;
     return make_int4(v * a.cg - rowpv * (a.t - v), __float_as_int(beta),
-                  ((yc & 255) * a.ncx + (xc & 255)) * kFastBN, 16 * (srow * rowpitch + x * a.sw));
+                     ((yc & 255) * a.ncx + (xc & 255)) * kFastBN, 16 * (srow * rowpitch + x * a.sw));
   };
   if constexpr (WG) {
     // ---- ping-pong: warpgroup g runs whole 128-row tiles k = g, g + 2, ...

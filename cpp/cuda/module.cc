@@ -10,6 +10,17 @@
 
 namespace py = pybind11;
 
+namespace {
+// Index of `mode` in `names` (a string knob's modes, by its C++ value), or
+// a ValueError: `expected` and the mode given.
+template <size_t N>
+int mode_index(const std::string& mode, const char* const (&names)[N], const char* expected) {
+  for (size_t i = 0; i < N; ++i)
+    if (mode == names[i]) return (int)i;
+  throw py::value_error(std::string(expected) + ", got '" + mode + "'");
+}
+}  // namespace
+
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "jax_binconv CUDA kernels (XLA FFI handlers for the cuda platform)";
   m.def("registrations", []() {
@@ -151,10 +162,9 @@ PYBIND11_MODULE(_cuda, m) {
   m.def(
       "set_fast_weight_copy",
       [](const std::string& mode) {
-        for (int i = 0; i < 3; ++i)
-          if (mode == kWeightCopies[i]) return binconv::cuda::set_fast_weight_copy(i);
-        throw py::value_error("set_fast_weight_copy: mode must be 'tensor_map', 'bulk' or "
-                              "'cp.async', got '" + mode + "'");
+        binconv::cuda::set_fast_weight_copy(mode_index(
+            mode, kWeightCopies, "set_fast_weight_copy: mode must be 'tensor_map', 'bulk' or "
+                                 "'cp.async'"));
       },
       py::arg("mode"),
       "How the fast kernel copies its weights, the most wanted: 'tensor_map' (the default: one "
@@ -182,10 +192,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.def(
       "set_fast_wgmma",
       [](const std::string& mode) {
-        for (int i = 0; i < 3; ++i)
-          if (mode == kWgmmaModes[i]) return binconv::cuda::set_fast_wgmma(i);
-        throw py::value_error("set_fast_wgmma: mode must be 'auto', 'on' or 'off' (or a bool), "
-                              "got '" + mode + "'");
+        binconv::cuda::set_fast_wgmma(mode_index(
+            mode, kWgmmaModes, "set_fast_wgmma: mode must be 'auto', 'on' or 'off' (or a bool)"));
       },
       py::arg("mode"), kWgmmaDoc);
   m.def(

@@ -96,12 +96,15 @@ def main(argv=None):
                     help="how applications are repeated inside the timed jit")
     ap.add_argument("--kernel", choices=["auto", "general"], default="auto",
                     help="jax_binconv._cuda.set_kernel policy for ours")
-    ap.add_argument("--wgmma", choices=["auto", "on", "off", "both"], default="auto",
+    ap.add_argument("--wgmma", choices=["auto", "on", "off", "rs", "both"], default="auto",
                     help="jax_binconv._cuda.set_fast_wgmma mode for ours: the fast kernel's K "
                          "loop on wgmma (compute capability 9.0) where it pays (auto, the "
-                         "default), wherever it can run (on) or never (off: mma.sync); both: "
-                         "ours timed on and off in the same run (rows 'float-mma', "
-                         "'packed-mma' for off)")
+                         "default), wherever it can run (on) or never (off: mma.sync); rs: "
+                         "wgmma with A always from registers; both: on, and off timed in the "
+                         "same run (rows 'float-mma', 'packed-mma')")
+    ap.add_argument("--also", default="",
+                    help="comma list of set_fast_wgmma modes (off, rs, on, auto) whose rows "
+                         "are timed too, in the same run: rows 'float-<mode>', 'packed-<mode>'")
     args = ap.parse_args(argv)
 
     gpu = jax.devices("gpu")[0]
@@ -160,13 +163,19 @@ def main(argv=None):
             t_of = bench(ours_f, (x, wpk), args.reps, args.loop)
             t_op = bench(ours_p, (xp.words, wpk), args.reps, args.loop)
             wg_ran = has_wg and _cuda.last_wgmma()
+            form = (getattr(_cuda, "last_wgmma_form", lambda: "")() or "") if wg_ran else ""
             extra = []
+            also = [m for m in args.also.split(",") if m]
             if args.wgmma == "both":
-                set_wg("off")
+                also = ["off"] + also
+            for mode in also:
+                set_wg(mode)
                 jax.clear_caches()
-                extra = [("float-mma", bench(ours_f, (x, wpk), args.reps, args.loop)),
-                         ("packed-mma", bench(ours_p, (xp.words, wpk), args.reps, args.loop))]
-                set_wg("on")
+                tag = "mma" if mode == "off" else mode
+                extra += [(f"float-{tag}", bench(ours_f, (x, wpk), args.reps, args.loop)),
+                          (f"packed-{tag}", bench(ours_p, (xp.words, wpk), args.reps, args.loop))]
+            if also:
+                set_wg("on" if args.wgmma == "both" else args.wgmma)
                 jax.clear_caches()
             t_16 = bench(cudnn, (x16, w16), args.reps, args.loop)
             t_32 = bench(cudnn, (x, w32), args.reps, args.loop)
@@ -181,7 +190,7 @@ def main(argv=None):
                     tmacs=macs / (ms * 1e-3) / 1e12, pct_mma=100 * macs / (ms * 1e-3) / mma_rate,
                     pct_mem=100 * (nbytes / copy_bw) / (ms * 1e-3)))
             r = rows[-len(timed):]
-            paths = _cuda.last_kernel() + (" wgmma" if wg_ran else "")
+            paths = _cuda.last_kernel() + (f" wgmma {form}" if wg_ran else "")
             print(f"  {name} N={n} [{paths}]: " + ", ".join(
                 f"{q['io']} {q['ours']:.4f} ms" for q in r) +
                   f", bf16 {t_16[0]:.4f} ms, f32 {t_32[0]:.4f} ms", flush=True)

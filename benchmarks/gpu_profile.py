@@ -4,8 +4,9 @@
 
 Runs the layer (XNOR, packed weights, SAME) a few times with packed or float
 input/output under the given kernel policy: ``auto`` (the library's default),
-``mma`` / ``wgmma`` (the fast kernel with its K loop on mma.sync / wgmma:
-set_fast_wgmma("off") / ("on")) or ``general``.
+``mma`` / ``wgmma`` / ``rs`` (the fast kernel with its K loop on mma.sync /
+wgmma / wgmma with A from registers: set_fast_wgmma("off") / ("on") /
+("rs")) or ``general``.
 """
 
 import sys
@@ -21,7 +22,7 @@ from jax_binconv._bench_layers import LAYERS
 
 def main(layer="L3", n="256", policy="auto", io="packed", reps="3"):
     _cuda.set_kernel("general" if policy == "general" else "auto")
-    _cuda.set_fast_wgmma({"wgmma": "on", "mma": "off"}.get(policy, "auto"))
+    _cuda.set_fast_wgmma({"wgmma": "on", "rs": "rs", "mma": "off"}.get(policy, "auto"))
     h, w, c, o, k, s = LAYERS[layer]
     n = int(n)
     rng = np.random.default_rng(0)
@@ -36,7 +37,7 @@ def main(layer="L3", n="256", policy="auto", io="packed", reps="3"):
         f = jax.jit(lambda xx, wt: jb.binary_conv2d(xx, wt, strides=s, padding="SAME"))
     for _ in range(int(reps)):
         f(xin, wp).block_until_ready()
-    print(layer, n, policy, io, "ran", _cuda.last_kernel(), "wgmma" if _cuda.last_wgmma() else "")
+    print(layer, n, policy, io, "ran", _cuda.last_kernel(), _cuda.last_wgmma_form())
 
 
 if __name__ == "__main__":

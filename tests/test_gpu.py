@@ -617,25 +617,44 @@ _NO_TMA_CASES = {11}
 _WG_NO_FIT_CASES = {23, 24}
 
 
+# Cases where A from shared memory would run but its plan does not fit (16
+# groups' boxes per slot buffer, four buffers): case 6 (C = 512 with 64 box
+# classes of table rows) runs the register-A form instead.
+_SS_NO_FIT_CASES = {6}
+
+
+def _ss_case(case):
+    """Whether the wgmma kernel takes A from shared memory (plan_wgmma_ss)
+    on this case: C a multiple of 128 with C / 128 one or even, stride 1
+    along x, and its shared memory fits."""
+    c, o, hw, n, k, s, d, pad = FAST_CASES[case]
+    sw = s if isinstance(s, int) else s[1]
+    p = c // 128
+    return (c % 128 == 0 and (p == 1 or p % 2 == 0) and sw == 1
+            and case not in _WG_NO_FIT_CASES and case not in _SS_NO_FIT_CASES)
+
+
 def _cuda_mod():
     from jax_binconv import _cuda
     return _cuda
 
 
-@pytest.fixture(params=["auto", "auto-cp.async", "wgmma", "general"])
+@pytest.fixture(params=["auto", "auto-cp.async", "wgmma", "wgmma-rs", "general"])
 def kernel_policy(request):
     """auto: the fast kernel with its K loop on mma.sync (set_fast_wgmma("off")),
     input slots by tensor map on sm_90; auto-cp.async: the same with cp.async
     slot copies (what older GPUs run); wgmma: the fast kernel with its K loop
     on wgmma wherever it can run (set_fast_wgmma("on"): compute capability
-    9.0, C != 64, shared memory that fits; elsewhere the same as auto);
+    9.0, C != 64, shared memory that fits; elsewhere the same as auto), A
+    from shared memory where that form runs (_ss_case), else from registers;
+    wgmma-rs: the same with A always from registers (set_fast_wgmma("rs"));
     general: the general kernel. (The library's default, set_fast_wgmma("auto"),
-    picks between the two fast variants: test_fast_wgmma_auto_mode.)"""
+    picks between the fast variants: test_fast_wgmma_auto_mode.)"""
     mod = _cuda_mod()
     old, old_tma, old_wg = mod.get_kernel(), mod.get_tma_slots(), mod.get_fast_wgmma()
     mod.set_kernel("general" if request.param == "general" else "auto")
-    mod.set_tma_slots(request.param in ("auto", "wgmma"))
-    mod.set_fast_wgmma("on" if request.param == "wgmma" else "off")
+    mod.set_tma_slots(request.param in ("auto", "wgmma", "wgmma-rs"))
+    mod.set_fast_wgmma({"wgmma": "on", "wgmma-rs": "rs"}.get(request.param, "off"))
     jax.clear_caches()  # no executable whose CUDA graph was captured under another policy
     yield request.param
     mod.set_kernel(old)
@@ -651,14 +670,18 @@ def _expect_path(policy, case=None):
     mod = _cuda_mod()
     assert mod.last_kernel() == ("general" if policy == "general" else "fast")
     if policy != "general":
-        tma = (policy in ("auto", "wgmma") and _sm90() and case not in _NO_TMA_CASES
-               and case not in _C64_CASES)
-        assert mod.last_tma_slots() == tma
         # wgmma: turned on, compute capability 9.0 with sm_90a code, C != 64.
-        wg = (policy == "wgmma" and mod.wgmma_available() and case not in _C64_CASES
-              and case not in _WG_NO_FIT_CASES)
+        wg = (policy in ("wgmma", "wgmma-rs") and mod.wgmma_available()
+              and case not in _C64_CASES and case not in _WG_NO_FIT_CASES)
+        ss = wg and policy == "wgmma" and case is not None and _ss_case(case)
+        # (A from shared memory: a box per group of 8 pixels, never wider
+        # than a tensor-map box)
+        tma = (policy in ("auto", "wgmma", "wgmma-rs") and _sm90()
+               and (case not in _NO_TMA_CASES or ss) and case not in _C64_CASES)
+        assert mod.last_tma_slots() == tma
         if case is not None:
             assert mod.last_wgmma() == wg
+            assert mod.last_wgmma_form() == ("ss" if ss else "rs" if wg else "")
             # Weights (mma.sync): one tensor-map box where O is a multiple
             # of 32 (every case's K is short enough), else a bulk copy per
             # row; cp.async before sm_90 and for C = 64. wgmma: a box per
@@ -706,7 +729,7 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
                                         ("fast_weight_copy", "cp.async"),
                                         ("fast_fused_prep", False), ("fast_wgmma", "on"),
-                                        ("fast_wgmma", "off")])
+                                        ("fast_wgmma", "rs"), ("fast_wgmma", "off")])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
     programmatic dependent launch off (set_fast_pdl(False), the launch path
@@ -733,7 +756,10 @@ def test_fast_kernel_knobs(knob, value, case):
                 bulk_as = "cp.async" if mod.last_wgmma() else "bulk"
                 assert mod.last_weight_copy() == (bulk_as if value == "bulk" else value)
             if knob == "fast_wgmma":
-                assert mod.last_wgmma() == (value == "on" and mod.wgmma_available())
+                wg = value in ("on", "rs") and mod.wgmma_available()
+                assert mod.last_wgmma() == wg
+                # (cases 1, 2, 8: A from shared memory where "on")
+                assert mod.last_wgmma_form() == (("ss" if value == "on" else "rs") if wg else "")
         assert getattr(mod, "get_" + knob)() == value
     finally:
         getattr(mod, "set_" + knob)(old)
@@ -765,6 +791,7 @@ def test_fast_wgmma_auto_mode():
                   output_bias=rand_vec(970, 256, -30, 30))
             assert mod.last_kernel() == "fast"
             assert mod.last_wgmma() == (want and mod.wgmma_available()), (n, k, beta)
+            assert mod.last_wgmma_form() == ("ss" if want and mod.wgmma_available() else "")
     finally:
         mod.set_fast_wgmma(old)
         jax.clear_caches()

@@ -1182,7 +1182,7 @@ std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
 std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 std::atomic<int> g_wgmma{kWgmmaAuto};  // set_fast_wgmma
-std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1) or not (0)
+std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1: A from registers, 2: from shared memory) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
 // device (a handful of runtime calls less per call: N = 1 layers are bound
@@ -1365,6 +1365,36 @@ void plan_wgmma(FastArgs* a) {
   a->pitch_b = 8 * a->wg_kblocks;
 }
 
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder();
+
+// The wgmma kernel with A from shared memory (FastArgs::ss) on top of
+// plan_wgmma, or false where these parameters rule it out: C = 64, stride
+// along x other than 1 (a group's 8 pixels must be 16 bytes apart), odd p >
+// 1 (a K step's chunks would straddle taps backwards: negative LBO), a box
+// dimension past 256, no tensor maps (the slots come only by tensor map).
+bool plan_wgmma_ss(const ConvParams& p, FastArgs* a) {
+  if (a->half || p.stride_w != 1 || (a->p > 1 && a->p % 2 != 0)) return false;
+  if (!g_tma_slots.load(std::memory_order_relaxed) || tensor_map_encoder() == nullptr)
+    return false;
+  const long long w8 = 8 + (p.kw - 1) * p.dil_w, rows = (p.kh - 1) * p.dil_h + 1;
+  if (w8 > 256 || rows > 256 || a->p > 256) return false;
+  const long long gpr = (a->wo + 7) / 8;
+  const long long groups = (long long)a->n * a->ho * gpr;
+  if (groups * 8 + kFastBM >= (1LL << 31)) return false;
+  const long long gp = (16 * w8 * a->p * rows + 127) / 128 * 128;  // box bytes, 128-aligned
+  if (16 * gp > (1 << 20)) return false;
+  a->wg = 2;
+  a->ss = 1;
+  a->ss_gpr = (int)gpr;
+  a->div_gpr = make_fastdiv((uint32_t)gpr);
+  a->ss_groups = (int)groups;
+  a->ss_w8 = (int)w8;
+  a->ss_rows = (int)rows;
+  a->ss_gp = (int)gp;
+  a->mtiles = (int)((groups + 15) / 16);
+  return true;
+}
+
 // plan_fast_geometry, and whether this call can run it: x and w are the
 // operand pointers (packed x: 16-byte chunks must be aligned; float x is
 // packed into 256-byte aligned scratch), and the shared memory must fit the
@@ -1376,12 +1406,23 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   if (!plan_fast_geometry(p, &a)) return false;
   DevInfo di;
   if (dev_info(&di) != cudaSuccess) return false;
-  // The wgmma kernel, where turned on and its shared memory fits too.
+  // The wgmma kernel, where turned on and its shared memory fits too: A
+  // from shared memory where that runs (not in mode kWgmmaRs), else from
+  // registers.
   const int wmode = g_wgmma.load(std::memory_order_relaxed);
   if (!a.half && wgmma_device(di) && wmode != kWgmmaOff &&
-      (wmode == kWgmmaOn || wgmma_pays(p, a, di))) {
+      (wmode == kWgmmaOn || wmode == kWgmmaRs || wgmma_pays(p, a, di))) {
     FastArgs g = a;
     plan_wgmma(&g);
+    FastArgs s = g;
+    if (wmode != kWgmmaRs && plan_wgmma_ss(p, &s)) {
+      const FastSmem Ls = fast_smem(s);
+      if (Ls.total <= di.optin) {
+        *fa = s;
+        *smem = Ls.total;
+        return true;
+      }
+    }
     const FastSmem Lg = fast_smem(g);
     if (Lg.total <= di.optin) {
       *fa = g;
@@ -1438,6 +1479,17 @@ bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
   const cuuint64_t dims[5] = {2, w, p, h, (cuuint64_t)a.n};
   const cuuint64_t strides[4] = {16 * p, 16, 16 * p * w, 16 * p * w * h};
   const cuuint32_t box[5] = {2, (cuuint32_t)a.wslot, (cuuint32_t)a.p, 1, 1};
+  return encode_map_5d(map, x, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
+}
+
+// The same map for the wgmma kernel with A from shared memory (a.ss): a box
+// is one group's input, ss_w8 pixels x p chunks x ss_rows input rows
+// ([row][chunk plane][pixel][16 bytes], FastArgs::ss).
+bool make_x_tensor_map_ss(const FastArgs& a, const void* x, CUtensorMap* map) {
+  const cuuint64_t p = (cuuint64_t)a.p, w = (cuuint64_t)a.w, h = (cuuint64_t)a.h;
+  const cuuint64_t dims[5] = {2, w, p, h, (cuuint64_t)a.n};
+  const cuuint64_t strides[4] = {16 * p, 16, 16 * p * w, 16 * p * w * h};
+  const cuuint32_t box[5] = {2, (cuuint32_t)a.ss_w8, (cuuint32_t)a.p, (cuuint32_t)a.ss_rows, 1};
   return encode_map_5d(map, x, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
 }
 
@@ -1517,7 +1569,7 @@ cudaError_t launch_fast_tables(const PrepArgs& pa, const FastArgs& a, cudaStream
                 : launch_pdl(cfg, fast_tables_kernel<false>, pa, a);
 }
 
-template <int EPI, bool HALF, bool WG>
+template <int EPI, bool HALF, int WG>
 cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUtensorMap& wmap,
                             int smem, cudaStream_t stream) {
   static std::atomic<uint64_t> attr_set{0};
@@ -1557,7 +1609,13 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
   const bool sm90 = dev_info(&di) == cudaSuccess && di.major >= 9;
   // C = 64: both by cp.async (a slot unit is two 8-byte pixels, a weight
   // chunk two 8-byte taps: no tensor-map box has those layouts).
-  a.tma_x = !a.half && sm90 && g_tma_slots.load() && make_x_tensor_map(a, a.x, &map);
+  if (a.ss) {
+    // (plan_wgmma_ss found an encoder; this map has no cp.async fallback)
+    a.tma_x = make_x_tensor_map_ss(a, a.x, &map);
+    if (!a.tma_x) return cudaErrorNotSupported;
+  } else {
+    a.tma_x = !a.half && sm90 && g_tma_slots.load() && make_x_tensor_map(a, a.x, &map);
+  }
   g_last_tma.store(a.tma_x, std::memory_order_relaxed);
   const int want = g_wcopy.load(std::memory_order_relaxed);
   if (a.wg) {
@@ -1575,14 +1633,17 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
   g_last_wcopy.store(a.wcopy, std::memory_order_relaxed);
   g_last_wgmma.store(a.wg, std::memory_order_relaxed);
   auto launch = [&](auto half, auto wg) {
-    constexpr bool HALF = decltype(half)::value, WG = decltype(wg)::value;
+    constexpr bool HALF = decltype(half)::value;
+    constexpr int WG = decltype(wg)::value;
     if (epi == EPI_THR) return launch_fast_epi<EPI_THR, HALF, WG>(a, map, wmap, smem, stream);
     if (epi == EPI_PACKED) return launch_fast_epi<EPI_PACKED, HALF, WG>(a, map, wmap, smem, stream);
     return launch_fast_epi<EPI_FLOAT, HALF, WG>(a, map, wmap, smem, stream);
   };
-  if (a.half) return launch(std::true_type{}, std::false_type{});
-  if (a.wg && wgmma_built()) return launch(std::false_type{}, std::true_type{});
-  return launch(std::false_type{}, std::false_type{});
+  using I0 = std::integral_constant<int, 0>;
+  if (a.half) return launch(std::true_type{}, I0{});
+  if (a.wg == 2 && wgmma_built()) return launch(std::false_type{}, std::integral_constant<int, 2>{});
+  if (a.wg && wgmma_built()) return launch(std::false_type{}, std::integral_constant<int, 1>{});
+  return launch(std::false_type{}, I0{});
 }
 
 void set_kernel_policy(int policy) { g_policy.store(policy, std::memory_order_relaxed); }

@@ -96,12 +96,17 @@ bool fast_fused_prep();
 // the build has sm_90a code, C != 64 and its shared memory fits; there
 // kWgmmaAuto (the default) picks it where it pays (wgmma_pays: every SM
 // gets a tile, at least 3 K steps, not packed output by the float
-// epilogue), kWgmmaOn wherever it can run, kWgmmaOff never. Same results
-// either way. Process-wide, read at every call.
-enum WgmmaMode { kWgmmaOff = 0, kWgmmaOn = 1, kWgmmaAuto = 2 };
+// epilogue), kWgmmaOn wherever it can run, kWgmmaOff never. Its A operand
+// comes from shared memory where that form runs (stride 1 along x, p = C /
+// 128 one or even, see plan_wgmma_ss), else from registers; kWgmmaRs: the
+// wgmma kernel wherever it can run, always with A from registers (a
+// benchmark and test mode). Same results either way. Process-wide, read at
+// every call.
+enum WgmmaMode { kWgmmaOff = 0, kWgmmaOn = 1, kWgmmaAuto = 2, kWgmmaRs = 3 };
 void set_fast_wgmma(int mode);
 int fast_wgmma();
-// Whether the last fast-kernel call ran the wgmma kernel: 1, 0, or -1.
+// Whether the last fast-kernel call ran the wgmma kernel: 2 (A from shared
+// memory), 1 (A from registers), 0 (mma.sync), or -1 (no fast call yet).
 int last_wgmma();
 // Whether this build and the current GPU can run the wgmma kernel.
 bool wgmma_available();

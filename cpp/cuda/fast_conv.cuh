@@ -154,6 +154,17 @@ struct FastArgs {
   // weights in 128-byte swizzled K blocks (wg_b_offset), pitch_b = 8 x the
   // number of K blocks (wg_kblocks).
   int wg, wg_kblocks;
+  // The wgmma kernel with A from shared memory too (ss, wg = 2;
+  // fast_conv_kernel<EPI, false, 2>): a tile is 16 groups of 8 consecutive
+  // output pixels of one output row (ss_gpr = ceil(Wo / 8) groups per row,
+  // ss_groups in all; pixels past Wo are computed and not stored). Group g's
+  // input is one tensor-map box at g ss_gp bytes of the slot buffer:
+  // [ss_rows input rows][p chunk planes][ss_w8 pixels][16 bytes], ss_w8 = 8
+  // + (kw - 1) dw, ss_rows = (kh - 1) dh + 1. Only for sw = 1 and p = 1 or
+  // even (a K step's two chunks then have a non-negative address step: the
+  // descriptor's LBO).
+  int ss, ss_gpr, ss_groups, ss_w8, ss_rows, ss_gp;
+  FastDiv div_gpr;
 };
 
 // The valid-tap range [lo, hi) along one axis of the output position whose
@@ -258,7 +269,7 @@ struct FastSmem {
 };
 // (half: a.half, a compile-time constant in the kernel.)
 __host__ __device__ inline FastSmem fast_smem(const FastArgs& a, bool half) {
-  const int a_chunks = a.srows * a.wslot * a.p;
+  const int a_chunks = a.ss ? 16 * a.ss_gp / 16 : a.srows * a.wslot * a.p;
   FastSmem s;
   int off = 0;
   auto take = [&](int bytes) {
@@ -630,6 +641,64 @@ __device__ __forceinline__ void wgmma_n8(int (&d)[4], const uint32_t (&a)[4], ui
 #endif
 }
 
+// The same with A from shared memory too (a K-major descriptor without
+// swizzle: 8 rows x 16 bytes per core matrix, LBO the step to the K step's
+// second chunk, SBO the step between 8-row groups).
+// FIRST: d = popc(A AND B), d write-only (the K loop's first step: no
+// accumulator is live before it, so nothing earlier needs ordering with it;
+// with "+r" ptxas inserted warpgroup arrives after the epilogue's divergent
+// code and serialized the wgmmas, C7520); else d += popc(A AND B).
+#define BINCONV_WG8(c, i)                                                                   \
+  c(d[i]), c(d[i + 1]), c(d[i + 2]), c(d[i + 3]), c(d[i + 4]), c(d[i + 5]), c(d[i + 6]), \
+      c(d[i + 7])
+#define BINCONV_WG64(c)                                                                    \
+  BINCONV_WG8(c, 0), BINCONV_WG8(c, 8), BINCONV_WG8(c, 16), BINCONV_WG8(c, 24),           \
+      BINCONV_WG8(c, 32), BINCONV_WG8(c, 40), BINCONV_WG8(c, 48), BINCONV_WG8(c, 56)
+#define BINCONV_WG_D64                                                                     \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                \
+  "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                       \
+  "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                       \
+  "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+template <bool FIRST>
+__device__ __forceinline__ void wgmma_n128_ss(int (&d)[64], uint64_t adesc, uint64_t bdesc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (FIRST)
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 0, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc " BINCONV_WG_D64
+        ", %64, %65, p;\n}\n"
+        : BINCONV_WG64("=r")
+        : "l"(adesc), "l"(bdesc));
+  else
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc " BINCONV_WG_D64
+        ", %64, %65, 1;\n"
+        : BINCONV_WG64("+r")
+        : "l"(adesc), "l"(bdesc));
+#endif
+}
+#undef BINCONV_WG_D64
+#undef BINCONV_WG64
+#undef BINCONV_WG8
+template <bool FIRST>
+__device__ __forceinline__ void wgmma_n8_ss(int (&d)[4], uint64_t adesc, uint64_t bdesc) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (FIRST)
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 0, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k256.s32.b1.b1.and.popc "
+        "{%0,%1,%2,%3}, %4, %5, p;\n}\n"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "l"(adesc), "l"(bdesc));
+  else
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n8k256.s32.b1.b1.and.popc "
+        "{%0,%1,%2,%3}, %4, %5, 1;\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "l"(adesc), "l"(bdesc));
+#endif
+}
+
 // Sigmoid and tanh, out of line: the float epilogue is unrolled over a
 // thread's 64 outputs per tile, and inlining expf / tanhf (and a switch) at
 // each of them made the kernel's code larger than the instruction cache
@@ -655,7 +724,7 @@ __device__ __forceinline__ bool fast_slot_row(const FastArgs& a, int row0, int i
   return true;
 }
 
-template <int EPI, bool HALF, bool WG>
+template <int EPI, bool HALF, int WG>
 __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     fast_conv_kernel(FastArgs a, const __grid_constant__ CUtensorMap xmap,
                      const __grid_constant__ CUtensorMap wmap) {
@@ -672,6 +741,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
 #else
 #define TLS(i) (void)0
 #endif
+  // WG: 1 the wgmma kernel with A from registers, 2 from shared memory (ss).
+  constexpr bool SS = WG == 2;
   const int ncls = a.ncy * a.ncx;
   const FastSmem L = fast_smem(a, HALF);
   uint4* bs = reinterpret_cast<uint4*>(fsm + L.b);
@@ -709,6 +780,22 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     const uint32_t as = smem_u32(fsm + slot_buf(buf));
     const int row0 = fdiv(mt * kFastBM, a.div_wo);
     const int img0 = fdiv(row0, a.div_ho);
+    if (SS) {
+      // ss: a box per group of 8 output pixels (group q of the tile: tile
+      // row 8 q + j is pixel x0 + j of its output row), issued by lanes 0-3
+      // of the 4 warps; groups past the last leave their part as it was
+      // (their rows are not stored).
+      const uint32_t bar = sbar0 + 8 * buf;
+      const int q = (lt & 31) * nwarps + lw, gi = mt * 16 + q;
+      if (q < 16 && gi < a.ss_groups) {
+        const int rg = fdiv(gi, a.div_gpr), x0 = 8 * (gi - rg * a.ss_gpr);
+        const int img = fdiv(rg, a.div_ho), y = rg - img * a.ho;
+        mbar_expect_tx(bar, (uint32_t)(16 * a.ss_w8 * a.p * a.ss_rows));
+        tensor_copy_5d(as + q * a.ss_gp, &xmap, 0, x0 - a.pl, 0, y * a.sh - a.pt, img, bar);
+      }
+      mbar_arrive(bar);
+      return;
+    }
     if (tma) {
       // A thread per (row, dy): one tensor-map box of all its chunk planes,
       // zero outside the image (the padding) and past the last image.
@@ -788,7 +875,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   const int mt0 = blockIdx.x / a.ntiles;
   // WG: warpgroup g runs the block's tiles k = g, g + 2, ... (M tile mt0 + k
   // mstep) in buffers 2 g, 2 g + 1.
-  const int wgi = warp >> 2, wlt = tid & 127, wlw = warp & 3;
+  // (ss: the warpgroup index by a shuffle, which ptxas knows to be
+  // warp-uniform: the A descriptors derive from it and must sit in uniform
+  // registers; computed from the thread index they made ptxas serialize
+  // every wgmma, C7520.)
+  const int wgi = SS ? __shfl_sync(kFull, warp >> 2, 0) : warp >> 2;
+  const int wlt = tid & 127, wlw = warp & 3;
   const int mtg = mt0 + (WG ? wgi * mstep : 0);
   auto load_first = [&]() {
     if (mtg >= a.mtiles) return;
@@ -872,7 +964,15 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     // Byte offset of K chunk k from a lane's pixel base. The padding chunk
     // (odd kc) reads real data: its weights are zero, and the X1 MMA masks it.
     int e = 0;
-    if (k < a.kc && HALF) {  // slot unit x sw + tpc j dw: pixels of taps (dy, tpc j [+ 1])
+    if (SS) {
+      // ss: the chunk's offset in its group's box (see FastArgs::ss); the
+      // padding chunk (odd kc) 16 bytes after the last (any data: its
+      // weights are zero and the X1 wgmma masks it).
+      const int kk = min(k, a.kc - 1);
+      const int tap = kk / a.p, c = kk - tap * a.p;
+      const int dy = tap / a.kw, dx = tap - dy * a.kw;
+      e = 16 * ((dy * a.dh * a.p + c) * a.ss_w8 + dx * a.dw) + (k >= a.kc ? 16 : 0);
+    } else if (k < a.kc && HALF) {  // slot unit x sw + tpc j dw: pixels of taps (dy, tpc j [+ 1])
       int dy, dx;
       half_chunk_tap(a, k, 0, dy, dx);
       e = 16 * (dy * a.dh * rowpitch + dx * a.dw);
@@ -995,8 +1095,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   // ---- per-row data (does not need this tile's input): the row term
   // without X1, beta, the row's box class (as its offset in the table)
   // and the byte offset of its first A element in the slot buffer.
-  auto row_record = [&](int r, int m0, int row0, int img0) {
-    const int m = m0 + r;
+  auto row_record = [&](int m, int row0, int img0) {
     const bool valid = m < a.m;
     const int rg = fdiv(m, a.div_wo);
     const int x = m - rg * a.wo;
@@ -1049,7 +1148,23 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const int img0 = fdiv(row0, a.div_ho);
       // The warpgroup's last tile (see the mma.sync loop).
       if (mt + 2 * mstep >= a.mtiles) pdl_launch_dependents();
-      rows[buf * kFastBM + wlt] = row_record(wlt, m0, row0, img0);
+      if constexpr (SS) {
+        // Tile row wlt = 8 q + j: pixel 8 xg + j of output row rg (group mt
+        // 16 + q = rg gpr + xg); .w = its output row m (a.m where none: not
+        // stored).
+        const int gi = mt * 16 + (wlt >> 3);
+        int m = a.m, x = a.wo;
+        if (gi < a.ss_groups) {
+          const int rg = fdiv(gi, a.div_gpr);
+          x = 8 * (gi - rg * a.ss_gpr) + (wlt & 7);
+          if (x < a.wo) m = rg * a.wo + x;
+        }
+        int4 rec = row_record(m, row0, img0);
+        rec.w = m;
+        rows[buf * kFastBM + wlt] = rec;
+      } else {
+        rows[buf * kFastBM + wlt] = row_record(m0 + wlt, row0, img0);
+      }
       if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(j >> 1) & 1);  // this tile's slots
       cp_async_wait<0>();  // the slots (cp.async)
       // The warpgroup's barrier: its slots and rows[] are visible, and its
@@ -1061,54 +1176,114 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       cp_async_commit();
       const uint32_t as_addr = smem_u32(fsm + slot_buf(buf));
       const int4* rows_b = rows + buf * kFastBM;
-      // Rows 16 w .. 16 w + 15 of each 64-row half: the warp's A fragments.
-      const uint32_t abase0 = as_addr + rows_b[16 * wlw + (lane & 15)].w;
-      const uint32_t abase1 = as_addr + rows_b[64 + 16 * wlw + (lane & 15)].w;
       int acc0[64], acc1[64], x10[4], x11[4];  // (set by the first K step: accumulate flag 0)
-      // kWgAbufs A buffers (both halves), loaded two steps ahead, the chunk
-      // offsets three ahead (a step's ldmatrix then has a whole step to land
-      // before its wgmma; with 4 buffers three steps' wgmmas stay in flight).
-      // (The loop is at the register limit, and ptxas's schedule there is
-      // fragile: session 11's variants of it, one more buffer loaded one
-      // step ahead or X1 by popc, ran 10-50% slower. Time any change.)
-      uint32_t af[kWgAbufs][2][4];
-      ldmatrix_x4_at(af[0][0], abase0 + kp[0]);
-      ldmatrix_x4_at(af[0][1], abase1 + kp[0]);
-      if (a.ks > 1) {
-        ldmatrix_x4_at(af[1][0], abase0 + kp[2]);
-        ldmatrix_x4_at(af[1][1], abase1 + kp[2]);
-      }
-      int knext = a.ks > 2 ? kp[4] : 0;  // step 2's (ktab has 2 ks + 2 entries)
-      if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
-      if (j == 0) TLS(5);
       const bool wfirst = wtmap && j == 0;  // the weights may still be landing
-      auto step = [&](int i, auto b_const) {
-        constexpr int B = decltype(b_const)::value;  // i % kWgAbufs
-        if (wfirst && (i & 3) == 0 && (i >> 2) < kWgWbars) mbar_wait(wbar + 8 * (i >> 2), 0);
-        wg_fence();
-        const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
-        wgmma_n128(acc0, af[B][0], bd, i);
-        wgmma_n128(acc1, af[B][1], bd, i);
-        if (need_x1) {
-          const uint64_t xd = 2 * i + 1 < a.kc ? x1full : x1last;
-          wgmma_n8(x10, af[B][0], xd, i);
-          wgmma_n8(x11, af[B][1], xd, i);
-        }
+      if constexpr (SS) {
+        // A from shared memory: the whole tile's steps issued at once (no
+        // registers for A, no wait inside the loop). K step i reads chunk
+        // 2 i of group 0 at ktab[2 i] (start address), its second chunk
+        // ktab[2 i + 1] - ktab[2 i] further (LBO), group g at g ss_gp
+        // (SBO); rows 64-127 are groups 8-15.
+        const uint64_t adesc = wg_desc(as_addr, 0, a.ss_gp);
+        const uint64_t ahalf = (uint64_t)((8 * a.ss_gp) >> 4);
+        // (No branch inside the loop: ptxas serializes wgmmas that follow a
+        // divergent path, C7520. So the first tile waits for all its
+        // weights before, and the loop exists with and without X1.)
+        if (wfirst)
+          for (int b = 0; b < min(a.wg_kblocks, kWgWbars); ++b) mbar_wait(wbar + 8 * b, 0);
+        if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
+        if (j == 0) TLS(5);
+        auto kloop = [&](auto x1_const) {
+          // The offsets of a step's two K chunks from uniform values only
+          // (kernel parameters, counters; loaded from ktab they would sit in
+          // per-thread registers): chunk (dy, dx, c) at dy pdy + c pc + dx
+          // pdx (FastArgs::ss), the padding chunk (odd kc) 16 bytes after
+          // the last.
+          const int pc = 16 * a.ss_w8, pdy = a.dh * a.p * pc, pdx = 16 * a.dw;
+          int dy = 0, dx = 0, c = 0;
+          auto next = [&]() {
+            if (++c == a.p) {
+              c = 0;
+              if (++dx == a.kw) {
+                dx = 0;
+                ++dy;
+              }
+            }
+          };
+          auto kstep = [&](int i, auto first_const) {
+            constexpr bool F = decltype(first_const)::value;
+            const int e0 = dy * pdy + c * pc + dx * pdx;
+            next();
+            const int e1 = 2 * i + 1 < a.kc ? dy * pdy + c * pc + dx * pdx : e0 + 16;
+            next();
+            const uint64_t ad =
+                adesc + (uint64_t)((uint32_t)(e0 >> 4) | ((uint32_t)((e1 - e0) >> 4) << 16));
+            const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
+            wgmma_n128_ss<F>(acc0, ad, bd);
+            wgmma_n128_ss<F>(acc1, ad + ahalf, bd);
+            if constexpr (decltype(x1_const)::value) {
+              const uint64_t xd = 2 * i + 1 < a.kc ? x1full : x1last;
+              wgmma_n8_ss<F>(x10, ad, xd);
+              wgmma_n8_ss<F>(x11, ad + ahalf, xd);
+            }
+          };
+          wg_fence();
+          kstep(0, std::true_type{});
+#pragma unroll 1
+          for (int i = 1; i < a.ks; ++i) kstep(i, std::false_type{});
+        };
+        if (need_x1)
+          kloop(std::true_type{});
+        else
+          kloop(std::false_type{});
         wg_commit();
-        if (i + 2 < a.ks) {
-          // Step i + 2 - kWgAbufs (the last reader of buffer (i + 2) %
-          // kWgAbufs) is done: kWgAbufs - 1 groups stay in flight.
-          wg_wait<kWgAbufs - 2>();
-          ldmatrix_x4_at(af[(B + 2) % kWgAbufs][0], abase0 + knext);
-          ldmatrix_x4_at(af[(B + 2) % kWgAbufs][1], abase1 + knext);
-          knext = kp[2 * i + 6];  // step i + 3's (i + 3 <= ks)
+      } else {
+        // Rows 16 w .. 16 w + 15 of each 64-row half: the warp's A fragments.
+        const uint32_t abase0 = as_addr + rows_b[16 * wlw + (lane & 15)].w;
+        const uint32_t abase1 = as_addr + rows_b[64 + 16 * wlw + (lane & 15)].w;
+        // kWgAbufs A buffers (both halves), loaded two steps ahead, the chunk
+        // offsets three ahead (a step's ldmatrix then has a whole step to land
+        // before its wgmma; with 4 buffers three steps' wgmmas stay in flight).
+        // (The loop is at the register limit, and ptxas's schedule there is
+        // fragile: session 11's variants of it, one more buffer loaded one
+        // step ahead or X1 by popc, ran 10-50% slower. Time any change.)
+        uint32_t af[kWgAbufs][2][4];
+        ldmatrix_x4_at(af[0][0], abase0 + kp[0]);
+        ldmatrix_x4_at(af[0][1], abase1 + kp[0]);
+        if (a.ks > 1) {
+          ldmatrix_x4_at(af[1][0], abase0 + kp[2]);
+          ldmatrix_x4_at(af[1][1], abase1 + kp[2]);
         }
-      };
-      for (int i = 0; i < a.ks; i += kWgAbufs) {
-        step(i, std::integral_constant<int, 0>{});
-        if (i + 1 < a.ks) step(i + 1, std::integral_constant<int, 1>{});
-        if (i + 2 < a.ks) step(i + 2, std::integral_constant<int, 2>{});
-        if (kWgAbufs > 3 && i + 3 < a.ks) step(i + 3, std::integral_constant<int, 3 % kWgAbufs>{});
+        int knext = a.ks > 2 ? kp[4] : 0;  // step 2's (ktab has 2 ks + 2 entries)
+        if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
+        if (j == 0) TLS(5);
+        auto step = [&](int i, auto b_const) {
+          constexpr int B = decltype(b_const)::value;  // i % kWgAbufs
+          wg_fence();
+          const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
+          wgmma_n128(acc0, af[B][0], bd, i);
+          wgmma_n128(acc1, af[B][1], bd, i);
+          if (need_x1) {
+            const uint64_t xd = 2 * i + 1 < a.kc ? x1full : x1last;
+            wgmma_n8(x10, af[B][0], xd, i);
+            wgmma_n8(x11, af[B][1], xd, i);
+          }
+          wg_commit();
+          if (i + 2 < a.ks) {
+            // Step i + 2 - kWgAbufs (the last reader of buffer (i + 2) %
+            // kWgAbufs) is done: kWgAbufs - 1 groups stay in flight.
+            wg_wait<kWgAbufs - 2>();
+            ldmatrix_x4_at(af[(B + 2) % kWgAbufs][0], abase0 + knext);
+            ldmatrix_x4_at(af[(B + 2) % kWgAbufs][1], abase1 + knext);
+            knext = kp[2 * i + 6];  // step i + 3's (i + 3 <= ks)
+          }
+        };
+        for (int i = 0; i < a.ks; i += kWgAbufs) {
+          step(i, std::integral_constant<int, 0>{});
+          if (i + 1 < a.ks) step(i + 1, std::integral_constant<int, 1>{});
+          if (i + 2 < a.ks) step(i + 2, std::integral_constant<int, 2>{});
+          if (kWgAbufs > 3 && i + 3 < a.ks) step(i + 3, std::integral_constant<int, 3 % kWgAbufs>{});
+        }
       }
       if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
       wg_wait<0>();
@@ -1136,8 +1311,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = wrow + gq + 8 * h;
-          const int m = m0 + r;
           const int4 rd = rows_b[r];
+          const int m = SS ? rd.w : m0 + r;  // (ss: the record has it)
           const int ex = need_x1 ? rd.x - 2 * x1acc[2 * h] : 0;
           const int* tb = tab_s + rd.z;  // the row's class
           auto accv = [&](int c) { return acc[4 * (c >> 1) + 2 * h + (c & 1)]; };
@@ -1211,13 +1386,15 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         // table loads of 4 rows in flight (one row and one 32-step chain
         // at a time left the warp waiting on each load and shift: with
         // the other warpgroup in its K loop, a scheduler has one warp here).
-        int ex[4];
+        int ex[4], mrow[4];
         const int* tbc[4];
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const int4 rd = rows_b[64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1)];
+          const int r = 64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1);
+          const int4 rd = rows_b[r];
           ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x11 : x10)[2 * (q & 1)] : 0;
           tbc[q] = tab_s + rd.z + 32 * tq;
+          mrow[q] = SS ? rd.w : m0 + r;  // (ss: the record has it)
         }
         uint32_t lo[4] = {0u, 0u, 0u, 0u}, hi[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
@@ -1241,7 +1418,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         }
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const int m = m0 + 64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1);
+          const int m = mrow[q];
           if (m < a.m && n0 + 32 * tq < a.o)
             static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
                 __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
@@ -1263,7 +1440,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // before it reads anything) may become resident in the meantime.
       if (mt + mstep >= a.mtiles) pdl_launch_dependents();
 
-      if (tid < kFastBM) rows[buf * kFastBM + tid] = row_record(tid, m0, row0, img0);
+      if (tid < kFastBM) rows[buf * kFastBM + tid] = row_record(m0 + tid, row0, img0);
       if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(it >> 1) & 1);  // this tile's slots
       cp_async_wait<0>();  // the slots (cp.async); x_late: the first time the table too
       // The tile's barrier: the slots and rows[] are visible, and every warp

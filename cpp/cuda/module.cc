@@ -180,20 +180,24 @@ PYBIND11_MODULE(_cuda, m) {
       "the default, where that grid has at most 8192 blocks) or two kernels in turn (False). "
       "A benchmark knob, results are the same. Process-wide.");
   m.def("get_fast_fused_prep", []() { return binconv::cuda::fast_fused_prep(); });
-  static const char* const kWgmmaModes[] = {"off", "on", "auto"};
+  static const char* const kWgmmaModes[] = {"off", "on", "auto", "rs"};
   static const char* const kWgmmaDoc =
       "The fast kernel's K loop on Hopper's warpgroup MMAs (wgmma) or on mma.sync. wgmma "
       "runs only where the GPU is compute capability 9.0, the build has sm_90a code, C != 64 "
       "and its shared memory fits. mode 'auto' (the default): there where it pays (every SM "
       "gets a 128-row tile, the K loop has at least 3 steps of 256 bits, and the output is "
       "not packed through the float epilogue: beta with float x or a non-monotone "
-      "activation); 'on' (or True): wherever it can run; 'off' (or False): never. Results "
-      "are the same. Process-wide.";
+      "activation); 'on' (or True): wherever it can run; 'off' (or False): never. The "
+      "wgmma kernel reads its A operand from shared memory where that form runs (stride 1 "
+      "along x, C / 128 one or even), else from registers; 'rs': the wgmma kernel wherever "
+      "it can run, A always from registers (a benchmark and test mode). Results are the "
+      "same. Process-wide.";
   m.def(
       "set_fast_wgmma",
       [](const std::string& mode) {
         binconv::cuda::set_fast_wgmma(mode_index(
-            mode, kWgmmaModes, "set_fast_wgmma: mode must be 'auto', 'on' or 'off' (or a bool)"));
+            mode, kWgmmaModes,
+            "set_fast_wgmma: mode must be 'auto', 'on', 'off' or 'rs' (or a bool)"));
       },
       py::arg("mode"), kWgmmaDoc);
   m.def(
@@ -204,7 +208,7 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("mode"), kWgmmaDoc);
   m.def("get_fast_wgmma",
         []() { return std::string(kWgmmaModes[binconv::cuda::fast_wgmma()]); },
-        "The set_fast_wgmma mode: 'auto', 'on' or 'off'.");
+        "The set_fast_wgmma mode: 'auto', 'on', 'off' or 'rs'.");
   m.def(
       "last_wgmma",
       []() {
@@ -212,6 +216,15 @@ PYBIND11_MODULE(_cuda, m) {
         return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
       },
       "Whether the most recent fast-kernel call ran the wgmma kernel (None: no fast call yet).");
+  m.def(
+      "last_wgmma_form",
+      []() {
+        const int v = binconv::cuda::last_wgmma();
+        return v < 0 ? py::object(py::none())
+                     : py::object(py::str(v == 2 ? "ss" : v == 1 ? "rs" : ""));
+      },
+      "The wgmma form of the most recent fast-kernel call: 'ss' (A from shared memory), "
+      "'rs' (A from registers), '' (mma.sync), None (no fast call yet).");
   m.def("wgmma_available", []() { return binconv::cuda::wgmma_available(); },
         "Whether this build has sm_90a code and the current GPU can run it (compute capability "
         "9.0): where the fast kernel's K loop can run on wgmma.");

@@ -5,13 +5,16 @@
 //    the descriptor's LBO / SBO;
 // 2. throughput of m64n128k256 / m64n256k256 (A in registers) against
 //    mma.sync m16n8k256, in binary MACs per second.
-// 3. (session 11, not yet run) the ping-pong kernel's K step as it issues
+// 3. (session 11; first run session 12) the ping-pong kernel's K step as it issues
 //    it: two m64n128k256 (two 64-row halves, A in registers) over B in
 //    128-byte swizzled K blocks of 16 KB, optionally two m64n8k256 for X1,
 //    four A buffers loaded two steps ahead (wait 2), one warpgroup per SM
 //    (the other waits in the kernel): ns per K step and MAC/s, against
 //    variants without X1, with one half only, and with unswizzled B.
 //    In the kernel (S11-10, L4) a step took ~267 ns with 3 buffers.
+// 4. (session 12) A from shared memory (SS): correctness for separate and
+//    overlapping core matrices (LBO of one 16-byte unit), and a K loop
+//    that issues a tile's steps back to back (ns per step).
 // nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -o wgmma_probe wgmma_probe.cu
 #include <cstdio>
 #include <cstdint>
@@ -52,6 +55,27 @@ __device__ __forceinline__ void wgmma8(int (&d)[4], const uint32_t (&a)[4], uint
       "wgmma.mma_async.sync.aligned.m64n8k256.s32.b1.b1.and.popc {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, 1;\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc));
+}
+// A from shared memory too (SS): acc = 0 overwrites d (the first K step).
+__device__ __forceinline__ void wgmma128ss(int (&d)[64], uint64_t adesc, uint64_t bdesc, int acc) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "%64, %65, p;\n"
+      "}\n"
+      : R8(0), R8(8), R8(16), R8(24), R8(32), R8(40), R8(48), R8(56)
+      : "l"(adesc), "l"(bdesc), "r"(acc));
+}
+__device__ __forceinline__ void wgmma8ss(int (&d)[4], uint64_t adesc, uint64_t bdesc, int acc) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %6, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k256.s32.b1.b1.and.popc {%0,%1,%2,%3}, %4, %5, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "l"(adesc), "l"(bdesc), "r"(acc));
 }
 __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -230,12 +254,102 @@ __global__ void tput_kernel_loop(int* out, int tiles, int steps) {
   out[blockIdx.x * blockDim.x + tid] = s;
 }
 
+// SS check: S (nunits 16-byte units) in shared memory; logical A chunk
+// (row r, K chunk 2 i + h) is unit (r >> 3) sbo + (r & 7) + i step + h lbo
+// (units), read by an A descriptor (start i step, LBO lbo, SBO sbo); B as in
+// check_kernel variant 0. C: [64][128].
+__global__ void check_ss_kernel(const uint4* S, int nunits, const uint4* B, int* C, int ksteps, int lbo,
+                                int sbo, int step) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  uint4* ss = (uint4*)sm;
+  uint4* bs = (uint4*)(sm + ((nunits * 16 + 127) & ~127));
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int kc = 2 * ksteps;
+  for (int q = tid; q < nunits; q += 128) ss[q] = S[q];
+  for (int q = tid; q < 128 * kc; q += 128) {
+    const int n = q / kc, c = q % kc;
+    bs[((n >> 3) * kc + c) * 8 + (n & 7)] = B[q];
+  }
+  __syncthreads();
+  int d[64];
+  for (int i = 0; i < 64; ++i) d[i] = 0;
+  wg_fence();
+  for (int i = 0; i < ksteps; ++i)
+    wgmma128ss(d, make_desc(smem_u32(ss + i * step), lbo * 16, sbo * 16),
+               make_desc(smem_u32(bs + 2 * i * 8), 128, 8 * 16 * kc), i);
+  wg_commit();
+  wg_wait<0>();
+  const int gq = lane >> 2, tq = lane & 3;
+  for (int j = 0; j < 16; ++j)
+    for (int v = 0; v < 4; ++v) {
+      const int r = warp * 16 + gq + 8 * (v >> 1), c = 8 * j + 2 * tq + (v & 1);
+      C[r * 128 + c] = d[4 * j + v];
+    }
+}
+
+// SS K loop: per tile, `steps` K steps each of HALVES m64n128 (A and B by
+// descriptor; + m64n8 X1 each) issued back to back, one commit, wait 0.
+// WGS warpgroups per block (each its own accumulators, A of its own).
+template <bool X1, int HALVES>
+__global__ void tput_ss_loop(int* out, int tiles, int steps) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  const int tid = threadIdx.x, wg = tid >> 7;
+  for (int q = tid; q < 200 * 1024 / 4; q += blockDim.x) ((uint32_t*)sm)[q] = q * 2654435761u;
+  __syncthreads();
+  const uint32_t base = (smem_u32(sm) + 1023u) & ~1023u;
+  const uint32_t bbase = base;                      // 80 KB of B, 128-byte swizzle
+  const uint32_t abase = base + 81920 + wg * 40960;  // per warpgroup: 2 halves x 20 KB
+  const uint64_t bdesc = make_desc(bbase, 16, 1024) | (1ull << 62);
+  const uint64_t ones = make_desc(base + 81920 + 2 * 40960, 128, 256);
+  int d0[64], d1[64], x0[4] = {0, 0, 0, 0}, x1v[4] = {0, 0, 0, 0};
+  for (int i = 0; i < 64; ++i) d0[i] = d1[i] = 0;
+  for (int t = 0; t < tiles; ++t) {
+    wg_fence();
+    for (int i = 0; i < steps; ++i) {
+      // A of step i: 16 groups x ~1.2 KB (SBO 1280), chunks 16 bytes apart
+      const uint64_t ad = make_desc(abase + 32 * i, 16, 1280);
+      const uint64_t bd = bdesc + (uint64_t)(((i >> 2) % 5) * 1024 + 2 * (i & 3));
+      wgmma128ss(d0, ad, bd, i | t);
+      if (HALVES == 2) wgmma128ss(d1, ad + (20480 >> 4), bd, i | t);
+      if (X1) {
+        wgmma8ss(x0, ad, ones, i | t);
+        if (HALVES == 2) wgmma8ss(x1v, ad + (20480 >> 4), ones, i | t);
+      }
+    }
+    wg_commit();
+    wg_wait<0>();
+  }
+  int s = x0[0] + x1v[0];
+  for (int i = 0; i < 64; ++i) s += d0[i] + d1[i];
+  out[blockIdx.x * blockDim.x + tid] = s;
+}
+
+template <bool X1, int HALVES>
+void run_ss_loop(int sms, int wgs, int* dout, const char* name) {
+  auto k = tput_ss_loop<X1, HALVES>;
+  cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 210 * 1024);
+  cudaEvent_t t0, t1; cudaEventCreate(&t0); cudaEventCreate(&t1);
+  for (int steps : {5, 9, 18}) {
+    const int tiles = 36000 / steps;
+    float ms = 0;
+    for (int rep = 0; rep < 2; ++rep) {
+      cudaEventRecord(t0);
+      k<<<sms, 128 * wgs, 210 * 1024>>>(dout, tiles, steps);
+      cudaEventRecord(t1); cudaEventSynchronize(t1);
+      cudaEventElapsedTime(&ms, t0, t1);
+    }
+    const double macs = (double)sms * wgs * tiles * steps * HALVES * 64.0 * 128 * 256;
+    printf("SS loop %-22s %d WG/SM %2d steps/tile: %6.1f ns/step/WG, %.2e MAC/s (%s)\n", name, wgs, steps,
+           ms * 1e6 / ((double)tiles * steps), macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
+  }
+}
+
 template <bool X1, int HALVES, bool SWZ>
 void run_kernel_loop(int sms, int* dout, const char* name) {
   auto k = tput_kernel_loop<X1, HALVES, SWZ>;
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 161 * 1024);
   cudaEvent_t t0, t1; cudaEventCreate(&t0); cudaEventCreate(&t1);
-  for (int steps = 5; steps <= 18; steps = steps == 5 ? 9 : 18) {
+  for (int steps : {5, 9, 18}) {
     const int tiles = 36000 / steps;
     float ms = 0;
     for (int rep = 0; rep < 2; ++rep) {
@@ -279,6 +393,38 @@ int main() {
     printf("variant %d (%s): %s, mismatches %d of 8192 (C[0]=%d)\n", variant,
            variant ? "LBO=N-dir SBO=K-dir" : "LBO=K-dir(128) SBO=N-dir", cudaGetErrorString(e), bad, C[0]);
   }
+  {
+    // SS checks: (lbo, sbo, step) in 16-byte units: separate core matrices
+    // (8, 64, 2 -> chunks 2i at 2i... ) and the overlapping window reading
+    // (lbo 1: chunk 2i + 1 is chunk 2i shifted by one pixel).
+    const int cases[4][3] = {{8, 64, 16}, {1, 64, 2}, {1, 40, 1}, {3, 40, 5}};
+    const int nunits = 8 * 64 + 128;
+    std::vector<uint8_t> S(nunits * 16);
+    for (auto& v : S) v = rand();
+    uint4* dS; cudaMalloc(&dS, S.size());
+    cudaMemcpy(dS, S.data(), S.size(), cudaMemcpyHostToDevice);
+    cudaFuncSetAttribute(check_ss_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+    for (auto& c : cases) {
+      const int lbo = c[0], sbo = c[1], step = c[2];
+      cudaMemset(dC, 0xff, 64 * 128 * 4);
+      check_ss_kernel<<<1, 128, 64 * 1024>>>(dS, nunits, dB, dC, ksteps, lbo, sbo, step);
+      cudaError_t e = cudaDeviceSynchronize();
+      std::vector<int> C(64 * 128);
+      cudaMemcpy(C.data(), dC, C.size() * 4, cudaMemcpyDeviceToHost);
+      int bad = 0;
+      for (int r = 0; r < 64; ++r)
+        for (int col = 0; col < 128; ++col) {
+          int ref = 0;
+          for (int kcn = 0; kcn < 2 * ksteps; ++kcn) {
+            const int u = (r >> 3) * sbo + (r & 7) + (kcn >> 1) * step + (kcn & 1) * lbo;
+            for (int b = 0; b < 16; ++b) ref += popc8(S[u * 16 + b] & B[col * kb + kcn * 16 + b]);
+          }
+          if (C[r * 128 + col] != ref) ++bad;
+        }
+      printf("SS check lbo=%d sbo=%d step=%d units: %s, mismatches %d of 8192\n", lbo, sbo, step,
+             cudaGetErrorString(e), bad);
+    }
+  }
   int* dout; cudaMalloc(&dout, 1 << 24);
   cudaEvent_t t0, t1; cudaEventCreate(&t0); cudaEventCreate(&t1);
   const int iters = 4000;
@@ -320,6 +466,11 @@ int main() {
                           steps, macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
         }
       }
+  run_ss_loop<true, 2>(sms, 1, dout, "x1, 2 halves");
+  run_ss_loop<true, 2>(sms, 2, dout, "x1, 2 halves");
+  run_ss_loop<false, 2>(sms, 1, dout, "no x1, 2 halves");
+  run_ss_loop<true, 1>(sms, 2, dout, "x1, 1 half");
+  fflush(stdout);
   run_kernel_loop<true, 2, true>(sms, dout, "x1, 2 halves, swz");
   run_kernel_loop<false, 2, true>(sms, dout, "no x1, 2 halves, swz");
   run_kernel_loop<true, 1, true>(sms, dout, "x1, 1 half, swz");

@@ -771,8 +771,10 @@ def test_fast_wgmma_auto_mode():
     kernel (compute capability 9.0, sm_90a code) it runs where every SM gets a
     128-row tile and the K loop has at least 3 steps; with fewer tiles, a 1x1
     kernel over 256 channels (1 step), or packed output through the float
-    epilogue (beta with float x), the mma.sync kernel runs. All exact.
-    Unknown modes are refused."""
+    epilogue (beta with float x), the mma.sync kernel runs. Its A operand
+    comes from shared memory for packed output by thresholds with at least
+    12 K steps (C = 512, 3x3: 18), else from registers (C = 256, 3x3: 9;
+    float output). All exact. Unknown modes are refused."""
     mod = _cuda_mod()
     old = mod.get_fast_wgmma()
     with pytest.raises(ValueError, match="auto"):
@@ -783,15 +785,23 @@ def test_fast_wgmma_auto_mode():
     try:
         sms = jax.devices("gpu")[0].core_count
         big = -(-sms * 64 // (14 * 14)) + 1  # ceil(n 196 / 128) * 2 tiles >= SMs
-        for n, k, beta, want in [(big, (3, 3), False, True), (1, (3, 3), False, False),
-                                 (big, (1, 1), False, False), (big, (3, 3), True, False)]:
-            x = np.asarray(rand_x(950 + n, (n, 14, 14, 256)))
-            w = np.asarray(rand_x(960 + k[0], k + (256, 256)))
-            check(x, w, type="xnor", padding="SAME", output="packed", beta_scaling=beta,
-                  output_bias=rand_vec(970, 256, -30, 30))
+        big7 = -(-sms * 32 // (7 * 7)) + 1  # ceil(n 49 / 128) * 4 tiles >= SMs
+        # (n, hw, c, k, beta, output, form: "ss", "rs" or "" for mma.sync)
+        cases = [(big, 14, 256, (3, 3), False, "packed", "rs"),
+                 (1, 14, 256, (3, 3), False, "packed", ""),
+                 (big, 14, 256, (1, 1), False, "packed", ""),
+                 (big, 14, 256, (3, 3), True, "packed", ""),
+                 (big7, 7, 512, (3, 3), False, "packed", "ss"),
+                 (big7, 7, 512, (3, 3), False, "float", "rs")]
+        for n, hw, c, k, beta, output, form in cases:
+            x = np.asarray(rand_x(950 + n, (n, hw, hw, c)))
+            w = np.asarray(rand_x(960 + k[0], k + (c, c)))
+            check(x, w, type="xnor", padding="SAME", output=output, beta_scaling=beta,
+                  output_bias=rand_vec(970, c, -30, 30))
             assert mod.last_kernel() == "fast"
-            assert mod.last_wgmma() == (want and mod.wgmma_available()), (n, k, beta)
-            assert mod.last_wgmma_form() == ("ss" if want and mod.wgmma_available() else "")
+            want = form if mod.wgmma_available() else ""
+            assert mod.last_wgmma() == bool(want), (n, c, k, beta, output)
+            assert mod.last_wgmma_form() == want, (n, c, k, beta, output)
     finally:
         mod.set_fast_wgmma(old)
         jax.clear_caches()

@@ -1357,6 +1357,17 @@ bool wgmma_pays(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
   return !epi_packed && (long long)a.mtiles * a.ntiles >= di.sms && a.ks >= 3;
 }
 
+// kWgmmaAuto, among the wgmma kernel's two forms: A from shared memory
+// (plan_wgmma_ss) for packed output by thresholds (EPI_THR) with at least
+// 12 K steps, else A from registers. benchmarks/NOTES-gpu.md, session 12 (H100,
+// N = 256 packed, same runs): L4 (18 steps) 0.0246 / 0.0261 ms against
+// 0.0271 / 0.0275; L7 (9 steps) even (0.177 / 0.179); L2 and L3 (5, 9
+// steps; Wo = 28, 14: an eighth of the rows wasted, more tiles) slower by
+// 8-13%; float output slower by 1-6% on all four.
+bool wgmma_ss_pays(const ConvParams& p, const FastArgs& a) {
+  return a.thr && p.out_packed && a.ks >= 12;
+}
+
 // The wgmma kernel's weight layout: K in blocks of 8 chunks (wg_b_offset),
 // zeros past kc; pitch_b = the chunks that covers.
 void plan_wgmma(FastArgs* a) {
@@ -1415,7 +1426,7 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
     FastArgs g = a;
     plan_wgmma(&g);
     FastArgs s = g;
-    if (wmode != kWgmmaRs && plan_wgmma_ss(p, &s)) {
+    if (wmode != kWgmmaRs && plan_wgmma_ss(p, &s) && (wmode != kWgmmaAuto || wgmma_ss_pays(p, s))) {
       const FastSmem Ls = fast_smem(s);
       if (Ls.total <= di.optin) {
         *fa = s;

@@ -965,13 +965,20 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     // (odd kc) reads real data: its weights are zero, and the X1 MMA masks it.
     int e = 0;
     if (SS) {
-      // ss: the chunk's offset in its group's box (see FastArgs::ss); the
+      // ss: entry k < ks is K step k's A descriptor fields (start address
+      // and LBO, >> 4) relative to the slot buffer: its chunks 2 k and 2 k
+      // + 1 at their offsets in a group's box (see FastArgs::ss), the
       // padding chunk (odd kc) 16 bytes after the last (any data: its
       // weights are zero and the X1 wgmma masks it).
-      const int kk = min(k, a.kc - 1);
-      const int tap = kk / a.p, c = kk - tap * a.p;
-      const int dy = tap / a.kw, dx = tap - dy * a.kw;
-      e = 16 * ((dy * a.dh * a.p + c) * a.ss_w8 + dx * a.dw) + (k >= a.kc ? 16 : 0);
+      auto off = [&](int kk) {
+        const int tap = kk / a.p, c = kk - tap * a.p;
+        const int dy = tap / a.kw, dx = tap - dy * a.kw;
+        return 16 * ((dy * a.dh * a.p + c) * a.ss_w8 + dx * a.dw);
+      };
+      if (k < a.ks) {
+        const int e0 = off(2 * k), e1 = 2 * k + 1 < a.kc ? off(2 * k + 1) : e0 + 16;
+        e = (e0 >> 4) | (((e1 - e0) >> 4) << 16);
+      }
     } else if (k < a.kc && HALF) {  // slot unit x sw + tpc j dw: pixels of taps (dy, tpc j [+ 1])
       int dy, dx;
       half_chunk_tap(a, k, 0, dy, dx);
@@ -1194,30 +1201,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
         if (j == 0) TLS(5);
         auto kloop = [&](auto x1_const) {
-          // The offsets of a step's two K chunks from uniform values only
-          // (kernel parameters, counters; loaded from ktab they would sit in
-          // per-thread registers): chunk (dy, dx, c) at dy pdy + c pc + dx
-          // pdx (FastArgs::ss), the padding chunk (odd kc) 16 bytes after
-          // the last.
-          const int pc = 16 * a.ss_w8, pdy = a.dh * a.p * pc, pdx = 16 * a.dw;
-          int dy = 0, dx = 0, c = 0;
-          auto next = [&]() {
-            if (++c == a.p) {
-              c = 0;
-              if (++dx == a.kw) {
-                dx = 0;
-                ++dy;
-              }
-            }
-          };
           auto kstep = [&](int i, auto first_const) {
             constexpr bool F = decltype(first_const)::value;
-            const int e0 = dy * pdy + c * pc + dx * pdx;
-            next();
-            const int e1 = 2 * i + 1 < a.kc ? dy * pdy + c * pc + dx * pdx : e0 + 16;
-            next();
-            const uint64_t ad =
-                adesc + (uint64_t)((uint32_t)(e0 >> 4) | ((uint32_t)((e1 - e0) >> 4) << 16));
+            // (ktab[i]: step i's start address and LBO fields, see the
+            // prologue)
+            const uint64_t ad = adesc + (uint64_t)(uint32_t)ktab[i];
             const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
             wgmma_n128_ss<F>(acc0, ad, bd);
             wgmma_n128_ss<F>(acc1, ad + ahalf, bd);

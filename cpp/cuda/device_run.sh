@@ -122,13 +122,18 @@ racecheck:fast_kernel_packed_io and auto and (22-and or 23-xnor)
 LIST
       ;;
     sanwg)
-      # compute-sanitizer on the wgmma kernel (set_fast_wgmma; the "wgmma" policy of the tests).
+      # compute-sanitizer on the wgmma kernel (set_fast_wgmma; the tests' "wgmma" policy, A
+      # from shared memory where it runs, and "wgmma-rs", A from registers: "wgmma" matches
+      # both; the last three selections only the first).
       san_list fast_ 150 sanitize_wg <<'LIST'
 memcheck:fast_kernel_packed_io and wgmma and (0-xnor or 2-and or 4-xnor or 7-and)
 memcheck:fast_kernel_float_io and wgmma and (1-xnor or 3-and or 22-xnor or 24-and)
 memcheck:fast_kernel_packed_io and wgmma and (11-xnor or 13-and or 14-xnor or 23-and)
 racecheck:fast_kernel_packed_io and wgmma and (1-xnor or 6-and)
 racecheck:fast_kernel_float_io and wgmma and (2-xnor or 8-and)
+memcheck:fast_kernel_packed_io and wgmma and not rs and (5-xnor or 9-and or 12-xnor)
+memcheck:fast_kernel_float_io and wgmma and not rs and (9-xnor or 12-and or 8-xnor)
+racecheck:fast_kernel_packed_io and wgmma and not rs and (0-and or 12-xnor)
 LIST
       ;;
     sanc64)

@@ -324,6 +324,70 @@ __global__ void tput_ss_loop(int* out, int tiles, int steps) {
   out[blockIdx.x * blockDim.x + tid] = s;
 }
 
+// The same with the kernel's A layout (session 12): per-step start offsets
+// and LBO from a table (as the kernel's group boxes give them), SBO = the
+// group pitch; one warpgroup per SM.
+struct SsTab { int n; int e[64]; int lbo[64]; };
+__global__ void tput_ss_kernel_layout(int* out, int tiles, SsTab tab, int sbo, int x1) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  const int tid = threadIdx.x;
+  for (int q = tid; q < 200 * 1024 / 4; q += blockDim.x) ((uint32_t*)sm)[q] = q * 2654435761u;
+  __syncthreads();
+  const uint32_t base = (smem_u32(sm) + 1023u) & ~1023u;
+  const uint32_t abase = base + 81920;
+  const uint64_t bdesc = make_desc(base, 16, 1024) | (1ull << 62);
+  const uint64_t ones = make_desc(base + 81920 + 2 * 40960 + 16384, 128, 256);
+  const uint64_t adesc0 = make_desc(abase, 0, sbo);
+  const uint64_t ahalf = (uint64_t)((8 * sbo) >> 4);
+  int d0[64], d1[64], x0[4] = {0, 0, 0, 0}, x1v[4] = {0, 0, 0, 0};
+  for (int i = 0; i < 64; ++i) d0[i] = d1[i] = 0;
+  for (int t = 0; t < tiles; ++t) {
+    wg_fence();
+    for (int i = 0; i < tab.n; ++i) {
+      const uint64_t ad = adesc0 + (uint64_t)((uint32_t)(tab.e[i] >> 4) | ((uint32_t)(tab.lbo[i] >> 4) << 16));
+      const uint64_t bd = bdesc + (uint64_t)(((i >> 2) % 5) * 1024 + 2 * (i & 3));
+      wgmma128ss(d0, ad, bd, 1);
+      wgmma128ss(d1, ad + ahalf, bd, 1);
+      if (x1) {
+        wgmma8ss(x0, ad, ones, 1);
+        wgmma8ss(x1v, ad + ahalf, ones, 1);
+      }
+    }
+    wg_commit();
+    wg_wait<0>();
+  }
+  int s = x0[0] + x1v[0];
+  for (int i = 0; i < 64; ++i) s += d0[i] + d1[i];
+  out[blockIdx.x * blockDim.x + tid] = s;
+}
+// L-like layouts: p chunk planes, w8 pixels, kh x kw taps (dilation 1).
+void run_ss_kernel_layout(int sms, int* dout, int p, int w8, int kh, int kw, int x1) {
+  SsTab tab{};
+  const int kc = kh * kw * p;
+  tab.n = (kc + 1) / 2;
+  auto off = [&](int k) {
+    const int tap = k / p, c = k % p, dy = tap / kw, dx = tap % kw;
+    return 16 * ((dy * p + c) * w8 + dx);
+  };
+  for (int i = 0; i < tab.n; ++i) {
+    tab.e[i] = off(2 * i);
+    tab.lbo[i] = (2 * i + 1 < kc ? off(2 * i + 1) : tab.e[i] + 16) - tab.e[i];
+  }
+  const int sbo = (16 * w8 * p * kh + 127) / 128 * 128;
+  cudaFuncSetAttribute(tput_ss_kernel_layout, cudaFuncAttributeMaxDynamicSharedMemorySize, 210 * 1024);
+  cudaEvent_t t0, t1; cudaEventCreate(&t0); cudaEventCreate(&t1);
+  const int tiles = 36000 / tab.n;
+  float ms = 0;
+  for (int rep = 0; rep < 2; ++rep) {
+    cudaEventRecord(t0);
+    tput_ss_kernel_layout<<<sms, 128, 210 * 1024>>>(dout, tiles, tab, sbo, x1);
+    cudaEventRecord(t1); cudaEventSynchronize(t1);
+    cudaEventElapsedTime(&ms, t0, t1);
+  }
+  printf("SS kernel layout p=%d w8=%d %dx%d (sbo %d, %d steps) x1=%d: %6.1f ns/step (%s)\n", p, w8, kh, kw, sbo,
+         tab.n, x1, ms * 1e6 / ((double)tiles * tab.n), cudaGetErrorString(cudaGetLastError()));
+}
+
 template <bool X1, int HALVES>
 void run_ss_loop(int sms, int wgs, int* dout, const char* name) {
   auto k = tput_ss_loop<X1, HALVES>;
@@ -466,6 +530,15 @@ int main() {
                           steps, macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
         }
       }
+  if (getenv("PROBE_LAYOUT_ONLY")) {
+    for (int x1 = 0; x1 < 2; ++x1) {
+      run_ss_kernel_layout(sms, dout, 4, 10, 3, 3, x1);  // L4
+      run_ss_kernel_layout(sms, dout, 2, 10, 3, 3, x1);  // L3, L7
+      run_ss_kernel_layout(sms, dout, 1, 10, 3, 3, x1);  // L2
+    }
+    run_ss_loop<true, 2>(sms, 1, dout, "x1, 2 halves");
+    return 0;
+  }
   run_ss_loop<true, 2>(sms, 1, dout, "x1, 2 halves");
   run_ss_loop<true, 2>(sms, 2, dout, "x1, 2 halves");
   run_ss_loop<false, 2>(sms, 1, dout, "no x1, 2 halves");

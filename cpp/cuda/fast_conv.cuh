@@ -85,6 +85,17 @@
 // takes its 4 rows at once (wg_tab_at: the table in a bank-conflict-free
 // layout). benchmarks/NOTES-gpu.md, sessions 10 and 11.
 //
+// Its form with A from shared memory too (fast_conv_kernel<EPI, false, 2>,
+// FastArgs::ss; stride 1 along x, p one or even): a tile is 16 groups of 8
+// consecutive output pixels of one output row, each group's input one
+// tensor-map box ([input rows][chunk planes][8 + (kw - 1) dw pixels][16
+// bytes]), so that K step i's A is a descriptor (start: chunk 2 i's
+// offset in group 0's box, LBO: the second chunk's offset from it, SBO:
+// the box pitch) and a tile's steps are issued back to back with one wait
+// (the register-A loop keeps only three steps in flight). The descriptors
+// derive from warp-uniform values only (else ptxas serializes the
+// wgmmas). benchmarks/NOTES-gpu.md, session 12.
+//
 // Per-tile work outside the MMAs is kept to a few instructions per row: row
 // geometry with multiply-shift division, box classes and valid-tap counts
 // from per-y and per-x tables built once per block; the slot copies take

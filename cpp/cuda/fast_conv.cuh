@@ -613,6 +613,19 @@ __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
+// The 64 accumulator operands of an m64n128 wgmma (constraint c) and their
+// register list.
+#define BINCONV_WG8(c, i)                                                                   \
+  c(d[i]), c(d[i + 1]), c(d[i + 2]), c(d[i + 3]), c(d[i + 4]), c(d[i + 5]), c(d[i + 6]), \
+      c(d[i + 7])
+#define BINCONV_WG64(c)                                                                    \
+  BINCONV_WG8(c, 0), BINCONV_WG8(c, 8), BINCONV_WG8(c, 16), BINCONV_WG8(c, 24),           \
+      BINCONV_WG8(c, 32), BINCONV_WG8(c, 40), BINCONV_WG8(c, 48), BINCONV_WG8(c, 56)
+#define BINCONV_WG_D64                                                                     \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                \
+  "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                       \
+  "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                       \
+  "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
 // d (64 per thread) = popc(A AND B) over 256 bits (+ d where acc != 0), m64n128.
 // (acc = 0 for the first K step instead of zeroing d: a non-wgmma
 // instruction that writes the accumulators makes ptxas serialize the
@@ -620,22 +633,13 @@ __device__ __forceinline__ void fence_proxy_async() {
 __device__ __forceinline__ void wgmma_n128(int (&d)[64], const uint32_t (&a)[4], uint64_t bdesc,
                                            int acc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define BINCONV_WG8(i)                                                                   \
-  "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3]), "+r"(d[i + 4]), "+r"(d[i + 5]), \
-      "+r"(d[i + 6]), "+r"(d[i + 7])
   asm volatile(
       "{\n .reg .pred p;\n setp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
-      "{%64,%65,%66,%67}, %68, p;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc " BINCONV_WG_D64
+      ", {%64,%65,%66,%67}, %68, p;\n"
       "}\n"
-      : BINCONV_WG8(0), BINCONV_WG8(8), BINCONV_WG8(16), BINCONV_WG8(24), BINCONV_WG8(32),
-        BINCONV_WG8(40), BINCONV_WG8(48), BINCONV_WG8(56)
+      : BINCONV_WG64("+r")
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(bdesc), "r"(acc));
-#undef BINCONV_WG8
 #endif
 }
 // d (4 per thread) = popc(A AND B) (+ d where acc != 0), m64n8 (X1 against
@@ -656,20 +660,7 @@ __device__ __forceinline__ void wgmma_n8(int (&d)[4], const uint32_t (&a)[4], ui
 // swizzle: 8 rows x 16 bytes per core matrix, LBO the step to the K step's
 // second chunk, SBO the step between 8-row groups).
 // FIRST: d = popc(A AND B), d write-only (the K loop's first step: no
-// accumulator is live before it, so nothing earlier needs ordering with it;
-// with "+r" ptxas inserted warpgroup arrives after the epilogue's divergent
-// code and serialized the wgmmas, C7520); else d += popc(A AND B).
-#define BINCONV_WG8(c, i)                                                                   \
-  c(d[i]), c(d[i + 1]), c(d[i + 2]), c(d[i + 3]), c(d[i + 4]), c(d[i + 5]), c(d[i + 6]), \
-      c(d[i + 7])
-#define BINCONV_WG64(c)                                                                    \
-  BINCONV_WG8(c, 0), BINCONV_WG8(c, 8), BINCONV_WG8(c, 16), BINCONV_WG8(c, 24),           \
-      BINCONV_WG8(c, 32), BINCONV_WG8(c, 40), BINCONV_WG8(c, 48), BINCONV_WG8(c, 56)
-#define BINCONV_WG_D64                                                                     \
-  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                \
-  "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                       \
-  "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                       \
-  "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+// accumulator value is live before it); else d += popc(A AND B).
 template <bool FIRST>
 __device__ __forceinline__ void wgmma_n128_ss(int (&d)[64], uint64_t adesc, uint64_t bdesc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)

@@ -1481,26 +1481,18 @@ bool encode_map_5d(CUtensorMap* map, const void* ptr, const cuuint64_t (&dims)[5
 // The 5-d tensor map of packed x for the slot copies (sm_90): dimensions,
 // innermost first, 2 x 8 bytes (one 16-byte chunk), W, p chunks, H, N (the
 // pixel before the chunk: a box lands chunk-planar); a box is a whole slot
-// row, wslot pixels x p chunks of one input row. False where the driver has
-// no cuTensorMapEncodeTiled or refuses these dimensions: the kernel then
-// copies with cp.async.
+// row, wslot pixels x p chunks of one input row; for the wgmma kernel with
+// A from shared memory (a.ss) one group's input, ss_w8 pixels x p chunks x
+// ss_rows input rows ([row][chunk plane][pixel][16 bytes], FastArgs::ss).
+// False where the driver has no cuTensorMapEncodeTiled or refuses these
+// dimensions: the kernel then copies with cp.async (a.ss: no fallback).
 bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
-  if (a.wslot > 256 || a.p > 256) return false;
+  const cuuint32_t box_w = a.ss ? a.ss_w8 : a.wslot, box_rows = a.ss ? a.ss_rows : 1;
+  if (box_w > 256 || a.p > 256) return false;
   const cuuint64_t p = (cuuint64_t)a.p, w = (cuuint64_t)a.w, h = (cuuint64_t)a.h;
   const cuuint64_t dims[5] = {2, w, p, h, (cuuint64_t)a.n};
   const cuuint64_t strides[4] = {16 * p, 16, 16 * p * w, 16 * p * w * h};
-  const cuuint32_t box[5] = {2, (cuuint32_t)a.wslot, (cuuint32_t)a.p, 1, 1};
-  return encode_map_5d(map, x, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
-}
-
-// The same map for the wgmma kernel with A from shared memory (a.ss): a box
-// is one group's input, ss_w8 pixels x p chunks x ss_rows input rows
-// ([row][chunk plane][pixel][16 bytes], FastArgs::ss).
-bool make_x_tensor_map_ss(const FastArgs& a, const void* x, CUtensorMap* map) {
-  const cuuint64_t p = (cuuint64_t)a.p, w = (cuuint64_t)a.w, h = (cuuint64_t)a.h;
-  const cuuint64_t dims[5] = {2, w, p, h, (cuuint64_t)a.n};
-  const cuuint64_t strides[4] = {16 * p, 16, 16 * p * w, 16 * p * w * h};
-  const cuuint32_t box[5] = {2, (cuuint32_t)a.ss_w8, (cuuint32_t)a.p, (cuuint32_t)a.ss_rows, 1};
+  const cuuint32_t box[5] = {2, box_w, (cuuint32_t)a.p, box_rows, 1};
   return encode_map_5d(map, x, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
 }
 
@@ -1622,7 +1614,7 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
   // chunk two 8-byte taps: no tensor-map box has those layouts).
   if (a.ss) {
     // (plan_wgmma_ss found an encoder; this map has no cp.async fallback)
-    a.tma_x = make_x_tensor_map_ss(a, a.x, &map);
+    a.tma_x = make_x_tensor_map(a, a.x, &map);
     if (!a.tma_x) return cudaErrorNotSupported;
   } else {
     a.tma_x = !a.half && sm90 && g_tma_slots.load() && make_x_tensor_map(a, a.x, &map);

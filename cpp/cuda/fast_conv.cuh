@@ -280,7 +280,8 @@ struct FastSmem {
 };
 // (half: a.half, a compile-time constant in the kernel.)
 __host__ __device__ inline FastSmem fast_smem(const FastArgs& a, bool half) {
-  const int a_chunks = a.ss ? 16 * a.ss_gp / 16 : a.srows * a.wslot * a.p;
+  // (ss: 16 group boxes of ss_gp bytes, i.e. ss_gp 16-byte chunks)
+  const int a_chunks = a.ss ? a.ss_gp : a.srows * a.wslot * a.p;
   FastSmem s;
   int off = 0;
   auto take = [&](int bytes) {
@@ -1189,15 +1190,14 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const bool wfirst = wtmap && j == 0;  // the weights may still be landing
       if constexpr (SS) {
         // A from shared memory: the whole tile's steps issued at once (no
-        // registers for A, no wait inside the loop). K step i reads chunk
-        // 2 i of group 0 at ktab[2 i] (start address), its second chunk
-        // ktab[2 i + 1] - ktab[2 i] further (LBO), group g at g ss_gp
-        // (SBO); rows 64-127 are groups 8-15.
+        // registers for A, no wait inside the loop). K step i's start
+        // address and LBO fields come from ktab[i] (the prologue), group g
+        // is at g ss_gp (SBO); rows 64-127 are groups 8-15.
         const uint64_t adesc = wg_desc(as_addr, 0, a.ss_gp);
         const uint64_t ahalf = (uint64_t)((8 * a.ss_gp) >> 4);
-        // (No branch inside the loop: ptxas serializes wgmmas that follow a
-        // divergent path, C7520. So the first tile waits for all its
-        // weights before, and the loop exists with and without X1.)
+        // The first tile waits for all its weights before its loop (per K
+        // block inside it ran no faster, S12-16); the loop exists with and
+        // without X1 (no run-time branch between the wgmmas).
         if (wfirst)
           for (int b = 0; b < min(a.wg_kblocks, kWgWbars); ++b) mbar_wait(wbar + 8 * b, 0);
         if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued

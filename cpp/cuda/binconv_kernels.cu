@@ -1378,7 +1378,7 @@ void plan_wgmma(FastArgs* a) {
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder();
 
-// The wgmma kernel with A from shared memory (FastArgs::ss) on top of
+// The wgmma kernel with A from shared memory (FastArgs wg = 2, the ss_ fields) on top of
 // plan_wgmma, or false where these parameters rule it out: C = 64, stride
 // along x other than 1 (a group's 8 pixels must be 16 bytes apart), odd p >
 // 1 (a K step's chunks would straddle taps backwards: negative LBO), a box
@@ -1395,7 +1395,6 @@ bool plan_wgmma_ss(const ConvParams& p, FastArgs* a) {
   const long long gp = (16 * w8 * a->p * rows + 127) / 128 * 128;  // box bytes, 128-aligned
   if (16 * gp > (1 << 20)) return false;
   a->wg = 2;
-  a->ss = 1;
   a->ss_gpr = (int)gpr;
   a->div_gpr = make_fastdiv((uint32_t)gpr);
   a->ss_groups = (int)groups;
@@ -1482,12 +1481,13 @@ bool encode_map_5d(CUtensorMap* map, const void* ptr, const cuuint64_t (&dims)[5
 // innermost first, 2 x 8 bytes (one 16-byte chunk), W, p chunks, H, N (the
 // pixel before the chunk: a box lands chunk-planar); a box is a whole slot
 // row, wslot pixels x p chunks of one input row; for the wgmma kernel with
-// A from shared memory (a.ss) one group's input, ss_w8 pixels x p chunks x
-// ss_rows input rows ([row][chunk plane][pixel][16 bytes], FastArgs::ss).
+// A from shared memory (a.wg == 2) one group's input, ss_w8 pixels x p chunks x
+// ss_rows input rows ([row][chunk plane][pixel][16 bytes], FastArgs' ss_ fields).
 // False where the driver has no cuTensorMapEncodeTiled or refuses these
-// dimensions: the kernel then copies with cp.async (a.ss: no fallback).
+// dimensions: the kernel then copies with cp.async (wg 2: no fallback).
 bool make_x_tensor_map(const FastArgs& a, const void* x, CUtensorMap* map) {
-  const cuuint32_t box_w = a.ss ? a.ss_w8 : a.wslot, box_rows = a.ss ? a.ss_rows : 1;
+  const cuuint32_t box_w = a.wg == 2 ? a.ss_w8 : a.wslot,
+                  box_rows = a.wg == 2 ? a.ss_rows : 1;
   if (box_w > 256 || a.p > 256) return false;
   const cuuint64_t p = (cuuint64_t)a.p, w = (cuuint64_t)a.w, h = (cuuint64_t)a.h;
   const cuuint64_t dims[5] = {2, w, p, h, (cuuint64_t)a.n};
@@ -1612,7 +1612,7 @@ cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
   const bool sm90 = dev_info(&di) == cudaSuccess && di.major >= 9;
   // C = 64: both by cp.async (a slot unit is two 8-byte pixels, a weight
   // chunk two 8-byte taps: no tensor-map box has those layouts).
-  if (a.ss) {
+  if (a.wg == 2) {
     // (plan_wgmma_ss found an encoder; this map has no cp.async fallback)
     a.tma_x = make_x_tensor_map(a, a.x, &map);
     if (!a.tma_x) return cudaErrorNotSupported;

@@ -86,7 +86,7 @@
 // layout). benchmarks/NOTES-gpu.md, sessions 10 and 11.
 //
 // Its form with A from shared memory too (fast_conv_kernel<EPI, false, 2>,
-// FastArgs::ss; stride 1 along x, p one or even): a tile is 16 groups of 8
+// FastArgs wg = 2; stride 1 along x, p one or even): a tile is 16 groups of 8
 // consecutive output pixels of one output row, each group's input one
 // tensor-map box ([input rows][chunk planes][8 + (kw - 1) dw pixels][16
 // bytes]), so that K step i's A is a descriptor (start: chunk 2 i's
@@ -161,11 +161,12 @@ struct FastArgs {
   // = 2 where dw = 1; the second half unused where tpc = 1 or past kw), nj
   // chunks per tap row; p = 1.
   int half, tpc, nj;
-  // sm_90a (fast_conv_kernel<EPI, false, true>): the K loop on wgmma, the
+  // sm_90a (fast_conv_kernel<EPI, false, wg>, wg 1: A from registers, 2:
+  // from shared memory, below; 0: mma.sync): the K loop on wgmma, the
   // weights in 128-byte swizzled K blocks (wg_b_offset), pitch_b = 8 x the
   // number of K blocks (wg_kblocks).
   int wg, wg_kblocks;
-  // The wgmma kernel with A from shared memory too (ss, wg = 2;
+  // The wgmma kernel with A from shared memory too (wg = 2;
   // fast_conv_kernel<EPI, false, 2>): a tile is 16 groups of 8 consecutive
   // output pixels of one output row (ss_gpr = ceil(Wo / 8) groups per row,
   // ss_groups in all; pixels past Wo are computed and not stored). Group g's
@@ -174,7 +175,7 @@ struct FastArgs {
   // + (kw - 1) dw, ss_rows = (kh - 1) dh + 1. Only for sw = 1 and p = 1 or
   // even (a K step's two chunks then have a non-negative address step: the
   // descriptor's LBO).
-  int ss, ss_gpr, ss_groups, ss_w8, ss_rows, ss_gp;
+  int ss_gpr, ss_groups, ss_w8, ss_rows, ss_gp;
   FastDiv div_gpr;
 };
 
@@ -280,8 +281,8 @@ struct FastSmem {
 };
 // (half: a.half, a compile-time constant in the kernel.)
 __host__ __device__ inline FastSmem fast_smem(const FastArgs& a, bool half) {
-  // (ss: 16 group boxes of ss_gp bytes, i.e. ss_gp 16-byte chunks)
-  const int a_chunks = a.ss ? a.ss_gp : a.srows * a.wslot * a.p;
+  // (wg 2: 16 group boxes of ss_gp bytes, i.e. ss_gp 16-byte chunks)
+  const int a_chunks = a.wg == 2 ? a.ss_gp : a.srows * a.wslot * a.p;
   FastSmem s;
   int off = 0;
   auto take = [&](int bytes) {
@@ -970,7 +971,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     if (SS) {
       // ss: entry k < ks is K step k's A descriptor fields (start address
       // and LBO, >> 4) relative to the slot buffer: its chunks 2 k and 2 k
-      // + 1 at their offsets in a group's box (see FastArgs::ss), the
+      // + 1 at their offsets in a group's box (see FastArgs' ss_ fields), the
       // padding chunk (odd kc) 16 bytes after the last (any data: its
       // weights are zero and the X1 wgmma masks it).
       auto off = [&](int kk) {

@@ -82,6 +82,24 @@ __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], uint32_t addr) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
+// The check kernels' B (K-major core matrices: [16 groups][kc chunks][8
+// rows], from B's [128][kc] row-major chunks) and their result (thread
+// (warp, gq, tq)'s accumulators into C [64][128]).
+__device__ void load_b_core(uint4* bs, const uint4* B, int kc) {
+  for (int q = threadIdx.x; q < 128 * kc; q += 128) {
+    const int n = q / kc, c = q % kc;
+    bs[((n >> 3) * kc + c) * 8 + (n & 7)] = B[q];
+  }
+}
+__device__ void store_c(int* C, const int (&d)[64]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
+  for (int j = 0; j < 16; ++j)
+    for (int v = 0; v < 4; ++v) {
+      const int r = warp * 16 + gq + 8 * (v >> 1), c = 8 * j + 2 * tq + (v & 1);
+      C[r * 128 + c] = d[4 * j + v];
+    }
+}
+
 // A: [64][K/8] bytes row-major (K bits per row), B: [128][K/8] bytes (row n = column n).
 // ksteps = K / 256. C: [64][128] int.
 __global__ void check_kernel(const uint4* A, const uint4* B, int* C, int ksteps, int variant) {
@@ -91,10 +109,7 @@ __global__ void check_kernel(const uint4* A, const uint4* B, int* C, int ksteps,
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int kc = 2 * ksteps;
   for (int q = tid; q < 64 * kc; q += 128) as[q] = A[q];
-  for (int q = tid; q < 128 * kc; q += 128) {
-    const int n = q / kc, c = q % kc;
-    bs[((n >> 3) * kc + c) * 8 + (n & 7)] = B[q];
-  }
+  load_b_core(bs, B, kc);
   __syncthreads();
   int d[64];
   for (int i = 0; i < 64; ++i) d[i] = 0;
@@ -108,12 +123,7 @@ __global__ void check_kernel(const uint4* A, const uint4* B, int* C, int ksteps,
     wg_commit();
     wg_wait<0>();
   }
-  const int gq = lane >> 2, tq = lane & 3;
-  for (int j = 0; j < 16; ++j)
-    for (int v = 0; v < 4; ++v) {
-      const int r = warp * 16 + gq + 8 * (v >> 1), c = 8 * j + 2 * tq + (v & 1);
-      C[r * 128 + c] = d[4 * j + v];
-    }
+  store_c(C, d);
 }
 
 // throughput: every warpgroup loops `iters` wgmmas on fixed A registers and B in smem
@@ -263,13 +273,9 @@ __global__ void check_ss_kernel(const uint4* S, int nunits, const uint4* B, int*
   extern __shared__ __align__(128) unsigned char sm[];
   uint4* ss = (uint4*)sm;
   uint4* bs = (uint4*)(sm + ((nunits * 16 + 127) & ~127));
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int kc = 2 * ksteps;
-  for (int q = tid; q < nunits; q += 128) ss[q] = S[q];
-  for (int q = tid; q < 128 * kc; q += 128) {
-    const int n = q / kc, c = q % kc;
-    bs[((n >> 3) * kc + c) * 8 + (n & 7)] = B[q];
-  }
+  for (int q = threadIdx.x; q < nunits; q += 128) ss[q] = S[q];
+  load_b_core(bs, B, kc);
   __syncthreads();
   int d[64];
   for (int i = 0; i < 64; ++i) d[i] = 0;
@@ -279,12 +285,7 @@ __global__ void check_ss_kernel(const uint4* S, int nunits, const uint4* B, int*
                make_desc(smem_u32(bs + 2 * i * 8), 128, 8 * 16 * kc), i);
   wg_commit();
   wg_wait<0>();
-  const int gq = lane >> 2, tq = lane & 3;
-  for (int j = 0; j < 16; ++j)
-    for (int v = 0; v < 4; ++v) {
-      const int r = warp * 16 + gq + 8 * (v >> 1), c = 8 * j + 2 * tq + (v & 1);
-      C[r * 128 + c] = d[4 * j + v];
-    }
+  store_c(C, d);
 }
 
 // SS K loop: per tile, `steps` K steps each of HALVES m64n128 (A and B by
@@ -322,6 +323,25 @@ __global__ void tput_ss_loop(int* out, int tiles, int steps) {
   int s = x0[0] + x1v[0];
   for (int i = 0; i < 64; ++i) s += d0[i] + d1[i];
   out[blockIdx.x * blockDim.x + tid] = s;
+}
+
+// Milliseconds of launch() (its second run: the first warms up).
+template <class F>
+float time_ms(F launch) {
+  cudaEvent_t t0, t1;
+  cudaEventCreate(&t0);
+  cudaEventCreate(&t1);
+  float ms = 0;
+  for (int rep = 0; rep < 2; ++rep) {
+    cudaEventRecord(t0);
+    launch();
+    cudaEventRecord(t1);
+    cudaEventSynchronize(t1);
+    cudaEventElapsedTime(&ms, t0, t1);
+  }
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  return ms;
 }
 
 // The same with the kernel's A layout (session 12): per-step start offsets
@@ -375,15 +395,9 @@ void run_ss_kernel_layout(int sms, int* dout, int p, int w8, int kh, int kw, int
   }
   const int sbo = (16 * w8 * p * kh + 127) / 128 * 128;
   cudaFuncSetAttribute(tput_ss_kernel_layout, cudaFuncAttributeMaxDynamicSharedMemorySize, 210 * 1024);
-  cudaEvent_t t0, t1; cudaEventCreate(&t0); cudaEventCreate(&t1);
   const int tiles = 36000 / tab.n;
-  float ms = 0;
-  for (int rep = 0; rep < 2; ++rep) {
-    cudaEventRecord(t0);
-    tput_ss_kernel_layout<<<sms, 128, 210 * 1024>>>(dout, tiles, tab, sbo, x1);
-    cudaEventRecord(t1); cudaEventSynchronize(t1);
-    cudaEventElapsedTime(&ms, t0, t1);
-  }
+  const float ms =
+      time_ms([&] { tput_ss_kernel_layout<<<sms, 128, 210 * 1024>>>(dout, tiles, tab, sbo, x1); });
   printf("SS kernel layout p=%d w8=%d %dx%d (sbo %d, %d steps) x1=%d: %6.1f ns/step (%s)\n", p, w8, kh, kw, sbo,
          tab.n, x1, ms * 1e6 / ((double)tiles * tab.n), cudaGetErrorString(cudaGetLastError()));
 }
@@ -392,16 +406,9 @@ template <bool X1, int HALVES>
 void run_ss_loop(int sms, int wgs, int* dout, const char* name) {
   auto k = tput_ss_loop<X1, HALVES>;
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 210 * 1024);
-  cudaEvent_t t0, t1; cudaEventCreate(&t0); cudaEventCreate(&t1);
   for (int steps : {5, 9, 18}) {
     const int tiles = 36000 / steps;
-    float ms = 0;
-    for (int rep = 0; rep < 2; ++rep) {
-      cudaEventRecord(t0);
-      k<<<sms, 128 * wgs, 210 * 1024>>>(dout, tiles, steps);
-      cudaEventRecord(t1); cudaEventSynchronize(t1);
-      cudaEventElapsedTime(&ms, t0, t1);
-    }
+    const float ms = time_ms([&] { k<<<sms, 128 * wgs, 210 * 1024>>>(dout, tiles, steps); });
     const double macs = (double)sms * wgs * tiles * steps * HALVES * 64.0 * 128 * 256;
     printf("SS loop %-22s %d WG/SM %2d steps/tile: %6.1f ns/step/WG, %.2e MAC/s (%s)\n", name, wgs, steps,
            ms * 1e6 / ((double)tiles * steps), macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
@@ -412,16 +419,9 @@ template <bool X1, int HALVES, bool SWZ>
 void run_kernel_loop(int sms, int* dout, const char* name) {
   auto k = tput_kernel_loop<X1, HALVES, SWZ>;
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 161 * 1024);
-  cudaEvent_t t0, t1; cudaEventCreate(&t0); cudaEventCreate(&t1);
   for (int steps : {5, 9, 18}) {
     const int tiles = 36000 / steps;
-    float ms = 0;
-    for (int rep = 0; rep < 2; ++rep) {
-      cudaEventRecord(t0);
-      k<<<sms, 128, 161 * 1024>>>(dout, tiles, steps);
-      cudaEventRecord(t1); cudaEventSynchronize(t1);
-      cudaEventElapsedTime(&ms, t0, t1);
-    }
+    const float ms = time_ms([&] { k<<<sms, 128, 161 * 1024>>>(dout, tiles, steps); });
     const double macs = (double)sms * tiles * steps * HALVES * 64.0 * 128 * 256;
     printf("kernel loop %-22s %2d steps/tile: %6.1f ns/step, %.2e MAC/s (%s)\n", name, steps,
            ms * 1e6 / ((double)tiles * steps), macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
@@ -490,28 +490,17 @@ int main() {
     }
   }
   int* dout; cudaMalloc(&dout, 1 << 24);
-  cudaEvent_t t0, t1; cudaEventCreate(&t0); cudaEventCreate(&t1);
   const int iters = 4000;
   for (int wgs = 1; wgs <= 4; wgs *= 2) {
-    for (int rep = 0; rep < 2; ++rep) {
-      cudaEventRecord(t0);
-      tput_wgmma<128><<<sms, 128 * wgs, 256 * 32>>>(dout, iters);
-      cudaEventRecord(t1); cudaEventSynchronize(t1);
-      float ms; cudaEventElapsedTime(&ms, t0, t1);
-      const double macs = (double)sms * wgs * iters * 64.0 * 128 * 256;
-      if (rep) printf("wgmma m64n128k256 RS, %d warpgroups/SM: %.3f ms, %.2e MAC/s (%s)\n", wgs, ms, macs / ms * 1e3,
-             cudaGetErrorString(cudaGetLastError()));
-    }
+    const float ms = time_ms([&] { tput_wgmma<128><<<sms, 128 * wgs, 256 * 32>>>(dout, iters); });
+    const double macs = (double)sms * wgs * iters * 64.0 * 128 * 256;
+    printf("wgmma m64n128k256 RS, %d warpgroups/SM: %.3f ms, %.2e MAC/s (%s)\n", wgs, ms, macs / ms * 1e3,
+           cudaGetErrorString(cudaGetLastError()));
   }
   for (int warps = 4; warps <= 16; warps *= 2) {
-    for (int rep = 0; rep < 2; ++rep) {
-      cudaEventRecord(t0);
-      tput_mma<<<sms, 32 * warps>>>(dout, iters);
-      cudaEventRecord(t1); cudaEventSynchronize(t1);
-      float ms; cudaEventElapsedTime(&ms, t0, t1);
-      const double macs = (double)sms * warps * iters * 8 * 16.0 * 8 * 256;
-      if (rep) printf("mma.sync m16n8k256, %d warps/SM: %.3f ms, %.2e MAC/s\n", warps, ms, macs / ms * 1e3);
-    }
+    const float ms = time_ms([&] { tput_mma<<<sms, 32 * warps>>>(dout, iters); });
+    const double macs = (double)sms * warps * iters * 8 * 16.0 * 8 * 256;
+    printf("mma.sync m16n8k256, %d warps/SM: %.3f ms, %.2e MAC/s\n", warps, ms, macs / ms * 1e3);
   }
   cudaFuncSetAttribute(tput_rs_loop<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
   cudaFuncSetAttribute(tput_rs_loop<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
@@ -519,16 +508,13 @@ int main() {
     for (int bps = 1; bps <= 2; ++bps)
       for (int steps = 4; steps <= 16; steps *= 2) {
         const int tiles = 8000 / steps;
-        for (int rep = 0; rep < 2; ++rep) {
-          cudaEventRecord(t0);
+        const float ms = time_ms([&] {
           if (x1) tput_rs_loop<true><<<sms * bps, 256, 48 * 1024>>>(dout, tiles, steps);
           else tput_rs_loop<false><<<sms * bps, 256, 48 * 1024>>>(dout, tiles, steps);
-          cudaEventRecord(t1); cudaEventSynchronize(t1);
-          float ms; cudaEventElapsedTime(&ms, t0, t1);
-          const double macs = (double)sms * bps * 2 * tiles * steps * 64.0 * 128 * 256;
-          if (rep) printf("RS loop x1=%d, %d blocks of 2 warpgroups/SM, %2d steps per tile: %.2e MAC/s (%s)\n", x1, bps,
-                          steps, macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
-        }
+        });
+        const double macs = (double)sms * bps * 2 * tiles * steps * 64.0 * 128 * 256;
+        printf("RS loop x1=%d, %d blocks of 2 warpgroups/SM, %2d steps per tile: %.2e MAC/s (%s)\n", x1, bps,
+               steps, macs / ms * 1e3, cudaGetErrorString(cudaGetLastError()));
       }
   if (getenv("PROBE_LAYOUT_ONLY")) {
     for (int x1 = 0; x1 < 2; ++x1) {

@@ -121,8 +121,9 @@ def main(argv=None):
         except TypeError:  # builds before the "auto" mode: a bool, off by default
             _cuda.set_fast_wgmma(mode == "on")
 
+    main_mode = "on" if args.wgmma == "both" else args.wgmma  # ours' rows
     if has_wg:
-        set_wg("on" if args.wgmma == "both" else args.wgmma)
+        set_wg(main_mode)
     elif args.wgmma in ("on", "both"):
         sys.exit("--wgmma: this build of jax_binconv._cuda has no wgmma kernel")
     print(f"device: {gpu.device_kind}; jax {jax.__version__}; loop {args.loop}; "
@@ -175,7 +176,7 @@ def main(argv=None):
                 extra += [(f"float-{tag}", bench(ours_f, (x, wpk), args.reps, args.loop)),
                           (f"packed-{tag}", bench(ours_p, (xp.words, wpk), args.reps, args.loop))]
             if also:
-                set_wg("on" if args.wgmma == "both" else args.wgmma)
+                set_wg(main_mode)
                 jax.clear_caches()
             t_16 = bench(cudnn, (x16, w16), args.reps, args.loop)
             t_32 = bench(cudnn, (x, w32), args.reps, args.loop)

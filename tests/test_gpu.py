@@ -766,6 +766,41 @@ def test_fast_kernel_knobs(knob, value, case):
         jax.clear_caches()
 
 
+@pytest.mark.parametrize("form", ["rs", "ss"])
+@pytest.mark.parametrize("shape", [(128, 128, (28, 28), 2), (256, 128, (3, 3), 70),
+                                   (512, 256, (7, 7), 3)], ids=["c128", "images", "c512"])
+def test_fast_wgmma_waits_for_weights(form, shape):
+    """The wgmma kernel's first tiles wait for their weights (tensor-map
+    copies): with set_debug_weight_delay(200) their shared memory holds ones
+    and warpgroup 1 issues the copies 200 us late, so a K loop that read the
+    weights before they land would give wrong sums. Both forms (A from
+    registers, from shared memory), float and packed output, exact. (Session
+    12 lost the register-A form's wait; every test passed by luck.)"""
+    mod = _cuda_mod()
+    if not mod.wgmma_available():
+        pytest.skip("the wgmma kernel needs compute capability 9.0 and a build with sm_90a code")
+    with pytest.raises(ValueError, match="us"):
+        mod.set_debug_weight_delay(-1)
+    c, o, hw, n = shape
+    old = mod.get_fast_wgmma()
+    mod.set_fast_wgmma("rs" if form == "rs" else "on")
+    mod.set_debug_weight_delay(200)
+    jax.clear_caches()  # (CUDA graphs captured with other knobs)
+    try:
+        x = np.asarray(rand_x(1500 + c, (n,) + hw + (c,)))
+        w = np.asarray(rand_x(1600 + c, (3, 3, c, o)))
+        for output in ("float", "packed"):
+            check(x, w, type="xnor", padding="SAME", output=output,
+                  output_bias=rand_vec(1700 + c, o, -30, 30))
+            assert mod.last_wgmma_form() == form
+            assert mod.last_weight_copy() == "tensor_map"
+        assert mod.get_debug_weight_delay() == 200
+    finally:
+        mod.set_debug_weight_delay(0)
+        mod.set_fast_wgmma(old)
+        jax.clear_caches()
+
+
 def test_fast_wgmma_auto_mode():
     """set_fast_wgmma("auto"), the default: on a GPU that can run the wgmma
     kernel (compute capability 9.0, sm_90a code) it runs where every SM gets a

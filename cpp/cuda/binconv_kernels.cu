@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>  // getenv (JAX_BINCONV_SWITCHES builds)
 #include <mutex>
 #include <numeric>
 #include <type_traits>
@@ -1182,6 +1183,7 @@ std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
 std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 std::atomic<int> g_wgmma{kWgmmaAuto};  // set_fast_wgmma
+std::atomic<int> g_dbg_wdelay_us{0};  // set_debug_weight_delay (a test knob)
 std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1: A from registers, 2: from shared memory) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1665,6 +1667,8 @@ int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
 void set_fast_wgmma(int mode) { g_wgmma.store(mode, std::memory_order_relaxed); }
 int fast_wgmma() { return g_wgmma.load(std::memory_order_relaxed); }
 int last_wgmma() { return g_last_wgmma.load(std::memory_order_relaxed); }
+void set_debug_weight_delay(int us) { g_dbg_wdelay_us.store(us, std::memory_order_relaxed); }
+int debug_weight_delay() { return g_dbg_wdelay_us.load(std::memory_order_relaxed); }
 bool wgmma_available() {
   DevInfo di;
   return dev_info(&di) == cudaSuccess && wgmma_device(di);
@@ -1842,8 +1846,14 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
     fa.out = b.out;
     fa.tab = at<int>(scratch, pl.off_ftab);
     fa.x_late = fused_prep ? 1 : 0;
-    err = launch_fast_tables(fused_prep ? pa : PrepArgs{}, fa, stream);
-    if (err != cudaSuccess) return err;
+    fa.dbg_wdelay_us = g_dbg_wdelay_us.load(std::memory_order_relaxed);
+#ifdef JAX_BINCONV_SWITCHES
+    if (const char* sw = std::getenv("JAX_BINCONV_SW")) fa.dbg_sw = std::atoi(sw);
+#endif
+    if (!BINCONV_SW(fa, 1)) {
+      err = launch_fast_tables(fused_prep ? pa : PrepArgs{}, fa, stream);
+      if (err != cudaSuccess) return err;
+    }
     return launch_fast(fa, fa.thr ? EPI_THR : (p.out_packed ? EPI_PACKED : EPI_FLOAT), fsmem,
                        stream);
   }

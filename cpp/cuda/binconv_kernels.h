@@ -110,6 +110,12 @@ int fast_wgmma();
 int last_wgmma();
 // Whether this build and the current GPU can run the wgmma kernel.
 bool wgmma_available();
+// Test knob: the wgmma kernel, where its weights come by tensor map, fills
+// their shared memory with ones and issues their copies `us` microseconds
+// late (0, the default: no delay), so that a K loop that reads the weights
+// before they land gives a wrong result instead of passing by luck.
+void set_debug_weight_delay(int us);
+int debug_weight_delay();
 
 // Enqueues the whole convolution on `stream`. `scratch` holds
 // scratch_bytes(p) bytes, aligned to 64 (16 would do). Returns the first CUDA error

@@ -177,7 +177,27 @@ struct FastArgs {
   // descriptor's LBO).
   int ss_gpr, ss_groups, ss_w8, ss_rows, ss_gp;
   FastDiv div_gpr;
+  // Test knob (set_debug_weight_delay; 0 in normal use): the wgmma kernel
+  // with weights by tensor map poisons their shared memory, and warpgroup 1
+  // issues their copies this many microseconds late, so that a K loop that
+  // does not wait for them reads the poison (a wrong result, not a race that
+  // passes by luck).
+  int dbg_wdelay_us;
+  // Experiment switches (builds with -DJAX_BINCONV_SWITCHES only, else 0;
+  // results are wrong with any set): see BINCONV_SW.
+  int dbg_sw;
 };
+
+// BINCONV_SW(bit): an experiment switch of a -DJAX_BINCONV_SWITCHES build
+// (env JAX_BINCONV_SW, read by launch_conv): 1 no tables kernel, 2 no weight
+// copy and no wait for it, 4 no epilogue, 8 the convolution returns at once,
+// 16 the tables kernel returns at once, 32 no table copy or wait. Always
+// false in other builds.
+#ifdef JAX_BINCONV_SWITCHES
+#define BINCONV_SW(a, bit) (((a).dbg_sw & (bit)) != 0)
+#else
+#define BINCONV_SW(a, bit) false
+#endif
 
 // The valid-tap range [lo, hi) along one axis of the output position whose
 // first tap is at i0, and its index among the n classes (lo_tab[i],
@@ -553,6 +573,7 @@ template <bool HALF>
 __global__ void __launch_bounds__(256) fast_tables_kernel(PrepArgs pa, FastArgs a) {
   pdl_wait();
   pdl_launch_dependents();
+  if (BINCONV_SW(a, 16)) return;
   if ((int)blockIdx.x < pa.xblocks)
     prep_x(pa, blockIdx.x);
   else
@@ -747,6 +768,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
 #endif
   // WG: 1 the wgmma kernel with A from registers, 2 from shared memory (ss).
   constexpr bool SS = WG == 2;
+  if (BINCONV_SW(a, 8)) return;
   const int ncls = a.ncy * a.ncx;
   const FastSmem L = fast_smem(a, HALF);
   uint4* bs = reinterpret_cast<uint4*>(fsm + L.b);
@@ -897,18 +919,28 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   TLS(1);
   // wgmma: the weights' 1024-aligned base (swizzle atoms).
   const uint32_t wg_bbase = (smem_u32(bs) + 1023u) & ~1023u;
+  // wgmma, weights by tensor map: thread t < kWgWbars issues K block t (the
+  // last of them: the rest too) on mbarrier t.
+  auto issue_wg_weights = [&](int t) {
+    const int kend = t == kWgWbars - 1 ? a.wg_kblocks : t + 1;
+    mbar_arrive_expect_tx(wbar + 8 * t, (uint32_t)((kend - t) * kFastBN * 128));
+    for (int kb = t; kb < kend; ++kb)
+      tensor_copy_5d(wg_bbase + kb * (kFastBN * 128), &wmap, 16 * kb, 0, 0, 0,
+                     EPI == EPI_FLOAT ? n0 / 16 : n0 / 4, wbar + 8 * t);
+  };
   if (WG) {
     // Shared row f holds channel n0 + wg_chan_of_col(f), in K blocks of 8
     // chunks (wg_b_offset). By tensor map (O a multiple of 128): one box
     // per K block (zeros past kc: the padding chunks); else 16-byte cp.async.
-    // Thread kb < kWgWbars: K block kb (the last of them: the rest too) on
-    // mbarrier kb.
-    if (wtmap && tid < min(a.wg_kblocks, kWgWbars)) {
-      const int kend = tid == kWgWbars - 1 ? a.wg_kblocks : tid + 1;
-      mbar_arrive_expect_tx(wbar + 8 * tid, (uint32_t)((kend - tid) * kFastBN * 128));
-      for (int kb = tid; kb < kend; ++kb)
-        tensor_copy_5d(wg_bbase + kb * (kFastBN * 128), &wmap, 16 * kb, 0, 0, 0,
-                       EPI == EPI_FLOAT ? n0 / 16 : n0 / 4, wbar + 8 * tid);
+    // (issue_wg_weights; with a.dbg_wdelay_us after the prologue's barrier
+    // instead, late)
+    if (wtmap && !a.dbg_wdelay_us && !BINCONV_SW(a, 2) && tid < min(a.wg_kblocks, kWgWbars)) {
+      issue_wg_weights(tid);
+    } else if (wtmap && a.dbg_wdelay_us) {
+      // The test knob: poison (all ones) before the fence and barrier below.
+      uint4* wb = reinterpret_cast<uint4*>(fsm + (wg_bbase - smem_u32(fsm)));
+      for (int q = tid; q < a.wg_kblocks * kFastBN * 8; q += kFastThreads)
+        wb[q] = make_uint4(kFull, kFull, kFull, kFull);
     } else if (!wtmap) {
       for (int q = tid; q < kFastBN * a.pitch_b; q += kFastThreads) {
         const int r = q / a.pitch_b, k = q - r * a.pitch_b;
@@ -1047,6 +1079,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   }
   __syncthreads();  // ltab
   TLS(2);
+  if (WG && wtmap && a.dbg_wdelay_us && tid >= 128 && tid - 128 < min(a.wg_kblocks, kWgWbars)) {
+    // The test knob: warpgroup 1 issues the weights, late (warpgroup 0's
+    // first K loop must wait for them).
+    for (int u = 0; u < a.dbg_wdelay_us; ++u) __nanosleep(1000);
+    issue_wg_weights(tid - 128);
+  }
 
   if (!tma && !a.x_late) load_first();
   cp_async_commit();
@@ -1188,7 +1226,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const uint32_t as_addr = smem_u32(fsm + slot_buf(buf));
       const int4* rows_b = rows + buf * kFastBM;
       int acc0[64], acc1[64], x10[4], x11[4];  // (set by the first K step: accumulate flag 0)
-      const bool wfirst = wtmap && j == 0;  // the weights may still be landing
+      const bool wfirst = wtmap && j == 0 && !BINCONV_SW(a, 2);  // the weights may still be landing
       if constexpr (SS) {
         // A from shared memory: the whole tile's steps issued at once (no
         // registers for A, no wait inside the loop). K step i's start
@@ -1250,6 +1288,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         if (j == 0) TLS(5);
         auto step = [&](int i, auto b_const) {
           constexpr int B = decltype(b_const)::value;  // i % kWgAbufs
+          // The first tile: K block i >> 2's weights have landed (its steps
+          // start as their block does).
+          if (wfirst && (i & 3) == 0 && (i >> 2) < kWgWbars) mbar_wait(wbar + 8 * (i >> 2), 0);
           wg_fence();
           const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
           wgmma_n128(acc0, af[B][0], bd, i);
@@ -1278,7 +1319,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       }
       if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
       wg_wait<0>();
-      if (j == 0) {
+      if (j == 0 && !BINCONV_SW(a, 32)) {
         TLS(6);
         // The table, before the first epilogue: copied by warp 0 after its
         // first tile's wgmmas (which so overlap the tables kernel).
@@ -1370,6 +1411,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
             emit(std::false_type{});
         }
       };
+      if (BINCONV_SW(a, 4)) continue;
       if constexpr (EPI == EPI_THR) {
         // The thread's 4 rows (2 per half) at once, channel groups in the
         // outer loop, each word as two 16-bit chains (channels 16-31, 0-15)

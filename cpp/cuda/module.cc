@@ -225,6 +225,19 @@ PYBIND11_MODULE(_cuda, m) {
       },
       "The wgmma form of the most recent fast-kernel call: 'ss' (A from shared memory), "
       "'rs' (A from registers), '' (mma.sync), None (no fast call yet).");
+  m.def(
+      "set_debug_weight_delay",
+      [](int us) {
+        if (us < 0 || us > 10000)
+          throw py::value_error("set_debug_weight_delay: us must be in [0, 10000]");
+        binconv::cuda::set_debug_weight_delay(us);
+      },
+      py::arg("us"),
+      "Test knob: the wgmma kernel, where its weights come by tensor map, fills their shared "
+      "memory with ones and issues their copies `us` microseconds late (0, the default: no "
+      "delay), so that a K loop that read the weights before they land would give a wrong "
+      "result. Results are the same. Process-wide.");
+  m.def("get_debug_weight_delay", []() { return binconv::cuda::debug_weight_delay(); });
   m.def("wgmma_available", []() { return binconv::cuda::wgmma_available(); },
         "Whether this build has sm_90a code and the current GPU can run it (compute capability "
         "9.0): where the fast kernel's K loop can run on wgmma.");

@@ -177,6 +177,13 @@ struct FastArgs {
   // descriptor's LBO).
   int ss_gpr, ss_groups, ss_w8, ss_rows, ss_gp;
   FastDiv div_gpr;
+  // The wgmma kernel's table: 1 built by warpgroup 1 from the weights in
+  // shared memory and the output vectors (no tables kernel: the block's
+  // rows of `tab` are not read), 0 copied from `tab` (fast_tables_kernel).
+  int tab_inline;
+  // 1: no kernel of ours before this one waited for the stream's previous
+  // work (no tables kernel ran): pdl_wait before the first global read.
+  int pdl_first;
   // Test knob (set_debug_weight_delay; 0 in normal use): the wgmma kernel
   // with weights by tensor map poisons their shared memory, and warpgroup 1
   // issues their copies this many microseconds late, so that a K loop that
@@ -490,6 +497,28 @@ __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, 
   return up ? make_int2(l, 0x7fffffff) : make_int2(-0x7fffffff - 1, l - 1);
 }
 
+// The same edge by one thread (bisection: f is monotone, so it finds the
+// edge the warp's search finds): the wgmma kernel's own table (tab_inline),
+// a channel per thread.
+__device__ int2 packed_threshold_thread(float sc, float bi, int act, float slope, int amin,
+                                        int amax) {
+  auto f = [&](int v) { return bin_bit(epilogue((float)v, sc, 1.0f, bi, act, slope)) != 0; };
+  if (sc == 0.0f)
+    return f(amin) ? make_int2(-0x7fffffff - 1, 0x7fffffff) : make_int2(1, 0);
+  const bool up = sc > 0.0f;
+  if (!f(up ? amax : amin)) return make_int2(1, 0);
+  // The first v in [amin, amax + 1] where f(v) == up (true at amax + 1).
+  int l = amin, h = amax + 1;
+  while (l < h) {
+    const int mid = l + (h - l) / 2;
+    if (f(mid) == up)
+      h = mid;
+    else
+      l = mid + 1;
+  }
+  return up ? make_int2(l, 0x7fffffff) : make_int2(-0x7fffffff - 1, l - 1);
+}
+
 // Block `block` of the tables: 8 channels, a warp each (256 threads).
 template <bool HALF>
 __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) {
@@ -762,9 +791,14 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   // MMA-order barrier, read before it in session 11's runs).
   unsigned long long tl_[10] = {};
 #define TLS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tl_[i]) :: "memory")
+  // Per tile (every block, threads 0 and 128): its loop iteration's start,
+  // the K loop's start and end, the epilogue's end ("TT" lines).
+  unsigned long long tt_[4] = {};
+#define TTS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tt_[i]) :: "memory")
   TLS(0);
 #else
 #define TLS(i) (void)0
+#define TTS(i) (void)0
 #endif
   // WG: 1 the wgmma kernel with A from registers, 2 from shared memory (ss).
   constexpr bool SS = WG == 2;
@@ -890,7 +924,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     if (tid == 0) {
       for (int b = 0; b < (WG ? kWgWbars : 1); ++b) mbar_init(wbar + 8 * b, 1);
       for (int b = 0; b < (WG ? 4 : 2); ++b) mbar_init(sbar0 + 8 * b, WG ? 128 : kFastThreads);
-      if (WG) mbar_init(tbar, 32);  // the table copy (warp 0's lanes)
+      if (WG) mbar_init(tbar, a.tab_inline ? 128 : 32);  // the table: warpgroup 1 builds it, or warp 0's lanes copy it
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
   }
@@ -915,6 +949,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     else
       load_tile(0, mt0, tid, kFastThreads, warp, kFastThreads / 32);
   };
+  // No tables kernel before this one (pdl_first): the kernel before it may
+  // still run (programmatic launch); its results are visible after this.
+  if (a.pdl_first) pdl_wait();
   if (tma && !a.x_late) load_first();
   TLS(1);
   // wgmma: the weights' 1024-aligned base (swizzle atoms).
@@ -1122,7 +1159,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     load_first();
     if (!WG)
       load_tab();
-    else if (warp == 0)
+    else if (warp == 0 && !a.tab_inline)
       load_tab_wg();
   }
 
@@ -1188,9 +1225,57 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     const uint32_t ones = smem_u32(fsm + L.x1m);
     const uint64_t x1full = wg_desc(ones, 128, 256), x1last = wg_desc(ones + 256, 128, 256);
     uint32_t flipw = 0;  // thr: flip bits of the thread's word (channels 32 tq ..)
+    if (a.tab_inline && wgi == 1) {
+      // ---- the table (tab_inline), by warpgroup 1 before its first tile
+      // (whose wgmmas wait for warpgroup 0's first tile's anyway): thread r
+      // the channel of weight row r, its entries as fast_tables_block
+      // gives them (see there), into the layout load_tab_wg copies.
+      const int r = wlt, c = wg_chan_of_col<EPI>(r), o = n0 + c;
+      const bool real = o < a.o;
+      int bound = a.amax + 2, flip = 1;  // empty: acc >= amax + 2 never holds
+      if (a.thr && real) {
+        const int2 t2 = packed_threshold_thread(__ldg(a.osc + o), __ldg(a.obias + o), a.act,
+                                                a.slope, a.amin, a.amax);
+        if (t2.x <= t2.y) {
+          if (t2.y >= a.amax) {
+            bound = max(t2.x, a.amin - 1);
+          } else {
+            bound = t2.y + 1;
+            flip = 0;
+          }
+        }
+      }
+      // The weights (tensor map: on their mbarriers; cp.async: complete
+      // since the prologue's barrier), row r's popcounts per tap.
+      if (wtmap)
+        for (int b = 0; b < min(a.wg_kblocks, kWgWbars); ++b) mbar_wait(wbar + 8 * b, 0);
+      const unsigned char* wrow = fsm + (wg_bbase - smem_u32(fsm));
+      auto chunk_popc = [&](int kk) {
+        const uint4 v = *reinterpret_cast<const uint4*>(wrow + wg_b_offset(r, kk));
+        return __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w);
+      };
+      int w1all = 0;
+      for (int kk = 0; kk < a.kc; ++kk) w1all += chunk_popc(kk);
+      int* tab_w = reinterpret_cast<int*>(fsm + L.tab);
+      const int at = wg_tab_at<EPI>(c);
+      for (int cls = 0; cls < ncls; ++cls) {
+        const int cy = cls / a.ncx, cx = cls - cy * a.ncx;
+        int w1v = 0;
+        for (int dy = a.cy_a[cy]; dy < a.cy_b[cy]; ++dy)
+          for (int dx = a.cx_c[cx]; dx < a.cx_d[cx]; ++dx)
+            for (int cc = 0; cc < a.p; ++cc) w1v += chunk_popc((dy * a.kw + dx) * a.p + cc);
+        const int term = !real ? 0
+                         : a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
+                                          : a.pv * (w1all - w1v);
+        tab_w[cls * kFastBN + at] = a.thr ? bound - term : term;
+      }
+      if (a.thr) tab_w[ncls * kFastBN + at] = flip;
+      mbar_arrive(tbar);  // (release: the epilogues read the table after their wait)
+    }
     int j = 0;
     for (int k = wgi; mt0 + k * mstep < a.mtiles; k += 2, ++j) {
       const int mt = mt0 + k * mstep;
+      TTS(0);
       const int buf = 2 * wgi + (j & 1);
       const int m0 = mt * kFastBM;
       const int row0 = fdiv(m0, a.div_wo);
@@ -1241,6 +1326,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           for (int b = 0; b < min(a.wg_kblocks, kWgWbars); ++b) mbar_wait(wbar + 8 * b, 0);
         if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
         if (j == 0) TLS(5);
+        TTS(1);
         auto kloop = [&](auto x1_const) {
           auto kstep = [&](int i, auto first_const) {
             constexpr bool F = decltype(first_const)::value;
@@ -1286,6 +1372,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         int knext = a.ks > 2 ? kp[4] : 0;  // step 2's (ktab has 2 ks + 2 entries)
         if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
         if (j == 0) TLS(5);
+        TTS(1);
         auto step = [&](int i, auto b_const) {
           constexpr int B = decltype(b_const)::value;  // i % kWgAbufs
           // The first tile: K block i >> 2's weights have landed (its steps
@@ -1319,11 +1406,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       }
       if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
       wg_wait<0>();
+      TTS(2);
       if (j == 0 && !BINCONV_SW(a, 32)) {
         TLS(6);
         // The table, before the first epilogue: copied by warp 0 after its
         // first tile's wgmmas (which so overlap the tables kernel).
-        if (!a.x_late && warp == 0) load_tab_wg();
+        if (!a.x_late && !a.tab_inline && warp == 0) load_tab_wg();
         mbar_wait(tbar, 0);
         TLS(7);
         if (EPI == EPI_THR) {
@@ -1461,6 +1549,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         epi_half(acc1, x11, 64 + 16 * wlw);
       }
       if (j == 0) TLS(8);
+#ifdef JAX_BINCONV_TIMELINE
+      TTS(3);
+      if (wlt == 0)
+        printf("TT %d %d %d %d %llu %llu %llu %llu\n", blockIdx.x, wgi, j, mt, tt_[0], tt_[1],
+               tt_[2], tt_[3]);
+#endif
     }
   } else {
     int buf = 0, it = 0;
@@ -1738,6 +1832,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   cp_async_wait<0>();
 #ifdef JAX_BINCONV_TIMELINE
   TLS(9);
+  if (WG && (tid == 0 || tid == 128)) printf("TB %d %d %llu %llu\n", blockIdx.x, tid >> 7, tl_[0], tl_[9]);
   if (WG && (tid == 0 || tid == 128) &&
       (blockIdx.x <= 1 || blockIdx.x == gridDim.x - 1)) {
     long long d[10];

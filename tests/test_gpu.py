@@ -729,8 +729,7 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
                                         ("fast_weight_copy", "cp.async"),
                                         ("fast_fused_prep", False), ("fast_wgmma", "on"),
-                                        ("fast_wgmma", "rs"), ("fast_wgmma", "off"),
-                                        ("fast_inline_tables", False)])
+                                        ("fast_wgmma", "rs"), ("fast_wgmma", "off")])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
     programmatic dependent launch off (set_fast_pdl(False), the launch path
@@ -738,15 +737,10 @@ def test_fast_kernel_knobs(knob, value, case):
     row or by 16-byte cp.async (what GPUs before sm_90 run) instead of one
     tensor-map box; float x packed by a kernel of its own before the tables
     kernel instead of both in one; the K loop on wgmma wherever it can run
-    (compute capability 9.0) or never, instead of where it pays; the wgmma
-    kernel's table by the tables kernel instead of by the kernel itself
-    (with the wgmma kernel on wherever it runs). Packed and float results
-    still equal the reference."""
+    (compute capability 9.0) or never, instead of where it pays. Packed and
+    float results still equal the reference."""
     mod = _cuda_mod()
     old = getattr(mod, "get_" + knob)()
-    old_wg = mod.get_fast_wgmma()
-    if knob == "fast_inline_tables":
-        mod.set_fast_wgmma("on")
     getattr(mod, "set_" + knob)(value)
     jax.clear_caches()  # no executable whose CUDA graph was captured with other knobs
     try:
@@ -761,8 +755,6 @@ def test_fast_kernel_knobs(knob, value, case):
                 # (the wgmma kernel has no bulk mode: cp.async instead)
                 bulk_as = "cp.async" if mod.last_wgmma() else "bulk"
                 assert mod.last_weight_copy() == (bulk_as if value == "bulk" else value)
-            if knob == "fast_inline_tables":
-                assert mod.last_wgmma() == mod.wgmma_available()
             if knob == "fast_wgmma":
                 wg = value in ("on", "rs") and mod.wgmma_available()
                 assert mod.last_wgmma() == wg
@@ -771,7 +763,6 @@ def test_fast_kernel_knobs(knob, value, case):
         assert getattr(mod, "get_" + knob)() == value
     finally:
         getattr(mod, "set_" + knob)(old)
-        mod.set_fast_wgmma(old_wg)
         jax.clear_caches()
 
 

@@ -1184,7 +1184,6 @@ std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 std::atomic<int> g_wgmma{kWgmmaAuto};  // set_fast_wgmma
 std::atomic<int> g_dbg_wdelay_us{0};  // set_debug_weight_delay (a test knob)
-std::atomic<bool> g_inline_tables{true};  // set_fast_inline_tables
 std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1: A from registers, 2: from shared memory) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1565,11 +1564,10 @@ cudaError_t launch_pdl(cudaLaunchConfig_t cfg, void (*kernel)(KArgs...), Args&&.
   return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
-// The tables (none where the wgmma kernel builds its own, tab_inline),
-// after pa.xblocks blocks of x packing (0: none).
+// The tables, after pa.xblocks blocks of x packing (0: none).
 cudaError_t launch_fast_tables(const PrepArgs& pa, const FastArgs& a, cudaStream_t stream) {
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3((unsigned)(pa.xblocks + (a.tab_inline ? 0 : a.opad / 8)));
+  cfg.gridDim = dim3((unsigned)(pa.xblocks + a.opad / 8));
   cfg.blockDim = dim3(256);
   cfg.stream = stream;
   return a.half ? launch_pdl(cfg, fast_tables_kernel<true>, pa, a)
@@ -1669,8 +1667,6 @@ int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
 void set_fast_wgmma(int mode) { g_wgmma.store(mode, std::memory_order_relaxed); }
 int fast_wgmma() { return g_wgmma.load(std::memory_order_relaxed); }
 int last_wgmma() { return g_last_wgmma.load(std::memory_order_relaxed); }
-void set_fast_inline_tables(bool on) { g_inline_tables.store(on, std::memory_order_relaxed); }
-bool fast_inline_tables() { return g_inline_tables.load(std::memory_order_relaxed); }
 void set_debug_weight_delay(int us) { g_dbg_wdelay_us.store(us, std::memory_order_relaxed); }
 int debug_weight_delay() { return g_dbg_wdelay_us.load(std::memory_order_relaxed); }
 bool wgmma_available() {
@@ -1854,13 +1850,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
 #ifdef JAX_BINCONV_SWITCHES
     if (const char* sw = std::getenv("JAX_BINCONV_SW")) fa.dbg_sw = std::atoi(sw);
 #endif
-    // The wgmma kernel builds its table itself (tab_inline): the tables
-    // kernel then runs only to pack float x (fused_prep), else not at all,
-    // and the convolution waits for the kernel before it itself (pdl_first).
-    fa.tab_inline = fa.wg && g_inline_tables.load(std::memory_order_relaxed) ? 1 : 0;
-    const bool tables_kernel = !fa.tab_inline || fused_prep;
-    fa.pdl_first = tables_kernel ? 0 : 1;
-    if (tables_kernel && !BINCONV_SW(fa, 1)) {
+    if (!BINCONV_SW(fa, 1)) {
       err = launch_fast_tables(fused_prep ? pa : PrepArgs{}, fa, stream);
       if (err != cudaSuccess) return err;
     }

@@ -110,12 +110,6 @@ int fast_wgmma();
 int last_wgmma();
 // Whether this build and the current GPU can run the wgmma kernel.
 bool wgmma_available();
-// The wgmma kernel's (class, channel) table: built by the kernel itself
-// from its weights in shared memory (true, the default: no tables kernel
-// runs for packed x) or by fast_tables_kernel before it (false). Same
-// results. Process-wide, read at every call.
-void set_fast_inline_tables(bool on);
-bool fast_inline_tables();
 // Test knob: the wgmma kernel, where its weights come by tensor map, fills
 // their shared memory with ones and issues their copies `us` microseconds
 // late (0, the default: no delay), so that a K loop that reads the weights

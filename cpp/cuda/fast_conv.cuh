@@ -177,13 +177,6 @@ struct FastArgs {
   // descriptor's LBO).
   int ss_gpr, ss_groups, ss_w8, ss_rows, ss_gp;
   FastDiv div_gpr;
-  // The wgmma kernel's table: 1 built by warpgroup 1 from the weights in
-  // shared memory and the output vectors (no tables kernel: the block's
-  // rows of `tab` are not read), 0 copied from `tab` (fast_tables_kernel).
-  int tab_inline;
-  // 1: no kernel of ours before this one waited for the stream's previous
-  // work (no tables kernel ran): pdl_wait before the first global read.
-  int pdl_first;
   // Test knob (set_debug_weight_delay; 0 in normal use): the wgmma kernel
   // with weights by tensor map poisons their shared memory, and warpgroup 1
   // issues their copies this many microseconds late, so that a K loop that
@@ -497,28 +490,6 @@ __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, 
   return up ? make_int2(l, 0x7fffffff) : make_int2(-0x7fffffff - 1, l - 1);
 }
 
-// The same edge by one thread (bisection: f is monotone, so it finds the
-// edge the warp's search finds): the wgmma kernel's own table (tab_inline),
-// a channel per thread.
-__device__ int2 packed_threshold_thread(float sc, float bi, int act, float slope, int amin,
-                                        int amax) {
-  auto f = [&](int v) { return bin_bit(epilogue((float)v, sc, 1.0f, bi, act, slope)) != 0; };
-  if (sc == 0.0f)
-    return f(amin) ? make_int2(-0x7fffffff - 1, 0x7fffffff) : make_int2(1, 0);
-  const bool up = sc > 0.0f;
-  if (!f(up ? amax : amin)) return make_int2(1, 0);
-  // The first v in [amin, amax + 1] where f(v) == up (true at amax + 1).
-  int l = amin, h = amax + 1;
-  while (l < h) {
-    const int mid = l + (h - l) / 2;
-    if (f(mid) == up)
-      h = mid;
-    else
-      l = mid + 1;
-  }
-  return up ? make_int2(l, 0x7fffffff) : make_int2(-0x7fffffff - 1, l - 1);
-}
-
 // Block `block` of the tables: 8 channels, a warp each (256 threads).
 template <bool HALF>
 __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) {
@@ -792,7 +763,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   unsigned long long tl_[10] = {};
 #define TLS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tl_[i]) :: "memory")
   // Per tile (every block, threads 0 and 128): its loop iteration's start,
-  // the K loop's start and end, the epilogue's end ("TT" lines).
+  // the K loop's start and end, the epilogue's end ("TT" lines; printed
+  // after each tile: only the first tile's marks are undisturbed).
   unsigned long long tt_[4] = {};
 #define TTS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tt_[i]) :: "memory")
   TLS(0);
@@ -924,7 +896,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     if (tid == 0) {
       for (int b = 0; b < (WG ? kWgWbars : 1); ++b) mbar_init(wbar + 8 * b, 1);
       for (int b = 0; b < (WG ? 4 : 2); ++b) mbar_init(sbar0 + 8 * b, WG ? 128 : kFastThreads);
-      if (WG) mbar_init(tbar, a.tab_inline ? 128 : 32);  // the table: warpgroup 1 builds it, or warp 0's lanes copy it
+      if (WG) mbar_init(tbar, 32);  // the table copy (warp 0's lanes)
     }
     __syncthreads();  // the barriers are initialized before any copy signals them
   }
@@ -949,9 +921,6 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     else
       load_tile(0, mt0, tid, kFastThreads, warp, kFastThreads / 32);
   };
-  // No tables kernel before this one (pdl_first): the kernel before it may
-  // still run (programmatic launch); its results are visible after this.
-  if (a.pdl_first) pdl_wait();
   if (tma && !a.x_late) load_first();
   TLS(1);
   // wgmma: the weights' 1024-aligned base (swizzle atoms).
@@ -1159,7 +1128,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     load_first();
     if (!WG)
       load_tab();
-    else if (warp == 0 && !a.tab_inline)
+    else if (warp == 0)
       load_tab_wg();
   }
 
@@ -1225,53 +1194,6 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     const uint32_t ones = smem_u32(fsm + L.x1m);
     const uint64_t x1full = wg_desc(ones, 128, 256), x1last = wg_desc(ones + 256, 128, 256);
     uint32_t flipw = 0;  // thr: flip bits of the thread's word (channels 32 tq ..)
-    if (a.tab_inline && wgi == 1) {
-      // ---- the table (tab_inline), by warpgroup 1 before its first tile
-      // (whose wgmmas wait for warpgroup 0's first tile's anyway): thread r
-      // the channel of weight row r, its entries as fast_tables_block
-      // gives them (see there), into the layout load_tab_wg copies.
-      const int r = wlt, c = wg_chan_of_col<EPI>(r), o = n0 + c;
-      const bool real = o < a.o;
-      int bound = a.amax + 2, flip = 1;  // empty: acc >= amax + 2 never holds
-      if (a.thr && real) {
-        const int2 t2 = packed_threshold_thread(__ldg(a.osc + o), __ldg(a.obias + o), a.act,
-                                                a.slope, a.amin, a.amax);
-        if (t2.x <= t2.y) {
-          if (t2.y >= a.amax) {
-            bound = max(t2.x, a.amin - 1);
-          } else {
-            bound = t2.y + 1;
-            flip = 0;
-          }
-        }
-      }
-      // The weights (tensor map: on their mbarriers; cp.async: complete
-      // since the prologue's barrier), row r's popcounts per tap.
-      if (wtmap)
-        for (int b = 0; b < min(a.wg_kblocks, kWgWbars); ++b) mbar_wait(wbar + 8 * b, 0);
-      const unsigned char* wrow = fsm + (wg_bbase - smem_u32(fsm));
-      auto chunk_popc = [&](int kk) {
-        const uint4 v = *reinterpret_cast<const uint4*>(wrow + wg_b_offset(r, kk));
-        return __popc(v.x) + __popc(v.y) + __popc(v.z) + __popc(v.w);
-      };
-      int w1all = 0;
-      for (int kk = 0; kk < a.kc; ++kk) w1all += chunk_popc(kk);
-      int* tab_w = reinterpret_cast<int*>(fsm + L.tab);
-      const int at = wg_tab_at<EPI>(c);
-      for (int cls = 0; cls < ncls; ++cls) {
-        const int cy = cls / a.ncx, cx = cls - cy * a.ncx;
-        int w1v = 0;
-        for (int dy = a.cy_a[cy]; dy < a.cy_b[cy]; ++dy)
-          for (int dx = a.cx_c[cx]; dx < a.cx_d[cx]; ++dx)
-            for (int cc = 0; cc < a.p; ++cc) w1v += chunk_popc((dy * a.kw + dx) * a.p + cc);
-        const int term = !real ? 0
-                         : a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
-                                          : a.pv * (w1all - w1v);
-        tab_w[cls * kFastBN + at] = a.thr ? bound - term : term;
-      }
-      if (a.thr) tab_w[ncls * kFastBN + at] = flip;
-      mbar_arrive(tbar);  // (release: the epilogues read the table after their wait)
-    }
     int j = 0;
     for (int k = wgi; mt0 + k * mstep < a.mtiles; k += 2, ++j) {
       const int mt = mt0 + k * mstep;
@@ -1411,7 +1333,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         TLS(6);
         // The table, before the first epilogue: copied by warp 0 after its
         // first tile's wgmmas (which so overlap the tables kernel).
-        if (!a.x_late && !a.tab_inline && warp == 0) load_tab_wg();
+        if (!a.x_late && warp == 0) load_tab_wg();
         mbar_wait(tbar, 0);
         TLS(7);
         if (EPI == EPI_THR) {

@@ -226,14 +226,6 @@ PYBIND11_MODULE(_cuda, m) {
       "The wgmma form of the most recent fast-kernel call: 'ss' (A from shared memory), "
       "'rs' (A from registers), '' (mma.sync), None (no fast call yet).");
   m.def(
-      "set_fast_inline_tables", [](bool on) { binconv::cuda::set_fast_inline_tables(on); },
-      py::arg("on"),
-      "The wgmma kernel's epilogue table (weight popcounts per box class, thresholds of "
-      "packed output): built by the kernel itself (True, the default: for packed x no other "
-      "kernel runs) or by a tables kernel launched before it (False). A benchmark knob, "
-      "results are the same. Process-wide.");
-  m.def("get_fast_inline_tables", []() { return binconv::cuda::fast_inline_tables(); });
-  m.def(
       "set_debug_weight_delay",
       [](int us) {
         if (us < 0 || us > 10000)

@@ -1,9 +1,7 @@
 """Where a call's time goes: N=256 packed applications of BENCH layers timed
 with the experiment switches of a -DJAX_BINCONV_SWITCHES build (env
 JAX_BINCONV_SW, read by launch_conv at every call; see BINCONV_SW in
-fast_conv.cuh); an entry with a trailing "k" (e.g. "0k") runs with
-set_fast_inline_tables(False): the tables kernel builds the wgmma kernel's
-table. Results are wrong with any switch set: timings only. Each
+fast_conv.cuh). Results are wrong with any switch set: timings only. Each
 row: ms per application (min of the repetitions, as benchmarks/gpu.py
 times them), the same run's cuDNN bf16 and the ratio.
 
@@ -51,14 +49,12 @@ def main(layers="L2,L3,L4,L7", sws="0,1,2,4,8,16", mode="auto", n="256"):
         w16 = jax.device_put(jnp.asarray(wf, jnp.bfloat16), gpu)
         bf16 = bench(cudnn, (x16, w16), 10)[0]
         for sw in sws.split(","):
-            _cuda.set_fast_inline_tables(not sw.endswith("k"))
-            os.environ["JAX_BINCONV_SW"] = sw.rstrip("k") or "0"
+            os.environ["JAX_BINCONV_SW"] = sw
             jax.clear_caches()  # (a captured CUDA graph would keep the old value)
             t = bench(ours, (xp, wp), 10)[0]
             print(f"  {name} sw={sw:>3}: {t:.4f} ms  bf16 {bf16:.4f} ms  {bf16 / t:5.2f}x  "
                   f"[{_cuda.last_kernel()} {_cuda.last_wgmma_form()}]", flush=True)
         os.environ["JAX_BINCONV_SW"] = "0"
-        _cuda.set_fast_inline_tables(True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ as in benchmarks/gpu.py), a few times.
 --analyze summarizes the per-block ("TB": start, end) and per-tile ("TT":
 iteration start, K loop start, K loop end, epilogue end) lines of every call
 in microseconds from that call's first block start: mean and max over the
-blocks, per tile index of a warpgroup.
+blocks, per tile index of a warpgroup. Caveat (S13-2): the per-tile printf
+slows the kernel a lot (L4's calls took ~1 ms instead of ~25 us), so only
+each warpgroup's first tile, before any printf of its block, shows
+undisturbed times; the later tiles and the ends do not, and the split into
+calls can go wrong.
 """
 import sys
 

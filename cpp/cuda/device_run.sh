@@ -124,7 +124,8 @@ LIST
     sanwg)
       # compute-sanitizer on the wgmma kernel (set_fast_wgmma; the tests' "wgmma" policy, A
       # from shared memory where it runs, and "wgmma-rs", A from registers: "wgmma" matches
-      # both; the last three selections only the first).
+      # both; the three selections after them only the first; the last two: the
+      # weight-wait test, whose knob poisons the weights and issues their copies late).
       san_list fast_ 150 sanitize_wg <<'LIST'
 memcheck:fast_kernel_packed_io and wgmma and (0-xnor or 2-and or 4-xnor or 7-and)
 memcheck:fast_kernel_float_io and wgmma and (1-xnor or 3-and or 22-xnor or 24-and)
@@ -134,6 +135,8 @@ racecheck:fast_kernel_float_io and wgmma and (2-xnor or 8-and)
 memcheck:fast_kernel_packed_io and wgmma and not rs and (5-xnor or 9-and or 12-xnor)
 memcheck:fast_kernel_float_io and wgmma and not rs and (9-xnor or 12-and or 8-xnor)
 racecheck:fast_kernel_packed_io and wgmma and not rs and (0-and or 12-xnor)
+memcheck:waits_for_weights and (c128 or images)
+racecheck:waits_for_weights and c512
 LIST
       ;;
     sanc64)

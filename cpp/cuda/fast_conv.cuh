@@ -191,7 +191,8 @@ struct FastArgs {
 // BINCONV_SW(bit): an experiment switch of a -DJAX_BINCONV_SWITCHES build
 // (env JAX_BINCONV_SW, read by launch_conv): 1 no tables kernel, 2 no weight
 // copy and no wait for it, 4 no epilogue, 8 the convolution returns at once,
-// 16 the tables kernel returns at once, 32 no table copy or wait. Always
+// 16 the tables kernel returns at once, 32 no table copy or wait, 64 the
+// shared-memory form prefetches the next slots before its K loop. Always
 // false in other builds.
 #ifdef JAX_BINCONV_SWITCHES
 #define BINCONV_SW(a, bit) (((a).dbg_sw & (bit)) != 0)
@@ -1228,7 +1229,13 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // its records may be refilled).
       if (j == 0) TLS(4);
       named_sync(1 + wgi, 128);
-      if (mt + 2 * mstep < a.mtiles) load_tile(buf ^ 1, mt + 2 * mstep, wlt, 128, wlw, 4);
+      // The warpgroup's next tile's slots into the other buffer: A from
+      // registers, now; from shared memory, after this tile's wgmmas are
+      // issued (below: the copies' issue, one lane per box, stalled the K
+      // loop's start; the other warpgroup's tile comes in between).
+      const bool prefetch = mt + 2 * mstep < a.mtiles;
+      const bool prefetch_late = SS && !BINCONV_SW(a, 64);  // (64: the experiment's old order)
+      if (prefetch && !prefetch_late) load_tile(buf ^ 1, mt + 2 * mstep, wlt, 128, wlw, 4);
       cp_async_commit();
       const uint32_t as_addr = smem_u32(fsm + slot_buf(buf));
       const int4* rows_b = rows + buf * kFastBM;
@@ -1327,6 +1334,10 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         }
       }
       if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
+      if (prefetch && prefetch_late) {
+        load_tile(buf ^ 1, mt + 2 * mstep, wlt, 128, wlw, 4);
+        cp_async_commit();
+      }
       wg_wait<0>();
       TTS(2);
       if (j == 0 && !BINCONV_SW(a, 32)) {

@@ -192,7 +192,8 @@ struct FastArgs {
 // (env JAX_BINCONV_SW, read by launch_conv): 1 no tables kernel, 2 no weight
 // copy and no wait for it, 4 no epilogue, 8 the convolution returns at once,
 // 16 the tables kernel returns at once, 32 no table copy or wait, 64 the
-// shared-memory form prefetches the next slots before its K loop. Always
+// shared-memory form prefetches the next slots before its K loop, 128 it
+// reads each step's descriptor fields in the step. Always
 // false in other builds.
 #ifdef JAX_BINCONV_SWITCHES
 #define BINCONV_SW(a, bit) (((a).dbg_sw & (bit)) != 0)
@@ -1234,6 +1235,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // issued (below: the copies' issue, one lane per box, stalled the K
       // loop's start; the other warpgroup's tile comes in between).
       const bool prefetch = mt + 2 * mstep < a.mtiles;
+      // (register-A form late too, S13-14: no gain beyond noise)
       const bool prefetch_late = SS && !BINCONV_SW(a, 64);  // (64: the experiment's old order)
       if (prefetch && !prefetch_late) load_tile(buf ^ 1, mt + 2 * mstep, wlt, 128, wlw, 4);
       cp_async_commit();
@@ -1257,11 +1259,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         if (j == 0) TLS(5);
         TTS(1);
         auto kloop = [&](auto x1_const) {
-          auto kstep = [&](int i, auto first_const) {
+          auto kstep = [&](int i, int e, auto first_const) {
             constexpr bool F = decltype(first_const)::value;
-            // (ktab[i]: step i's start address and LBO fields, see the
+            // (e = ktab[i]: step i's start address and LBO fields, see the
             // prologue)
-            const uint64_t ad = adesc + (uint64_t)(uint32_t)ktab[i];
+            const uint64_t ad = adesc + (uint64_t)(uint32_t)e;
             const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
             wgmma_n128_ss<F>(acc0, ad, bd);
             wgmma_n128_ss<F>(acc1, ad + ahalf, bd);
@@ -1272,9 +1274,17 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
             }
           };
           wg_fence();
-          kstep(0, std::true_type{});
+          // ktab[i] read a step ahead (its load's latency was on each
+          // step's issue: 6% of L4's stall samples on the add after it,
+          // S13-10); ktab has 2 ks + 2 entries.
+          int e_next = ktab[1];
+          kstep(0, ktab[0], std::true_type{});
 #pragma unroll 1
-          for (int i = 1; i < a.ks; ++i) kstep(i, std::false_type{});
+          for (int i = 1; i < a.ks; ++i) {
+            const int e = BINCONV_SW(a, 128) ? ktab[i] : e_next;  // (128: read in the step)
+            e_next = ktab[i + 1];
+            kstep(i, e, std::false_type{});
+          }
         };
         if (need_x1)
           kloop(std::true_type{});

@@ -193,8 +193,11 @@ struct FastArgs {
 // copy and no wait for it, 4 no epilogue, 8 the convolution returns at once,
 // 16 the tables kernel returns at once, 32 no table copy or wait, 64 the
 // shared-memory form prefetches the next slots before its K loop, 128 it
-// reads each step's descriptor fields in the step. Always
-// false in other builds.
+// reads each step's descriptor fields in the step; for bisecting the wgmma
+// K loop's rate against wgmma_probe's: 512 no slot copies after each
+// warpgroup's first tile (the later tiles compute on stale slots), 1024
+// the shared-memory form writes no row records (4 + 512 + 1024: its K
+// loops, barriers and waits alone). Always false in other builds.
 #ifdef JAX_BINCONV_SWITCHES
 #define BINCONV_SW(a, bit) (((a).dbg_sw & (bit)) != 0)
 #else
@@ -1206,7 +1209,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const int img0 = fdiv(row0, a.div_ho);
       // The warpgroup's last tile (see the mma.sync loop).
       if (mt + 2 * mstep >= a.mtiles) pdl_launch_dependents();
-      if constexpr (SS) {
+      if (SS && BINCONV_SW(a, 1024)) {
+        // (experiment: no row records; the K loop of this form needs none)
+      } else if constexpr (SS) {
         // Tile row wlt = 8 q + j: pixel 8 xg + j of output row rg (group mt
         // 16 + q = rg gpr + xg); .w = its output row m (a.m where none: not
         // stored).
@@ -1223,7 +1228,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       } else {
         rows[buf * kFastBM + wlt] = row_record(m0 + wlt, row0, img0);
       }
-      if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(j >> 1) & 1);  // this tile's slots
+      // (experiment 512: only the first tile's slots are copied)
+      if (tma && (j == 0 || !BINCONV_SW(a, 512)))
+        mbar_wait(sbar0 + 8 * buf, (uint32_t)(j >> 1) & 1);  // this tile's slots
       cp_async_wait<0>();  // the slots (cp.async)
       // The warpgroup's barrier: its slots and rows[] are visible, and its
       // warps are past its previous tile's epilogue (the other buffer and
@@ -1234,7 +1241,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // registers, now; from shared memory, after this tile's wgmmas are
       // issued (below: the copies' issue, one lane per box, stalled the K
       // loop's start; the other warpgroup's tile comes in between).
-      const bool prefetch = mt + 2 * mstep < a.mtiles;
+      const bool prefetch = mt + 2 * mstep < a.mtiles && !BINCONV_SW(a, 512);
       // (register-A form late too, S13-14: no gain beyond noise)
       const bool prefetch_late = SS && !BINCONV_SW(a, 64);  // (64: the experiment's old order)
       if (prefetch && !prefetch_late) load_tile(buf ^ 1, mt + 2 * mstep, wlt, 128, wlw, 4);

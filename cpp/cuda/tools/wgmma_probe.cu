@@ -15,6 +15,13 @@
 // 4. (session 12) A from shared memory (SS): correctness for separate and
 //    overlapping core matrices (LBO of one 16-byte unit), and a K loop
 //    that issues a tile's steps back to back (ns per step).
+// 5. (session 13, written and compiled, not yet run; PROBE_SW64=1 runs it
+//    alone) A from shared memory in the K-major 64-byte-swizzle layout:
+//    pixel-major rows of 64 bytes (C = 512: 4 chunks), chunk c of row r at
+//    16 (c ^ ((r >> 1) & 3)) (the pattern a SWIZZLE_64B tensor-map box of
+//    64-byte inner rows writes; here written by hand), read from a start
+//    shifted by dx rows (a tap's shift) and 32 bytes per K step half: for
+//    which descriptor base offsets (bits 49-51) is m64n128k256 exact?
 // nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -o wgmma_probe wgmma_probe.cu
 #include <cstdio>
 #include <cstdint>
@@ -288,6 +295,34 @@ __global__ void check_ss_kernel(const uint4* S, int nunits, const uint4* B, int*
   store_c(C, d);
 }
 
+// Part 5: rows of 64 bytes, the 64-byte swizzle by hand (the 1024-aligned
+// base), one K step (its 32-byte half s of each row) from row dx on, base
+// offset bo; B as in check_ss_kernel (kc = 2). C: [64][128].
+__global__ void check_sw64_kernel(const uint4* A, const uint4* B, int* C, int dx, int s, int bo) {
+  extern __shared__ __align__(128) unsigned char sm[];
+  const uint32_t pad = ((smem_u32(sm) + 1023u) & ~1023u) - smem_u32(sm);
+  unsigned char* as = sm + pad;          // 72 rows x 64 bytes (4608: a multiple of 128)
+  uint4* bs = (uint4*)(as + 72 * 64);    // B core matrices
+  for (int q = threadIdx.x; q < 72 * 4; q += 128) {
+    const int r = q >> 2, c = q & 3;
+    *(uint4*)(as + r * 64 + ((c ^ ((r >> 1) & 3)) << 4)) = A[q];
+  }
+  load_b_core(bs, B, 2);
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+  int d[64];
+  for (int i = 0; i < 64; ++i) d[i] = 0;
+  wg_fence();
+  // K-major, 64-byte swizzle (bits 62-63 = 2), SBO 512 (8 rows of 64
+  // bytes), LBO unused (1), base offset bo.
+  const uint64_t ad = make_desc(smem_u32(as) + dx * 64 + s * 32, 16, 512) | (2ull << 62) |
+                      ((uint64_t)(bo & 7) << 49);
+  wgmma128ss(d, ad, make_desc(smem_u32(bs), 128, 8 * 16 * 2), 0);
+  wg_commit();
+  wg_wait<0>();
+  store_c(C, d);
+}
+
 // SS K loop: per tile, `steps` K steps each of HALVES m64n128 (A and B by
 // descriptor; + m64n8 X1 each) issued back to back, one commit, wait 0.
 // WGS warpgroups per block (each its own accumulators, A of its own).
@@ -429,7 +464,46 @@ void run_kernel_loop(int sms, int* dout, const char* name) {
 }
 
 static int popc8(uint8_t v) { return __builtin_popcount(v); }
+
+// Part 5 (see the header): per (dx, s), the base offsets that give exact sums.
+void run_sw64_checks() {
+  std::vector<uint8_t> A(72 * 64), B(128 * 32);
+  for (auto& v : A) v = rand();
+  for (auto& v : B) v = rand();
+  uint4 *dA, *dB; int* dC;
+  cudaMalloc(&dA, A.size()); cudaMalloc(&dB, B.size()); cudaMalloc(&dC, 64 * 128 * 4);
+  cudaMemcpy(dA, A.data(), A.size(), cudaMemcpyHostToDevice);
+  cudaMemcpy(dB, B.data(), B.size(), cudaMemcpyHostToDevice);
+  cudaFuncSetAttribute(check_sw64_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 16 * 1024);
+  std::vector<int> C(64 * 128);
+  for (int dx = 0; dx < 3; ++dx)
+    for (int s = 0; s < 2; ++s) {
+      printf("SW64 A, rows from %d, K half %d: exact for base offsets:", dx, s);
+      for (int bo = 0; bo < 8; ++bo) {
+        cudaMemset(dC, 0xff, C.size() * 4);
+        check_sw64_kernel<<<1, 128, 16 * 1024>>>(dA, dB, dC, dx, s, bo);
+        const cudaError_t e = cudaDeviceSynchronize();
+        cudaMemcpy(C.data(), dC, C.size() * 4, cudaMemcpyDeviceToHost);
+        int bad = 0;
+        for (int r = 0; r < 64; ++r)
+          for (int col = 0; col < 128; ++col) {
+            int ref = 0;
+            for (int b = 0; b < 32; ++b) ref += popc8(A[(r + dx) * 64 + s * 32 + b] & B[col * 32 + b]);
+            if (C[r * 128 + col] != ref) ++bad;
+          }
+        if (e != cudaSuccess) printf(" [bo %d: %s]", bo, cudaGetErrorString(e));
+        else if (bad == 0) printf(" %d", bo);
+      }
+      printf("\n");
+    }
+  cudaFree(dA); cudaFree(dB); cudaFree(dC);
+}
+
 int main() {
+  if (getenv("PROBE_SW64")) {
+    run_sw64_checks();
+    return 0;
+  }
   int sms; cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
   const int ksteps = 3, kb = ksteps * 32;  // bytes per row
   std::vector<uint8_t> A(64 * kb), B(128 * kb);

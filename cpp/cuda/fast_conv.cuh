@@ -92,9 +92,11 @@
 // bytes]), so that K step i's A is a descriptor (start: chunk 2 i's
 // offset in group 0's box, LBO: the second chunk's offset from it, SBO:
 // the box pitch) and a tile's steps are issued back to back with one wait
-// (the register-A loop keeps only three steps in flight). The descriptors
-// derive from warp-uniform values only (else ptxas serializes the
-// wgmmas). benchmarks/NOTES-gpu.md, session 12.
+// (the register-A loop keeps only three steps in flight); the warpgroup's
+// next tile's boxes are issued after them (session 13: before them, their
+// one-lane-per-box issue delayed the K loop). The descriptors derive from
+// warp-uniform values only (else ptxas serializes the wgmmas).
+// benchmarks/NOTES-gpu.md, sessions 12 and 13.
 //
 // Per-tile work outside the MMAs is kept to a few instructions per row: row
 // geometry with multiply-shift division, box classes and valid-tap counts

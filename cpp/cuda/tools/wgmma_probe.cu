@@ -465,6 +465,21 @@ void run_kernel_loop(int sms, int* dout, const char* name) {
 
 static int popc8(uint8_t v) { return __builtin_popcount(v); }
 
+// After a check kernel's launch: its error (the sync's), its result C
+// [64][128] copied into C, and the number of entries that differ from
+// ref(row, col).
+template <class Ref>
+int check_result(const int* dC, std::vector<int>& C, cudaError_t* err, Ref ref) {
+  *err = cudaDeviceSynchronize();
+  C.resize(64 * 128);
+  cudaMemcpy(C.data(), dC, C.size() * 4, cudaMemcpyDeviceToHost);
+  int bad = 0;
+  for (int r = 0; r < 64; ++r)
+    for (int col = 0; col < 128; ++col)
+      if (C[r * 128 + col] != ref(r, col)) ++bad;
+  return bad;
+}
+
 // Part 5 (see the header): per (dx, s), the base offsets that give exact sums.
 void run_sw64_checks() {
   std::vector<uint8_t> A(72 * 64), B(128 * 32);
@@ -482,15 +497,12 @@ void run_sw64_checks() {
       for (int bo = 0; bo < 8; ++bo) {
         cudaMemset(dC, 0xff, C.size() * 4);
         check_sw64_kernel<<<1, 128, 16 * 1024>>>(dA, dB, dC, dx, s, bo);
-        const cudaError_t e = cudaDeviceSynchronize();
-        cudaMemcpy(C.data(), dC, C.size() * 4, cudaMemcpyDeviceToHost);
-        int bad = 0;
-        for (int r = 0; r < 64; ++r)
-          for (int col = 0; col < 128; ++col) {
-            int ref = 0;
-            for (int b = 0; b < 32; ++b) ref += popc8(A[(r + dx) * 64 + s * 32 + b] & B[col * 32 + b]);
-            if (C[r * 128 + col] != ref) ++bad;
-          }
+        cudaError_t e;
+        const int bad = check_result(dC, C, &e, [&](int r, int col) {
+          int ref = 0;
+          for (int b = 0; b < 32; ++b) ref += popc8(A[(r + dx) * 64 + s * 32 + b] & B[col * 32 + b]);
+          return ref;
+        });
         if (e != cudaSuccess) printf(" [bo %d: %s]", bo, cudaGetErrorString(e));
         else if (bad == 0) printf(" %d", bo);
       }
@@ -518,16 +530,13 @@ int main() {
   for (int variant = 0; variant < 2; ++variant) {
     cudaMemset(dC, 0xff, 64 * 128 * 4);
     check_kernel<<<1, 128, smem>>>(dA, dB, dC, ksteps, variant);
-    cudaError_t e = cudaDeviceSynchronize();
-    std::vector<int> C(64 * 128);
-    cudaMemcpy(C.data(), dC, C.size() * 4, cudaMemcpyDeviceToHost);
-    int bad = 0;
-    for (int r = 0; r < 64; ++r)
-      for (int c = 0; c < 128; ++c) {
-        int ref = 0;
-        for (int k = 0; k < kb; ++k) ref += popc8(A[r * kb + k] & B[c * kb + k]);
-        if (C[r * 128 + c] != ref) ++bad;
-      }
+    cudaError_t e;
+    std::vector<int> C;
+    const int bad = check_result(dC, C, &e, [&](int r, int c) {
+      int ref = 0;
+      for (int k = 0; k < kb; ++k) ref += popc8(A[r * kb + k] & B[c * kb + k]);
+      return ref;
+    });
     printf("variant %d (%s): %s, mismatches %d of 8192 (C[0]=%d)\n", variant,
            variant ? "LBO=N-dir SBO=K-dir" : "LBO=K-dir(128) SBO=N-dir", cudaGetErrorString(e), bad, C[0]);
   }
@@ -546,19 +555,16 @@ int main() {
       const int lbo = c[0], sbo = c[1], step = c[2];
       cudaMemset(dC, 0xff, 64 * 128 * 4);
       check_ss_kernel<<<1, 128, 64 * 1024>>>(dS, nunits, dB, dC, ksteps, lbo, sbo, step);
-      cudaError_t e = cudaDeviceSynchronize();
-      std::vector<int> C(64 * 128);
-      cudaMemcpy(C.data(), dC, C.size() * 4, cudaMemcpyDeviceToHost);
-      int bad = 0;
-      for (int r = 0; r < 64; ++r)
-        for (int col = 0; col < 128; ++col) {
-          int ref = 0;
-          for (int kcn = 0; kcn < 2 * ksteps; ++kcn) {
-            const int u = (r >> 3) * sbo + (r & 7) + (kcn >> 1) * step + (kcn & 1) * lbo;
-            for (int b = 0; b < 16; ++b) ref += popc8(S[u * 16 + b] & B[col * kb + kcn * 16 + b]);
-          }
-          if (C[r * 128 + col] != ref) ++bad;
+      cudaError_t e;
+      std::vector<int> C;
+      const int bad = check_result(dC, C, &e, [&](int r, int col) {
+        int ref = 0;
+        for (int kcn = 0; kcn < 2 * ksteps; ++kcn) {
+          const int u = (r >> 3) * sbo + (r & 7) + (kcn >> 1) * step + (kcn & 1) * lbo;
+          for (int b = 0; b < 16; ++b) ref += popc8(S[u * 16 + b] & B[col * kb + kcn * 16 + b]);
         }
+        return ref;
+      });
       printf("SS check lbo=%d sbo=%d step=%d units: %s, mismatches %d of 8192\n", lbo, sbo, step,
              cudaGetErrorString(e), bad);
     }

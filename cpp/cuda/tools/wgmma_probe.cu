@@ -465,6 +465,15 @@ void run_kernel_loop(int sms, int* dout, const char* name) {
 
 static int popc8(uint8_t v) { return __builtin_popcount(v); }
 
+// Fills h with random bytes and returns a device copy of it.
+uint4* upload_random(std::vector<uint8_t>& h) {
+  for (auto& v : h) v = rand();
+  uint4* d;
+  cudaMalloc(&d, h.size());
+  cudaMemcpy(d, h.data(), h.size(), cudaMemcpyHostToDevice);
+  return d;
+}
+
 // After a check kernel's launch: its error (the sync's), its result C
 // [64][128] copied into C, and the number of entries that differ from
 // ref(row, col).
@@ -483,12 +492,9 @@ int check_result(const int* dC, std::vector<int>& C, cudaError_t* err, Ref ref) 
 // Part 5 (see the header): per (dx, s), the base offsets that give exact sums.
 void run_sw64_checks() {
   std::vector<uint8_t> A(72 * 64), B(128 * 32);
-  for (auto& v : A) v = rand();
-  for (auto& v : B) v = rand();
-  uint4 *dA, *dB; int* dC;
-  cudaMalloc(&dA, A.size()); cudaMalloc(&dB, B.size()); cudaMalloc(&dC, 64 * 128 * 4);
-  cudaMemcpy(dA, A.data(), A.size(), cudaMemcpyHostToDevice);
-  cudaMemcpy(dB, B.data(), B.size(), cudaMemcpyHostToDevice);
+  uint4 *dA = upload_random(A), *dB = upload_random(B);
+  int* dC;
+  cudaMalloc(&dC, 64 * 128 * 4);
   cudaFuncSetAttribute(check_sw64_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 16 * 1024);
   std::vector<int> C(64 * 128);
   for (int dx = 0; dx < 3; ++dx)
@@ -520,12 +526,9 @@ int main() {
   const int ksteps = 3, kb = ksteps * 32;  // bytes per row
   std::vector<uint8_t> A(64 * kb), B(128 * kb);
   srand(1);
-  for (auto& v : A) v = rand();
-  for (auto& v : B) v = rand();
-  uint4 *dA, *dB; int* dC;
-  cudaMalloc(&dA, A.size()); cudaMalloc(&dB, B.size()); cudaMalloc(&dC, 64 * 128 * 4);
-  cudaMemcpy(dA, A.data(), A.size(), cudaMemcpyHostToDevice);
-  cudaMemcpy(dB, B.data(), B.size(), cudaMemcpyHostToDevice);
+  uint4 *dA = upload_random(A), *dB = upload_random(B);
+  int* dC;
+  cudaMalloc(&dC, 64 * 128 * 4);
   const int smem = (64 + 128) * kb;
   for (int variant = 0; variant < 2; ++variant) {
     cudaMemset(dC, 0xff, 64 * 128 * 4);
@@ -547,9 +550,7 @@ int main() {
     const int cases[4][3] = {{8, 64, 16}, {1, 64, 2}, {1, 40, 1}, {3, 40, 5}};
     const int nunits = 8 * 64 + 128;
     std::vector<uint8_t> S(nunits * 16);
-    for (auto& v : S) v = rand();
-    uint4* dS; cudaMalloc(&dS, S.size());
-    cudaMemcpy(dS, S.data(), S.size(), cudaMemcpyHostToDevice);
+    uint4* dS = upload_random(S);
     cudaFuncSetAttribute(check_ss_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
     for (auto& c : cases) {
       const int lbo = c[0], sbo = c[1], step = c[2];

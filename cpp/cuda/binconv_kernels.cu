@@ -23,9 +23,6 @@
 // popcount of all of o's weights and W1pad = W1all - W1valid, W1valid a box
 // sum read from the prefix table. popc(a XOR b) = popc a + popc b - 2 popc(a AND b)
 // is why Hopper's emulated XOR MMA is never needed.
-#ifdef JAX_BINCONV_TIMELINE
-#include <cstdio>  // (printf of the wgmma kernel's timeline, fast_conv.cuh)
-#endif
 #include <cuda.h>  // CUtensorMap (the driver entry point is looked up at run time)
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
@@ -1669,6 +1666,24 @@ int fast_wgmma() { return g_wgmma.load(std::memory_order_relaxed); }
 int last_wgmma() { return g_last_wgmma.load(std::memory_order_relaxed); }
 void set_debug_weight_delay(int us) { g_dbg_wdelay_us.store(us, std::memory_order_relaxed); }
 int debug_weight_delay() { return g_dbg_wdelay_us.load(std::memory_order_relaxed); }
+cudaError_t timeline_read(std::vector<unsigned char>* bytes, int* record_bytes) {
+#ifdef JAX_BINCONV_TIMELINE
+  cudaError_t err = cudaDeviceSynchronize();
+  unsigned n = 0;
+  if (err == cudaSuccess) err = cudaMemcpyFromSymbol(&n, g_tl_n, sizeof n);
+  n = std::min(n, kTlMax);
+  bytes->resize((size_t)n * sizeof(TlRec));
+  if (err == cudaSuccess && n) err = cudaMemcpyFromSymbol(bytes->data(), g_tl, bytes->size());
+  const unsigned zero = 0;
+  if (err == cudaSuccess) err = cudaMemcpyToSymbol(g_tl_n, &zero, sizeof zero);
+  *record_bytes = (int)sizeof(TlRec);
+  return err;
+#else
+  (void)bytes;
+  *record_bytes = 0;
+  return cudaErrorNotSupported;
+#endif
+}
 bool wgmma_available() {
   DevInfo di;
   return dev_info(&di) == cudaSuccess && wgmma_device(di);

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "binconv_params.h"
 
@@ -116,6 +117,11 @@ bool wgmma_available();
 // before they land gives a wrong result instead of passing by luck.
 void set_debug_weight_delay(int us);
 int debug_weight_delay();
+// Builds with -DJAX_BINCONV_TIMELINE only (else cudaErrorNotSupported): the
+// fast kernels' timeline records so far (TlRec in fast_conv.cuh, each
+// *record_bytes long) on the current device, after a device sync; the
+// buffer then starts empty again.
+cudaError_t timeline_read(std::vector<unsigned char>* bytes, int* record_bytes);
 
 // Enqueues the whole convolution on `stream`. `scratch` holds
 // scratch_bytes(p) bytes, aligned to 64 (16 would do). Returns the first CUDA error

@@ -199,11 +199,58 @@ struct FastArgs {
 // K loop's rate against wgmma_probe's: 512 no slot copies after each
 // warpgroup's first tile (the later tiles compute on stale slots), 1024
 // the shared-memory form writes no row records (4 + 512 + 1024: its K
-// loops, barriers and waits alone). Always false in other builds.
+// loops, barriers and waits alone); 2048 its K loops issue no wgmmas, 4096
+// they run twice. Always false in other builds.
 #ifdef JAX_BINCONV_SWITCHES
 #define BINCONV_SW(a, bit) (((a).dbg_sw & (bit)) != 0)
 #else
 #define BINCONV_SW(a, bit) false
+#endif
+
+#ifdef JAX_BINCONV_TIMELINE
+// Timeline records (a debugging aid: builds with -DJAX_BINCONV_TIMELINE;
+// _cuda.timeline_read copies them out, cpp/cuda/tools/timeline.py prints
+// them). globaltimer marks (ns) kept in registers while a block runs and
+// written to this buffer only when it ends: nothing in between (printf per
+// mark, session 13's way, slowed L4's calls 40x).
+//   kind 0: fast_tables_kernel, per block: t[0] start, t[1] past its wait
+//     for the kernel before, t[2] end (after a block barrier).
+//   kind 1 + g: the wgmma kernel's warpgroup g, per block: t[0] start,
+//     t[1] first slots issued, t[2] past the prologue's barrier, then the
+//     warpgroup's first tile: t[3] slots landed, t[4] K loop start (past
+//     the weight wait and the MMA-order barrier), t[5] K loop done, t[6]
+//     the table landed, t[7] epilogue done; its second tile: t[8] start,
+//     t[9] K loop start, t[10] done, t[11] epilogue done; its third: t[12]
+//     K loop start, t[13] done, t[14] epilogue done; t[15] the block's end.
+// Unused marks are 0.
+struct TlRec {
+  unsigned long long grid;  // %gridid: one per launch
+  int kind, block, smid, pad;
+  unsigned long long t[16];
+};
+constexpr unsigned kTlMax = 1u << 15;
+__device__ TlRec g_tl[kTlMax];
+__device__ unsigned int g_tl_n;
+__device__ __forceinline__ unsigned long long tl_now() {
+  unsigned long long v;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(v)::"memory");
+  return v;
+}
+__device__ void tl_put(int kind, const unsigned long long* t, int n) {
+  const unsigned i = atomicAdd(&g_tl_n, 1u);
+  if (i >= kTlMax) return;
+  TlRec& r = g_tl[i];
+  unsigned long long grid;
+  unsigned smid;
+  asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+  r.grid = grid;
+  r.kind = kind;
+  r.block = (int)blockIdx.x;
+  r.smid = (int)smid;
+  r.pad = 0;
+  for (int k = 0; k < 16; ++k) r.t[k] = k < n ? t[k] : 0;
+}
 #endif
 
 // The valid-tap range [lo, hi) along one axis of the output position whose
@@ -578,13 +625,24 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
 // (whose prologue reads w, and x unless x_late).
 template <bool HALF>
 __global__ void __launch_bounds__(256) fast_tables_kernel(PrepArgs pa, FastArgs a) {
+#ifdef JAX_BINCONV_TIMELINE
+  unsigned long long tl[3] = {tl_now(), 0, 0};
+#endif
   pdl_wait();
+#ifdef JAX_BINCONV_TIMELINE
+  tl[1] = tl_now();
+#endif
   pdl_launch_dependents();
   if (BINCONV_SW(a, 16)) return;
   if ((int)blockIdx.x < pa.xblocks)
     prep_x(pa, blockIdx.x);
   else
     fast_tables_block<HALF>(a, (int)blockIdx.x - pa.xblocks);
+#ifdef JAX_BINCONV_TIMELINE
+  __syncthreads();
+  tl[2] = tl_now();
+  if (threadIdx.x == 0) tl_put(0, tl, 3);
+#endif
 }
 
 // A slot row is stored chunk-planar: its plane c (16-byte chunk c of every
@@ -762,17 +820,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
                      const __grid_constant__ CUtensorMap wmap) {
   extern __shared__ __align__(128) unsigned char fsm[];
 #ifdef JAX_BINCONV_TIMELINE
-  // A debugging aid (build with -DJAX_BINCONV_TIMELINE): the wgmma kernel's
-  // threads 0 and 128 of blocks 0, 1 and the last print the globaltimer (ns)
-  // at points of the prologue and of their first tile, from kernel start.
+  // The wgmma kernel's timeline marks (see TlRec): TLS(i) the prologue and
+  // first tile's, TTS(i) each tile's (kept for tiles 2 and 3 in tj1_, tj2_).
   // ptxas may move a timer read across a barrier wait (TLS(5), after the
   // MMA-order barrier, read before it in session 11's runs).
-  unsigned long long tl_[10] = {};
+  unsigned long long tl_[10] = {}, tt_[4] = {}, tj1_[4] = {}, tj2_[4] = {};
 #define TLS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tl_[i]) :: "memory")
-  // Per tile (every block, threads 0 and 128): its loop iteration's start,
-  // the K loop's start and end, the epilogue's end ("TT" lines; printed
-  // after each tile: only the first tile's marks are undisturbed).
-  unsigned long long tt_[4] = {};
 #define TTS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tt_[i]) :: "memory")
   TLS(0);
 #else
@@ -1295,10 +1348,14 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
             kstep(i, e, std::false_type{});
           }
         };
-        if (need_x1)
-          kloop(std::true_type{});
-        else
-          kloop(std::false_type{});
+        // (experiments: 2048 no wgmmas, 4096 the K loop twice: its in-kernel
+        // cost per step is the difference against the default)
+        for (int rep = BINCONV_SW(a, 2048) ? 2 : 0; rep < (BINCONV_SW(a, 4096) ? 2 : 1); ++rep) {
+          if (need_x1)
+            kloop(std::true_type{});
+          else
+            kloop(std::false_type{});
+        }
         wg_commit();
       } else {
         // Rows 16 w .. 16 w + 15 of each 64-row half: the warp's A fragments.
@@ -1503,9 +1560,13 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       if (j == 0) TLS(8);
 #ifdef JAX_BINCONV_TIMELINE
       TTS(3);
-      if (wlt == 0)
-        printf("TT %d %d %d %d %llu %llu %llu %llu\n", blockIdx.x, wgi, j, mt, tt_[0], tt_[1],
-               tt_[2], tt_[3]);
+      if (j == 1) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) tj1_[q] = tt_[q];
+      } else if (j == 2) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) tj2_[q] = tt_[q];
+      }
 #endif
     }
   } else {
@@ -1784,15 +1845,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   cp_async_wait<0>();
 #ifdef JAX_BINCONV_TIMELINE
   TLS(9);
-  if (WG && (tid == 0 || tid == 128)) printf("TB %d %d %llu %llu\n", blockIdx.x, tid >> 7, tl_[0], tl_[9]);
-  if (WG && (tid == 0 || tid == 128) &&
-      (blockIdx.x <= 1 || blockIdx.x == gridDim.x - 1)) {
-    long long d[10];
-    for (int i = 0; i < 10; ++i) d[i] = (long long)(tl_[i] - tl_[0]);
-    printf("TL b%d t%d start %llu | issue %lld tabs %lld wts %lld slot %lld order %lld "
-           "kdone %lld tab %lld epi %lld end %lld\n",
-           blockIdx.x, tid, tl_[0] % 100000000ull, d[1], d[2], d[3], d[4], d[5], d[6], d[7],
-           d[8], d[9]);
+  if (WG && (tid & 127) == 0) {
+    const unsigned long long t[16] = {tl_[0], tl_[1], tl_[2], tl_[4], tl_[5], tl_[6],
+                                      tl_[7], tl_[8], tj1_[0], tj1_[1], tj1_[2], tj1_[3],
+                                      tj2_[1], tj2_[2], tj2_[3], tl_[9]};
+    tl_put(1 + (tid >> 7), t, 16);
   }
 #endif
 }

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "binconv_kernels.h"
 #include "cuda_handler.h"
@@ -238,6 +239,21 @@ PYBIND11_MODULE(_cuda, m) {
       "delay), so that a K loop that read the weights before they land would give a wrong "
       "result. Results are the same. Process-wide.");
   m.def("get_debug_weight_delay", []() { return binconv::cuda::debug_weight_delay(); });
+  m.def(
+      "timeline_read",
+      []() {
+        std::vector<unsigned char> bytes;
+        int rec = 0;
+        const cudaError_t err = binconv::cuda::timeline_read(&bytes, &rec);
+        if (err == cudaErrorNotSupported)
+          throw std::runtime_error("timeline_read: a build with -DJAX_BINCONV_TIMELINE only");
+        if (err != cudaSuccess)
+          throw std::runtime_error(std::string("timeline_read: ") + cudaGetErrorString(err));
+        return py::make_tuple(py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size()),
+                              rec);
+      },
+      "Debugging aid (-DJAX_BINCONV_TIMELINE builds): (records, record size in bytes) of the "
+      "fast kernels' timeline marks since the last read; see cpp/cuda/tools/timeline.py.");
   m.def("wgmma_available", []() { return binconv::cuda::wgmma_available(); },
         "Whether this build has sm_90a code and the current GPU can run it (compute capability "
         "9.0): where the fast kernel's K loop can run on wgmma.");

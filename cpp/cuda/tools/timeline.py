@@ -1,21 +1,21 @@
-"""Device-side diagnosis helper for a build with -DJAX_BINCONV_TIMELINE (the
-wgmma kernel prints globaltimer marks of its prologue and first tile, see
-fast_conv.cuh): runs a chain of `depth` packed applications of a BENCH
-layer inside one jit (each call's kernels queued behind the previous one's,
-as in benchmarks/gpu.py), a few times.
+"""Device-side diagnosis helper for a build with -DJAX_BINCONV_TIMELINE: the
+fast kernels keep globaltimer marks in registers and write them to a device
+buffer when each block ends (TlRec in fast_conv.cuh; the wgmma kernel and
+fast_tables_kernel only). This runs a chain of `depth` packed applications
+of a BENCH layer inside one jit (each call's kernels queued behind the
+previous one's, as in benchmarks/gpu.py), reads the records of its last run
+(_cuda.timeline_read) and prints, per launch, when it started and ended
+relative to the chain's first launch, and for the wgmma kernel each mark's
+median and max over blocks (per warpgroup) from the launch's first block
+start, in microseconds.
 
     CMAKE_ARGS=-DCMAKE_CUDA_FLAGS=-DJAX_BINCONV_TIMELINE pip install --no-build-isolation -e .
-    python cpp/cuda/tools/timeline.py L4 256 on 4 > tl.txt
-    python cpp/cuda/tools/timeline.py --analyze tl.txt
+    python cpp/cuda/tools/timeline.py L4 256 auto 6
 
---analyze summarizes the per-block ("TB": start, end) and per-tile ("TT":
-iteration start, K loop start, K loop end, epilogue end) lines of every call
-in microseconds from that call's first block start: mean and max over the
-blocks, per tile index of a warpgroup. Caveat (S13-2): the per-tile printf
-slows the kernel a lot (L4's calls took ~1 ms instead of ~25 us), so only
-each warpgroup's first tile, before any printf of its block, shows
-undisturbed times; the later tiles and the ends do not, and the split into
-calls can go wrong.
+Experiment switches combine with it (-DJAX_BINCONV_SWITCHES too, env
+JAX_BINCONV_SW). The marks cost a few registers and timer reads; they do
+not print while the kernel runs (session 13's printf per tile made L4's
+calls 40x slower).
 """
 import sys
 
@@ -26,8 +26,14 @@ import jax_binconv as jb
 from jax_binconv import _cuda
 from jax_binconv._bench_layers import LAYERS
 
+REC = np.dtype([("grid", "<u8"), ("kind", "<i4"), ("block", "<i4"), ("smid", "<i4"),
+                ("pad", "<i4"), ("t", "<u8", (16,))])
+CONV_MARKS = ["slots issued", "prologue done", "t0 slots in", "t0 K start", "t0 K done",
+              "table in", "t0 epi done", "t1 start", "t1 K start", "t1 K done", "t1 epi done",
+              "t2 K start", "t2 K done", "t2 epi done", "end"]
 
-def main(layer="L4", n="256", mode="on", depth="4"):
+
+def main(layer="L4", n="256", mode="auto", depth="6"):
     _cuda.set_fast_wgmma(mode)
     h, w, c, o, k, s = LAYERS[layer]
     assert c == o and s == 1, "a chain needs C == O and stride 1"
@@ -44,58 +50,53 @@ def main(layer="L4", n="256", mode="on", depth="4"):
 
     for _ in range(3):
         f(x, wp).block_until_ready()
-    print(layer, n, mode, "ran", _cuda.last_kernel(), _cuda.last_wgmma_form(), flush=True)
+    _cuda.timeline_read()  # (drop the warm-up runs' records)
+    f(x, wp).block_until_ready()
+    raw, size = _cuda.timeline_read()
+    assert size == REC.itemsize, (size, REC.itemsize)
+    print(f"{layer} N={n} mode {mode}: {_cuda.last_kernel()} {_cuda.last_wgmma_form()}",
+          flush=True)
+    analyze(np.frombuffer(raw, REC))
 
 
-def analyze(path):
-    tb, tt = [], []
-    for line in open(path):
-        f = line.split()
-        if f[:1] == ["TB"]:
-            tb.append((int(f[1]), int(f[2]), int(f[3]), int(f[4])))
-        elif f[:1] == ["TT"]:
-            tt.append(tuple(int(v) for v in f[1:9]))
-    if not tb:
-        sys.exit("no TB lines: a build with -DJAX_BINCONV_TIMELINE?")
-    # Calls: blocks sorted by start, a new call where a start is > 4 us after
-    # the previous one's (a call's blocks start within ~1-2 us).
-    starts = sorted(set(r[2] for r in tb))
-    calls, cur = [], [starts[0]]
-    for v in starts[1:]:
-        if v - cur[-1] > 4000:
-            calls.append(cur)
-            cur = []
-        cur.append(v)
-    calls.append(cur)
+def analyze(r):
+    if len(r) == 0:
+        sys.exit("no records: a build with -DJAX_BINCONV_TIMELINE, and the wgmma kernel?")
+    launches = []
+    for g in np.unique(r["grid"]):
+        rg = r[r["grid"] == g]
+        conv = rg["kind"][0] != 0
+        t = rg["t"].astype(np.int64)
+        start = t[:, 0].min()
+        end = (t[:, 15] if conv else t[:, 2]).max()
+        launches.append((start, end, conv, rg))
+    launches.sort(key=lambda v: v[0])
+    t00 = launches[0][0]
     us = lambda v: v / 1000.0  # noqa: E731
-    for ci, c in enumerate(calls):
-        t0, t1 = c[0], c[-1]
-        blocks = [r for r in tb if t0 <= r[2] <= t1]
-        ids = {r[0] for r in blocks}
-        ends = [r[3] - t0 for r in blocks]
-        prev_end = max((r[3] for r in tb if r[3] < t0), default=None)
-        gap = f", gap after the previous call's last end {us(t0 - prev_end):.2f}" if prev_end else ""
-        print(f"call {ci}: {len(ids)} blocks, starts within {us(t1 - t0):.2f} us{gap}; ends mean "
-              f"{us(sum(ends) / len(ends)):.2f} max {us(max(ends)):.2f}")
-        t_next = calls[ci + 1][0] if ci + 1 < len(calls) else t0 + 10**9
-        tiles = [r for r in tt if r[0] in ids and t0 <= r[4] < t_next]
-        for g in (0, 1):
-            for j in range(max((r[2] for r in tiles), default=-1) + 1):
-                rs = [r for r in tiles if r[1] == g and r[2] == j]
-                if not rs:
-                    continue
-                cols = []
-                for i, name in ((4, "it"), (5, "kstart"), (6, "kdone"), (7, "epidone")):
-                    v = [r[i] - t0 for r in rs]
-                    cols.append(f"{name} {us(sum(v) / len(v)):6.2f}/{us(max(v)):6.2f}")
-                kl = [r[6] - r[5] for r in rs]
-                ep = [r[7] - r[6] for r in rs]
-                print(f"  wg{g} tile {j} ({len(rs):3d}): " + "  ".join(cols) +
-                      f"  | K loop {us(sum(kl) / len(kl)):.2f}  epi {us(sum(ep) / len(ep)):.2f}")
+    prev_end = None
+    for i, (start, end, conv, rg) in enumerate(launches):
+        nb = len(np.unique(rg["block"]))
+        gap = f"  gap {us(start - prev_end):6.2f}" if prev_end is not None else ""
+        print(f"[{i:2d}] {'conv  ' if conv else 'tables'} {nb:4d} blocks  start {us(start - t00):7.2f}"
+              f"  end {us(end - t00):7.2f}  ({us(end - start):6.2f}){gap}")
+        prev_end = end
+        t = rg["t"].astype(np.int64)
+        if not conv:
+            print(f"       past the wait: median {us(np.median(t[:, 1] - start)):.2f}, "
+                  f"max {us((t[:, 1] - start).max()):.2f}")
+            continue
+        for g in (1, 2):
+            tg = t[rg["kind"] == g]
+            if len(tg) == 0:
+                continue
+            cols = []
+            for m, name in enumerate(CONV_MARKS, start=1):
+                v = tg[:, m]
+                v = v[v > 0] - start
+                if len(v):
+                    cols.append(f"{name} {us(np.median(v)):.2f}/{us(v.max()):.2f}")
+            print(f"       wg{g - 1} ({len(tg)}): " + ", ".join(cols))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--analyze"]:
-        analyze(sys.argv[2])
-    else:
-        main(*sys.argv[1:])
+    main(*sys.argv[1:])

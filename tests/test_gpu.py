@@ -801,6 +801,57 @@ def test_fast_wgmma_waits_for_weights(form, shape):
         jax.clear_caches()
 
 
+@pytest.mark.parametrize("form", ["rs", "ss"])
+@pytest.mark.parametrize("rounds", [0, 1, 3, 64, -1])
+def test_fast_wgmma_tile_rounds(form, rounds):
+    """The wgmma kernel's tile order: its first `rounds` rounds of M tiles go
+    to the blocks that start first, the last opad / 32 blocks (which wait for
+    fast_tables_kernel's SMs) take that many tiles fewer, and every tile is
+    still computed once (set_debug_tile_rounds; -1, the default, estimates
+    the rounds per call; too many for the tiles are cut to what fits). Two N
+    tiles (O = 256), packed x, float and packed output, exact;
+    last_tile_rounds gives the rounds the call ran with."""
+    mod = _cuda_mod()
+    if not mod.wgmma_available():
+        pytest.skip("the wgmma kernel needs compute capability 9.0 and a build with sm_90a code")
+    with pytest.raises(ValueError, match="rounds"):
+        mod.set_debug_tile_rounds(-2)
+    n, hw, c, o = 40, 28, 128, 256
+    sms = jax.devices("gpu")[0].core_count
+    # (M tiles: 128 output pixels; A from shared memory: 16 groups of 8
+    # pixels of one output row)
+    mtiles = -(-n * hw * hw // 128) if form == "rs" else -(-n * hw * -(-hw // 8) // 16)
+    ntiles = o // 128
+    assert mtiles * ntiles > sms, "the test needs more tiles than SMs"
+    grid = (sms // ntiles) * ntiles
+    # (fast_tables_kernel: a block per 32 channels, its SMs the late ones)
+    early, mstep = (grid - min(-(-o // 32), grid)) // ntiles, grid // ntiles
+    old = mod.get_fast_wgmma()
+    mod.set_fast_wgmma("rs" if form == "rs" else "on")
+    mod.set_debug_tile_rounds(rounds)
+    jax.clear_caches()  # (CUDA graphs captured with other knobs)
+    try:
+        # (packed x: with float x the convolution waits for the tables kernel
+        # that packs it, every block alike, and the plain order runs)
+        x = _np(jb.pack_activations(jnp.asarray(rand_x(1800 + rounds, (n, hw, hw, c)))))
+        w = np.asarray(rand_x(1900 + rounds, (3, 3, c, o)))
+        for output in ("float", "packed"):
+            check(x, w, type="xnor", padding="SAME", output=output,
+                  output_bias=rand_vec(2000 + rounds, o, -30, 30))
+            assert mod.last_wgmma_form() == form
+            got = mod.last_tile_rounds()
+            if rounds >= 0:
+                want = min(rounds, mtiles // early) if 1 <= early < mstep else 0
+                assert got == want
+            else:
+                assert got >= 0
+        assert mod.get_debug_tile_rounds() == rounds
+    finally:
+        mod.set_debug_tile_rounds(-1)
+        mod.set_fast_wgmma(old)
+        jax.clear_caches()
+
+
 def test_fast_wgmma_auto_mode():
     """set_fast_wgmma("auto"), the default: on a GPU that can run the wgmma
     kernel (compute capability 9.0, sm_90a code) it runs where every SM gets a

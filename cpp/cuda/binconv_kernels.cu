@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>  // getenv (JAX_BINCONV_SWITCHES builds)
 #include <mutex>
@@ -1181,6 +1182,8 @@ std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 std::atomic<int> g_wgmma{kWgmmaAuto};  // set_fast_wgmma
 std::atomic<int> g_dbg_wdelay_us{0};  // set_debug_weight_delay (a test knob)
+std::atomic<int> g_dbg_dlate{-1};      // set_debug_tile_rounds (-1: the estimate)
+std::atomic<int> g_last_dlate{-1};     // last_tile_rounds
 std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1: A from registers, 2: from shared memory) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1561,11 +1564,17 @@ cudaError_t launch_pdl(cudaLaunchConfig_t cfg, void (*kernel)(KArgs...), Args&&.
   return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
-// The tables, after pa.xblocks blocks of x packing (0: none).
+// Blocks of fast_tables_kernel without x packing: 32 channels (warps) each,
+// so that few SMs are held while the convolution's blocks start (theirs then
+// start late: see FastArgs::wg_dlate).
+int fast_tables_blocks(const FastArgs& a) { return (a.opad + 31) / 32; }
+
+// The tables, after pa.xblocks blocks of x packing (0: none; prep_x's blocks
+// are kThreads wide, and so the tables' 8 channels a block then).
 cudaError_t launch_fast_tables(const PrepArgs& pa, const FastArgs& a, cudaStream_t stream) {
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3((unsigned)(pa.xblocks + a.opad / 8));
-  cfg.blockDim = dim3(256);
+  cfg.gridDim = dim3((unsigned)(pa.xblocks ? pa.xblocks + a.opad / 8 : fast_tables_blocks(a)));
+  cfg.blockDim = dim3(pa.xblocks ? kThreads : 1024);
   cfg.stream = stream;
   return a.half ? launch_pdl(cfg, fast_tables_kernel<true>, pa, a)
                 : launch_pdl(cfg, fast_tables_kernel<false>, pa, a);
@@ -1596,13 +1605,56 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   const long long items = (long long)a.mtiles * a.ntiles;
   const long long cap = (long long)sms * std::max(per_sm, 1);
   long long grid = items <= cap ? items : std::max<long long>(cap / a.ntiles, 1) * a.ntiles;
+  // The wgmma kernel's tile order (wg_tile). fast_tables_kernel's blocks,
+  // launched just before with PDL, hold that many SMs while they run (a
+  // block per SM; 3.4-4.6 us in S14-3's timelines): the convolution's
+  // blocks of the highest indices start that much later. The first dlate
+  // rounds of tiles then go to the others: dlate minimizes the estimated
+  // end, the most tiles of an early block times a tile's time per block
+  // against the delay plus a late block's most tiles times it (S14-3: ~1.9
+  // us at 5-9 K steps, ~3.2 us at 18; a 4 us delay). Only where the blocks
+  // loop over tiles and the x slots need no wait for the tables kernel
+  // (x_late: every block waits for it).
+  FastArgs b = a;
+  b.wg_early = b.wg_dlate = 0;
+  const bool tables_pdl = !BINCONV_SW(a, 1) && g_pdl.load(std::memory_order_relaxed) &&
+                          g_pdl_ok.load(std::memory_order_relaxed);
+  if (WG && items > cap && tables_pdl && !a.x_late) {
+    const long long late = std::min<long long>(fast_tables_blocks(a), grid);
+    const int mstep = (int)(grid / a.ntiles);
+    const int early = (int)((grid - late) / a.ntiles);
+    // Tiles of the block at position p (wg_tile's count).
+    auto tiles = [&](int d, int p) {
+      const long long s = (long long)d * early + p;
+      return (s < a.mtiles ? (a.mtiles - s + mstep - 1) / mstep : 0) + (p < early ? d : 0);
+    };
+    const int forced = g_dbg_dlate.load(std::memory_order_relaxed);
+    int dlate = forced;
+    if (forced < 0) {
+      const double t_tile = 1.2 + 0.11 * a.ks, t_late = 4.0;  // us
+      double best = 1e30;
+      for (int d = 0; d <= 4 && (long long)d * early <= a.mtiles; ++d) {
+        const double end = std::max(tiles(d, 0) * t_tile, t_late + tiles(d, early) * t_tile);
+        if (end < best - 1e-9) {
+          best = end;
+          dlate = d;
+        }
+      }
+    }
+    while (dlate > 0 && (long long)dlate * early > a.mtiles) --dlate;
+    if (early >= 1 && early < mstep && dlate > 0) {
+      b.wg_early = early;
+      b.wg_dlate = dlate;
+    }
+  }
+  if (WG) g_last_dlate.store(b.wg_dlate, std::memory_order_relaxed);
   // Programmatic dependent launch on fast_tables_kernel (see pdl_wait).
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3((unsigned)grid);
   cfg.blockDim = dim3(kFastThreads);
   cfg.dynamicSmemBytes = (size_t)smem;
   cfg.stream = stream;
-  return launch_pdl(cfg, fast_conv_kernel<EPI, HALF, WG>, a, map, wmap);
+  return launch_pdl(cfg, fast_conv_kernel<EPI, HALF, WG>, b, map, wmap);
 }
 
 cudaError_t launch_fast(FastArgs a, int epi, int smem, cudaStream_t stream) {
@@ -1666,6 +1718,9 @@ int fast_wgmma() { return g_wgmma.load(std::memory_order_relaxed); }
 int last_wgmma() { return g_last_wgmma.load(std::memory_order_relaxed); }
 void set_debug_weight_delay(int us) { g_dbg_wdelay_us.store(us, std::memory_order_relaxed); }
 int debug_weight_delay() { return g_dbg_wdelay_us.load(std::memory_order_relaxed); }
+void set_debug_tile_rounds(int rounds) { g_dbg_dlate.store(rounds, std::memory_order_relaxed); }
+int debug_tile_rounds() { return g_dbg_dlate.load(std::memory_order_relaxed); }
+int last_tile_rounds() { return g_last_dlate.load(std::memory_order_relaxed); }
 cudaError_t timeline_read(std::vector<unsigned char>* bytes, int* record_bytes) {
 #ifdef JAX_BINCONV_TIMELINE
   cudaError_t err = cudaDeviceSynchronize();

@@ -117,6 +117,13 @@ bool wgmma_available();
 // before they land gives a wrong result instead of passing by luck.
 void set_debug_weight_delay(int us);
 int debug_weight_delay();
+// Test and tuning knob: the wgmma kernel's early rounds (FastArgs::wg_dlate:
+// how many tiles fewer its last blocks take, those that start late behind
+// fast_tables_kernel); -1, the default: estimated per call.
+void set_debug_tile_rounds(int rounds);
+int debug_tile_rounds();
+// The early rounds of the last wgmma-kernel call (0: plain order; -1: none yet).
+int last_tile_rounds();
 // Builds with -DJAX_BINCONV_TIMELINE only (else cudaErrorNotSupported): the
 // fast kernels' timeline records so far (TlRec in fast_conv.cuh, each
 // *record_bytes long) on the current device, after a device sync; the

@@ -179,6 +179,13 @@ struct FastArgs {
   // descriptor's LBO).
   int ss_gpr, ss_groups, ss_w8, ss_rows, ss_gp;
   FastDiv div_gpr;
+  // The wgmma kernel's tile order (wg_tile): the first wg_dlate rounds of
+  // M tiles go to the first wg_early blocks of each N tile only. The blocks
+  // of the highest indices start late where fast_tables_kernel, launched
+  // just before, still holds their SMs (S14-3: by 3.4-4.6 us, as long as
+  // that kernel runs), so they get wg_dlate tiles fewer. 0: the plain
+  // strided order.
+  int wg_early, wg_dlate;
   // Test knob (set_debug_weight_delay; 0 in normal use): the wgmma kernel
   // with weights by tensor map poisons their shared memory, and warpgroup 1
   // issues their copies this many microseconds late, so that a K loop that
@@ -207,6 +214,19 @@ struct FastArgs {
 #define BINCONV_SW(a, bit) false
 #endif
 
+// The wgmma kernel's k-th M tile (k = 0, 1, ...) of the block at position p
+// (0 <= p < mstep) of its N tile: rounds k < wg_dlate give tiles k early + p
+// to the first wg_early positions only, then every position takes tiles
+// dlate early + p, + mstep, + 2 mstep, ... Every tile once: the first
+// dlate early tiles in the early rounds, the rest in the strided ones.
+__device__ __forceinline__ int wg_tile(const FastArgs& a, int p, int k, int mstep) {
+  if (p < a.wg_early) {
+    if (k < a.wg_dlate) return k * a.wg_early + p;
+    k -= a.wg_dlate;
+  }
+  return a.wg_dlate * a.wg_early + k * mstep + p;
+}
+
 #ifdef JAX_BINCONV_TIMELINE
 // Timeline records (a debugging aid: builds with -DJAX_BINCONV_TIMELINE;
 // _cuda.timeline_read copies them out, cpp/cuda/tools/timeline.py prints
@@ -214,7 +234,8 @@ struct FastArgs {
 // written to this buffer only when it ends: nothing in between (printf per
 // mark, session 13's way, slowed L4's calls 40x).
 //   kind 0: fast_tables_kernel, per block: t[0] start, t[1] past its wait
-//     for the kernel before, t[2] end (after a block barrier).
+//     for the kernel before, t[2] end (after a block barrier); warp 0's
+//     channel: t[3] popcounts added, t[4] threshold found.
 //   kind 1 + g: the wgmma kernel's warpgroup g, per block: t[0] start,
 //     t[1] first slots issued, t[2] past the prologue's barrier, then the
 //     warpgroup's first tile: t[3] slots landed, t[4] K loop start (past
@@ -544,12 +565,13 @@ __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, 
   return up ? make_int2(l, 0x7fffffff) : make_int2(-0x7fffffff - 1, l - 1);
 }
 
-// Block `block` of the tables: 8 channels, a warp each (256 threads).
+// Block `block` of the tables: a channel per warp (up to 32 warps).
 template <bool HALF>
-__device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) {
-  __shared__ int sp[8][kFastMaxTaps];
+__device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
+                                                  unsigned long long* tlm = nullptr) {
+  __shared__ int sp[32][kFastMaxTaps];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int o = block * 8 + warp;
+  const int o = block * (blockDim.x >> 5) + warp;
   if (o >= a.opad) return;
   const int ncls = a.ncy * a.ncx;
   const bool real = o < a.o;
@@ -581,6 +603,9 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
                     __popc(v[j].x) + __popc(v[j].y) + __popc(v[j].z) + __popc(v[j].w));
     }
   }
+#ifdef JAX_BINCONV_TIMELINE
+  if (tlm && threadIdx.x == 0) tlm[0] = tl_now();  // (warp 0's popcounts added)
+#endif
   // thr: the bit is 1 for acc >= B (flip 1) or acc < B (flip 0): the sign
   // of acc - B, flipped. packed_threshold_warp gives [lo, +inf), (-inf, hi],
   // empty or everything (monotone activations only, see packed_by_threshold).
@@ -598,6 +623,9 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
     }
   }
   __syncwarp();
+#ifdef JAX_BINCONV_TIMELINE
+  if (tlm && threadIdx.x == 0) tlm[1] = tl_now();  // (its threshold found)
+#endif
   int w1all = 0;
   for (int tap = 0; tap < a.t; ++tap) w1all += ps[tap];
   for (int cls = lane; cls < ncls; cls += 32) {
@@ -624,9 +652,9 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block) 
 // completion before anything else, and only then lets the convolution start
 // (whose prologue reads w, and x unless x_late).
 template <bool HALF>
-__global__ void __launch_bounds__(256) fast_tables_kernel(PrepArgs pa, FastArgs a) {
+__global__ void __launch_bounds__(1024) fast_tables_kernel(PrepArgs pa, FastArgs a) {
 #ifdef JAX_BINCONV_TIMELINE
-  unsigned long long tl[3] = {tl_now(), 0, 0};
+  unsigned long long tl[5] = {tl_now(), 0, 0, 0, 0};
 #endif
   pdl_wait();
 #ifdef JAX_BINCONV_TIMELINE
@@ -637,11 +665,13 @@ __global__ void __launch_bounds__(256) fast_tables_kernel(PrepArgs pa, FastArgs 
   if ((int)blockIdx.x < pa.xblocks)
     prep_x(pa, blockIdx.x);
   else
-    fast_tables_block<HALF>(a, (int)blockIdx.x - pa.xblocks);
 #ifdef JAX_BINCONV_TIMELINE
+    fast_tables_block<HALF>(a, (int)blockIdx.x - pa.xblocks, tl + 3);
   __syncthreads();
   tl[2] = tl_now();
-  if (threadIdx.x == 0) tl_put(0, tl, 3);
+  if (threadIdx.x == 0) tl_put(0, tl, 5);
+#else
+    fast_tables_block<HALF>(a, (int)blockIdx.x - pa.xblocks);
 #endif
 }
 
@@ -973,7 +1003,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   // every wgmma, C7520.)
   const int wgi = SS ? __shfl_sync(kFull, warp >> 2, 0) : warp >> 2;
   const int wlt = tid & 127, wlw = warp & 3;
-  const int mtg = mt0 + (WG ? wgi * mstep : 0);
+  const int mtg = WG ? wg_tile(a, mt0, wgi, mstep) : mt0;
   auto load_first = [&]() {
     if (mtg >= a.mtiles) return;
     if (WG)
@@ -1245,7 +1275,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     // other warpgroup at no barrier but the MMA order: tile k's wgmmas are
     // issued after tile k - 1's (named barriers 3 + g), so that one
     // warpgroup's epilogue runs while the other's wgmmas do.
-    const int ntile = mt0 < a.mtiles ? (a.mtiles - mt0 + mstep - 1) / mstep : 0;
+    const int s0 = a.wg_dlate * a.wg_early + mt0;  // (the first strided tile)
+    const int ntile = (s0 < a.mtiles ? (a.mtiles - s0 + mstep - 1) / mstep : 0) +
+                      (mt0 < a.wg_early ? a.wg_dlate : 0);
     const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
     const int* kp = ktab + half;
     // K step i: K block i >> 2, +32 bytes per step inside it; 128-byte
@@ -1255,15 +1287,16 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     const uint64_t x1full = wg_desc(ones, 128, 256), x1last = wg_desc(ones + 256, 128, 256);
     uint32_t flipw = 0;  // thr: flip bits of the thread's word (channels 32 tq ..)
     int j = 0;
-    for (int k = wgi; mt0 + k * mstep < a.mtiles; k += 2, ++j) {
-      const int mt = mt0 + k * mstep;
+    for (int k = wgi; k < ntile; k += 2, ++j) {
+      const int mt = wg_tile(a, mt0, k, mstep);
+      const int mt_next = k + 2 < ntile ? wg_tile(a, mt0, k + 2, mstep) : a.mtiles;
       TTS(0);
       const int buf = 2 * wgi + (j & 1);
       const int m0 = mt * kFastBM;
       const int row0 = fdiv(m0, a.div_wo);
       const int img0 = fdiv(row0, a.div_ho);
       // The warpgroup's last tile (see the mma.sync loop).
-      if (mt + 2 * mstep >= a.mtiles) pdl_launch_dependents();
+      if (mt_next >= a.mtiles) pdl_launch_dependents();
       if (SS && BINCONV_SW(a, 1024)) {
         // (experiment: no row records; the K loop of this form needs none)
       } else if constexpr (SS) {
@@ -1296,10 +1329,10 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // registers, now; from shared memory, after this tile's wgmmas are
       // issued (below: the copies' issue, one lane per box, stalled the K
       // loop's start; the other warpgroup's tile comes in between).
-      const bool prefetch = mt + 2 * mstep < a.mtiles && !BINCONV_SW(a, 512);
+      const bool prefetch = mt_next < a.mtiles && !BINCONV_SW(a, 512);
       // (register-A form late too, S13-14: no gain beyond noise)
       const bool prefetch_late = SS && !BINCONV_SW(a, 64);  // (64: the experiment's old order)
-      if (prefetch && !prefetch_late) load_tile(buf ^ 1, mt + 2 * mstep, wlt, 128, wlw, 4);
+      if (prefetch && !prefetch_late) load_tile(buf ^ 1, mt_next, wlt, 128, wlw, 4);
       cp_async_commit();
       const uint32_t as_addr = smem_u32(fsm + slot_buf(buf));
       const int4* rows_b = rows + buf * kFastBM;
@@ -1411,7 +1444,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       }
       if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
       if (prefetch && prefetch_late) {
-        load_tile(buf ^ 1, mt + 2 * mstep, wlt, 128, wlw, 4);
+        load_tile(buf ^ 1, mt_next, wlt, 128, wlw, 4);
         cp_async_commit();
       }
       wg_wait<0>();

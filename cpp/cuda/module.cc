@@ -240,6 +240,27 @@ PYBIND11_MODULE(_cuda, m) {
       "result. Results are the same. Process-wide.");
   m.def("get_debug_weight_delay", []() { return binconv::cuda::debug_weight_delay(); });
   m.def(
+      "set_debug_tile_rounds",
+      [](int rounds) {
+        if (rounds < -1 || rounds > 64)
+          throw py::value_error("set_debug_tile_rounds: rounds must be in [-1, 64]");
+        binconv::cuda::set_debug_tile_rounds(rounds);
+      },
+      py::arg("rounds"),
+      "Test and tuning knob: the wgmma kernel gives its first `rounds` rounds of M tiles to "
+      "the blocks that start first (those not waiting for fast_tables_kernel's SMs), so the "
+      "others take that many tiles fewer; -1 (the default): estimated per call, 0: the plain "
+      "strided order. Results are the same. Process-wide.");
+  m.def("get_debug_tile_rounds", []() { return binconv::cuda::debug_tile_rounds(); });
+  m.def(
+      "last_tile_rounds",
+      []() {
+        const int v = binconv::cuda::last_tile_rounds();
+        return v < 0 ? py::object(py::none()) : py::object(py::int_(v));
+      },
+      "The early rounds (set_debug_tile_rounds) the most recent wgmma-kernel call ran with "
+      "(None: no such call yet).");
+  m.def(
       "timeline_read",
       []() {
         std::vector<unsigned char> bytes;

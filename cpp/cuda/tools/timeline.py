@@ -10,7 +10,7 @@ median and max over blocks (per warpgroup) from the launch's first block
 start, in microseconds.
 
     CMAKE_ARGS=-DCMAKE_CUDA_FLAGS=-DJAX_BINCONV_TIMELINE pip install --no-build-isolation -e .
-    python cpp/cuda/tools/timeline.py L4 256 auto 6
+    python cpp/cuda/tools/timeline.py L4 256 auto 6 [tile rounds, -1: estimated]
 
 Experiment switches combine with it (-DJAX_BINCONV_SWITCHES too, env
 JAX_BINCONV_SW). The marks cost a few registers and timer reads; they do
@@ -33,8 +33,9 @@ CONV_MARKS = ["slots issued", "prologue done", "t0 slots in", "t0 K start", "t0 
               "t2 K start", "t2 K done", "t2 epi done", "end"]
 
 
-def main(layer="L4", n="256", mode="auto", depth="6"):
+def main(layer="L4", n="256", mode="auto", depth="6", rounds="-1"):
     _cuda.set_fast_wgmma(mode)
+    _cuda.set_debug_tile_rounds(int(rounds))
     h, w, c, o, k, s = LAYERS[layer]
     assert c == o and s == 1, "a chain needs C == O and stride 1"
     rng = np.random.default_rng(0)
@@ -54,8 +55,8 @@ def main(layer="L4", n="256", mode="auto", depth="6"):
     f(x, wp).block_until_ready()
     raw, size = _cuda.timeline_read()
     assert size == REC.itemsize, (size, REC.itemsize)
-    print(f"{layer} N={n} mode {mode}: {_cuda.last_kernel()} {_cuda.last_wgmma_form()}",
-          flush=True)
+    print(f"{layer} N={n} mode {mode}: {_cuda.last_kernel()} {_cuda.last_wgmma_form()}, "
+          f"tile rounds {_cuda.last_tile_rounds()}", flush=True)
     analyze(np.frombuffer(raw, REC))
 
 
@@ -82,9 +83,30 @@ def analyze(r):
         prev_end = end
         t = rg["t"].astype(np.int64)
         if not conv:
-            print(f"       past the wait: median {us(np.median(t[:, 1] - start)):.2f}, "
-                  f"max {us((t[:, 1] - start).max()):.2f}")
+            cols = []
+            for m, name in ((1, "past the wait"), (3, "popcounts"), (4, "threshold"), (2, "end")):
+                v = t[:, m]
+                v = v[v > 0] - start
+                if len(v):
+                    cols.append(f"{name} {us(np.median(v)):.2f}/{us(v.max()):.2f}")
+            print("       " + ", ".join(cols))
             continue
+        # Which blocks start late (the SMs still running the tables kernel?)
+        b0 = {}
+        for rec in rg:
+            b0[rec["block"]] = min(b0.get(rec["block"], 1 << 62), int(rec["t"][0]))
+        late = sorted(int(b) for b, v in b0.items() if v - start > 1000)
+        if late:
+            b1 = {}
+            for rec in rg:
+                b1[rec["block"]] = max(b1.get(rec["block"], 0), int(rec["t"][15]))
+            ends = lambda bs: np.array([b1[b] - start for b in bs])  # noqa: E731
+            on_time = [b for b in b0 if int(b) not in set(late)]
+            el, eo = ends(late), ends(on_time)
+            print(f"       {len(late)} blocks start > 1 us late: {late[:4]}..{late[-2:]}, "
+                  f"median {us(np.median([b0[b] - start for b in late])):.2f}; ends: late "
+                  f"{us(np.median(el)):.2f}/{us(el.max()):.2f}, others "
+                  f"{us(np.median(eo)):.2f}/{us(eo.max()):.2f}")
         for g in (1, 2):
             tg = t[rg["kind"] == g]
             if len(tg) == 0:

@@ -242,12 +242,15 @@ __device__ __forceinline__ int wg_tile(const FastArgs& a, int p, int k, int mste
 //     the weight wait and the MMA-order barrier), t[5] K loop done, t[6]
 //     the table landed, t[7] epilogue done; its second tile: t[8] start,
 //     t[9] K loop start, t[10] done, t[11] epilogue done; its third: t[12]
-//     K loop start, t[13] done, t[14] epilogue done; t[15] the block's end.
+//     K loop start, t[13] done, t[14] epilogue done; t[15] the block's end;
+//     the second tile's steps before its K loop: t[16] row records
+//     written, t[17] slots landed, t[18] past the warpgroup's barrier,
+//     t[19] next slots' copies issued (A from registers: before the K loop).
 // Unused marks are 0.
 struct TlRec {
   unsigned long long grid;  // %gridid: one per launch
   int kind, block, smid, pad;
-  unsigned long long t[16];
+  unsigned long long t[20];
 };
 constexpr unsigned kTlMax = 1u << 15;
 __device__ TlRec g_tl[kTlMax];
@@ -270,7 +273,7 @@ __device__ void tl_put(int kind, const unsigned long long* t, int n) {
   r.block = (int)blockIdx.x;
   r.smid = (int)smid;
   r.pad = 0;
-  for (int k = 0; k < 16; ++k) r.t[k] = k < n ? t[k] : 0;
+  for (int k = 0; k < 20; ++k) r.t[k] = k < n ? t[k] : 0;
 }
 #endif
 
@@ -854,13 +857,16 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   // first tile's, TTS(i) each tile's (kept for tiles 2 and 3 in tj1_, tj2_).
   // ptxas may move a timer read across a barrier wait (TLS(5), after the
   // MMA-order barrier, read before it in session 11's runs).
-  unsigned long long tl_[10] = {}, tt_[4] = {}, tj1_[4] = {}, tj2_[4] = {};
+  unsigned long long tl_[10] = {}, tt_[4] = {}, tj1_[4] = {}, tj2_[4] = {}, tsub_[4] = {};
 #define TLS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tl_[i]) :: "memory")
 #define TTS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tt_[i]) :: "memory")
+#define TSUB(i) \
+  if (j == 1) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tsub_[i]) :: "memory")
   TLS(0);
 #else
 #define TLS(i) (void)0
 #define TTS(i) (void)0
+#define TSUB(i) (void)0
 #endif
   // WG: 1 the wgmma kernel with A from registers, 2 from shared memory (ss).
   constexpr bool SS = WG == 2;
@@ -1316,15 +1322,18 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       } else {
         rows[buf * kFastBM + wlt] = row_record(m0 + wlt, row0, img0);
       }
+      TSUB(0);
       // (experiment 512: only the first tile's slots are copied)
       if (tma && (j == 0 || !BINCONV_SW(a, 512)))
         mbar_wait(sbar0 + 8 * buf, (uint32_t)(j >> 1) & 1);  // this tile's slots
       cp_async_wait<0>();  // the slots (cp.async)
+      TSUB(1);
       // The warpgroup's barrier: its slots and rows[] are visible, and its
       // warps are past its previous tile's epilogue (the other buffer and
       // its records may be refilled).
       if (j == 0) TLS(4);
       named_sync(1 + wgi, 128);
+      TSUB(2);
       // The warpgroup's next tile's slots into the other buffer: A from
       // registers, now; from shared memory, after this tile's wgmmas are
       // issued (below: the copies' issue, one lane per box, stalled the K
@@ -1332,8 +1341,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const bool prefetch = mt_next < a.mtiles && !BINCONV_SW(a, 512);
       // (register-A form late too, S13-14: no gain beyond noise)
       const bool prefetch_late = SS && !BINCONV_SW(a, 64);  // (64: the experiment's old order)
+      // (A from registers, the copies issued in the K loop after step 1's
+      // wgmmas instead, S14-9: L2, L3 within noise, L7 13% slower; their
+      // issue takes 0.5-0.6 us of each tile here, S14-8)
       if (prefetch && !prefetch_late) load_tile(buf ^ 1, mt_next, wlt, 128, wlw, 4);
       cp_async_commit();
+      TSUB(3);
       const uint32_t as_addr = smem_u32(fsm + slot_buf(buf));
       const int4* rows_b = rows + buf * kFastBM;
       int acc0[64], acc1[64], x10[4], x11[4];  // (set by the first K step: accumulate flag 0)
@@ -1879,10 +1892,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
 #ifdef JAX_BINCONV_TIMELINE
   TLS(9);
   if (WG && (tid & 127) == 0) {
-    const unsigned long long t[16] = {tl_[0], tl_[1], tl_[2], tl_[4], tl_[5], tl_[6],
-                                      tl_[7], tl_[8], tj1_[0], tj1_[1], tj1_[2], tj1_[3],
-                                      tj2_[1], tj2_[2], tj2_[3], tl_[9]};
-    tl_put(1 + (tid >> 7), t, 16);
+    const unsigned long long t[20] = {tl_[0],   tl_[1],   tl_[2],   tl_[4],   tl_[5],
+                                      tl_[6],   tl_[7],   tl_[8],   tj1_[0],  tj1_[1],
+                                      tj1_[2],  tj1_[3],  tj2_[1],  tj2_[2],  tj2_[3],
+                                      tl_[9],   tsub_[0], tsub_[1], tsub_[2], tsub_[3]};
+    tl_put(1 + (tid >> 7), t, 20);
   }
 #endif
 }

@@ -27,10 +27,11 @@ from jax_binconv import _cuda
 from jax_binconv._bench_layers import LAYERS
 
 REC = np.dtype([("grid", "<u8"), ("kind", "<i4"), ("block", "<i4"), ("smid", "<i4"),
-                ("pad", "<i4"), ("t", "<u8", (16,))])
+                ("pad", "<i4"), ("t", "<u8", (20,))])
 CONV_MARKS = ["slots issued", "prologue done", "t0 slots in", "t0 K start", "t0 K done",
               "table in", "t0 epi done", "t1 start", "t1 K start", "t1 K done", "t1 epi done",
-              "t2 K start", "t2 K done", "t2 epi done", "end"]
+              "t2 K start", "t2 K done", "t2 epi done", "end", "t1 rows", "t1 slots in",
+              "t1 wg barrier", "t1 next issued"]
 
 
 def main(layer="L4", n="256", mode="auto", depth="6", rounds="-1"):

@@ -1564,17 +1564,27 @@ cudaError_t launch_pdl(cudaLaunchConfig_t cfg, void (*kernel)(KArgs...), Args&&.
   return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
-// Blocks of fast_tables_kernel without x packing: 32 channels (warps) each,
-// so that few SMs are held while the convolution's blocks start (theirs then
-// start late: see FastArgs::wg_dlate).
-int fast_tables_blocks(const FastArgs& a) { return (a.opad + 31) / 32; }
+// fast_tables_kernel without x packing, where the wgmma kernel follows
+// with more tiles than SMs: 32 channels (warps) a block, so that fewer SMs
+// are held while the convolution's blocks start (those start late: see
+// FastArgs::wg_dlate). Else 8 a block: that kernel then ends ~1 us sooner
+// (S14-7, L2-L4: 4.1-4.3 against 5.3 us), which counts where a block has
+// one tile and its epilogue waits for the table (N = 1).
+bool fast_tables_wide(const FastArgs& a) {
+  DevInfo di;
+  return a.wg && dev_info(&di) == cudaSuccess && (long long)a.mtiles * a.ntiles > di.sms;
+}
+int fast_tables_blocks(const FastArgs& a) {
+  return fast_tables_wide(a) ? (a.opad + 31) / 32 : a.opad / 8;
+}
 
 // The tables, after pa.xblocks blocks of x packing (0: none; prep_x's blocks
 // are kThreads wide, and so the tables' 8 channels a block then).
 cudaError_t launch_fast_tables(const PrepArgs& pa, const FastArgs& a, cudaStream_t stream) {
   cudaLaunchConfig_t cfg{};
+  const bool wide = !pa.xblocks && fast_tables_wide(a);
   cfg.gridDim = dim3((unsigned)(pa.xblocks ? pa.xblocks + a.opad / 8 : fast_tables_blocks(a)));
-  cfg.blockDim = dim3(pa.xblocks ? kThreads : 1024);
+  cfg.blockDim = dim3(wide ? 1024 : kThreads);
   cfg.stream = stream;
   return a.half ? launch_pdl(cfg, fast_tables_kernel<true>, pa, a)
                 : launch_pdl(cfg, fast_tables_kernel<false>, pa, a);

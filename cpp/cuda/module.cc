@@ -20,6 +20,23 @@ int mode_index(const std::string& mode, const char* const (&names)[N], const cha
     if (mode == names[i]) return (int)i;
   throw py::value_error(std::string(expected) + ", got '" + mode + "'");
 }
+
+// An integer knob: set_<name>(arg) with arg in [lo, hi] (else a ValueError
+// that names it) and get_<name>().
+void def_int_knob(py::module_& m, const std::string& name, const char* arg, int lo, int hi,
+                  void (*set)(int), int (*get)(), const char* doc) {
+  const std::string setter = "set_" + name;
+  m.def(
+      setter.c_str(),
+      [setter, arg, lo, hi, set](int v) {
+        if (v < lo || v > hi)
+          throw py::value_error(setter + ": " + arg + " must be in [" + std::to_string(lo) +
+                                ", " + std::to_string(hi) + "]");
+        set(v);
+      },
+      py::arg(arg), doc);
+  m.def(("get_" + name).c_str(), [get]() { return get(); });
+}
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -226,32 +243,20 @@ PYBIND11_MODULE(_cuda, m) {
       },
       "The wgmma form of the most recent fast-kernel call: 'ss' (A from shared memory), "
       "'rs' (A from registers), '' (mma.sync), None (no fast call yet).");
-  m.def(
-      "set_debug_weight_delay",
-      [](int us) {
-        if (us < 0 || us > 10000)
-          throw py::value_error("set_debug_weight_delay: us must be in [0, 10000]");
-        binconv::cuda::set_debug_weight_delay(us);
-      },
-      py::arg("us"),
+  def_int_knob(
+      m, "debug_weight_delay", "us", 0, 10000, binconv::cuda::set_debug_weight_delay,
+      binconv::cuda::debug_weight_delay,
       "Test knob: the wgmma kernel, where its weights come by tensor map, fills their shared "
       "memory with ones and issues their copies `us` microseconds late (0, the default: no "
       "delay), so that a K loop that read the weights before they land would give a wrong "
       "result. Results are the same. Process-wide.");
-  m.def("get_debug_weight_delay", []() { return binconv::cuda::debug_weight_delay(); });
-  m.def(
-      "set_debug_tile_rounds",
-      [](int rounds) {
-        if (rounds < -1 || rounds > 64)
-          throw py::value_error("set_debug_tile_rounds: rounds must be in [-1, 64]");
-        binconv::cuda::set_debug_tile_rounds(rounds);
-      },
-      py::arg("rounds"),
+  def_int_knob(
+      m, "debug_tile_rounds", "rounds", -1, 64, binconv::cuda::set_debug_tile_rounds,
+      binconv::cuda::debug_tile_rounds,
       "Test and tuning knob: the wgmma kernel gives its first `rounds` rounds of M tiles to "
       "the blocks that start first (those not waiting for fast_tables_kernel's SMs), so the "
       "others take that many tiles fewer; -1 (the default): estimated per call, 0: the plain "
       "strided order. Results are the same. Process-wide.");
-  m.def("get_debug_tile_rounds", []() { return binconv::cuda::debug_tile_rounds(); });
   m.def(
       "last_tile_rounds",
       []() {

@@ -859,8 +859,9 @@ def test_fast_wgmma_auto_mode():
     kernel over 256 channels (1 step), or packed output through the float
     epilogue (beta with float x), the mma.sync kernel runs. Its A operand
     comes from shared memory for packed output by thresholds with at least
-    12 K steps (C = 512, 3x3: 18), else from registers (C = 256, 3x3: 9;
-    float output). All exact. Unknown modes are refused."""
+    12 K steps (C = 512, 3x3: 18), or 9 where Wo is a multiple of 8 (C =
+    256, 3x3 at 16x16), else from registers (C = 256, 3x3 at 14x14: 9 steps,
+    Wo = 14; float output). All exact. Unknown modes are refused."""
     mod = _cuda_mod()
     old = mod.get_fast_wgmma()
     with pytest.raises(ValueError, match="auto"):
@@ -872,8 +873,11 @@ def test_fast_wgmma_auto_mode():
         sms = jax.devices("gpu")[0].core_count
         big = -(-sms * 64 // (14 * 14)) + 1  # ceil(n 196 / 128) * 2 tiles >= SMs
         big7 = -(-sms * 32 // (7 * 7)) + 1  # ceil(n 49 / 128) * 4 tiles >= SMs
+        big16 = -(-sms // 4) + 1  # n 256 / 128 * 2 tiles >= SMs
         # (n, hw, c, k, beta, output, form: "ss", "rs" or "" for mma.sync)
         cases = [(big, 14, 256, (3, 3), False, "packed", "rs"),
+                 (big16, 16, 256, (3, 3), False, "packed", "ss"),
+                 (big16, 16, 256, (3, 3), False, "float", "rs"),
                  (1, 14, 256, (3, 3), False, "packed", ""),
                  (big, 14, 256, (1, 1), False, "packed", ""),
                  (big, 14, 256, (3, 3), True, "packed", ""),

@@ -1361,13 +1361,17 @@ bool wgmma_pays(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
 
 // kWgmmaAuto, among the wgmma kernel's two forms: A from shared memory
 // (plan_wgmma_ss) for packed output by thresholds (EPI_THR) with at least
-// 12 K steps, else A from registers. benchmarks/NOTES-gpu.md, session 12 (H100,
+// 12 K steps, or 9 where Wo is a multiple of 8 (no pixel of a group of 8
+// wasted), else A from registers. benchmarks/NOTES-gpu.md, session 12 (H100,
 // N = 256 packed, same runs): L4 (18 steps) 0.0246 / 0.0261 ms against
 // 0.0271 / 0.0275; L7 (9 steps) even (0.177 / 0.179); L2 and L3 (5, 9
 // steps; Wo = 28, 14: an eighth of the rows wasted, more tiles) slower by
-// 8-13%; float output slower by 1-6% on all four.
+// 8-13%; float output slower by 1-6% on all four. Session 14 (after
+// session 13's late prefetch in that form), S14-15, 3 alternations: L7
+// 0.186 / 0.179 / 0.189 against 0.205 / 0.201 / 0.205 ms; L2, L3 within
+// noise.
 bool wgmma_ss_pays(const ConvParams& p, const FastArgs& a) {
-  return a.thr && p.out_packed && a.ks >= 12;
+  return a.thr && p.out_packed && (a.ks >= 12 || (a.ks >= 9 && a.wo % 8 == 0));
 }
 
 // The wgmma kernel's weight layout: K in blocks of 8 chunks (wg_b_offset),

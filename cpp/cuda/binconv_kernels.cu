@@ -1578,16 +1578,14 @@ bool fast_tables_wide(const FastArgs& a) {
   DevInfo di;
   return a.wg && dev_info(&di) == cudaSuccess && (long long)a.mtiles * a.ntiles > di.sms;
 }
-int fast_tables_blocks(const FastArgs& a) {
-  return fast_tables_wide(a) ? (a.opad + 31) / 32 : a.opad / 8;
-}
+int fast_tables_blocks(const FastArgs& a, bool wide) { return wide ? (a.opad + 31) / 32 : a.opad / 8; }
 
 // The tables, after pa.xblocks blocks of x packing (0: none; prep_x's blocks
 // are kThreads wide, and so the tables' 8 channels a block then).
 cudaError_t launch_fast_tables(const PrepArgs& pa, const FastArgs& a, cudaStream_t stream) {
   cudaLaunchConfig_t cfg{};
   const bool wide = !pa.xblocks && fast_tables_wide(a);
-  cfg.gridDim = dim3((unsigned)(pa.xblocks ? pa.xblocks + a.opad / 8 : fast_tables_blocks(a)));
+  cfg.gridDim = dim3((unsigned)(pa.xblocks + fast_tables_blocks(a, wide)));
   cfg.blockDim = dim3(wide ? 1024 : kThreads);
   cfg.stream = stream;
   return a.half ? launch_pdl(cfg, fast_tables_kernel<true>, pa, a)
@@ -1634,14 +1632,11 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   const bool tables_pdl = !BINCONV_SW(a, 1) && g_pdl.load(std::memory_order_relaxed) &&
                           g_pdl_ok.load(std::memory_order_relaxed);
   if (WG && items > cap && tables_pdl && !a.x_late) {
-    const long long late = std::min<long long>(fast_tables_blocks(a), grid);
+    // (items > cap: the tables kernel runs wide, fast_tables_wide)
+    const long long late = std::min<long long>(fast_tables_blocks(a, true), grid);
     const int mstep = (int)(grid / a.ntiles);
     const int early = (int)((grid - late) / a.ntiles);
-    // Tiles of the block at position p (wg_tile's count).
-    auto tiles = [&](int d, int p) {
-      const long long s = (long long)d * early + p;
-      return (s < a.mtiles ? (a.mtiles - s + mstep - 1) / mstep : 0) + (p < early ? d : 0);
-    };
+    auto tiles = [&](int d, int p) { return wg_tile_count(a.mtiles, mstep, early, d, p); };
     const int forced = g_dbg_dlate.load(std::memory_order_relaxed);
     int dlate = forced;
     if (forced < 0) {

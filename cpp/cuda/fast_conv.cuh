@@ -226,6 +226,15 @@ __device__ __forceinline__ int wg_tile(const FastArgs& a, int p, int k, int mste
   }
   return a.wg_dlate * a.wg_early + k * mstep + p;
 }
+// How many tiles wg_tile gives the block at position p (< mtiles): its
+// early rounds' and those from its first strided tile on. For the host's
+// estimate of dlate (launch_fast_epi); the wgmma kernel's ntile is the
+// same arithmetic.
+__host__ __device__ __forceinline__ int wg_tile_count(int mtiles, int mstep, int early, int dlate,
+                                                      int p) {
+  const int s = dlate * early + p;
+  return (s < mtiles ? (mtiles - s + mstep - 1) / mstep : 0) + (p < early ? dlate : 0);
+}
 
 #ifdef JAX_BINCONV_TIMELINE
 // Timeline records (a debugging aid: builds with -DJAX_BINCONV_TIMELINE;
@@ -665,16 +674,19 @@ __global__ void __launch_bounds__(1024) fast_tables_kernel(PrepArgs pa, FastArgs
 #endif
   pdl_launch_dependents();
   if (BINCONV_SW(a, 16)) return;
+#ifdef JAX_BINCONV_TIMELINE
+  unsigned long long* const tlm = tl + 3;
+#else
+  unsigned long long* const tlm = nullptr;
+#endif
   if ((int)blockIdx.x < pa.xblocks)
     prep_x(pa, blockIdx.x);
   else
+    fast_tables_block<HALF>(a, (int)blockIdx.x - pa.xblocks, tlm);
 #ifdef JAX_BINCONV_TIMELINE
-    fast_tables_block<HALF>(a, (int)blockIdx.x - pa.xblocks, tl + 3);
   __syncthreads();
   tl[2] = tl_now();
   if (threadIdx.x == 0) tl_put(0, tl, 5);
-#else
-    fast_tables_block<HALF>(a, (int)blockIdx.x - pa.xblocks);
 #endif
 }
 
@@ -858,10 +870,10 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
   // ptxas may move a timer read across a barrier wait (TLS(5), after the
   // MMA-order barrier, read before it in session 11's runs).
   unsigned long long tl_[10] = {}, tt_[4] = {}, tj1_[4] = {}, tj2_[4] = {}, tsub_[4] = {};
-#define TLS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tl_[i]) :: "memory")
-#define TTS(i) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tt_[i]) :: "memory")
+#define TLS(i) (tl_[i] = tl_now())
+#define TTS(i) (tt_[i] = tl_now())
 #define TSUB(i) \
-  if (j == 1) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tsub_[i]) :: "memory")
+  if (j == 1) tsub_[i] = tl_now()
   TLS(0);
 #else
 #define TLS(i) (void)0
@@ -1281,6 +1293,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     // other warpgroup at no barrier but the MMA order: tile k's wgmmas are
     // issued after tile k - 1's (named barriers 3 + g), so that one
     // warpgroup's epilogue runs while the other's wgmmas do.
+    // (wg_tile_count's arithmetic, written out: calling it gave another
+    // cubin, not timed on a GPU yet)
     const int s0 = a.wg_dlate * a.wg_early + mt0;  // (the first strided tile)
     const int ntile = (s0 < a.mtiles ? (a.mtiles - s0 + mstep - 1) / mstep : 0) +
                       (mt0 < a.wg_early ? a.wg_dlate : 0);

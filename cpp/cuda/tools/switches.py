@@ -1,4 +1,4 @@
-"""Where a call's time goes: N=256 packed applications of BENCH layers timed
+"""Where a call's time goes: N=256 packed (or float) applications of BENCH layers timed
 with the experiment switches of a -DJAX_BINCONV_SWITCHES build (env
 JAX_BINCONV_SW, read by launch_conv at every call; see BINCONV_SW in
 fast_conv.cuh). Results are wrong with any switch set: timings only. Each
@@ -6,7 +6,7 @@ row: ms per application (min of the repetitions, as benchmarks/gpu.py
 times them), the same run's cuDNN bf16 and the ratio.
 
     CMAKE_ARGS=-DCMAKE_CUDA_FLAGS=-DJAX_BINCONV_SWITCHES pip install --no-build-isolation -e .
-    python cpp/cuda/tools/switches.py L2,L3,L4,L7 0,1,2,4,8,16,9,6 [wgmma mode]
+    python cpp/cuda/tools/switches.py L2,L3,L4,L7 0,1,2,4,8,16,9,6 [wgmma mode] [N] [packed|float]
 """
 import os
 import sys
@@ -24,22 +24,28 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "be
 from gpu import bench  # noqa: E402
 
 
-def main(layers="L2,L3,L4,L7", sws="0,1,2,4,8,16", mode="auto", n="256"):
+def main(layers="L2,L3,L4,L7", sws="0,1,2,4,8,16", mode="auto", n="256", io="packed"):
     _cuda.set_fast_wgmma(mode)
     n = int(n)
     rng = np.random.default_rng(0)
     gpu = jax.devices("gpu")[0]
-    print(f"device: {gpu.device_kind}; wgmma mode {mode}; N={n}", flush=True)
+    print(f"device: {gpu.device_kind}; wgmma mode {mode}; N={n}; {io} I/O", flush=True)
     for name in layers.split(","):
         h, w, c, o, k, s = LAYERS[name]
         x = rng.standard_normal((n, h, w, c), np.float32)
         wf = rng.standard_normal((k, k, c, o)).astype(np.float32)
-        xp = jax.device_put(jb.pack_activations(x).words, gpu)
         wp = jax.device_put(jb.pack_weights(wf), gpu)
+        if io == "packed":
+            xp = jax.device_put(jb.pack_activations(x).words, gpu)
 
-        def ours(words, wt, s=s, c=c):
-            return jb.binary_conv2d(jb.PackedActivations(words, c), wt, strides=s,
-                                    padding="SAME", output="packed")
+            def ours(words, wt, s=s, c=c):
+                return jb.binary_conv2d(jb.PackedActivations(words, c), wt, strides=s,
+                                        padding="SAME", output="packed")
+        else:  # float in and out
+            xp = jax.device_put(x, gpu)
+
+            def ours(xx, wt, s=s):
+                return jb.binary_conv2d(xx, wt, strides=s, padding="SAME")
 
         def cudnn(xx, wl, s=s):
             return lax.conv_general_dilated(xx, wl, (s, s), "SAME",

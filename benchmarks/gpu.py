@@ -86,6 +86,29 @@ def bench(apply, args, reps, loop="unrolled", target_ms=4.0):
     return min(times), statistics.median(times)
 
 
+def layer_case(name, n, io, gpu, rng):
+    """A BENCH layer as the A/B tools (gpu_ab.py, cpp/cuda/tools/switches.py)
+    time it: (ours, args, x, wf): XNOR, SAME padding, packed words in and out
+    (io "packed") or float32 (io "float"), args on `gpu`; x and wf are the
+    float input and weights (for a baseline)."""
+    h, w, c, o, k, s = LAYERS[name]
+    x = rng.standard_normal((n, h, w, c), np.float32)
+    wf = rng.standard_normal((k, k, c, o)).astype(np.float32)
+    wp = jax.device_put(jb.pack_weights(wf), gpu)
+    if io == "packed":
+        xin = jax.device_put(jb.pack_activations(x).words, gpu)
+
+        def ours(words, wt):
+            return jb.binary_conv2d(jb.PackedActivations(words, c), wt, strides=s,
+                                    padding="SAME", output="packed")
+    else:
+        xin = jax.device_put(x, gpu)
+
+        def ours(xx, wt):
+            return jb.binary_conv2d(xx, wt, strides=s, padding="SAME")
+    return ours, (xin, wp), x, wf
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", default=",".join(LAYERS))

@@ -27,9 +27,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import jax_binconv as jb  # noqa: E402
-from gpu import bench  # noqa: E402
-from jax_binconv._bench_layers import LAYERS  # noqa: E402
+from gpu import bench, layer_case  # noqa: E402
 
 
 def parse_variant(text):
@@ -66,27 +64,13 @@ def main(argv=None):
     print(f"device: {gpu.device_kind}; jax {jax.__version__}; N={args.batch}; io={args.io}")
     rng = np.random.default_rng(0)
     for name in args.layers.split(","):
-        h, w, c, o, k, s = LAYERS[name]
-        x = rng.standard_normal((args.batch, h, w, c), np.float32)
-        wf = rng.standard_normal((k, k, c, o)).astype(np.float32)
-        wpk = jax.device_put(jb.pack_weights(wf), gpu)
-        if args.io == "packed":
-            xin = jax.device_put(jb.pack_activations(x).words, gpu)
-
-            def ours(words, wt, s=s, c=c):
-                return jb.binary_conv2d(jb.PackedActivations(words, c), wt, strides=s,
-                                        padding="SAME", output="packed")
-        else:
-            xin = jax.device_put(x, gpu)
-
-            def ours(xf, wt, s=s):
-                return jb.binary_conv2d(xf, wt, strides=s, padding="SAME")
+        ours, ours_args, _, _ = layer_case(name, args.batch, args.io, gpu, rng)
 
         best = [float("inf")] * len(variants)
         for _ in range(args.rounds):
             for i, v in enumerate(variants):
                 apply_variant(mod, v)
-                t = bench(ours, (xin, wpk), args.reps)[0]
+                t = bench(ours, ours_args, args.reps)[0]
                 best[i] = min(best[i], t)
         base = best[0]
         for v, t in zip(variants, best):

@@ -16,12 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-import jax_binconv as jb
 from jax_binconv import _cuda
 from jax_binconv._bench_layers import LAYERS
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "benchmarks"))
-from gpu import bench  # noqa: E402
+from gpu import bench, layer_case  # noqa: E402
 
 
 def main(layers="L2,L3,L4,L7", sws="0,1,2,4,8,16", mode="auto", n="256", io="packed"):
@@ -31,21 +30,8 @@ def main(layers="L2,L3,L4,L7", sws="0,1,2,4,8,16", mode="auto", n="256", io="pac
     gpu = jax.devices("gpu")[0]
     print(f"device: {gpu.device_kind}; wgmma mode {mode}; N={n}; {io} I/O", flush=True)
     for name in layers.split(","):
-        h, w, c, o, k, s = LAYERS[name]
-        x = rng.standard_normal((n, h, w, c), np.float32)
-        wf = rng.standard_normal((k, k, c, o)).astype(np.float32)
-        wp = jax.device_put(jb.pack_weights(wf), gpu)
-        if io == "packed":
-            xp = jax.device_put(jb.pack_activations(x).words, gpu)
-
-            def ours(words, wt, s=s, c=c):
-                return jb.binary_conv2d(jb.PackedActivations(words, c), wt, strides=s,
-                                        padding="SAME", output="packed")
-        else:  # float in and out
-            xp = jax.device_put(x, gpu)
-
-            def ours(xx, wt, s=s):
-                return jb.binary_conv2d(xx, wt, strides=s, padding="SAME")
+        s = LAYERS[name][5]
+        ours, ours_args, x, wf = layer_case(name, n, io, gpu, rng)
 
         def cudnn(xx, wl, s=s):
             return lax.conv_general_dilated(xx, wl, (s, s), "SAME",
@@ -57,7 +43,7 @@ def main(layers="L2,L3,L4,L7", sws="0,1,2,4,8,16", mode="auto", n="256", io="pac
         for sw in sws.split(","):
             os.environ["JAX_BINCONV_SW"] = sw
             jax.clear_caches()  # (a captured CUDA graph would keep the old value)
-            t = bench(ours, (xp, wp), 10)[0]
+            t = bench(ours, ours_args, 10)[0]
             print(f"  {name} sw={sw:>3}: {t:.4f} ms  bf16 {bf16:.4f} ms  {bf16 / t:5.2f}x  "
                   f"[{_cuda.last_kernel()} {_cuda.last_wgmma_form()}]", flush=True)
         os.environ["JAX_BINCONV_SW"] = "0"

@@ -1632,8 +1632,9 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   const bool tables_pdl = !BINCONV_SW(a, 1) && g_pdl.load(std::memory_order_relaxed) &&
                           g_pdl_ok.load(std::memory_order_relaxed);
   if (WG && items > cap && tables_pdl && !a.x_late) {
-    // (items > cap: the tables kernel runs wide, fast_tables_wide)
-    const long long late = std::min<long long>(fast_tables_blocks(a, true), grid);
+    // (the tables kernel's blocks as launch_fast_tables launches them: here,
+    // with more tiles than SMs, its wide form)
+    const long long late = std::min<long long>(fast_tables_blocks(a, fast_tables_wide(a)), grid);
     const int mstep = (int)(grid / a.ntiles);
     const int early = (int)((grid - late) / a.ntiles);
     auto tiles = [&](int d, int p) { return wg_tile_count(a.mtiles, mstep, early, d, p); };

@@ -102,7 +102,8 @@ def analyze(r):
             for rec in rg:
                 b1[rec["block"]] = max(b1.get(rec["block"], 0), int(rec["t"][15]))
             ends = lambda bs: np.array([b1[b] - start for b in bs])  # noqa: E731
-            on_time = [b for b in b0 if int(b) not in set(late)]
+            late_set = set(late)
+            on_time = [b for b in b0 if int(b) not in late_set]
             el, eo = ends(late), ends(on_time)
             print(f"       {len(late)} blocks start > 1 us late: {late[:4]}..{late[-2:]}, "
                   f"median {us(np.median([b0[b] - start for b in late])):.2f}; ends: late "

@@ -5,10 +5,12 @@
 #   here:    mkdir -p build/ab/old && git archive <rev> | tar -x -C build/ab/old
 #   device:  bash cpp/cuda/tools/ab_trees.sh old [more names under build/ab]
 #            (run's carry: ["build/ab"]; AB_BENCH: gpu.py's arguments;
-#            ROUNDS: rounds of runs, default 2)
+#            ROUNDS: rounds of runs, default 2; AB_REUSE=1: a warm
+#            machine's earlier builds, rebuilt only where changed)
 #
-# Each tree (the working tree is "cur") is built with CMake (sm_90 only, or
-# AB_ARCHS_<name>, e.g. AB_ARCHS_cur=90a-real) into
+# Each tree (the working tree is "cur") is built with CMake (sm_90a only:
+# the production path on an H100; "90" would leave out the wgmma kernel;
+# AB_ARCHS_<name>=... for another list) into
 # /tmp/pkg_<name>/jax_binconv, then benchmarks/gpu.py runs for each in turn,
 # its package from PYTHONPATH. An editable install of jax_binconv would
 # shadow PYTHONPATH (its import hook comes first), so it is removed.
@@ -18,22 +20,29 @@ root=$(pwd)
 pip uninstall -y jax_binconv >/dev/null 2>&1
 sp=$(python3 -c "import site; print(site.getsitepackages()[0])")
 rm -f "$sp"/*jax_binconv*.pth "$sp"/_jax_binconv_editable*.py
-bld() {  # $1 name, $2 source dir, $3 targets; AB_ARCHS_<name>: its CUDA archs (default 90)
+bld() {  # $1 name, $2 source dir, $3 targets; AB_ARCHS_<name>: its CUDA archs (default 90a-real: the H100 production path, wgmma kernel included)
   local av="AB_ARCHS_$1"
   cmake -S "$2" -B /tmp/b_$1 -G Ninja -DCMAKE_BUILD_TYPE=Release -DJAX_BINCONV_CUDA=ON \
-    -DJAX_BINCONV_CUDA_ARCHS="${!av:-90}" -DJAX_BINCONV_METAL_SHIM=OFF -DPython_EXECUTABLE="$(command -v python3)" \
+    -DJAX_BINCONV_CUDA_ARCHS="${!av:-90a-real}" -DJAX_BINCONV_METAL_SHIM=OFF -DPython_EXECUTABLE="$(command -v python3)" \
     -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" >/tmp/b_$1.log 2>&1 &&
   cmake --build /tmp/b_$1 -j8 --target $3 >>/tmp/b_$1.log 2>&1 || { echo "build $1 failed"; tail -20 /tmp/b_$1.log; }
 }
-bld cur "$root" "_cuda _cpu" &
-for v in "$@"; do bld "$v" "$root/build/ab/$v" _cuda & done
+# AB_REUSE=1: keep builds already in /tmp/b_<name> (a warm machine's
+# second call), only rebuilding what changed
+if [ "${AB_REUSE:-0}" = 1 ] && [ -d /tmp/b_cur ]; then
+  cmake --build /tmp/b_cur -j8 --target _cuda _cpu >>/tmp/b_cur.log 2>&1 &
+  for v in "$@"; do cmake --build /tmp/b_$v -j8 --target _cuda >>/tmp/b_$v.log 2>&1 & done
+else
+  bld cur "$root" "_cuda _cpu" &
+  for v in "$@"; do bld "$v" "$root/build/ab/$v" _cuda & done
+fi
 wait
 for v in cur "$@"; do
   src=$root; [ "$v" != cur ] && src=$root/build/ab/$v
   mkdir -p /tmp/pkg_$v && cp -r "$src/jax_binconv" /tmp/pkg_$v/ &&
     cp /tmp/b_$v/cpp/cuda/_cuda*.so /tmp/b_cur/cpp/cpu/_cpu*.so /tmp/pkg_$v/jax_binconv/
   # (from /tmp: the repository root's source package would come first)
-  (cd /tmp && PYTHONPATH=/tmp/pkg_$v python3 -c "import jax_binconv as j, os; print('$v', os.path.dirname(j.__file__))" 2>&1 | tail -1)
+  (cd /tmp && PYTHONPATH=/tmp/pkg_$v python3 -c "import jax_binconv as j, jax_binconv._cuda as c, os; print('$v', os.path.dirname(j.__file__), 'wgmma', c.wgmma_available())" 2>&1 | tail -1)
 done
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 for r in $(seq "${ROUNDS:-2}"); do

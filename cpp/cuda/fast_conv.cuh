@@ -594,30 +594,19 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
   // together, four per lane in flight before their popcounts are added (a
   // lane per tap looping over its chunks, or one load at a time, waited for
   // each load in turn: at N = 1 this kernel's time is on the convolution's
-  // critical path).
-  if (real && HALF) {  // C = 64: 8 bytes per tap
-    const uint2* src = reinterpret_cast<const uint2*>(a.wt) + (long long)o * a.t;
-    for (int tap = lane; tap < a.t; tap += 32) {
-      const uint2 v = __ldg(src + tap);
-      ps[tap] = __popc(v.x) + __popc(v.y);
-    }
+  // critical path). The first four go out before the threshold search,
+  // which needs no weights and so runs while they are in flight.
+  const uint4* src = a.wt + (long long)o * a.kc;
+  const uint2* src2 = reinterpret_cast<const uint2*>(a.wt) + (long long)o * a.t;  // (HALF)
+  uint4 v[4];
+  uint2 h = make_uint2(0, 0);
+  if (HALF && real) {  // C = 64: 8 bytes per tap
+    if (lane < a.t) h = __ldg(src2 + lane);
   } else if (real) {
-    const uint4* src = a.wt + (long long)o * a.kc;
-    for (int q0 = lane; q0 < a.kc; q0 += 4 * 32) {
-      uint4 v[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        v[j] = q0 + 32 * j < a.kc ? __ldg(src + q0 + 32 * j) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (q0 + 32 * j < a.kc)
-          atomicAdd(&ps[(q0 + 32 * j) / a.p],
-                    __popc(v[j].x) + __popc(v[j].y) + __popc(v[j].z) + __popc(v[j].w));
-    }
+    for (int j = 0; j < 4; ++j)
+      v[j] = lane + 32 * j < a.kc ? __ldg(src + lane + 32 * j) : make_uint4(0, 0, 0, 0);
   }
-#ifdef JAX_BINCONV_TIMELINE
-  if (tlm && threadIdx.x == 0) tlm[0] = tl_now();  // (warp 0's popcounts added)
-#endif
   // thr: the bit is 1 for acc >= B (flip 1) or acc < B (flip 0): the sign
   // of acc - B, flipped. packed_threshold_warp gives [lo, +inf), (-inf, hi],
   // empty or everything (monotone activations only, see packed_by_threshold).
@@ -634,9 +623,31 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
       }
     }
   }
-  __syncwarp();
 #ifdef JAX_BINCONV_TIMELINE
   if (tlm && threadIdx.x == 0) tlm[1] = tl_now();  // (its threshold found)
+#endif
+  if (real && HALF) {
+    for (int tap = lane; tap < a.t; tap += 32) {
+      if (tap != lane) h = __ldg(src2 + tap);
+      ps[tap] = __popc(h.x) + __popc(h.y);
+    }
+  } else if (real) {
+    for (int q0 = lane; q0 < a.kc; q0 += 4 * 32) {
+      if (q0 != lane) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          v[j] = q0 + 32 * j < a.kc ? __ldg(src + q0 + 32 * j) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (q0 + 32 * j < a.kc)
+          atomicAdd(&ps[(q0 + 32 * j) / a.p],
+                    __popc(v[j].x) + __popc(v[j].y) + __popc(v[j].z) + __popc(v[j].w));
+    }
+  }
+  __syncwarp();
+#ifdef JAX_BINCONV_TIMELINE
+  if (tlm && threadIdx.x == 0) tlm[0] = tl_now();  // (warp 0's popcounts added)
 #endif
   int w1all = 0;
   for (int tap = 0; tap < a.t; ++tap) w1all += ps[tap];

@@ -7,7 +7,9 @@ change results), so that run-to-run and card-to-card spread cancels out.
 Knobs (default first): tma=1|0 (input slots by tensor map or cp.async),
 pdl=1|0 (programmatic dependent launch), wcopy=2|1|0 (weights by one
 tensor-map box, bulk row copies or cp.async), fprep=1|0 (float x: packing
-and tables in one kernel or two).
+and tables in one kernel or two), rounds=-1|r (the wgmma kernel's first r
+rounds of M tiles to the blocks that start on time: -1 the per-call
+estimate, set_debug_tile_rounds).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -31,11 +33,11 @@ from gpu import bench, layer_case  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1, wcopy=2, fprep=1)
+    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
-            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wcopy, fprep)")
+            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wcopy, fprep, rounds)")
         v[key] = int(val)
     return v
 
@@ -45,6 +47,7 @@ def apply_variant(mod, v):
     mod.set_fast_pdl(bool(v["pdl"]))
     mod.set_fast_weight_copy(["cp.async", "bulk", "tensor_map"][v["wcopy"]])
     mod.set_fast_fused_prep(bool(v["fprep"]))
+    mod.set_debug_tile_rounds(v["rounds"])
 
 
 def main(argv=None):
@@ -67,14 +70,17 @@ def main(argv=None):
         ours, ours_args, _, _ = layer_case(name, args.batch, args.io, gpu, rng)
 
         best = [float("inf")] * len(variants)
+        picked = [None] * len(variants)  # the tile rounds the last call ran
         for _ in range(args.rounds):
             for i, v in enumerate(variants):
                 apply_variant(mod, v)
                 t = bench(ours, ours_args, args.reps)[0]
                 best[i] = min(best[i], t)
+                picked[i] = mod.last_tile_rounds()
         base = best[0]
-        for v, t in zip(variants, best):
-            print(f"  {name} {v}: {t * 1e3:8.2f} us  ({base / t:5.3f}x of the first)", flush=True)
+        for v, t, r in zip(variants, best, picked):
+            print(f"  {name} {v}: {t * 1e3:8.2f} us  ({base / t:5.3f}x of the first)"
+                  f"  tile rounds {r}", flush=True)
     apply_variant(mod, parse_variant(""))
 
 

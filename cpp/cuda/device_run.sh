@@ -121,6 +121,18 @@ memcheck:fast_kernel_float_io and auto and (22-and or 23-xnor or 24-and)
 racecheck:fast_kernel_packed_io and auto and (22-and or 23-xnor)
 LIST
       ;;
+    santab)
+      # compute-sanitizer on fast_tables_kernel alone (the convolution runs natively): its
+      # forms (wide, narrow with the packing in the same launch, C = 64's half-word loads).
+      san_list fast_tables 120 sanitize_tables <<'LIST'
+memcheck:fast_kernel_packed_io and auto and (0-xnor or 2-and or 15-xnor or 16-and)
+memcheck:fast_kernel_float_io and auto and (1-xnor or 3-and or 17-xnor or 18-and)
+memcheck:fast_kernel_packed_io and wgmma and (0-xnor or 2-and or 4-xnor or 7-and)
+racecheck:fast_kernel_packed_io and auto and (1-xnor or 6-and or 15-and)
+racecheck:fast_kernel_float_io and auto and (2-xnor or 8-and or 16-xnor)
+racecheck:fast_kernel_packed_io and wgmma and (1-xnor or 3-and)
+LIST
+      ;;
     sanwg)
       # compute-sanitizer on the wgmma kernel (set_fast_wgmma; the tests' "wgmma" policy, A
       # from shared memory where it runs, and "wgmma-rs", A from registers: "wgmma" matches

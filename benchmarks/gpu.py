@@ -86,27 +86,39 @@ def bench(apply, args, reps, loop="unrolled", target_ms=4.0):
     return min(times), statistics.median(times)
 
 
-def layer_case(name, n, io, gpu, rng):
-    """A BENCH layer as the A/B tools (gpu_ab.py, cpp/cuda/tools/switches.py)
-    time it: (ours, args, x, wf): XNOR, SAME padding, packed words in and out
-    (io "packed") or float32 (io "float"), args on `gpu`; x and wf are the
-    float input and weights (for a baseline)."""
+def layer_data(name, n, gpu, rng):
+    """A BENCH layer's operands: float32 input x (NHWC, on `gpu`), float
+    weights wf (HWIO, host, scaled by 1/sqrt(fan-in) for the baselines) and
+    their packed words (on `gpu`)."""
     h, w, c, o, k, s = LAYERS[name]
-    x = rng.standard_normal((n, h, w, c), np.float32)
-    wf = rng.standard_normal((k, k, c, o)).astype(np.float32)
-    wp = jax.device_put(jb.pack_weights(wf), gpu)
-    if io == "packed":
-        xin = jax.device_put(jb.pack_activations(x).words, gpu)
+    x = jax.device_put(rng.standard_normal((n, h, w, c), np.float32), gpu)
+    wf = rng.standard_normal((k, k, c, o)).astype(np.float32) / np.sqrt(k * k * c)
+    return x, wf, jax.device_put(jb.pack_weights(wf), gpu)
 
+
+def ours_fn(name, io, type="xnor"):
+    """Our application of layer `name` (SAME padding): float32 in and out
+    (io "float", args (x, packed weights)) or packed words in and out (io
+    "packed", args (x's words, packed weights))."""
+    h, w, c, o, k, s = LAYERS[name]
+    if io == "packed":
         def ours(words, wt):
-            return jb.binary_conv2d(jb.PackedActivations(words, c), wt, strides=s,
+            return jb.binary_conv2d(jb.PackedActivations(words, c), wt, type=type, strides=s,
                                     padding="SAME", output="packed")
     else:
-        xin = jax.device_put(x, gpu)
-
         def ours(xx, wt):
-            return jb.binary_conv2d(xx, wt, strides=s, padding="SAME")
-    return ours, (xin, wp), x, wf
+            return jb.binary_conv2d(xx, wt, type=type, strides=s, padding="SAME")
+    return ours
+
+
+def layer_case(name, n, io, gpu, rng):
+    """A BENCH layer as the A/B tools (gpu_ab.py, cpp/cuda/tools/switches.py)
+    time it: (ours, args, x, wf): XNOR, the operands and application of
+    main's rows (layer_data, ours_fn) for one io; x and wf are the float
+    input and weights (for a baseline)."""
+    x, wf, wpk = layer_data(name, n, gpu, rng)
+    xin = jax.device_put(jb.pack_activations(x).words, gpu) if io == "packed" else x
+    return ours_fn(name, io), (xin, wpk), x, wf
 
 
 def main(argv=None):
@@ -161,24 +173,15 @@ def main(argv=None):
     rows = []
     for name in args.layers.split(","):
         h, w, c, o, k, s = LAYERS[name]
-        pad = "SAME"
+        ours_f, ours_p = ours_fn(name, "float", args.type), ours_fn(name, "packed", args.type)
         for n in [int(b) for b in args.batches.split(",")]:
-            x = jax.device_put(rng.standard_normal((n, h, w, c), np.float32), gpu)
-            wf = rng.standard_normal((k, k, c, o)).astype(np.float32) / np.sqrt(k * k * c)
-            wpk = jax.device_put(jb.pack_weights(wf), gpu)
+            x, wf, wpk = layer_data(name, n, gpu, rng)
             xp = jax.device_put(jb.pack_activations(x), gpu)
             ho, wo = -(-h // s), -(-w // s)
             macs = n * ho * wo * o * k * k * c
 
-            def ours_f(xx, wt, s=s):
-                return jb.binary_conv2d(xx, wt, type=args.type, strides=s, padding=pad)
-
-            def ours_p(words, wt, s=s, c=c):
-                return jb.binary_conv2d(jb.PackedActivations(words, c), wt, type=args.type,
-                                        strides=s, padding=pad, output="packed")
-
             def cudnn(xx, wl, s=s):
-                return lax.conv_general_dilated(xx, wl, (s, s), pad,
+                return lax.conv_general_dilated(xx, wl, (s, s), "SAME",
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
             w16 = jax.device_put(jnp.asarray(wf, jnp.bfloat16), gpu)

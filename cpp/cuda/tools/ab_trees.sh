@@ -20,22 +20,20 @@ root=$(pwd)
 pip uninstall -y jax_binconv >/dev/null 2>&1
 sp=$(python3 -c "import site; print(site.getsitepackages()[0])")
 rm -f "$sp"/*jax_binconv*.pth "$sp"/_jax_binconv_editable*.py
-bld() {  # $1 name, $2 source dir, $3 targets; AB_ARCHS_<name>: its CUDA archs (default 90a-real: the H100 production path, wgmma kernel included)
+# $1 name, $2 source dir, $3 targets; AB_ARCHS_<name>: its CUDA archs
+# (default 90a-real). With AB_REUSE=1 a build dir already configured (a warm
+# machine's earlier call) is only rebuilt, where its sources changed.
+bld() {
   local av="AB_ARCHS_$1"
-  cmake -S "$2" -B /tmp/b_$1 -G Ninja -DCMAKE_BUILD_TYPE=Release -DJAX_BINCONV_CUDA=ON \
-    -DJAX_BINCONV_CUDA_ARCHS="${!av:-90a-real}" -DJAX_BINCONV_METAL_SHIM=OFF -DPython_EXECUTABLE="$(command -v python3)" \
-    -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" >/tmp/b_$1.log 2>&1 &&
+  if [ "${AB_REUSE:-0}" != 1 ] || [ ! -f /tmp/b_$1/CMakeCache.txt ]; then
+    cmake -S "$2" -B /tmp/b_$1 -G Ninja -DCMAKE_BUILD_TYPE=Release -DJAX_BINCONV_CUDA=ON \
+      -DJAX_BINCONV_CUDA_ARCHS="${!av:-90a-real}" -DJAX_BINCONV_METAL_SHIM=OFF -DPython_EXECUTABLE="$(command -v python3)" \
+      -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" >/tmp/b_$1.log 2>&1 || { echo "configure $1 failed"; tail -20 /tmp/b_$1.log; return; }
+  fi
   cmake --build /tmp/b_$1 -j8 --target $3 >>/tmp/b_$1.log 2>&1 || { echo "build $1 failed"; tail -20 /tmp/b_$1.log; }
 }
-# AB_REUSE=1: keep builds already in /tmp/b_<name> (a warm machine's
-# second call), only rebuilding what changed
-if [ "${AB_REUSE:-0}" = 1 ] && [ -d /tmp/b_cur ]; then
-  cmake --build /tmp/b_cur -j8 --target _cuda _cpu >>/tmp/b_cur.log 2>&1 &
-  for v in "$@"; do cmake --build /tmp/b_$v -j8 --target _cuda >>/tmp/b_$v.log 2>&1 & done
-else
-  bld cur "$root" "_cuda _cpu" &
-  for v in "$@"; do bld "$v" "$root/build/ab/$v" _cuda & done
-fi
+bld cur "$root" "_cuda _cpu" &
+for v in "$@"; do bld "$v" "$root/build/ab/$v" _cuda & done
 wait
 for v in cur "$@"; do
   src=$root; [ "$v" != cur ] && src=$root/build/ab/$v

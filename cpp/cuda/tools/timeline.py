@@ -1,8 +1,8 @@
 """Device-side diagnosis helper for a build with -DJAX_BINCONV_TIMELINE: the
 fast kernels keep globaltimer marks in registers and write them to a device
 buffer when each block ends (TlRec in fast_conv.cuh; the wgmma kernel and
-fast_tables_kernel only). This runs a chain of `depth` packed applications
-of a BENCH layer inside one jit (each call's kernels queued behind the
+fast_tables_kernel only). This runs a chain of `depth` applications (packed
+words in and out, or float32: io "float") of a BENCH layer inside one jit (each call's kernels queued behind the
 previous one's, as in benchmarks/gpu.py), reads the records of its last run
 (_cuda.timeline_read) and prints, per launch, when it started and ended
 relative to the chain's first launch, and for the wgmma kernel each mark's
@@ -10,7 +10,10 @@ median and max over blocks (per warpgroup) from the launch's first block
 start, in microseconds.
 
     CMAKE_ARGS=-DCMAKE_CUDA_FLAGS=-DJAX_BINCONV_TIMELINE pip install --no-build-isolation -e .
-    python cpp/cuda/tools/timeline.py L4 256 auto 6 [tile rounds, -1: estimated]
+    python cpp/cuda/tools/timeline.py L4 256 auto 6 [tile rounds, -1: estimated] [packed|float]
+
+(Float x: each packing block of the fused launch writes a record too, so
+keep depth x blocks under the buffer's 32768 records: L3 at N = 256, depth 4.)
 
 Experiment switches combine with it (-DJAX_BINCONV_SWITCHES too, env
 JAX_BINCONV_SW). The marks cost a few registers and timer reads; they do
@@ -34,20 +37,24 @@ CONV_MARKS = ["slots issued", "prologue done", "t0 slots in", "t0 K start", "t0 
               "t1 wg barrier", "t1 next issued"]
 
 
-def main(layer="L4", n="256", mode="auto", depth="6", rounds="-1"):
+def main(layer="L4", n="256", mode="auto", depth="6", rounds="-1", io="packed"):
     _cuda.set_fast_wgmma(mode)
     _cuda.set_debug_tile_rounds(int(rounds))
     h, w, c, o, k, s = LAYERS[layer]
     assert c == o and s == 1, "a chain needs C == O and stride 1"
     rng = np.random.default_rng(0)
-    x = jb.pack_activations(rng.standard_normal((int(n), h, w, c), np.float32)).words
+    xf = rng.standard_normal((int(n), h, w, c), np.float32)
+    x = xf if io == "float" else jb.pack_activations(xf).words
     wp = jb.pack_weights(rng.standard_normal((k, k, c, o)).astype(np.float32))
 
     @jax.jit
     def f(words, wt):
         for _ in range(int(depth)):
-            words = jb.binary_conv2d(jb.PackedActivations(words, c), wt, padding="SAME",
-                                     output="packed").words
+            if io == "float":
+                words = jb.binary_conv2d(words, wt, padding="SAME")
+            else:
+                words = jb.binary_conv2d(jb.PackedActivations(words, c), wt, padding="SAME",
+                                         output="packed").words
         return words
 
     for _ in range(3):
@@ -56,7 +63,7 @@ def main(layer="L4", n="256", mode="auto", depth="6", rounds="-1"):
     f(x, wp).block_until_ready()
     raw, size = _cuda.timeline_read()
     assert size == REC.itemsize, (size, REC.itemsize)
-    print(f"{layer} N={n} mode {mode}: {_cuda.last_kernel()} {_cuda.last_wgmma_form()}, "
+    print(f"{layer} N={n} {io} mode {mode}: {_cuda.last_kernel()} {_cuda.last_wgmma_form()}, "
           f"tile rounds {_cuda.last_tile_rounds()}", flush=True)
     analyze(np.frombuffer(raw, REC))
 
@@ -84,13 +91,19 @@ def analyze(r):
         prev_end = end
         t = rg["t"].astype(np.int64)
         if not conv:
-            cols = []
-            for m, name in ((1, "past the wait"), (3, "popcounts"), (4, "threshold"), (2, "end")):
-                v = t[:, m]
-                v = v[v > 0] - start
-                if len(v):
-                    cols.append(f"{name} {us(np.median(v)):.2f}/{us(v.max()):.2f}")
-            print("       " + ", ".join(cols))
+            # (float x: the fused launch's packing blocks have no popcount mark)
+            tab = t[:, 3] > 0
+            for sel, what in ((tab, "tables"), (~tab, "packing")):
+                if not sel.any():
+                    continue
+                cols = []
+                for m, name in ((0, "start"), (1, "past the wait"), (3, "popcounts"),
+                                (4, "threshold"), (2, "end")):
+                    v = t[sel, m]
+                    v = v[v > 0] - start
+                    if len(v):
+                        cols.append(f"{name} {us(np.median(v)):.2f}/{us(v.max()):.2f}")
+                print(f"       {what} ({int(sel.sum())}): " + ", ".join(cols))
             continue
         # Which blocks start late (the SMs still running the tables kernel?)
         b0 = {}

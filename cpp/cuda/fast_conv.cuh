@@ -599,13 +599,16 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
   const uint4* src = a.wt + (long long)o * a.kc;
   const uint2* src2 = reinterpret_cast<const uint2*>(a.wt) + (long long)o * a.t;  // (HALF)
   uint4 v[4];
+  auto load4 = [&](int q0) {  // chunks q0 + 32 j of the row, j < 4
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      v[j] = q0 + 32 * j < a.kc ? __ldg(src + q0 + 32 * j) : make_uint4(0, 0, 0, 0);
+  };
   uint2 h = make_uint2(0, 0);
   if (HALF && real) {  // C = 64: 8 bytes per tap
     if (lane < a.t) h = __ldg(src2 + lane);
   } else if (real) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      v[j] = lane + 32 * j < a.kc ? __ldg(src + lane + 32 * j) : make_uint4(0, 0, 0, 0);
+    load4(lane);
   }
   // thr: the bit is 1 for acc >= B (flip 1) or acc < B (flip 0): the sign
   // of acc - B, flipped. packed_threshold_warp gives [lo, +inf), (-inf, hi],
@@ -633,11 +636,7 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
     }
   } else if (real) {
     for (int q0 = lane; q0 < a.kc; q0 += 4 * 32) {
-      if (q0 != lane) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          v[j] = q0 + 32 * j < a.kc ? __ldg(src + q0 + 32 * j) : make_uint4(0, 0, 0, 0);
-      }
+      if (q0 != lane) load4(q0);
 #pragma unroll
       for (int j = 0; j < 4; ++j)
         if (q0 + 32 * j < a.kc)
@@ -1304,11 +1303,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     // other warpgroup at no barrier but the MMA order: tile k's wgmmas are
     // issued after tile k - 1's (named barriers 3 + g), so that one
     // warpgroup's epilogue runs while the other's wgmmas do.
-    // (wg_tile_count's arithmetic, written out: calling it gave another
-    // cubin, not timed on a GPU yet)
-    const int s0 = a.wg_dlate * a.wg_early + mt0;  // (the first strided tile)
-    const int ntile = (s0 < a.mtiles ? (a.mtiles - s0 + mstep - 1) / mstep : 0) +
-                      (mt0 < a.wg_early ? a.wg_dlate : 0);
+    const int ntile = wg_tile_count(a.mtiles, mstep, a.wg_early, a.wg_dlate, mt0);
     const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
     const int* kp = ktab + half;
     // K step i: K block i >> 2, +32 bytes per step inside it; 128-byte

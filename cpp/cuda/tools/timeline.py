@@ -2,8 +2,9 @@
 fast kernels keep globaltimer marks in registers and write them to a device
 buffer when each block ends (TlRec in fast_conv.cuh; the wgmma kernel and
 fast_tables_kernel only). This runs a chain of `depth` applications (packed
-words in and out, or float32: io "float") of a BENCH layer inside one jit (each call's kernels queued behind the
-previous one's, as in benchmarks/gpu.py), reads the records of its last run
+words in and out, or float32: io "float") of a BENCH layer inside one jit
+(each call's kernels queued behind the previous one's, as in
+benchmarks/gpu.py), reads the records of its last run
 (_cuda.timeline_read) and prints, per launch, when it started and ended
 relative to the chain's first launch, and for the wgmma kernel each mark's
 median and max over blocks (per warpgroup) from the launch's first block

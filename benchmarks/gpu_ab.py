@@ -9,7 +9,8 @@ pdl=1|0 (programmatic dependent launch), wcopy=2|1|0 (weights by one
 tensor-map box, bulk row copies or cp.async), fprep=1|0 (float x: packing
 and tables in one kernel or two), rounds=-1|r (the wgmma kernel's first r
 rounds of M tiles to the blocks that start on time: -1 the per-call
-estimate, set_debug_tile_rounds).
+estimate, set_debug_tile_rounds), wg=auto|on|off|rs (set_fast_wgmma: "on"
+takes A from shared memory wherever that form runs).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -33,12 +34,12 @@ from gpu import bench, layer_case  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1)
+    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto")
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
-            raise SystemExit(f"unknown knob {key!r} (tma, pdl, wcopy, fprep, rounds)")
-        v[key] = int(val)
+            raise SystemExit(f"unknown knob {key!r} ({', '.join(v)})")
+        v[key] = val if key == "wg" else int(val)
     return v
 
 
@@ -48,6 +49,7 @@ def apply_variant(mod, v):
     mod.set_fast_weight_copy(["cp.async", "bulk", "tensor_map"][v["wcopy"]])
     mod.set_fast_fused_prep(bool(v["fprep"]))
     mod.set_debug_tile_rounds(v["rounds"])
+    mod.set_fast_wgmma(v["wg"])
 
 
 def main(argv=None):
@@ -81,6 +83,9 @@ def main(argv=None):
         for v, t, r in zip(variants, best, picked):
             print(f"  {name} {v}: {t * 1e3:8.2f} us  ({base / t:5.3f}x of the first)"
                   f"  tile rounds {r}", flush=True)
+        apply_variant(mod, variants[-1])
+        bench(ours, ours_args, 1)
+        print(f"  ({name}, last variant: wgmma form {mod.last_wgmma_form()!r})", flush=True)
     apply_variant(mod, parse_variant(""))
 
 

@@ -857,11 +857,14 @@ def test_fast_wgmma_auto_mode():
     kernel (compute capability 9.0, sm_90a code) it runs where every SM gets a
     128-row tile and the K loop has at least 3 steps; with fewer tiles, a 1x1
     kernel over 256 channels (1 step), or packed output through the float
-    epilogue (beta with float x), the mma.sync kernel runs. Its A operand
-    comes from shared memory for packed output by thresholds with at least
-    12 K steps (C = 512, 3x3: 18), or 9 where Wo is a multiple of 8 (C =
-    256, 3x3 at 16x16), else from registers (C = 256, 3x3 at 14x14: 9 steps,
-    Wo = 14; float output). All exact. Unknown modes are refused."""
+    epilogue (beta with float x), the mma.sync kernel runs, except for
+    packed x to packed output by thresholds with at least 9 K steps, which
+    runs the wgmma kernel with A from shared memory (C = 256 and 512, 3x3,
+    at N = 1; not C = 128, 5 steps, or float x). Its A operand comes from
+    shared memory for packed output by thresholds with at least 12 K steps
+    (C = 512, 3x3: 18), or 9 where Wo is a multiple of 8 (C = 256, 3x3 at
+    16x16), else from registers (C = 256, 3x3 at 14x14: 9 steps, Wo = 14;
+    float output). All exact. Unknown modes are refused."""
     mod = _cuda_mod()
     old = mod.get_fast_wgmma()
     with pytest.raises(ValueError, match="auto"):
@@ -874,17 +877,24 @@ def test_fast_wgmma_auto_mode():
         big = -(-sms * 64 // (14 * 14)) + 1  # ceil(n 196 / 128) * 2 tiles >= SMs
         big7 = -(-sms * 32 // (7 * 7)) + 1  # ceil(n 49 / 128) * 4 tiles >= SMs
         big16 = -(-sms // 4) + 1  # n 256 / 128 * 2 tiles >= SMs
-        # (n, hw, c, k, beta, output, form: "ss", "rs" or "" for mma.sync)
+        # (n, hw, c, k, beta, output, form: "ss", "rs" or "" for mma.sync;
+        # output "packed-x": packed x and output)
         cases = [(big, 14, 256, (3, 3), False, "packed", "rs"),
                  (big16, 16, 256, (3, 3), False, "packed", "ss"),
                  (big16, 16, 256, (3, 3), False, "float", "rs"),
                  (1, 14, 256, (3, 3), False, "packed", ""),
+                 (1, 14, 256, (3, 3), False, "packed-x", "ss"),
+                 (1, 7, 512, (3, 3), False, "packed-x", "ss"),
+                 (1, 28, 128, (3, 3), False, "packed-x", ""),
+                 (1, 14, 256, (1, 1), False, "packed-x", ""),
                  (big, 14, 256, (1, 1), False, "packed", ""),
                  (big, 14, 256, (3, 3), True, "packed", ""),
                  (big7, 7, 512, (3, 3), False, "packed", "ss"),
                  (big7, 7, 512, (3, 3), False, "float", "rs")]
         for n, hw, c, k, beta, output, form in cases:
             x = np.asarray(rand_x(950 + n, (n, hw, hw, c)))
+            if output == "packed-x":
+                x, output = _np(jb.pack_activations(jnp.asarray(x))), "packed"
             w = np.asarray(rand_x(960 + k[0], k + (c, c)))
             check(x, w, type="xnor", padding="SAME", output=output, beta_scaling=beta,
                   output_bias=rand_vec(970, c, -30, 30))

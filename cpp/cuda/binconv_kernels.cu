@@ -1353,10 +1353,26 @@ bool wgmma_device(const DevInfo& di) { return wgmma_built() && di.major == 9 && 
 // that passes this test, slower on some N = 1 rows that do not. Not for
 // packed output by the float epilogue (EPI_PACKED: beta with float x, or a
 // non-monotone activation), whose wgmma form spills ~1 KB of registers
-// (unmeasured).
+// (unmeasured). With fewer tiles than SMs: see wgmma_few_tiles_ss.
 bool wgmma_pays(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
   const bool epi_packed = !a.thr && p.out_packed;
   return !epi_packed && (long long)a.mtiles * a.ntiles >= di.sms && a.ks >= 3;
+}
+
+// kWgmmaAuto with fewer tiles than SMs (wgmma_pays false): the wgmma kernel
+// with A from shared memory all the same for packed x and packed output by
+// thresholds
+// with at least 9 K steps, where that form runs (else the mma.sync kernel:
+// A from registers ran no faster there). Session 19 (H100, same-process
+// A/B against the mma.sync kernel, min over 5 rounds, packed x and output):
+// L3 (9 steps) N = 1, 8, 16, 32: 1.15x, 1.20x, 1.08x, 1.05x (another run
+// 0.93x); L4 (18 steps) N = 1, 8, 16, 32, 64: 1.23x, 1.30x, 1.13x,
+// 1.16-1.24x, 1.18-1.19x (N = 64 has fewer tiles than SMs at L4).
+// Packed x only (what was measured; with float x the convolution waits for
+// the packing first).
+bool wgmma_few_tiles_ss(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
+  return a.thr && p.x_packed && p.out_packed && a.ks >= 9 &&
+         (long long)a.mtiles * a.ntiles < di.sms;
 }
 
 // kWgmmaAuto, among the wgmma kernel's two forms: A from shared memory
@@ -1426,12 +1442,14 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
   // from shared memory where that runs (not in mode kWgmmaRs), else from
   // registers.
   const int wmode = g_wgmma.load(std::memory_order_relaxed);
+  const bool few_ss = wmode == kWgmmaAuto && wgmma_few_tiles_ss(p, a, di);
   if (!a.half && wgmma_device(di) && wmode != kWgmmaOff &&
-      (wmode == kWgmmaOn || wmode == kWgmmaRs || wgmma_pays(p, a, di))) {
+      (wmode == kWgmmaOn || wmode == kWgmmaRs || few_ss || wgmma_pays(p, a, di))) {
     FastArgs g = a;
     plan_wgmma(&g);
     FastArgs s = g;
-    if (wmode != kWgmmaRs && plan_wgmma_ss(p, &s) && (wmode != kWgmmaAuto || wgmma_ss_pays(p, s))) {
+    if (wmode != kWgmmaRs && plan_wgmma_ss(p, &s) &&
+        (wmode != kWgmmaAuto || few_ss || wgmma_ss_pays(p, s))) {
       const FastSmem Ls = fast_smem(s);
       if (Ls.total <= di.optin) {
         *fa = s;
@@ -1440,7 +1458,7 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
       }
     }
     const FastSmem Lg = fast_smem(g);
-    if (Lg.total <= di.optin) {
+    if (!few_ss && Lg.total <= di.optin) {
       *fa = g;
       *smem = Lg.total;
       return true;

@@ -858,9 +858,11 @@ def test_fast_wgmma_auto_mode():
     128-row tile and the K loop has at least 3 steps; with fewer tiles, a 1x1
     kernel over 256 channels (1 step), or packed output through the float
     epilogue (beta with float x), the mma.sync kernel runs, except for
-    packed x to packed output by thresholds with at least 9 K steps, which
-    runs the wgmma kernel with A from shared memory (C = 256 and 512, 3x3,
-    at N = 1; not C = 128, 5 steps, or float x). Its A operand comes from
+    packed x to packed output by thresholds with at least 12 K steps, or 9
+    with at most half as many tiles as SMs, which runs the wgmma kernel with
+    A from shared memory (C = 256 and 512, 3x3, at N = 1; C = 256, 3x3 at
+    14x14 with 3/4 as many tiles as SMs does not; nor C = 128, 5 steps, or
+    float x). Its A operand comes from
     shared memory for packed output by thresholds with at least 12 K steps
     (C = 512, 3x3: 18), or 9 where Wo is a multiple of 8 (C = 256, 3x3 at
     16x16), else from registers (C = 256, 3x3 at 14x14: 9 steps, Wo = 14;
@@ -877,6 +879,9 @@ def test_fast_wgmma_auto_mode():
         big = -(-sms * 64 // (14 * 14)) + 1  # ceil(n 196 / 128) * 2 tiles >= SMs
         big7 = -(-sms * 32 // (7 * 7)) + 1  # ceil(n 49 / 128) * 4 tiles >= SMs
         big16 = -(-sms // 4) + 1  # n 256 / 128 * 2 tiles >= SMs
+        # ceil(n 196 / 128) * 2 tiles: about 3/4 of the SMs (more than half,
+        # fewer than all)
+        mid = max(1, (3 * sms // 8) * 128 // 196)
         # (n, hw, c, k, beta, output, form: "ss", "rs" or "" for mma.sync;
         # output "packed-x": packed x and output)
         cases = [(big, 14, 256, (3, 3), False, "packed", "rs"),
@@ -886,6 +891,7 @@ def test_fast_wgmma_auto_mode():
                  (1, 14, 256, (3, 3), False, "packed-x", "ss"),
                  (1, 7, 512, (3, 3), False, "packed-x", "ss"),
                  (1, 28, 128, (3, 3), False, "packed-x", ""),
+                 (mid, 14, 256, (3, 3), False, "packed-x", ""),
                  (1, 14, 256, (1, 1), False, "packed-x", ""),
                  (big, 14, 256, (1, 1), False, "packed", ""),
                  (big, 14, 256, (3, 3), True, "packed", ""),

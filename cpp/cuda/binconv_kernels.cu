@@ -1361,18 +1361,19 @@ bool wgmma_pays(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
 
 // kWgmmaAuto with fewer tiles than SMs (wgmma_pays false): the wgmma kernel
 // with A from shared memory all the same for packed x and packed output by
-// thresholds
-// with at least 9 K steps, where that form runs (else the mma.sync kernel:
-// A from registers ran no faster there). Session 19 (H100, same-process
-// A/B against the mma.sync kernel, min over 5 rounds, packed x and output):
-// L3 (9 steps) N = 1, 8, 16, 32: 1.15x, 1.20x, 1.08x, 1.05x (another run
-// 0.93x); L4 (18 steps) N = 1, 8, 16, 32, 64: 1.23x, 1.30x, 1.13x,
-// 1.16-1.24x, 1.18-1.19x (N = 64 has fewer tiles than SMs at L4).
-// Packed x only (what was measured; with float x the convolution waits for
-// the packing first).
+// thresholds with at least 12 K steps, or 9 where the tiles are at most
+// half the SMs, where that form runs (else the mma.sync kernel: A from
+// registers ran no faster there). Session 19 (H100, same-process A/B
+// against the mma.sync kernel, min over 5 rounds, packed x and output): L4
+// (18 steps) N = 1, 8, 16, 32, 64: 1.23-1.26x, 1.25-1.30x, 1.13x,
+// 1.16-1.25x, 1.18-1.19x; L3 (9 steps) N = 1, 8, 16 (4-56 tiles of 128
+// rows): 1.15-1.18x, 1.18-1.20x, 1.08x, but N = 32 (98 tiles) 0.93x, 0.96x,
+// 1.05x in three runs; L7 (9 steps) N = 1: 1.12x. Packed x only (what was
+// measured; with float x the convolution waits for the packing first).
 bool wgmma_few_tiles_ss(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
-  return a.thr && p.x_packed && p.out_packed && a.ks >= 9 &&
-         (long long)a.mtiles * a.ntiles < di.sms;
+  const long long tiles = (long long)a.mtiles * a.ntiles;
+  return a.thr && p.x_packed && p.out_packed && tiles < di.sms &&
+         (a.ks >= 12 || (a.ks >= 9 && 2 * tiles <= di.sms));
 }
 
 // kWgmmaAuto, among the wgmma kernel's two forms: A from shared memory

@@ -98,7 +98,8 @@ bool fast_fused_prep();
 // kWgmmaAuto (the default) picks it where it pays (wgmma_pays: every SM
 // gets a tile, at least 3 K steps, not packed output by the float
 // epilogue; with fewer tiles, packed x and output by thresholds with at
-// least 9 K steps in its shared-memory form only: wgmma_few_tiles_ss),
+// least 12 K steps, or 9 with at most half as many tiles as SMs, in its
+// shared-memory form only: wgmma_few_tiles_ss),
 // kWgmmaOn wherever it can run, kWgmmaOff never. Its A operand
 // comes from shared memory where that form runs (stride 1 along x, p = C /
 // 128 one or even, see plan_wgmma_ss), else from registers; kWgmmaRs: the

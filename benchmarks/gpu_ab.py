@@ -10,7 +10,8 @@ tensor-map box, bulk row copies or cp.async), fprep=1|0 (float x: packing
 and tables in one kernel or two), rounds=-1|r (the wgmma kernel's first r
 rounds of M tiles to the blocks that start on time: -1 the per-call
 estimate, set_debug_tile_rounds), wg=auto|on|off|rs (set_fast_wgmma: "on"
-takes A from shared memory wherever that form runs).
+takes A from shared memory wherever that form runs; each variant's line
+gives the form its last call ran: "ss", "rs" or "" for mma.sync).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -73,19 +74,17 @@ def main(argv=None):
 
         best = [float("inf")] * len(variants)
         picked = [None] * len(variants)  # the tile rounds the last call ran
+        forms = [None] * len(variants)  # and its wgmma form
         for _ in range(args.rounds):
             for i, v in enumerate(variants):
                 apply_variant(mod, v)
                 t = bench(ours, ours_args, args.reps)[0]
                 best[i] = min(best[i], t)
-                picked[i] = mod.last_tile_rounds()
+                picked[i], forms[i] = mod.last_tile_rounds(), mod.last_wgmma_form()
         base = best[0]
-        for v, t, r in zip(variants, best, picked):
+        for v, t, r, f in zip(variants, best, picked, forms):
             print(f"  {name} {v}: {t * 1e3:8.2f} us  ({base / t:5.3f}x of the first)"
-                  f"  tile rounds {r}", flush=True)
-        apply_variant(mod, variants[-1])
-        bench(ours, ours_args, 1)
-        print(f"  ({name}, last variant: wgmma form {mod.last_wgmma_form()!r})", flush=True)
+                  f"  tile rounds {r}, wgmma form {f!r}", flush=True)
     apply_variant(mod, parse_variant(""))
 
 

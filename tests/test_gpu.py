@@ -862,11 +862,11 @@ def test_fast_wgmma_auto_mode():
     with at most half as many tiles as SMs, which runs the wgmma kernel with
     A from shared memory (C = 256 and 512, 3x3, at N = 1; C = 256, 3x3 at
     14x14 with 3/4 as many tiles as SMs does not; nor C = 128, 5 steps, or
-    float x). Its A operand comes from
-    shared memory for packed output by thresholds with at least 12 K steps
-    (C = 512, 3x3: 18), or 9 where Wo is a multiple of 8 (C = 256, 3x3 at
-    16x16), else from registers (C = 256, 3x3 at 14x14: 9 steps, Wo = 14;
-    float output). All exact. Unknown modes are refused."""
+    float x). Its A operand comes from shared memory for packed output by
+    thresholds with at least 12 K steps (C = 512, 3x3: 18), or 9 where Wo is
+    a multiple of 8 (C = 256, 3x3 at 16x16), else from registers (C = 256,
+    3x3 at 14x14: 9 steps, Wo = 14; float output). All exact. Unknown modes
+    are refused."""
     mod = _cuda_mod()
     old = mod.get_fast_wgmma()
     with pytest.raises(ValueError, match="auto"):

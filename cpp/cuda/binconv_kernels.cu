@@ -1364,7 +1364,7 @@ bool wgmma_pays(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
 // thresholds with at least 12 K steps, or 9 where the tiles are at most
 // half the SMs, where that form runs (else the mma.sync kernel: A from
 // registers ran no faster there). Session 19 (H100, same-process A/B
-// against the mma.sync kernel, min over 5 rounds, packed x and output): L4
+// against the mma.sync kernel, min over 4-5 rounds, packed x and output): L4
 // (18 steps) N = 1, 8, 16, 32, 64: 1.23-1.26x, 1.25-1.30x, 1.13x,
 // 1.16-1.25x, 1.18-1.19x; L3 (9 steps) N = 1, 8, 16 (4-56 tiles of 128
 // rows): 1.15-1.18x, 1.18-1.20x, 1.08x, but N = 32 (98 tiles) 0.93x, 0.96x,

@@ -151,6 +151,15 @@ memcheck:waits_for_weights and (c128 or images)
 racecheck:waits_for_weights and c512
 LIST
       ;;
+    sanauto)
+      # compute-sanitizer on the default mode's kernel choice at few tiles
+      # (test_fast_wgmma_auto_mode: the wgmma shared-memory form for packed x
+      # at N = 1, the mma.sync kernel beside it).
+      san_list fast_ 200 sanitize_auto <<'LIST'
+memcheck:test_fast_wgmma_auto_mode
+racecheck:test_fast_wgmma_auto_mode
+LIST
+      ;;
     sanc64)
       # compute-sanitizer on the fast kernels' C = 64 cases (FAST_CASES 15-21),
       # and C >= 128 cases with warps past O (4-6, 10).
@@ -176,7 +185,8 @@ LIST
       ;;
     prof)
       # ncu of the fast kernel: one launch per $PROF_LAYERS entry (layer:N:io),
-      # summary sections as text, SASS source counters (stall samples) as CSV.
+      # summary sections as text, SASS source counters (stall samples) as CSV;
+      # PROF_EXTRA: more ncu options (e.g. "--section MemoryWorkloadAnalysis_Tables").
       for spec in ${PROF_LAYERS:-L3:256:packed}; do
         IFS=: read -r pl pn pio ppol <<<"$spec"
         ppol=${ppol:-auto}
@@ -184,7 +194,7 @@ LIST
         rep="$OUT/prof_${pl}_${pn}_${pio}_${ppol}"
         timeout 240 ncu --kernel-name regex:${PROF_KERNEL:-fast_conv} --launch-skip 1 --launch-count 1 \
           --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
-          --section WarpStateStats --section ComputeWorkloadAnalysis --section SourceCounters \
+          --section WarpStateStats --section ComputeWorkloadAnalysis --section SourceCounters ${PROF_EXTRA:-} \
           --import-source no -f -o "$rep" python3 benchmarks/gpu_profile.py "$pl" "$pn" "$ppol" "$pio" >"$rep.run.log" 2>&1
         echo "ncu rc=$?"; tail -2 "$rep.run.log"
         ncu --import "$rep.ncu-rep" --page details >"$rep.txt" 2>&1
@@ -199,6 +209,7 @@ if len(r) > 2:
     print("  stalls/issue:", ", ".join(f"{n} {x:.2f}" for x, n in v[:10]))
 ' 
         ncu --import "$rep.ncu-rep" --page source --print-source sass --csv >"$rep.sass.csv" 2>&1
+        [ -n "${PROF_EXTRA:-}" ] && ncu --import "$rep.ncu-rep" --page raw --csv >"$rep.raw.csv" 2>&1
         rm -f "$rep.ncu-rep"
       done
       ;;

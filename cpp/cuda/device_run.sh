@@ -199,17 +199,20 @@ LIST
         echo "ncu rc=$?"; tail -2 "$rep.run.log"
         ncu --import "$rep.ncu-rep" --page details >"$rep.txt" 2>&1
         grep -E "Duration|Executed Ipc A|Registers Per|Achieved Occupancy|No Eligible|Issued Warp|Warp Cycles Per Issued|Stall" "$rep.txt" | head -30
-        # stall reasons (cycles per issued instruction), largest first
-        ncu --import "$rep.ncu-rep" --page raw --csv 2>/dev/null | python3 -c '
+        # stall reasons (cycles per issued instruction), largest first, from the raw
+        # metrics (kept in $OUT as CSV only with PROF_EXTRA: the device tool
+        # returns a limited number of files)
+        ncu --import "$rep.ncu-rep" --page raw --csv >"$rep.raw.csv" 2>/dev/null
+        python3 - "$rep.raw.csv" <<'PY'
 import csv, sys
-r = list(csv.reader(sys.stdin))
+r = list(csv.reader(open(sys.argv[1])))
 if len(r) > 2:
     v = [(h, x) for h, x in zip(r[0], r[2]) if h.startswith("smsp__average_warps_issue_stalled_") and h.endswith("_per_issue_active.ratio")]
     v = sorted(((float(x.replace(",", "")), h[34:-23]) for h, x in v if x.replace(",", "").replace(".", "").isdigit()), reverse=True)
     print("  stalls/issue:", ", ".join(f"{n} {x:.2f}" for x, n in v[:10]))
-' 
+PY
+        [ -z "${PROF_EXTRA:-}" ] && rm -f "$rep.raw.csv"
         ncu --import "$rep.ncu-rep" --page source --print-source sass --csv >"$rep.sass.csv" 2>&1
-        [ -n "${PROF_EXTRA:-}" ] && ncu --import "$rep.ncu-rep" --page raw --csv >"$rep.raw.csv" 2>&1
         rm -f "$rep.ncu-rep"
       done
       ;;

@@ -859,10 +859,13 @@ def test_fast_wgmma_auto_mode():
     kernel over 256 channels (1 step), or packed output through the float
     epilogue (beta with float x), the mma.sync kernel runs, except for
     packed x to packed output by thresholds with at least 12 K steps, or 9
-    with at most half as many tiles as SMs, which runs the wgmma kernel with
-    A from shared memory (C = 256 and 512, 3x3, at N = 1; C = 256, 3x3 at
-    14x14 with 3/4 as many tiles as SMs does not; nor C = 128, 5 steps, or
-    float x). Its A operand comes from shared memory for packed output by
+    with at most half as many tiles as SMs, and float x to float output
+    with at least 12 K steps, or 9 with at least 12 tiles, which run the
+    wgmma kernel with A from shared memory (packed: C = 256 and 512, 3x3,
+    at N = 1; C = 256, 3x3 at 14x14 with 3/4 as many tiles as SMs does not;
+    nor C = 128, 5 steps, or float x to packed output. Float: C = 512, 3x3
+    at 7x7, N = 1, with beta too, and C = 256, 3x3 at 14x14, N = 4, 14
+    tiles; not N = 1 there, 4 tiles, nor C = 128, 5 steps). Its A operand comes from shared memory for packed output by
     thresholds with at least 12 K steps (C = 512, 3x3: 18), or 9 where Wo is
     a multiple of 8 (C = 256, 3x3 at 16x16), else from registers (C = 256,
     3x3 at 14x14: 9 steps, Wo = 14; float output). All exact. Unknown modes
@@ -896,7 +899,12 @@ def test_fast_wgmma_auto_mode():
                  (big, 14, 256, (1, 1), False, "packed", ""),
                  (big, 14, 256, (3, 3), True, "packed", ""),
                  (big7, 7, 512, (3, 3), False, "packed", "ss"),
-                 (big7, 7, 512, (3, 3), False, "float", "rs")]
+                 (big7, 7, 512, (3, 3), False, "float", "rs"),
+                 (1, 7, 512, (3, 3), False, "float", "ss"),
+                 (1, 7, 512, (3, 3), True, "float", "ss"),
+                 (4, 14, 256, (3, 3), False, "float", "ss"),
+                 (1, 14, 256, (3, 3), False, "float", ""),
+                 (1, 28, 128, (3, 3), False, "float", "")]
         for n, hw, c, k, beta, output, form in cases:
             x = np.asarray(rand_x(950 + n, (n, hw, hw, c)))
             if output == "packed-x":

@@ -1360,20 +1360,32 @@ bool wgmma_pays(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
 }
 
 // kWgmmaAuto with fewer tiles than SMs (wgmma_pays false): the wgmma kernel
-// with A from shared memory all the same for packed x and packed output by
-// thresholds with at least 12 K steps, or 9 where the tiles are at most
-// half the SMs, where that form runs (else the mma.sync kernel: A from
-// registers ran no faster there). Session 19 (H100, same-process A/B
-// against the mma.sync kernel, min over 4-5 rounds, packed x and output): L4
-// (18 steps) N = 1, 8, 16, 32, 64: 1.23-1.26x, 1.25-1.30x, 1.13x,
-// 1.16-1.25x, 1.18-1.19x; L3 (9 steps) N = 1, 8, 16 (4-56 tiles of 128
-// rows): 1.15-1.18x, 1.18-1.20x, 1.08x, but N = 32 (98 tiles) 0.93x, 0.96x,
-// 1.05x in three runs; L7 (9 steps) N = 1: 1.12x. Packed x only (what was
-// measured; with float x the convolution waits for the packing first).
+// with A from shared memory all the same, where that form runs (else the
+// mma.sync kernel: A from registers ran no faster there), for
+// - packed x and packed output by thresholds with at least 12 K steps, or 9
+//   where the tiles are at most half the SMs. Session 19 (H100, same-process
+//   A/B against the mma.sync kernel, min over 4-5 rounds): L4 (18 steps) N =
+//   1, 8, 16, 32, 64: 1.23-1.26x, 1.25-1.30x, 1.13x, 1.16-1.25x,
+//   1.18-1.19x; L3 (9 steps) N = 1, 8, 16 (4-56 tiles of 128 rows):
+//   1.15-1.18x, 1.18-1.20x, 1.08x, but N = 32 (98 tiles) 0.93x, 0.96x,
+//   1.05x in three runs; L7 (9 steps) N = 1: 1.12x.
+// - float x and float output with at least 12 K steps, or 9 where there are
+//   at least 12 tiles. Session 22 (S22-4, same kind of A/B, 5 rounds,
+//   float in and out): L4 (18 steps, 4-52 tiles) N = 1, 2, 4, 8, 16, 32:
+//   1.19, 1.02, 1.02, 1.03, 1.01, 0.99x (sessions 19-20 at N = 1:
+//   1.15-1.22x); L3 (9 steps) N = 1 and 2 (4 and 8 tiles): 0.91x, 0.93x
+//   (S20-1: 0.98x, 0.86x), N = 4, 8, 16, 32 (14-98 tiles): 1.07, 1.07,
+//   1.09, 1.13-1.29x; L7 (9 steps) N = 1, 2 (50, 100 tiles): 1.18x, 1.09x
+//   (S20-1: 1.12x at N = 1); L2 (5 steps) N = 1-16: 0.87-1.00x.
+// Other combinations (float x to packed output, packed x to float output)
+// were not measured and keep the mma.sync kernel.
 bool wgmma_few_tiles_ss(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
   const long long tiles = (long long)a.mtiles * a.ntiles;
-  return a.thr && p.x_packed && p.out_packed && tiles < di.sms &&
-         (a.ks >= 12 || (a.ks >= 9 && 2 * tiles <= di.sms));
+  if (tiles >= di.sms) return false;
+  if (a.thr && p.x_packed && p.out_packed)
+    return a.ks >= 12 || (a.ks >= 9 && 2 * tiles <= di.sms);
+  if (!p.x_packed && !p.out_packed) return a.ks >= 12 || (a.ks >= 9 && tiles >= 12);
+  return false;
 }
 
 // kWgmmaAuto, among the wgmma kernel's two forms: A from shared memory

@@ -14,6 +14,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -1 | tee -a "$OUT/device.txt"
 
 stamp "build"
+# A warm machine keeps the editable install's CMake cache (build/{wheel_tag}):
+# a timeline build's -DCMAKE_CUDA_FLAGS=-DJAX_BINCONV_TIMELINE would survive
+# into the next plain run (S22-8's table ran so). Without CMAKE_ARGS, reset it.
+export CMAKE_ARGS=${CMAKE_ARGS:--DCMAKE_CUDA_FLAGS=}
+echo "CMAKE_ARGS=$CMAKE_ARGS" | tee -a "$OUT/device.txt"
 cmake_build() {
   cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DJAX_BINCONV_CUDA=ON \
     -DJAX_BINCONV_METAL_SHIM=OFF -DPython_EXECUTABLE="$(command -v python3)" \

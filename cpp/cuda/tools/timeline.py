@@ -21,6 +21,7 @@ JAX_BINCONV_SW). The marks cost a few registers and timer reads; they do
 not print while the kernel runs (session 13's printf per tile made L4's
 calls 40x slower).
 """
+import os
 import sys
 
 import jax
@@ -40,6 +41,8 @@ CONV_MARKS = ["slots issued", "prologue done", "t0 slots in", "t0 K start", "t0 
 
 def main(layer="L4", n="256", mode="auto", depth="6", rounds="-1", io="packed"):
     _cuda.set_fast_wgmma(mode)
+    if os.environ.get("JAX_BINCONV_PDL") == "0":  # (programmatic dependent launch off)
+        _cuda.set_fast_pdl(False)
     _cuda.set_debug_tile_rounds(int(rounds))
     h, w, c, o, k, s = LAYERS[layer]
     assert c == o and s == 1, "a chain needs C == O and stride 1"

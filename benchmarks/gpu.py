@@ -8,7 +8,11 @@ float32 through ``lax.conv_general_dilated`` in the same process. Each timed
 call runs the layer many times inside one jit (written out one after the
 other, or ``lax.fori_loop`` with ``--loop fori``), so Python dispatch is not
 what is measured; per-application times are reported (min
-and median over the repetitions). Ceilings come from our own
+and median over the repetitions). Ours (float and packed) and both
+baselines are compiled first, then timed in turn within every repetition
+(interleaved, as BENCH.md asks), so that the machine's drift during a run
+hits them alike; the --also / --wgmma both rows, which need another knob
+setting, are timed after them. Ceilings come from our own
 micro-benchmarks on the same device (``jax_binconv._cuda.measure_ceilings``):
 the b1 tensor-core MMA rate and the device-to-device copy bandwidth; the
 memory floor of a layer is (bytes of x read + bytes of the result written)
@@ -63,9 +67,10 @@ def _timed_loop(apply, inner, loop):
     return run
 
 
-def bench(apply, args, reps, loop="unrolled", target_ms=4.0):
-    """(min, median) ms per application of apply(*args); args[0] is tied to
-    the loop carry (see _timed_loop)."""
+def prepare(apply, args, loop="unrolled", target_ms=4.0):
+    """The timed loop of apply(*args) (see _timed_loop), compiled and warmed
+    up, with as many applications as make a repetition last about target_ms:
+    (run, inner). args[0] is tied to the loop carry."""
     inner = 8
     run = _timed_loop(apply, inner, loop)
     run(*args).block_until_ready()
@@ -78,12 +83,33 @@ def bench(apply, args, reps, loop="unrolled", target_ms=4.0):
     inner = int(max(4, min(cap, target_ms / max(per, 1e-4))))
     run = _timed_loop(apply, inner, loop)
     run(*args).block_until_ready()
-    times = []
+    return run, inner
+
+
+def bench_interleaved(cases, reps, loop="unrolled", target_ms=4.0):
+    """[(min, median) ms per application] for cases [(apply, args), ...]:
+    each is prepared first (compiled, calibrated), then every repetition
+    times each case once, in turn (BENCH.md: baselines interleaved with
+    ours), so that a drift of the machine's speed during the run (clocks,
+    other tenants) hits all of them alike. The cases must not depend on
+    knobs that differ between them (a knob's effect is fixed when XLA
+    captures its launches, and identical computations may share one
+    executable): time such variants one after the other, with
+    jax.clear_caches() between them, as gpu_ab.py and --also do."""
+    runs = [prepare(apply, args, loop, target_ms) for apply, args in cases]
+    times = [[] for _ in cases]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        run(*args).block_until_ready()
-        times.append((time.perf_counter() - t0) * 1e3 / inner)
-    return min(times), statistics.median(times)
+        for (run, inner), (_, args), ts in zip(runs, cases, times):
+            t0 = time.perf_counter()
+            run(*args).block_until_ready()
+            ts.append((time.perf_counter() - t0) * 1e3 / inner)
+    return [(min(ts), statistics.median(ts)) for ts in times]
+
+
+def bench(apply, args, reps, loop="unrolled", target_ms=4.0):
+    """(min, median) ms per application of apply(*args) (one case of
+    bench_interleaved)."""
+    return bench_interleaved([(apply, args)], reps, loop, target_ms)[0]
 
 
 def layer_data(name, n, gpu, rng):
@@ -187,8 +213,13 @@ def main(argv=None):
             w16 = jax.device_put(jnp.asarray(wf, jnp.bfloat16), gpu)
             w32 = jax.device_put(jnp.asarray(wf), gpu)
             x16 = x.astype(jnp.bfloat16)
-            t_of = bench(ours_f, (x, wpk), args.reps, args.loop)
-            t_op = bench(ours_p, (xp.words, wpk), args.reps, args.loop)
+            # ours (float, packed) and both baselines, interleaved repetition
+            # by repetition. The path is that of our last handler call: the
+            # packed rows' (prepared after the float rows'; XLA replays the
+            # captured launches without calling the handler again).
+            t_of, t_op, t_16, t_32 = bench_interleaved(
+                [(ours_f, (x, wpk)), (ours_p, (xp.words, wpk)), (cudnn, (x16, w16)),
+                 (cudnn, (x, w32))], args.reps, args.loop)
             wg_ran = has_wg and _cuda.last_wgmma()
             form = (getattr(_cuda, "last_wgmma_form", lambda: "")() or "") if wg_ran else ""
             extra = []
@@ -204,8 +235,6 @@ def main(argv=None):
             if also:
                 set_wg(main_mode)
                 jax.clear_caches()
-            t_16 = bench(cudnn, (x16, w16), args.reps, args.loop)
-            t_32 = bench(cudnn, (x, w32), args.reps, args.loop)
             bytes_f = 4 * (n * h * w * c + n * ho * wo * o)
             bytes_p = 4 * (n * h * w * -(-c // 32) + n * ho * wo * -(-o // 32))
             timed = [("float", t_of), ("packed", t_op)] + extra

@@ -865,11 +865,11 @@ def test_fast_wgmma_auto_mode():
     at N = 1; C = 256, 3x3 at 14x14 with 3/4 as many tiles as SMs does not;
     nor C = 128, 5 steps, or float x to packed output. Float: C = 512, 3x3
     at 7x7, N = 1, with beta too, and C = 256, 3x3 at 14x14, N = 4, 14
-    tiles; not N = 1 there, 4 tiles, nor C = 128, 5 steps). Its A operand comes from shared memory for packed output by
-    thresholds with at least 12 K steps (C = 512, 3x3: 18), or 9 where Wo is
-    a multiple of 8 (C = 256, 3x3 at 16x16), else from registers (C = 256,
-    3x3 at 14x14: 9 steps, Wo = 14; float output). All exact. Unknown modes
-    are refused."""
+    tiles; not N = 1 there, 4 tiles, nor C = 128, 5 steps). Its A operand
+    comes from shared memory for packed output by thresholds with at least
+    12 K steps (C = 512, 3x3: 18), or 9 where Wo is a multiple of 8 (C =
+    256, 3x3 at 16x16), else from registers (C = 256, 3x3 at 14x14: 9
+    steps, Wo = 14; float output). All exact. Unknown modes are refused."""
     mod = _cuda_mod()
     old = mod.get_fast_wgmma()
     with pytest.raises(ValueError, match="auto"):

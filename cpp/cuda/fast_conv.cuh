@@ -209,7 +209,10 @@ struct FastArgs {
 // loops, barriers and waits alone); 2048 its K loops issue no wgmmas, 4096
 // they run twice; 8192 the wgmma kernel's float epilogue computes every
 // value but stores none (each thread folds them into one word, stored
-// only where a.m < 0: never). Always false in other builds.
+// only where a.m < 0: never); 16384 the convolution never triggers its
+// dependents early (griddepcontrol.launch_dependents: the next call's
+// first kernel then launches when it ends; S22-7's float N = 1 question).
+// Always false in other builds.
 #ifdef JAX_BINCONV_SWITCHES
 #define BINCONV_SW(a, bit) (((a).dbg_sw & (bit)) != 0)
 #else
@@ -1325,7 +1328,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const int row0 = fdiv(m0, a.div_wo);
       const int img0 = fdiv(row0, a.div_ho);
       // The warpgroup's last tile (see the mma.sync loop).
-      if (mt_next >= a.mtiles) pdl_launch_dependents();
+      if (mt_next >= a.mtiles && !BINCONV_SW(a, 16384)) pdl_launch_dependents();
       if (SS && BINCONV_SW(a, 1024)) {
         // (experiment: no row records; the K loop of this form needs none)
       } else if constexpr (SS) {
@@ -1651,7 +1654,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // This block's last tile: the next call's tables kernel (launched with
       // programmatic serialization, and waiting for this grid's completion
       // before it reads anything) may become resident in the meantime.
-      if (mt + mstep >= a.mtiles) pdl_launch_dependents();
+      if (mt + mstep >= a.mtiles && !BINCONV_SW(a, 16384)) pdl_launch_dependents();
 
       if (tid < kFastBM) rows[buf * kFastBM + tid] = row_record(m0 + tid, row0, img0);
       if (tma) mbar_wait(sbar0 + 8 * buf, (uint32_t)(it >> 1) & 1);  // this tile's slots

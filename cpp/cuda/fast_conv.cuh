@@ -1309,6 +1309,16 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     // issued after tile k - 1's (named barriers 3 + g), so that one
     // warpgroup's epilogue runs while the other's wgmmas do.
     const int ntile = wg_tile_count(a.mtiles, mstep, a.wg_early, a.wg_dlate, mt0);
+    // A block with one tile (fewer tiles than SMs, N = 1): warpgroup 1 has
+    // none, so its first warp copies the table for warpgroup 0's epilogue,
+    // its pdl_wait overlapping warpgroup 0's K loop instead of following
+    // it (S22-7, L4 N = 1: the table landed 0.55 us after that K loop). It
+    // waits for its copies before it exits.
+    const bool tab_wg1 = !a.x_late && ntile == 1 && !BINCONV_SW(a, 32);
+    if (tab_wg1 && warp == 4) {
+      load_tab_wg();
+      mbar_wait(tbar, 0);
+    }
     const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
     const int* kp = ktab + half;
     // K step i: K block i >> 2, +32 bytes per step inside it; 128-byte
@@ -1492,7 +1502,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         TLS(6);
         // The table, before the first epilogue: copied by warp 0 after its
         // first tile's wgmmas (which so overlap the tables kernel).
-        if (!a.x_late && warp == 0) load_tab_wg();
+        if (!a.x_late && !tab_wg1 && warp == 0) load_tab_wg();
         mbar_wait(tbar, 0);
         TLS(7);
         if (EPI == EPI_THR) {

@@ -186,6 +186,13 @@ struct FastArgs {
   // that kernel runs), so they get wg_dlate tiles fewer. 0: the plain
   // strided order.
   int wg_early, wg_dlate;
+  // The shared-memory form with one tile a block (every block's, where the
+  // host sets it: set_fast_wg_split): warpgroup 1, which has no tile of its
+  // own, runs the epilogue of the tile's rows 64-127 (wg0's accumulators
+  // for them handed over through the weights' shared memory once the
+  // wgmmas are done), where that half has output rows and the weights'
+  // region holds the handover (3 K blocks or more).
+  int wg_split;
   // Test knob (set_debug_weight_delay; 0 in normal use): the wgmma kernel
   // with weights by tensor map poisons their shared memory, and warpgroup 1
   // issues their copies this many microseconds late, so that a K loop that
@@ -1319,6 +1326,17 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       load_tab_wg();
       mbar_wait(tbar, 0);
     }
+    // The split epilogue (FastArgs::wg_split): with the block's one tile's
+    // rows 64-127 holding output pixels (its groups 8-15), warpgroup 1 (the
+    // helper) runs their epilogue. Warpgroup 0 hands their accumulators
+    // over through the weights' shared memory once its wgmmas are done
+    // (68 words a thread, word c of thread t at c * 128 + t: 34816 bytes;
+    // 3 K blocks of weights are 48 KB) and runs rows 0-63's. Each then
+    // holds its half in acc0 / x10, at row offset 0 or 64.
+    const bool split = SS && a.wg_split && ntile == 1 && a.wg_kblocks >= 3 &&
+                       wg_tile(a, mt0, 0, mstep) * 16 + 8 < a.ss_groups;
+    const bool helper = split && wgi == 1;
+    int* hand = reinterpret_cast<int*>(fsm + (wg_bbase - smem_u32(fsm)));
     const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
     const int* kp = ktab + half;
     // K step i: K block i >> 2, +32 bytes per step inside it; 128-byte
@@ -1329,18 +1347,19 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     uint32_t flipw = 0;  // thr: flip bits of the thread's word (channels 32 tq ..)
     [[maybe_unused]] uint32_t sink = 0;  // (switch 8192)
     int j = 0;
-    for (int k = wgi; k < ntile; k += 2, ++j) {
+    for (int k = helper ? 0 : wgi; k < ntile; k += 2, ++j) {
       const int mt = wg_tile(a, mt0, k, mstep);
       const int mt_next = k + 2 < ntile ? wg_tile(a, mt0, k + 2, mstep) : a.mtiles;
       TTS(0);
-      const int buf = 2 * wgi + (j & 1);
+      const int buf = helper ? 0 : 2 * wgi + (j & 1);  // (the helper reads wg0's rows[])
       const int m0 = mt * kFastBM;
       const int row0 = fdiv(m0, a.div_wo);
       const int img0 = fdiv(row0, a.div_ho);
       // The warpgroup's last tile (see the mma.sync loop).
       if (mt_next >= a.mtiles && !BINCONV_SW(a, 16384)) pdl_launch_dependents();
-      if (SS && BINCONV_SW(a, 1024)) {
-        // (experiment: no row records; the K loop of this form needs none)
+      if (helper || (SS && BINCONV_SW(a, 1024))) {
+        // (the helper: warpgroup 0 writes the records; experiment 1024: no
+        // row records, the K loop of this form needs none)
       } else if constexpr (SS) {
         // Tile row wlt = 8 q + j: pixel 8 xg + j of output row rg (group mt
         // 16 + q = rg gpr + xg); .w = its output row m (a.m where none: not
@@ -1360,7 +1379,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       }
       TSUB(0);
       // (experiment 512: only the first tile's slots are copied)
-      if (tma && (j == 0 || !BINCONV_SW(a, 512)))
+      if (tma && !helper && (j == 0 || !BINCONV_SW(a, 512)))
         mbar_wait(sbar0 + 8 * buf, (uint32_t)(j >> 1) & 1);  // this tile's slots
       cp_async_wait<0>();  // the slots (cp.async)
       TSUB(1);
@@ -1387,7 +1406,15 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const int4* rows_b = rows + buf * kFastBM;
       int acc0[64], acc1[64], x10[4], x11[4];  // (set by the first K step: accumulate flag 0)
       const bool wfirst = wtmap && j == 0 && !BINCONV_SW(a, 2);  // the weights may still be landing
-      if constexpr (SS) {
+      if (helper) {
+        // Rows 64-127's accumulators from warpgroup 0 (below, after its
+        // wgmmas), into acc0 / x10.
+        named_sync(5, 256);
+#pragma unroll
+        for (int c = 0; c < 64; ++c) acc0[c] = hand[c * 128 + wlt];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) x10[c] = hand[(64 + c) * 128 + wlt];
+      } else if constexpr (SS) {
         // A from shared memory: the whole tile's steps issued at once (no
         // registers for A, no wait inside the loop). K step i's start
         // address and LBO fields come from ktab[i] (the prologue), group g
@@ -1497,6 +1524,15 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         cp_async_commit();
       }
       wg_wait<0>();
+      if (split && !helper) {
+        // (the wgmmas' reads of the weights are complete: their region takes
+        // the handover)
+#pragma unroll
+        for (int c = 0; c < 64; ++c) hand[c * 128 + wlt] = acc1[c];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) hand[(64 + c) * 128 + wlt] = x11[c];
+        named_arrive(5, 256);
+      }
       TTS(2);
       if (j == 0 && !BINCONV_SW(a, 32)) {
         TLS(6);
@@ -1601,46 +1637,58 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         // table loads of 4 rows in flight (one row and one 32-step chain
         // at a time left the warp waiting on each load and shift: with
         // the other warpgroup in its K loop, a scheduler has one warp here).
-        int ex[4], mrow[4];
-        const int* tbc[4];
+        // NQ = 2 (split): the 2 rows of acc0 / x10 at row offset roff.
+        auto thr = [&](auto nq_const, int roff) {
+          constexpr int NQ = decltype(nq_const)::value;
+          int ex[NQ], mrow[NQ];
+          const int* tbc[NQ];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int r = 64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1);
-          const int4 rd = rows_b[r];
-          ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x11 : x10)[2 * (q & 1)] : 0;
-          tbc[q] = tab_s + rd.z + 32 * tq;
-          mrow[q] = SS ? rd.w : m0 + r;  // (ss: the record has it)
-        }
-        uint32_t lo[4] = {0u, 0u, 0u, 0u}, hi[4] = {0u, 0u, 0u, 0u};
+          for (int q = 0; q < NQ; ++q) {
+            const int r = (NQ == 4 ? 64 * (q >> 1) : roff) + 16 * wlw + gq + 8 * (q & 1);
+            const int4 rd = rows_b[r];
+            ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x11 : x10)[2 * (q & 1)] : 0;
+            tbc[q] = tab_s + rd.z + 32 * tq;
+            mrow[q] = SS ? rd.w : m0 + r;  // (ss: the record has it)
+          }
+          uint32_t lo[NQ] = {}, hi[NQ] = {};
 #pragma unroll
-        for (int g = 3; g >= 0; --g) {
+          for (int g = 3; g >= 0; --g) {
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
-            const int h = q & 1;
-            const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
-            const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
-            const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
+            for (int q = 0; q < NQ; ++q) {
+              const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
+              const int h = q & 1;
+              const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
+              const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
+              const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
 #pragma unroll
-            for (int e = 3; e >= 0; --e) {
-              const int cl = 4 * g + e, ch = 16 + cl;  // accumulator c: acc[4 (c >> 1) + 2 h + (c & 1)]
-              const int dl = kmul * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
-              const int dh = kmul * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
-              lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
-              hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
+              for (int e = 3; e >= 0; --e) {
+                const int cl = 4 * g + e, ch = 16 + cl;  // accumulator c: acc[4 (c >> 1) + 2 h + (c & 1)]
+                const int dl = kmul * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
+                const int dh = kmul * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
+                lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
+                hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
+              }
             }
           }
-        }
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int m = mrow[q];
-          if (m < a.m && n0 + 32 * tq < a.o)
-            static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
-                __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
+          for (int q = 0; q < NQ; ++q) {
+            const int m = mrow[q];
+            if (m < a.m && n0 + 32 * tq < a.o)
+              static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
+                  __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
+          }
+        };
+        if constexpr (SS) {
+          if (split)
+            thr(std::integral_constant<int, 2>{}, helper ? 64 : 0);
+          else
+            thr(std::integral_constant<int, 4>{}, 0);
+        } else {
+          thr(std::integral_constant<int, 4>{}, 0);
         }
       } else {
-        epi_half(acc0, x10, 16 * wlw);
-        epi_half(acc1, x11, 64 + 16 * wlw);
+        epi_half(acc0, x10, (helper ? 64 : 0) + 16 * wlw);
+        if (!split) epi_half(acc1, x11, 64 + 16 * wlw);
       }
       if (j == 0) TLS(8);
 #ifdef JAX_BINCONV_TIMELINE

@@ -187,11 +187,12 @@ struct FastArgs {
   // strided order.
   int wg_early, wg_dlate;
   // The shared-memory form with one tile a block (every block's, where the
-  // host sets it: set_fast_wg_split): warpgroup 1, which has no tile of its
-  // own, runs the epilogue of the tile's rows 64-127 (wg0's accumulators
-  // for them handed over through the weights' shared memory once the
-  // wgmmas are done), where that half has output rows and the weights'
-  // region holds the handover (3 K blocks or more).
+  // host sets it: set_fast_wg_split) and the float epilogue (float or packed
+  // output; not by thresholds): warpgroup 1, which has no tile of its own,
+  // runs the epilogue of the tile's rows 64-127 (wg0's accumulators for
+  // them handed over through the weights' shared memory once the wgmmas
+  // are done), where that half has output rows and the weights' region
+  // holds the handover (3 K blocks or more).
   int wg_split;
   // Test knob (set_debug_weight_delay; 0 in normal use): the wgmma kernel
   // with weights by tensor map poisons their shared memory, and warpgroup 1
@@ -1326,14 +1327,16 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       load_tab_wg();
       mbar_wait(tbar, 0);
     }
-    // The split epilogue (FastArgs::wg_split): with the block's one tile's
-    // rows 64-127 holding output pixels (its groups 8-15), warpgroup 1 (the
-    // helper) runs their epilogue. Warpgroup 0 hands their accumulators
-    // over through the weights' shared memory once its wgmmas are done
-    // (68 words a thread, word c of thread t at c * 128 + t: 34816 bytes;
-    // 3 K blocks of weights are 48 KB) and runs rows 0-63's. Each then
-    // holds its half in acc0 / x10, at row offset 0 or 64.
-    const bool split = SS && a.wg_split && ntile == 1 && a.wg_kblocks >= 3 &&
+    // The split epilogue (FastArgs::wg_split; the float epilogue only: the
+    // packed one by thresholds, ~3 instructions an output, was no faster
+    // split, S23-3): where the block's one tile's rows 64-127 hold output
+    // pixels (its groups 8-15), warpgroup 1 (the helper) runs their
+    // epilogue. Warpgroup 0 hands their accumulators over through the
+    // weights' shared memory once its wgmmas are done (68 words a thread,
+    // word c of thread t at c * 128 + t: 34816 bytes; 3 K blocks of
+    // weights are 48 KB) and runs rows 0-63's. Each then holds its half in
+    // acc0 / x10, at row offset 0 or 64.
+    const bool split = SS && EPI != EPI_THR && a.wg_split && ntile == 1 && a.wg_kblocks >= 3 &&
                        wg_tile(a, mt0, 0, mstep) * 16 + 8 < a.ss_groups;
     const bool helper = split && wgi == 1;
     int* hand = reinterpret_cast<int*>(fsm + (wg_bbase - smem_u32(fsm)));
@@ -1637,54 +1640,42 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         // table loads of 4 rows in flight (one row and one 32-step chain
         // at a time left the warp waiting on each load and shift: with
         // the other warpgroup in its K loop, a scheduler has one warp here).
-        // NQ = 2 (split): the 2 rows of acc0 / x10 at row offset roff.
-        auto thr = [&](auto nq_const, int roff) {
-          constexpr int NQ = decltype(nq_const)::value;
-          int ex[NQ], mrow[NQ];
-          const int* tbc[NQ];
+        int ex[4], mrow[4];
+        const int* tbc[4];
 #pragma unroll
-          for (int q = 0; q < NQ; ++q) {
-            const int r = (NQ == 4 ? 64 * (q >> 1) : roff) + 16 * wlw + gq + 8 * (q & 1);
-            const int4 rd = rows_b[r];
-            ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x11 : x10)[2 * (q & 1)] : 0;
-            tbc[q] = tab_s + rd.z + 32 * tq;
-            mrow[q] = SS ? rd.w : m0 + r;  // (ss: the record has it)
-          }
-          uint32_t lo[NQ] = {}, hi[NQ] = {};
+        for (int q = 0; q < 4; ++q) {
+          const int r = 64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1);
+          const int4 rd = rows_b[r];
+          ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x11 : x10)[2 * (q & 1)] : 0;
+          tbc[q] = tab_s + rd.z + 32 * tq;
+          mrow[q] = SS ? rd.w : m0 + r;  // (ss: the record has it)
+        }
+        uint32_t lo[4] = {0u, 0u, 0u, 0u}, hi[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
-          for (int g = 3; g >= 0; --g) {
+        for (int g = 3; g >= 0; --g) {
 #pragma unroll
-            for (int q = 0; q < NQ; ++q) {
-              const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
-              const int h = q & 1;
-              const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
-              const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
-              const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
+          for (int q = 0; q < 4; ++q) {
+            const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
+            const int h = q & 1;
+            const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
+            const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
+            const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
 #pragma unroll
-              for (int e = 3; e >= 0; --e) {
-                const int cl = 4 * g + e, ch = 16 + cl;  // accumulator c: acc[4 (c >> 1) + 2 h + (c & 1)]
-                const int dl = kmul * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
-                const int dh = kmul * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
-                lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
-                hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
-              }
+            for (int e = 3; e >= 0; --e) {
+              const int cl = 4 * g + e, ch = 16 + cl;  // accumulator c: acc[4 (c >> 1) + 2 h + (c & 1)]
+              const int dl = kmul * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
+              const int dh = kmul * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
+              lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
+              hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
             }
           }
+        }
 #pragma unroll
-          for (int q = 0; q < NQ; ++q) {
-            const int m = mrow[q];
-            if (m < a.m && n0 + 32 * tq < a.o)
-              static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
-                  __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
-          }
-        };
-        if constexpr (SS) {
-          if (split)
-            thr(std::integral_constant<int, 2>{}, helper ? 64 : 0);
-          else
-            thr(std::integral_constant<int, 4>{}, 0);
-        } else {
-          thr(std::integral_constant<int, 4>{}, 0);
+        for (int q = 0; q < 4; ++q) {
+          const int m = mrow[q];
+          if (m < a.m && n0 + 32 * tq < a.o)
+            static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
+                __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
         }
       } else {
         epi_half(acc0, x10, (helper ? 64 : 0) + 16 * wlw);

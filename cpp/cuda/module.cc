@@ -267,8 +267,9 @@ PYBIND11_MODULE(_cuda, m) {
       "(None: no such call yet).");
   m.def(
       "set_fast_wg_split", [](bool on) { binconv::cuda::set_fast_wg_split(on); }, py::arg("on"),
-      "The wgmma kernel's shared-memory form with one tile a block (fewer tiles than SMs): "
-      "its second warpgroup, which has no tile, runs the epilogue of the tile's rows 64-127 "
+      "The wgmma kernel's shared-memory form with one tile a block (fewer tiles than SMs) "
+      "and the float epilogue (float output, or packed output not by thresholds): its "
+      "second warpgroup, which has no tile, runs the epilogue of the tile's rows 64-127 "
       "where they hold output (default True; a benchmark knob, results are the same). "
       "Process-wide.");
   m.def("get_fast_wg_split", []() { return binconv::cuda::fast_wg_split(); });
@@ -278,9 +279,9 @@ PYBIND11_MODULE(_cuda, m) {
         const int v = binconv::cuda::last_wg_split();
         return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
       },
-      "Whether the most recent call of the wgmma kernel's shared-memory form ran with one "
-      "tile a block and the split epilogue allowed (None: no wgmma-kernel call yet; False "
-      "for the register-A form).");
+      "Whether the most recent wgmma-kernel call ran the shared-memory form with one tile "
+      "a block, the float epilogue and the split allowed (None: no wgmma-kernel call yet; "
+      "False for the register-A form and for packed output by thresholds).");
   m.def(
       "timeline_read",
       []() {

@@ -12,8 +12,9 @@ rounds of M tiles to the blocks that start on time: -1 the per-call
 estimate, set_debug_tile_rounds), wg=auto|on|off|rs (set_fast_wgmma: "on"
 takes A from shared memory wherever that form runs; each variant's line
 gives the form its last call ran: "ss", "rs" or "" for mma.sync),
-split=1|0 (set_fast_wg_split: with one tile a block, the shared-memory
-form's second warpgroup runs the epilogue of the tile's rows 64-127).
+split=1|0 (set_fast_wg_split: with one tile a block and float output, the
+shared-memory form's second warpgroup runs the epilogue of the tile's
+channels 64-127).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in

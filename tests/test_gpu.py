@@ -927,17 +927,17 @@ def test_fast_wgmma_auto_mode():
 @pytest.mark.parametrize("split", [True, False])
 def test_fast_wgmma_split_epilogue(split):
     """The wgmma kernel's shared-memory form with one tile a block (fewer
-    tiles than SMs) and the float epilogue: warpgroup 1, which has no tile,
-    runs the epilogue of the tile's rows 64-127 where they hold output
-    pixels and the weights span 3 K blocks or more (C = 256 and 512, 3x3),
-    with warpgroup 0's accumulators handed over through shared memory
+    tiles than SMs) and float output: warpgroup 1, which has no tile, runs
+    the epilogue of the tile's channels 64-127 where the weights span 3 K
+    blocks or more (C = 256 and 512, 3x3), with warpgroup 0's accumulators
+    for them and the X1 terms handed over through shared memory
     (set_fast_wg_split, the default), or warpgroup 0 runs the whole tile
-    (off). Float output with beta and an activation, packed output through
-    the float epilogue (float x with beta); O not a multiple of 128,
-    several images a tile, pixels past Wo in a group (Wo = 12), a last
-    tile whose rows 64-127 are empty (Wo = 9), and C = 128 (2 K blocks: no
-    handover). Packed output by thresholds never splits (its epilogue was
-    no faster so). All exact."""
+    (off). Float output with beta and activations, O not a multiple of 128
+    (a last N tile with channels 64-127 partly or wholly past O: O = 200,
+    130), several images a tile, pixels past Wo in a group (Wo = 12, 9), a
+    tile whose rows 64-127 are empty (7x7, N = 1), and C = 128 (2 K blocks:
+    no handover). Packed output (by thresholds, or through the float
+    epilogue: float x with beta) never splits. All exact."""
     mod = _cuda_mod()
     old_wg, old_split = mod.get_fast_wgmma(), mod.get_fast_wg_split()
     mod.set_fast_wgmma("on")
@@ -949,6 +949,8 @@ def test_fast_wgmma_split_epilogue(split):
         # output through the float epilogue)
         cases = [(1, 16, 12, 256, 200, "xnor", True, "float", "relu"),
                  (4, 7, 7, 512, 128, "xnor", False, "float", None),
+                 (1, 7, 7, 512, 130, "and", True, "float", "sigmoid"),
+                 (2, 9, 9, 256, 130, "xnor", False, "float", "hard_tanh"),
                  (1, 14, 14, 256, 256, "and", False, "float", "tanh"),
                  (2, 9, 9, 256, 130, "xnor", True, "packed", "tanh"),
                  (2, 12, 12, 128, 128, "and", True, "float", "leaky_relu"),
@@ -966,7 +968,7 @@ def test_fast_wgmma_split_epilogue(split):
             assert mod.last_kernel() == "fast"
             if mod.wgmma_available():
                 assert mod.last_wgmma_form() == "ss", cases[i]
-                assert mod.last_wg_split() == (split and io != "packed-x"), cases[i]
+                assert mod.last_wg_split() == (split and output == "float"), cases[i]
     finally:
         mod.set_fast_wgmma(old_wg)
         mod.set_fast_wg_split(old_split)

@@ -1692,8 +1692,8 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   }
   if (WG) g_last_dlate.store(b.wg_dlate, std::memory_order_relaxed);
   // The shared-memory form with one tile a block: warpgroup 1 takes the
-  // epilogue of its rows 64-127 (FastArgs::wg_split; float epilogue only).
-  b.wg_split = WG == 2 && EPI != EPI_THR && items <= grid &&
+  // epilogue of its channels 64-127 (FastArgs::wg_split; float output only).
+  b.wg_split = WG == 2 && EPI == EPI_FLOAT && items <= grid &&
                g_wg_split.load(std::memory_order_relaxed);
   if (WG) g_last_wg_split.store(b.wg_split, std::memory_order_relaxed);
   // Programmatic dependent launch on fast_tables_kernel (see pdl_wait).

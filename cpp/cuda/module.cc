@@ -268,9 +268,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.def(
       "set_fast_wg_split", [](bool on) { binconv::cuda::set_fast_wg_split(on); }, py::arg("on"),
       "The wgmma kernel's shared-memory form with one tile a block (fewer tiles than SMs) "
-      "and the float epilogue (float output, or packed output not by thresholds): its "
-      "second warpgroup, which has no tile, runs the epilogue of the tile's rows 64-127 "
-      "where they hold output (default True; a benchmark knob, results are the same). "
+      "and float output: its second warpgroup, which has no tile, runs the epilogue of the "
+      "tile's channels 64-127 (default True; a benchmark knob, results are the same). "
       "Process-wide.");
   m.def("get_fast_wg_split", []() { return binconv::cuda::fast_wg_split(); });
   m.def(
@@ -280,8 +279,8 @@ PYBIND11_MODULE(_cuda, m) {
         return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
       },
       "Whether the most recent wgmma-kernel call ran the shared-memory form with one tile "
-      "a block, the float epilogue and the split allowed (None: no wgmma-kernel call yet; "
-      "False for the register-A form and for packed output by thresholds).");
+      "a block, float output and the split allowed (None: no wgmma-kernel call yet; False "
+      "for the register-A form and for packed output).");
   m.def(
       "timeline_read",
       []() {

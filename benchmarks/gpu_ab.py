@@ -11,7 +11,10 @@ and tables in one kernel or two), rounds=-1|r (the wgmma kernel's first r
 rounds of M tiles to the blocks that start on time: -1 the per-call
 estimate, set_debug_tile_rounds), wg=auto|on|off|rs (set_fast_wgmma: "on"
 takes A from shared memory wherever that form runs; each variant's line
-gives the form its last call ran: "ss", "rs" or "" for mma.sync).
+gives the form its last call ran: "ss", "rs" or "" for mma.sync),
+split=1|0 (set_fast_wg_split: with one tile a block and float output, the
+shared-memory form's second warpgroup runs the epilogue of the tile's
+channels 64-127).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -35,7 +38,7 @@ from gpu import bench, layer_case  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto")
+    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto", split=1)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
@@ -51,6 +54,7 @@ def apply_variant(mod, v):
     mod.set_fast_fused_prep(bool(v["fprep"]))
     mod.set_debug_tile_rounds(v["rounds"])
     mod.set_fast_wgmma(v["wg"])
+    mod.set_fast_wg_split(bool(v["split"]))
 
 
 def main(argv=None):

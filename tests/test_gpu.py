@@ -729,6 +729,7 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
                                         ("fast_weight_copy", "cp.async"),
                                         ("fast_fused_prep", False), ("fast_wgmma", "on"),
+                                        ("fast_wg_split", False),
                                         ("fast_wgmma", "rs"), ("fast_wgmma", "off")])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
@@ -737,8 +738,10 @@ def test_fast_kernel_knobs(knob, value, case):
     row or by 16-byte cp.async (what GPUs before sm_90 run) instead of one
     tensor-map box; float x packed by a kernel of its own before the tables
     kernel instead of both in one; the K loop on wgmma wherever it can run
-    (compute capability 9.0) or never, instead of where it pays. Packed and
-    float results still equal the reference."""
+    (compute capability 9.0) or never, instead of where it pays; with one
+    tile a block, the wgmma kernel's whole epilogue on its first warpgroup
+    (set_fast_wg_split(False)). Packed and float results still equal the
+    reference."""
     mod = _cuda_mod()
     old = getattr(mod, "get_" + knob)()
     getattr(mod, "set_" + knob)(value)
@@ -918,6 +921,57 @@ def test_fast_wgmma_auto_mode():
             assert mod.last_wgmma_form() == want, (n, c, k, beta, output)
     finally:
         mod.set_fast_wgmma(old)
+        jax.clear_caches()
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_fast_wgmma_split_epilogue(split):
+    """The wgmma kernel's shared-memory form with one tile a block (fewer
+    tiles than SMs) and float output: warpgroup 1, which has no tile, runs
+    the epilogue of the tile's channels 64-127 where the weights span 3 K
+    blocks or more (C = 256 and 512, 3x3), with warpgroup 0's accumulators
+    for them and the X1 terms handed over through shared memory
+    (set_fast_wg_split, the default), or warpgroup 0 runs the whole tile
+    (off). Float output with beta and activations, O not a multiple of 128
+    (a last N tile with channels 64-127 partly or wholly past O: O = 200,
+    130), several images a tile, pixels past Wo in a group (Wo = 12, 9), a
+    tile whose rows 64-127 are empty (7x7, N = 1), and C = 128 (2 K blocks:
+    no handover). Packed output (by thresholds, or through the float
+    epilogue: float x with beta) never splits. All exact."""
+    mod = _cuda_mod()
+    old_wg, old_split = mod.get_fast_wgmma(), mod.get_fast_wg_split()
+    mod.set_fast_wgmma("on")
+    mod.set_fast_wg_split(split)
+    jax.clear_caches()
+    try:
+        # (n, h, w, c, o, type, beta, io, activation; io "packed-x": packed x
+        # and output, by thresholds; "packed": float x with beta, packed
+        # output through the float epilogue)
+        cases = [(1, 16, 12, 256, 200, "xnor", True, "float", "relu"),
+                 (4, 7, 7, 512, 128, "xnor", False, "float", None),
+                 (1, 7, 7, 512, 130, "and", True, "float", "sigmoid"),
+                 (2, 9, 9, 256, 130, "xnor", False, "float", "hard_tanh"),
+                 (1, 14, 14, 256, 256, "and", False, "float", "tanh"),
+                 (2, 9, 9, 256, 130, "xnor", True, "packed", "tanh"),
+                 (2, 12, 12, 128, 128, "and", True, "float", "leaky_relu"),
+                 (1, 14, 14, 256, 256, "xnor", True, "packed-x", None),
+                 (1, 12, 16, 256, 96, "and", False, "packed-x", "relu")]
+        for i, (n, h, w_, c, o, t, beta, io, act) in enumerate(cases):
+            x = np.asarray(rand_x(1200 + i, (n, h, w_, c)))
+            output = "float" if io == "float" else "packed"
+            if io == "packed-x":
+                x = _np(jb.pack_activations(jnp.asarray(x)))
+            w = np.asarray(rand_x(1210 + i, (3, 3, c, o)))
+            check(x, w, type=t, padding="SAME", output=output, beta_scaling=beta,
+                  activation=act, output_scale=rand_vec(1220 + i, o, 0.5, 1.5, signed=True),
+                  output_bias=rand_vec(1230 + i, o, -30, 30))
+            assert mod.last_kernel() == "fast"
+            if mod.wgmma_available():
+                assert mod.last_wgmma_form() == "ss", cases[i]
+                assert mod.last_wg_split() == (split and output == "float"), cases[i]
+    finally:
+        mod.set_fast_wgmma(old_wg)
+        mod.set_fast_wg_split(old_split)
         jax.clear_caches()
 
 

@@ -127,6 +127,14 @@ void set_debug_tile_rounds(int rounds);
 int debug_tile_rounds();
 // The early rounds of the last wgmma-kernel call (0: plain order; -1: none yet).
 int last_tile_rounds();
+// The wgmma kernel's shared-memory form with one tile a block and float
+// output: warpgroup 1 runs the epilogue of the tile's channels 64-127
+// (FastArgs::wg_split; default on; a benchmark knob, results are the same).
+void set_fast_wg_split(bool on);
+bool fast_wg_split();
+// Whether the last wgmma-kernel call ran with that split allowed (1), not
+// (0), or -1: no such call yet.
+int last_wg_split();
 // Builds with -DJAX_BINCONV_TIMELINE only (else cudaErrorNotSupported): the
 // fast kernels' timeline records so far (TlRec in fast_conv.cuh, each
 // *record_bytes long) on the current device, after a device sync; the

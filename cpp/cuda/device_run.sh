@@ -165,6 +165,15 @@ memcheck:test_fast_wgmma_auto_mode
 racecheck:test_fast_wgmma_auto_mode
 LIST
       ;;
+    sansplit)
+      # compute-sanitizer on the wgmma kernel's split epilogue (one tile a
+      # block: warpgroup 1 runs rows 64-127's epilogue from a handover in
+      # shared memory), on and off.
+      san_list fast_ 240 sanitize_split <<'LIST'
+memcheck:test_fast_wgmma_split_epilogue
+racecheck:test_fast_wgmma_split_epilogue and True
+LIST
+      ;;
     sanc64)
       # compute-sanitizer on the fast kernels' C = 64 cases (FAST_CASES 15-21),
       # and C >= 128 cases with warps past O (4-6, 10).

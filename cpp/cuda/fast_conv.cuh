@@ -186,6 +186,13 @@ struct FastArgs {
   // that kernel runs), so they get wg_dlate tiles fewer. 0: the plain
   // strided order.
   int wg_early, wg_dlate;
+  // The shared-memory form with one tile a block (every block's, where the
+  // host sets it: set_fast_wg_split) and float output: warpgroup 1, which
+  // has no tile of its own, runs the epilogue of the tile's channels 64-127
+  // (wg0's accumulators for them handed over through the weights' shared
+  // memory once the wgmmas are done), where the weights' region holds the
+  // handover (3 K blocks or more).
+  int wg_split;
   // Test knob (set_debug_weight_delay; 0 in normal use): the wgmma kernel
   // with weights by tensor map poisons their shared memory, and warpgroup 1
   // issues their copies this many microseconds late, so that a K loop that
@@ -1319,6 +1326,18 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       load_tab_wg();
       mbar_wait(tbar, 0);
     }
+    // The split epilogue (FastArgs::wg_split; float output only: packed
+    // output by thresholds, ~3 instructions an output, was no faster split
+    // by rows, S23-3; packed output through the float epilogue does not run
+    // here in "auto"): warpgroup 1 (the helper) runs the epilogue of the
+    // block's one tile's channels 64-127, warpgroup 0 that of 0-63. Warpgroup
+    // 0 hands the helper their accumulators and the X1s through the
+    // weights' shared memory once its wgmmas are done (72 words a thread,
+    // word c of thread t at c * 128 + t: 36864 bytes; 3 K blocks of weights
+    // are 48 KB). Each then holds its channels as quads 0-3 (acc[0..31]).
+    const bool split = SS && EPI == EPI_FLOAT && a.wg_split && ntile == 1 && a.wg_kblocks >= 3;
+    const bool helper = split && wgi == 1;
+    int* hand = reinterpret_cast<int*>(fsm + (wg_bbase - smem_u32(fsm)));
     const int* tab_s = reinterpret_cast<const int*>(fsm + L.tab);
     const int* kp = ktab + half;
     // K step i: K block i >> 2, +32 bytes per step inside it; 128-byte
@@ -1329,18 +1348,19 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     uint32_t flipw = 0;  // thr: flip bits of the thread's word (channels 32 tq ..)
     [[maybe_unused]] uint32_t sink = 0;  // (switch 8192)
     int j = 0;
-    for (int k = wgi; k < ntile; k += 2, ++j) {
+    for (int k = helper ? 0 : wgi; k < ntile; k += 2, ++j) {
       const int mt = wg_tile(a, mt0, k, mstep);
       const int mt_next = k + 2 < ntile ? wg_tile(a, mt0, k + 2, mstep) : a.mtiles;
       TTS(0);
-      const int buf = 2 * wgi + (j & 1);
+      const int buf = helper ? 0 : 2 * wgi + (j & 1);  // (the helper reads wg0's rows[])
       const int m0 = mt * kFastBM;
       const int row0 = fdiv(m0, a.div_wo);
       const int img0 = fdiv(row0, a.div_ho);
       // The warpgroup's last tile (see the mma.sync loop).
       if (mt_next >= a.mtiles && !BINCONV_SW(a, 16384)) pdl_launch_dependents();
-      if (SS && BINCONV_SW(a, 1024)) {
-        // (experiment: no row records; the K loop of this form needs none)
+      if (helper || (SS && BINCONV_SW(a, 1024))) {
+        // (the helper: warpgroup 0 writes the records; experiment 1024: no
+        // row records, the K loop of this form needs none)
       } else if constexpr (SS) {
         // Tile row wlt = 8 q + j: pixel 8 xg + j of output row rg (group mt
         // 16 + q = rg gpr + xg); .w = its output row m (a.m where none: not
@@ -1360,7 +1380,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       }
       TSUB(0);
       // (experiment 512: only the first tile's slots are copied)
-      if (tma && (j == 0 || !BINCONV_SW(a, 512)))
+      if (tma && !helper && (j == 0 || !BINCONV_SW(a, 512)))
         mbar_wait(sbar0 + 8 * buf, (uint32_t)(j >> 1) & 1);  // this tile's slots
       cp_async_wait<0>();  // the slots (cp.async)
       TSUB(1);
@@ -1387,7 +1407,21 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const int4* rows_b = rows + buf * kFastBM;
       int acc0[64], acc1[64], x10[4], x11[4];  // (set by the first K step: accumulate flag 0)
       const bool wfirst = wtmap && j == 0 && !BINCONV_SW(a, 2);  // the weights may still be landing
-      if constexpr (SS) {
+      if (helper) {
+        // Channels 64-127's accumulators (quads 4-7 of both row halves) and
+        // the X1s from warpgroup 0 (below, after its wgmmas), as quads 0-3.
+        named_sync(5, 256);
+#pragma unroll
+        for (int c = 0; c < 32; ++c) {
+          acc0[c] = hand[c * 128 + wlt];
+          acc1[c] = hand[(32 + c) * 128 + wlt];
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          x10[c] = hand[(64 + c) * 128 + wlt];
+          x11[c] = hand[(68 + c) * 128 + wlt];
+        }
+      } else if constexpr (SS) {
         // A from shared memory: the whole tile's steps issued at once (no
         // registers for A, no wait inside the loop). K step i's start
         // address and LBO fields come from ktab[i] (the prologue), group g
@@ -1497,6 +1531,21 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         cp_async_commit();
       }
       wg_wait<0>();
+      if (split && !helper) {
+        // (the wgmmas' reads of the weights are complete: their region takes
+        // the handover)
+#pragma unroll
+        for (int c = 0; c < 32; ++c) {
+          hand[c * 128 + wlt] = acc0[32 + c];
+          hand[(32 + c) * 128 + wlt] = acc1[32 + c];
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          hand[(64 + c) * 128 + wlt] = x10[c];
+          hand[(68 + c) * 128 + wlt] = x11[c];
+        }
+        named_arrive(5, 256);
+      }
       TTS(2);
       if (j == 0 && !BINCONV_SW(a, 32)) {
         TLS(6);
@@ -1518,7 +1567,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // tq) has rows wrow + gq + 8 h (h = 0, 1) of each half, accumulators
       // c = 2 j + jj (acc[4 j + 2 h + jj]) of channels n0 + wg_chan(tq, c);
       // 4 consecutive c are 4 consecutive channels.
-      auto epi_half = [&](const int (&acc)[64], const int (&x1acc)[4], int wrow) {
+      // (ng, coff: EPI_FLOAT's quads g < ng, channels from coff; the split
+      // runs channels 0-63 or 64-127, quads 0-3 of acc, see split)
+      auto epi_half = [&](const int (&acc)[64], const int (&x1acc)[4], int wrow, auto ng_const,
+                          int coff) {
+        constexpr int NG = decltype(ng_const)::value;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = wrow + gq + 8 * h;
@@ -1531,7 +1584,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           // Values of accumulators 4 g .. 4 g + 3 (channels wg_chan(tq, 4 g) + 0..3).
           auto quad = [&](int g, float (&v)[4], auto plain_const) {
             constexpr bool PLAIN = decltype(plain_const)::value;  // no beta, linear
-            const int ch = wg_chan<EPI>(tq, 4 * g);
+            const int ch = wg_chan<EPI>(tq, 4 * g) + coff;
             const int4 t4 = *reinterpret_cast<const int4*>(tb + wg_tab_at<EPI>(ch));
             const float4 s4 = *reinterpret_cast<const float4*>(csc + ch);
             const float4 b4 = *reinterpret_cast<const float4*>(cbi + ch);
@@ -1568,13 +1621,13 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           // EPI_FLOAT: 8 float4 stores per row, the 4 lanes of a row 64
           // contiguous bytes per store; streaming (not read again here).
           if (m >= a.m) continue;
-          float* dst = static_cast<float*>(a.out) + (long long)m * a.o + n0 + 4 * tq;
+          float* dst = static_cast<float*>(a.out) + (long long)m * a.o + n0 + coff + 4 * tq;
           auto emit = [&](auto plain_const) {
 #pragma unroll
-            for (int g = 0; g < 8; ++g) {
+            for (int g = 0; g < NG; ++g) {
               float v[4];
               quad(g, v, plain_const);
-              const int o = n0 + 16 * g + 4 * tq;
+              const int o = n0 + coff + 16 * g + 4 * tq;
               if (BINCONV_SW(a, 8192)) {
                 sink ^= __float_as_uint(v[0]) ^ __float_as_uint(v[1]) ^ __float_as_uint(v[2]) ^
                         __float_as_uint(v[3]);
@@ -1639,8 +1692,16 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
                 __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
         }
       } else {
-        epi_half(acc0, x10, 16 * wlw);
-        epi_half(acc1, x11, 64 + 16 * wlw);
+        using G4 = std::integral_constant<int, 4>;
+        using G8 = std::integral_constant<int, 8>;
+        if (EPI == EPI_FLOAT && split) {
+          const int coff = helper ? 64 : 0;
+          epi_half(acc0, x10, 16 * wlw, G4{}, coff);
+          epi_half(acc1, x11, 64 + 16 * wlw, G4{}, coff);
+        } else {
+          epi_half(acc0, x10, 16 * wlw, G8{}, 0);
+          epi_half(acc1, x11, 64 + 16 * wlw, G8{}, 0);
+        }
       }
       if (j == 0) TLS(8);
 #ifdef JAX_BINCONV_TIMELINE

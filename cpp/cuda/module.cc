@@ -267,10 +267,10 @@ PYBIND11_MODULE(_cuda, m) {
       "(None: no such call yet).");
   m.def(
       "set_fast_wg_split", [](bool on) { binconv::cuda::set_fast_wg_split(on); }, py::arg("on"),
-      "The wgmma kernel's shared-memory form with one tile a block (fewer tiles than SMs) "
-      "and float output: its second warpgroup, which has no tile, runs the epilogue of the "
-      "tile's channels 64-127 (default True; a benchmark knob, results are the same). "
-      "Process-wide.");
+      "The wgmma kernel's shared-memory form with one tile a block (at most a quarter as "
+      "many tiles as SMs) and float output: its second warpgroup, which has no tile, runs "
+      "the epilogue of the tile's channels 64-127 (default True; a benchmark knob, results "
+      "are the same). Process-wide.");
   m.def("get_fast_wg_split", []() { return binconv::cuda::fast_wg_split(); });
   m.def(
       "last_wg_split",

@@ -278,9 +278,9 @@ PYBIND11_MODULE(_cuda, m) {
         const int v = binconv::cuda::last_wg_split();
         return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
       },
-      "Whether the most recent wgmma-kernel call ran the shared-memory form with one tile "
-      "a block, float output and the split allowed (None: no wgmma-kernel call yet; False "
-      "for the register-A form and for packed output).");
+      "Whether the most recent wgmma-kernel call ran the shared-memory form with at most a "
+      "quarter as many tiles as SMs, float output and the split allowed (None: no "
+      "wgmma-kernel call yet; False for the register-A form and for packed output).");
   m.def(
       "timeline_read",
       []() {

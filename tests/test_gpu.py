@@ -927,7 +927,8 @@ def test_fast_wgmma_auto_mode():
 @pytest.mark.parametrize("split", [True, False])
 def test_fast_wgmma_split_epilogue(split):
     """The wgmma kernel's shared-memory form with one tile a block (fewer
-    tiles than SMs) and float output: warpgroup 1, which has no tile, runs
+    tiles than SMs; at most a quarter as many, as in every case here: 2 to
+    6 tiles) and float output: warpgroup 1, which has no tile, runs
     the epilogue of the tile's channels 64-127 where the weights span 3 K
     blocks or more (C = 256 and 512, 3x3), with warpgroup 0's accumulators
     for them and the X1 terms handed over through shared memory

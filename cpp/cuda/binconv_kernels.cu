@@ -1692,8 +1692,12 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   }
   if (WG) g_last_dlate.store(b.wg_dlate, std::memory_order_relaxed);
   // The shared-memory form with one tile a block: warpgroup 1 takes the
-  // epilogue of its channels 64-127 (FastArgs::wg_split; float output only).
-  b.wg_split = WG == 2 && EPI == EPI_FLOAT && items <= grid &&
+  // epilogue of its channels 64-127 (FastArgs::wg_split; float output only),
+  // where there are at most a quarter as many tiles as SMs (S23-9, same
+  // process, split / not: N = 4 L3, 14 tiles, 1.08-1.15x; L4 N = 1, 4
+  // tiles, 1.02x; L7 N = 1, 50 tiles, 0.97-1.07x; L4 N = 64, 112 tiles,
+  // 0.96-0.98x).
+  b.wg_split = WG == 2 && EPI == EPI_FLOAT && items * 4 <= sms &&
                g_wg_split.load(std::memory_order_relaxed);
   if (WG) g_last_wg_split.store(b.wg_split, std::memory_order_relaxed);
   // Programmatic dependent launch on fast_tables_kernel (see pdl_wait).

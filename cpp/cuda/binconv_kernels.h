@@ -127,9 +127,10 @@ void set_debug_tile_rounds(int rounds);
 int debug_tile_rounds();
 // The early rounds of the last wgmma-kernel call (0: plain order; -1: none yet).
 int last_tile_rounds();
-// The wgmma kernel's shared-memory form with one tile a block and float
-// output: warpgroup 1 runs the epilogue of the tile's channels 64-127
-// (FastArgs::wg_split; default on; a benchmark knob, results are the same).
+// The wgmma kernel's shared-memory form with at most a quarter as many tiles
+// as SMs (one a block) and float output: warpgroup 1 runs the epilogue of
+// the tile's channels 64-127 (FastArgs::wg_split; default on; a benchmark
+// knob, results are the same).
 void set_fast_wg_split(bool on);
 bool fast_wg_split();
 // Whether the last wgmma-kernel call ran with that split allowed (1), not

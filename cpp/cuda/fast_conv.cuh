@@ -1334,7 +1334,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     // 0 hands the helper their accumulators and the X1s through the
     // weights' shared memory once its wgmmas are done (72 words a thread,
     // word c of thread t at c * 128 + t: 36864 bytes; 3 K blocks of weights
-    // are 48 KB). Each then holds its channels as quads 0-3 (acc[0..31]).
+    // are 48 KB) and runs channels 0-63 from acc0 / acc1; the helper holds
+    // its channels as quads 0-3 of h0 / h1.
     const bool split = SS && EPI == EPI_FLOAT && a.wg_split && ntile == 1 && a.wg_kblocks >= 3;
     const bool helper = split && wgi == 1;
     int* hand = reinterpret_cast<int*>(fsm + (wg_bbase - smem_u32(fsm)));
@@ -1405,23 +1406,123 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       TSUB(3);
       const uint32_t as_addr = smem_u32(fsm + slot_buf(buf));
       const int4* rows_b = rows + buf * kFastBM;
+      // ---- epilogue (EPI_FLOAT, EPI_PACKED; EPI_THR below): thread (gq,
+      // tq) has rows wrow + gq + 8 h (h = 0, 1) of each half, accumulators
+      // c = 2 j + jj (acc[4 j + 2 h + jj]) of channels n0 + wg_chan(tq, c);
+      // 4 consecutive c are 4 consecutive channels.
+      // (ng, coff: EPI_FLOAT's quads g < ng, channels from coff; the split
+      // runs channels 0-63 or 64-127 from quads 0-3 of acc, see split)
+      auto epi_half = [&](const auto& acc, const int (&x1acc)[4], int wrow, auto ng_const,
+                          int coff) {
+        constexpr int NG = decltype(ng_const)::value;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = wrow + gq + 8 * h;
+          const int4 rd = rows_b[r];
+          const int m = SS ? rd.w : m0 + r;  // (ss: the record has it)
+          const int ex = need_x1 ? rd.x - 2 * x1acc[2 * h] : 0;
+          const int* tb = tab_s + rd.z;  // the row's class
+          auto accv = [&](int c) { return acc[4 * (c >> 1) + 2 * h + (c & 1)]; };
+          const float beta = __int_as_float(rd.y);
+          // Values of accumulators 4 g .. 4 g + 3 (channels wg_chan(tq, 4 g) + 0..3).
+          auto quad = [&](int g, float (&v)[4], auto plain_const) {
+            constexpr bool PLAIN = decltype(plain_const)::value;  // no beta, linear
+            const int ch = wg_chan<EPI>(tq, 4 * g) + coff;
+            const int4 t4 = *reinterpret_cast<const int4*>(tb + wg_tab_at<EPI>(ch));
+            const float4 s4 = *reinterpret_cast<const float4*>(csc + ch);
+            const float4 b4 = *reinterpret_cast<const float4*>(cbi + ch);
+            const int tt[4] = {t4.x, t4.y, t4.z, t4.w};
+            const float ss[4] = {s4.x, s4.y, s4.z, s4.w}, bb[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              const float z = (float)(kmul * accv(4 * g + q) + ex + tt[q]);
+              if (PLAIN) {
+                v[q] = BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
+              } else {
+                v[q] = a.beta ? epilogue_affine(z, ss[q], beta, bb[q])
+                              : BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
+                if (a.act != ACT_LINEAR)
+                  v[q] = asel.general ? fast_act_general(v[q], a.act, a.slope)
+                                      : apply_act_select(v[q], asel);
+              }
+            }
+          };
+          if (EPI == EPI_PACKED) {
+            uint32_t word = 0;
+#pragma unroll
+            for (int g = 0; g < 8; ++g) {
+              float v[4];
+              quad(g, v, std::false_type{});
+#pragma unroll
+              for (int q = 0; q < 4; ++q)
+                if (n0 + 32 * tq + 4 * g + q < a.o) word |= bin_bit(v[q]) << (4 * g + q);
+            }
+            if (m < a.m && n0 + 32 * tq < a.o)
+              static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] = word;
+            continue;
+          }
+          // EPI_FLOAT: 8 float4 stores per row, the 4 lanes of a row 64
+          // contiguous bytes per store; streaming (not read again here).
+          if (m >= a.m) continue;
+          float* dst = static_cast<float*>(a.out) + (long long)m * a.o + n0 + coff + 4 * tq;
+          auto emit = [&](auto plain_const) {
+#pragma unroll
+            for (int g = 0; g < NG; ++g) {
+              float v[4];
+              quad(g, v, plain_const);
+              const int o = n0 + coff + 16 * g + 4 * tq;
+              if (BINCONV_SW(a, 8192)) {
+                sink ^= __float_as_uint(v[0]) ^ __float_as_uint(v[1]) ^ __float_as_uint(v[2]) ^
+                        __float_as_uint(v[3]);
+              } else if ((a.o & 3) == 0 && o + 4 <= a.o) {
+                __stcs(reinterpret_cast<float4*>(dst + 16 * g), make_float4(v[0], v[1], v[2], v[3]));
+              } else {
+#pragma unroll
+                for (int q = 0; q < 4; ++q)
+                  if (o + q < a.o) dst[16 * g + q] = v[q];
+              }
+            }
+          };
+          if (!a.beta && a.act == ACT_LINEAR)
+            emit(std::true_type{});
+          else
+            emit(std::false_type{});
+        }
+      };
+      using G4 = std::integral_constant<int, 4>;
+      using G8 = std::integral_constant<int, 8>;
       int acc0[64], acc1[64], x10[4], x11[4];  // (set by the first K step: accumulate flag 0)
       const bool wfirst = wtmap && j == 0 && !BINCONV_SW(a, 2);  // the weights may still be landing
-      if (helper) {
-        // Channels 64-127's accumulators (quads 4-7 of both row halves) and
-        // the X1s from warpgroup 0 (below, after its wgmmas), as quads 0-3.
-        named_sync(5, 256);
+      if constexpr (EPI == EPI_FLOAT) {
+        if (helper) {
+          // Channels 64-127's accumulators (quads 4-7 of both row halves)
+          // and the X1s from warpgroup 0 (below, after its wgmmas), as
+          // quads 0-3: never in the wgmma accumulators (an instruction other
+          // than a wgmma that defines them makes ptxas serialize the wgmmas,
+          // C7515: S23-8's K loop ran 2x slower so), and the helper's whole
+          // tile here (a path that joined warpgroup 0's after its K loop
+          // kept both sets of registers live: 200 bytes of spills).
+          named_sync(5, 256);
+          int h0[32], h1[32], hx0[4], hx1[4];
 #pragma unroll
-        for (int c = 0; c < 32; ++c) {
-          acc0[c] = hand[c * 128 + wlt];
-          acc1[c] = hand[(32 + c) * 128 + wlt];
-        }
+          for (int c = 0; c < 32; ++c) {
+            h0[c] = hand[c * 128 + wlt];
+            h1[c] = hand[(32 + c) * 128 + wlt];
+          }
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          x10[c] = hand[(64 + c) * 128 + wlt];
-          x11[c] = hand[(68 + c) * 128 + wlt];
+          for (int c = 0; c < 4; ++c) {
+            hx0[c] = hand[(64 + c) * 128 + wlt];
+            hx1[c] = hand[(68 + c) * 128 + wlt];
+          }
+          if (!BINCONV_SW(a, 32)) mbar_wait(tbar, 0);  // the table (see below)
+          if (!BINCONV_SW(a, 4)) {
+            epi_half(h0, hx0, 16 * wlw, G4{}, 64);
+            epi_half(h1, hx1, 64 + 16 * wlw, G4{}, 64);
+          }
+          continue;
         }
-      } else if constexpr (SS) {
+      }
+      if constexpr (SS) {
         // A from shared memory: the whole tile's steps issued at once (no
         // registers for A, no wait inside the loop). K step i's start
         // address and LBO fields come from ktab[i] (the prologue), group g
@@ -1563,89 +1664,6 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           }
         }
       }
-      // ---- epilogue (EPI_FLOAT, EPI_PACKED; EPI_THR below): thread (gq,
-      // tq) has rows wrow + gq + 8 h (h = 0, 1) of each half, accumulators
-      // c = 2 j + jj (acc[4 j + 2 h + jj]) of channels n0 + wg_chan(tq, c);
-      // 4 consecutive c are 4 consecutive channels.
-      // (ng, coff: EPI_FLOAT's quads g < ng, channels from coff; the split
-      // runs channels 0-63 or 64-127, quads 0-3 of acc, see split)
-      auto epi_half = [&](const int (&acc)[64], const int (&x1acc)[4], int wrow, auto ng_const,
-                          int coff) {
-        constexpr int NG = decltype(ng_const)::value;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = wrow + gq + 8 * h;
-          const int4 rd = rows_b[r];
-          const int m = SS ? rd.w : m0 + r;  // (ss: the record has it)
-          const int ex = need_x1 ? rd.x - 2 * x1acc[2 * h] : 0;
-          const int* tb = tab_s + rd.z;  // the row's class
-          auto accv = [&](int c) { return acc[4 * (c >> 1) + 2 * h + (c & 1)]; };
-          const float beta = __int_as_float(rd.y);
-          // Values of accumulators 4 g .. 4 g + 3 (channels wg_chan(tq, 4 g) + 0..3).
-          auto quad = [&](int g, float (&v)[4], auto plain_const) {
-            constexpr bool PLAIN = decltype(plain_const)::value;  // no beta, linear
-            const int ch = wg_chan<EPI>(tq, 4 * g) + coff;
-            const int4 t4 = *reinterpret_cast<const int4*>(tb + wg_tab_at<EPI>(ch));
-            const float4 s4 = *reinterpret_cast<const float4*>(csc + ch);
-            const float4 b4 = *reinterpret_cast<const float4*>(cbi + ch);
-            const int tt[4] = {t4.x, t4.y, t4.z, t4.w};
-            const float ss[4] = {s4.x, s4.y, s4.z, s4.w}, bb[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const float z = (float)(kmul * accv(4 * g + q) + ex + tt[q]);
-              if (PLAIN) {
-                v[q] = BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
-              } else {
-                v[q] = a.beta ? epilogue_affine(z, ss[q], beta, bb[q])
-                              : BINCONV_FADD(BINCONV_FMUL(z, ss[q]), bb[q]);
-                if (a.act != ACT_LINEAR)
-                  v[q] = asel.general ? fast_act_general(v[q], a.act, a.slope)
-                                      : apply_act_select(v[q], asel);
-              }
-            }
-          };
-          if (EPI == EPI_PACKED) {
-            uint32_t word = 0;
-#pragma unroll
-            for (int g = 0; g < 8; ++g) {
-              float v[4];
-              quad(g, v, std::false_type{});
-#pragma unroll
-              for (int q = 0; q < 4; ++q)
-                if (n0 + 32 * tq + 4 * g + q < a.o) word |= bin_bit(v[q]) << (4 * g + q);
-            }
-            if (m < a.m && n0 + 32 * tq < a.o)
-              static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] = word;
-            continue;
-          }
-          // EPI_FLOAT: 8 float4 stores per row, the 4 lanes of a row 64
-          // contiguous bytes per store; streaming (not read again here).
-          if (m >= a.m) continue;
-          float* dst = static_cast<float*>(a.out) + (long long)m * a.o + n0 + coff + 4 * tq;
-          auto emit = [&](auto plain_const) {
-#pragma unroll
-            for (int g = 0; g < NG; ++g) {
-              float v[4];
-              quad(g, v, plain_const);
-              const int o = n0 + coff + 16 * g + 4 * tq;
-              if (BINCONV_SW(a, 8192)) {
-                sink ^= __float_as_uint(v[0]) ^ __float_as_uint(v[1]) ^ __float_as_uint(v[2]) ^
-                        __float_as_uint(v[3]);
-              } else if ((a.o & 3) == 0 && o + 4 <= a.o) {
-                __stcs(reinterpret_cast<float4*>(dst + 16 * g), make_float4(v[0], v[1], v[2], v[3]));
-              } else {
-#pragma unroll
-                for (int q = 0; q < 4; ++q)
-                  if (o + q < a.o) dst[16 * g + q] = v[q];
-              }
-            }
-          };
-          if (!a.beta && a.act == ACT_LINEAR)
-            emit(std::true_type{});
-          else
-            emit(std::false_type{});
-        }
-      };
       if (BINCONV_SW(a, 4)) continue;
       if constexpr (EPI == EPI_THR) {
         // The thread's 4 rows (2 per half) at once, channel groups in the
@@ -1692,12 +1710,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
                 __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
         }
       } else {
-        using G4 = std::integral_constant<int, 4>;
-        using G8 = std::integral_constant<int, 8>;
         if (EPI == EPI_FLOAT && split) {
-          const int coff = helper ? 64 : 0;
-          epi_half(acc0, x10, 16 * wlw, G4{}, coff);
-          epi_half(acc1, x11, 64 + 16 * wlw, G4{}, coff);
+          epi_half(acc0, x10, 16 * wlw, G4{}, 0);
+          epi_half(acc1, x11, 64 + 16 * wlw, G4{}, 0);
         } else {
           epi_half(acc0, x10, 16 * wlw, G8{}, 0);
           epi_half(acc1, x11, 64 + 16 * wlw, G8{}, 0);

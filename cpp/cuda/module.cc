@@ -267,10 +267,10 @@ PYBIND11_MODULE(_cuda, m) {
       "(None: no such call yet).");
   m.def(
       "set_fast_wg_split", [](bool on) { binconv::cuda::set_fast_wg_split(on); }, py::arg("on"),
-      "The wgmma kernel's shared-memory form with one tile a block (fewer tiles than SMs) "
-      "and float output: its second warpgroup, which has no tile, runs the epilogue of the "
-      "tile's channels 64-127 (default True; a benchmark knob, results are the same). "
-      "Process-wide.");
+      "The wgmma kernel's shared-memory form with one tile a block (at most a quarter as "
+      "many tiles as SMs) and float output: its second warpgroup, which has no tile, runs "
+      "the epilogue of the tile's channels 64-127 (default True; a benchmark knob, results "
+      "are the same). Process-wide.");
   m.def("get_fast_wg_split", []() { return binconv::cuda::fast_wg_split(); });
   m.def(
       "last_wg_split",
@@ -278,9 +278,9 @@ PYBIND11_MODULE(_cuda, m) {
         const int v = binconv::cuda::last_wg_split();
         return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
       },
-      "Whether the most recent wgmma-kernel call ran the shared-memory form with one tile "
-      "a block, float output and the split allowed (None: no wgmma-kernel call yet; False "
-      "for the register-A form and for packed output).");
+      "Whether the most recent wgmma-kernel call ran the shared-memory form with at most a "
+      "quarter as many tiles as SMs, float output and the split allowed (None: no "
+      "wgmma-kernel call yet; False for the register-A form and for packed output).");
   m.def(
       "timeline_read",
       []() {

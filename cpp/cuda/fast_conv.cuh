@@ -83,7 +83,10 @@
 // m64n8k256 against all-ones B. The epilogue has every thread's X1 for its
 // own rows and 32 accumulators per row (a whole packed word); packed output
 // takes its 4 rows at once (wg_tab_at: the table in a bank-conflict-free
-// layout). benchmarks/NOTES-gpu.md, sessions 10 and 11.
+// layout). benchmarks/NOTES-gpu.md, sessions 10 and 11. With one tile a
+// block (few tiles, float output: FastArgs::wg_split) warpgroup 1, which
+// has no tile, runs the epilogue of the tile's channels 64-127 from
+// accumulators handed over in shared memory (session 23).
 //
 // Its form with A from shared memory too (fast_conv_kernel<EPI, false, 2>,
 // FastArgs wg = 2; stride 1 along x, p one or even): a tile is 16 groups of 8

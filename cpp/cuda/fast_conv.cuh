@@ -1331,8 +1331,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     }
     // The split epilogue (FastArgs::wg_split; float output only: packed
     // output by thresholds, ~3 instructions an output, was no faster split
-    // by rows, S23-3; packed output through the float epilogue does not run
-    // here in "auto"): warpgroup 1 (the helper) runs the epilogue of the
+    // by rows, S23-3, on a build with serialized wgmmas, so not settled;
+    // packed output through the float epilogue does not run here in
+    // "auto"): warpgroup 1 (the helper) runs the epilogue of the
     // block's one tile's channels 64-127, warpgroup 0 that of 0-63. Warpgroup
     // 0 hands the helper their accumulators and the X1s through the
     // weights' shared memory once its wgmmas are done (72 words a thread,

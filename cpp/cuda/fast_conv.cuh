@@ -189,8 +189,9 @@ struct FastArgs {
   // that kernel runs), so they get wg_dlate tiles fewer. 0: the plain
   // strided order.
   int wg_early, wg_dlate;
-  // The shared-memory form with one tile a block (every block's, where the
-  // host sets it: set_fast_wg_split) and float output: warpgroup 1, which
+  // The shared-memory form with one tile a block (set by the host where
+  // there are at most a quarter as many tiles as SMs, every block then
+  // having one; set_fast_wg_split) and float output: warpgroup 1, which
   // has no tile of its own, runs the epilogue of the tile's channels 64-127
   // (wg0's accumulators for them handed over through the weights' shared
   // memory once the wgmmas are done), where the weights' region holds the

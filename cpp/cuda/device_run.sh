@@ -168,8 +168,8 @@ LIST
       ;;
     sansplit)
       # compute-sanitizer on the wgmma kernel's split epilogue (one tile a
-      # block: warpgroup 1 runs rows 64-127's epilogue from a handover in
-      # shared memory), on and off.
+      # block, float output: warpgroup 1 runs the epilogue of channels
+      # 64-127 from a handover in shared memory), on and off.
       san_list fast_ 240 sanitize_split <<'LIST'
 memcheck:test_fast_wgmma_split_epilogue
 racecheck:test_fast_wgmma_split_epilogue and True

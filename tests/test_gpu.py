@@ -969,7 +969,9 @@ def test_fast_wgmma_split_epilogue(split):
             assert mod.last_kernel() == "fast"
             if mod.wgmma_available():
                 assert mod.last_wgmma_form() == "ss", cases[i]
-                assert mod.last_wg_split() == (split and output == "float"), cases[i]
+                # (C = 128 at 3x3: 2 K blocks, too few for the handover)
+                want = split and output == "float" and c >= 256
+                assert mod.last_wg_split() == want, cases[i]
     finally:
         mod.set_fast_wgmma(old_wg)
         mod.set_fast_wg_split(old_split)

@@ -1696,8 +1696,9 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   // where there are at most a quarter as many tiles as SMs (S23-9, same
   // process, split / not: N = 4 L3, 14 tiles, 1.08-1.15x; L4 N = 1, 4
   // tiles, 1.02x; L7 N = 1, 50 tiles, 0.97-1.07x; L4 N = 64, 112 tiles,
-  // 0.96-0.98x).
-  b.wg_split = WG == 2 && EPI == EPI_FLOAT && items * 4 <= sms &&
+  // 0.96-0.98x). The handover needs 3 K blocks of weights' shared memory
+  // (36864 bytes), so C = 128 at 3x3 (2 K blocks) does not split.
+  b.wg_split = WG == 2 && EPI == EPI_FLOAT && items * 4 <= sms && a.wg_kblocks >= 3 &&
                g_wg_split.load(std::memory_order_relaxed);
   if (WG) g_last_wg_split.store(b.wg_split, std::memory_order_relaxed);
   // Programmatic dependent launch on fast_tables_kernel (see pdl_wait).

@@ -128,7 +128,8 @@ int debug_tile_rounds();
 // The early rounds of the last wgmma-kernel call (0: plain order; -1: none yet).
 int last_tile_rounds();
 // The wgmma kernel's shared-memory form with at most a quarter as many tiles
-// as SMs (one a block) and float output: warpgroup 1 runs the epilogue of
+// as SMs (one a block), weights of 3 K blocks or more and float output:
+// warpgroup 1 runs the epilogue of
 // the tile's channels 64-127 (FastArgs::wg_split; default on; a benchmark
 // knob, results are the same).
 void set_fast_wg_split(bool on);

@@ -279,8 +279,9 @@ PYBIND11_MODULE(_cuda, m) {
         return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
       },
       "Whether the most recent wgmma-kernel call ran the shared-memory form with at most a "
-      "quarter as many tiles as SMs, float output and the split allowed (None: no "
-      "wgmma-kernel call yet; False for the register-A form and for packed output).");
+      "quarter as many tiles as SMs, float output, weights of 3 K blocks or more (at 3x3, C "
+      ">= 256) and the split allowed (None: no wgmma-kernel call yet; False for the "
+      "register-A form and for packed output).");
   m.def(
       "timeline_read",
       []() {

@@ -14,7 +14,8 @@ takes A from shared memory wherever that form runs; each variant's line
 gives the form its last call ran: "ss", "rs" or "" for mma.sync),
 split=1|0 (set_fast_wg_split: with one tile a block and float output, the
 shared-memory form's second warpgroup runs the epilogue of the tile's
-channels 64-127).
+channels 64-127), half=1|0 (set_fast_wg_skip_half: the shared-memory
+form's tiles whose rows 64-127 hold no pixel run rows 0-63 only).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -38,7 +39,7 @@ from gpu import bench, layer_case  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto", split=1)
+    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto", split=1, half=1)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
@@ -55,6 +56,7 @@ def apply_variant(mod, v):
     mod.set_debug_tile_rounds(v["rounds"])
     mod.set_fast_wgmma(v["wg"])
     mod.set_fast_wg_split(bool(v["split"]))
+    mod.set_fast_wg_skip_half(bool(v["half"]))
 
 
 def main(argv=None):

@@ -729,7 +729,7 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
                                         ("fast_weight_copy", "cp.async"),
                                         ("fast_fused_prep", False), ("fast_wgmma", "on"),
-                                        ("fast_wg_split", False),
+                                        ("fast_wg_split", False), ("fast_wg_skip_half", False),
                                         ("fast_wgmma", "rs"), ("fast_wgmma", "off")])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
@@ -740,8 +740,9 @@ def test_fast_kernel_knobs(knob, value, case):
     kernel instead of both in one; the K loop on wgmma wherever it can run
     (compute capability 9.0) or never, instead of where it pays; with one
     tile a block, the wgmma kernel's whole epilogue on its first warpgroup
-    (set_fast_wg_split(False)). Packed and float results still equal the
-    reference."""
+    (set_fast_wg_split(False)); tiles whose rows 64-127 hold no pixel
+    running all 128 rows (set_fast_wg_skip_half(False)). Packed and float
+    results still equal the reference."""
     mod = _cuda_mod()
     old = getattr(mod, "get_" + knob)()
     getattr(mod, "set_" + knob)(value)
@@ -975,6 +976,56 @@ def test_fast_wgmma_split_epilogue(split):
     finally:
         mod.set_fast_wgmma(old_wg)
         mod.set_fast_wg_split(old_split)
+        jax.clear_caches()
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_fast_wgmma_skip_half(skip):
+    """The wgmma kernel's shared-memory form on tiles whose rows 64-127
+    (groups 8-15 of 8 pixels) hold no pixel: with set_fast_wg_skip_half
+    (the default) such a tile issues the MMAs and runs the epilogue of
+    rows 0-63 only; off, it runs all 128. 7x7 at N = 1 (7 groups: the only
+    tile, with the split float epilogue, by thresholds, through the float
+    epilogue), the last of 2-3 tiles (7x7 N = 3 and 5, 9x9 N = 1: 5, 3, 2
+    groups in it), a tile that is not (7x7 N = 2: 14 groups), and blocks
+    with 2 tiles whose second is (N = 300: 2100 groups, 264 tiles). Float
+    output with beta and activations, packed output by thresholds and
+    through the float epilogue, O = 130 and 96. All exact."""
+    mod = _cuda_mod()
+    old_wg, old_skip = mod.get_fast_wgmma(), mod.get_fast_wg_skip_half()
+    mod.set_fast_wgmma("on")
+    mod.set_fast_wg_skip_half(skip)
+    jax.clear_caches()
+    try:
+        # (n, hw, c, o, type, beta, io, activation; io as in
+        # test_fast_wgmma_split_epilogue)
+        cases = [(1, 7, 512, 512, "xnor", False, "float", None),
+                 (1, 7, 512, 130, "and", True, "float", "sigmoid"),
+                 (1, 7, 512, 512, "xnor", False, "packed-x", None),
+                 (1, 7, 512, 130, "and", False, "packed-x", "sign"),
+                 (1, 7, 512, 256, "xnor", True, "packed", "tanh"),
+                 (3, 7, 256, 256, "xnor", False, "packed-x", "relu"),
+                 (5, 7, 256, 128, "and", True, "float", "relu"),
+                 (1, 9, 256, 96, "and", False, "packed-x", None),
+                 (1, 9, 256, 130, "xnor", False, "float", "hard_tanh"),
+                 (2, 7, 512, 256, "xnor", False, "float", None),
+                 (300, 7, 256, 256, "xnor", False, "packed-x", None),
+                 (300, 7, 256, 256, "and", False, "float", "leaky_relu")]
+        for i, (n, hw, c, o, t, beta, io, act) in enumerate(cases):
+            x = np.asarray(rand_x(1300 + i, (n, hw, hw, c)))
+            output = "float" if io == "float" else "packed"
+            if io == "packed-x":
+                x = _np(jb.pack_activations(jnp.asarray(x)))
+            w = np.asarray(rand_x(1320 + i, (3, 3, c, o)))
+            check(x, w, type=t, padding="SAME", output=output, beta_scaling=beta,
+                  activation=act, output_scale=rand_vec(1340 + i, o, 0.5, 1.5, signed=True),
+                  output_bias=rand_vec(1360 + i, o, -30, 30))
+            assert mod.last_kernel() == "fast", cases[i]
+            if mod.wgmma_available():
+                assert mod.last_wgmma_form() == "ss", cases[i]
+    finally:
+        mod.set_fast_wgmma(old_wg)
+        mod.set_fast_wg_skip_half(old_skip)
         jax.clear_caches()
 
 

@@ -1186,6 +1186,7 @@ std::atomic<int> g_dbg_dlate{-1};      // set_debug_tile_rounds (-1: the estimat
 std::atomic<int> g_last_dlate{-1};     // last_tile_rounds
 std::atomic<bool> g_wg_split{true};   // set_fast_wg_split
 std::atomic<int> g_last_wg_split{-1};  // last_wg_split
+std::atomic<bool> g_wg_skip_half{true};  // set_fast_wg_skip_half
 std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1: A from registers, 2: from shared memory) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1701,6 +1702,7 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
   b.wg_split = WG == 2 && EPI == EPI_FLOAT && items * 4 <= sms && a.wg_kblocks >= 3 &&
                g_wg_split.load(std::memory_order_relaxed);
   if (WG) g_last_wg_split.store(b.wg_split, std::memory_order_relaxed);
+  b.wg_skip_half = WG == 2 && g_wg_skip_half.load(std::memory_order_relaxed);
   // Programmatic dependent launch on fast_tables_kernel (see pdl_wait).
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3((unsigned)grid);
@@ -1772,6 +1774,8 @@ int last_wgmma() { return g_last_wgmma.load(std::memory_order_relaxed); }
 void set_fast_wg_split(bool on) { g_wg_split.store(on, std::memory_order_relaxed); }
 bool fast_wg_split() { return g_wg_split.load(std::memory_order_relaxed); }
 int last_wg_split() { return g_last_wg_split.load(std::memory_order_relaxed); }
+void set_fast_wg_skip_half(bool on) { g_wg_skip_half.store(on, std::memory_order_relaxed); }
+bool fast_wg_skip_half() { return g_wg_skip_half.load(std::memory_order_relaxed); }
 void set_debug_weight_delay(int us) { g_dbg_wdelay_us.store(us, std::memory_order_relaxed); }
 int debug_weight_delay() { return g_dbg_wdelay_us.load(std::memory_order_relaxed); }
 void set_debug_tile_rounds(int rounds) { g_dbg_dlate.store(rounds, std::memory_order_relaxed); }

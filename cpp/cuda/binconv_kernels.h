@@ -137,6 +137,12 @@ bool fast_wg_split();
 // Whether the last wgmma-kernel call ran with that split allowed (1), not
 // (0), or -1: no such call yet.
 int last_wg_split();
+// The wgmma kernel's shared-memory form: a tile whose rows 64-127 hold no
+// pixel issues the MMAs and the epilogue of rows 0-63 only
+// (FastArgs::wg_skip_half; default on; a benchmark knob, results are the
+// same).
+void set_fast_wg_skip_half(bool on);
+bool fast_wg_skip_half();
 // Builds with -DJAX_BINCONV_TIMELINE only (else cudaErrorNotSupported): the
 // fast kernels' timeline records so far (TlRec in fast_conv.cuh, each
 // *record_bytes long) on the current device, after a device sync; the

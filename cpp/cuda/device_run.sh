@@ -175,6 +175,14 @@ memcheck:test_fast_wgmma_split_epilogue
 racecheck:test_fast_wgmma_split_epilogue and True
 LIST
       ;;
+    sanhalf)
+      # compute-sanitizer on the shared-memory form's tiles whose rows 64-127
+      # hold no pixel (FastArgs::wg_skip_half), on and off.
+      san_list fast_ 300 sanitize_half <<'LIST'
+memcheck:test_fast_wgmma_skip_half
+racecheck:test_fast_wgmma_skip_half and True
+LIST
+      ;;
     sanc64)
       # compute-sanitizer on the fast kernels' C = 64 cases (FAST_CASES 15-21),
       # and C >= 128 cases with warps past O (4-6, 10).

@@ -197,6 +197,11 @@ struct FastArgs {
   // memory once the wgmmas are done), where the weights' region holds the
   // handover (3 K blocks or more).
   int wg_split;
+  // The shared-memory form: a tile whose rows 64-127 hold no pixel (its
+  // groups 8-15 past the last: L4 at N = 1, 7 groups; the last tile of
+  // some calls) issues the wgmmas of rows 0-63 only and runs their
+  // epilogue only (set_fast_wg_skip_half; default on).
+  int wg_skip_half;
   // Test knob (set_debug_weight_delay; 0 in normal use): the wgmma kernel
   // with weights by tensor map poisons their shared memory, and warpgroup 1
   // issues their copies this many microseconds late, so that a K loop that
@@ -1357,6 +1362,10 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     for (int k = helper ? 0 : wgi; k < ntile; k += 2, ++j) {
       const int mt = wg_tile(a, mt0, k, mstep);
       const int mt_next = k + 2 < ntile ? wg_tile(a, mt0, k + 2, mstep) : a.mtiles;
+      // (FastArgs::wg_skip_half) Rows 64-127 (groups 8-15) hold no pixel:
+      // their wgmmas and epilogue are skipped, acc1 / x11 never defined.
+      // (The helper's k = 0 is warpgroup 0's tile: the same answer.)
+      const bool lo_only = SS && a.wg_skip_half && mt * 16 + 8 >= a.ss_groups;
       TTS(0);
       const int buf = helper ? 0 : 2 * wgi + (j & 1);  // (the helper reads wg0's rows[])
       const int m0 = mt * kFastBM;
@@ -1508,17 +1517,21 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           // tile here (a path that joined warpgroup 0's after its K loop
           // kept both sets of registers live: 200 bytes of spills).
           named_sync(5, 256);
-          int h0[32], h1[32], hx0[4], hx1[4];
+          int h0[32], hx0[4];
 #pragma unroll
-          for (int c = 0; c < 32; ++c) {
-            h0[c] = hand[c * 128 + wlt];
-            h1[c] = hand[(32 + c) * 128 + wlt];
-          }
+          for (int c = 0; c < 32; ++c) h0[c] = hand[c * 128 + wlt];
 #pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            hx0[c] = hand[(64 + c) * 128 + wlt];
-            hx1[c] = hand[(68 + c) * 128 + wlt];
+          for (int c = 0; c < 4; ++c) hx0[c] = hand[(64 + c) * 128 + wlt];
+          if (lo_only) {
+            if (!BINCONV_SW(a, 32)) mbar_wait(tbar, 0);  // the table (see below)
+            if (!BINCONV_SW(a, 4)) epi_half(h0, hx0, 16 * wlw, G4{}, 64);
+            continue;
           }
+          int h1[32], hx1[4];
+#pragma unroll
+          for (int c = 0; c < 32; ++c) h1[c] = hand[(32 + c) * 128 + wlt];
+#pragma unroll
+          for (int c = 0; c < 4; ++c) hx1[c] = hand[(68 + c) * 128 + wlt];
           if (!BINCONV_SW(a, 32)) mbar_wait(tbar, 0);  // the table (see below)
           if (!BINCONV_SW(a, 4)) {
             epi_half(h0, hx0, 16 * wlw, G4{}, 64);
@@ -1542,7 +1555,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
         if (j == 0) TLS(5);
         TTS(1);
-        auto kloop = [&](auto x1_const) {
+        auto kloop = [&](auto x1_const, auto hi_const) {
+          constexpr bool HI = decltype(hi_const)::value;  // rows 64-127 too
           auto kstep = [&](int i, int e, auto first_const) {
             constexpr bool F = decltype(first_const)::value;
             // (e = ktab[i]: step i's start address and LBO fields, see the
@@ -1550,11 +1564,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
             const uint64_t ad = adesc + (uint64_t)(uint32_t)e;
             const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
             wgmma_n128_ss<F>(acc0, ad, bd);
-            wgmma_n128_ss<F>(acc1, ad + ahalf, bd);
+            if constexpr (HI) wgmma_n128_ss<F>(acc1, ad + ahalf, bd);
             if constexpr (decltype(x1_const)::value) {
               const uint64_t xd = 2 * i + 1 < a.kc ? x1full : x1last;
               wgmma_n8_ss<F>(x10, ad, xd);
-              wgmma_n8_ss<F>(x11, ad + ahalf, xd);
+              if constexpr (HI) wgmma_n8_ss<F>(x11, ad + ahalf, xd);
             }
           };
           wg_fence();
@@ -1573,10 +1587,16 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         // (experiments: 2048 no wgmmas, 4096 the K loop twice: its in-kernel
         // cost per step is the difference against the default)
         for (int rep = BINCONV_SW(a, 2048) ? 2 : 0; rep < (BINCONV_SW(a, 4096) ? 2 : 1); ++rep) {
-          if (need_x1)
-            kloop(std::true_type{});
-          else
-            kloop(std::false_type{});
+          if (lo_only) {
+            if (need_x1)
+              kloop(std::true_type{}, std::false_type{});
+            else
+              kloop(std::false_type{}, std::false_type{});
+          } else if (need_x1) {
+            kloop(std::true_type{}, std::true_type{});
+          } else {
+            kloop(std::false_type{}, std::true_type{});
+          }
         }
         wg_commit();
       } else {
@@ -1641,14 +1661,14 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         // (the wgmmas' reads of the weights are complete: their region takes
         // the handover)
 #pragma unroll
-        for (int c = 0; c < 32; ++c) {
-          hand[c * 128 + wlt] = acc0[32 + c];
-          hand[(32 + c) * 128 + wlt] = acc1[32 + c];
-        }
+        for (int c = 0; c < 32; ++c) hand[c * 128 + wlt] = acc0[32 + c];
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          hand[(64 + c) * 128 + wlt] = x10[c];
-          hand[(68 + c) * 128 + wlt] = x11[c];
+        for (int c = 0; c < 4; ++c) hand[(64 + c) * 128 + wlt] = x10[c];
+        if (!lo_only) {
+#pragma unroll
+          for (int c = 0; c < 32; ++c) hand[(32 + c) * 128 + wlt] = acc1[32 + c];
+#pragma unroll
+          for (int c = 0; c < 4; ++c) hand[(68 + c) * 128 + wlt] = x11[c];
         }
         named_arrive(5, 256);
       }
@@ -1677,50 +1697,58 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         // table loads of 4 rows in flight (one row and one 32-step chain
         // at a time left the warp waiting on each load and shift: with
         // the other warpgroup in its K loop, a scheduler has one warp here).
-        int ex[4], mrow[4];
-        const int* tbc[4];
+        // NQ = 2 (lo_only): the rows of acc0 only.
+        auto thr = [&](auto nq_const) {
+          constexpr int NQ = decltype(nq_const)::value;
+          int ex[NQ], mrow[NQ];
+          const int* tbc[NQ];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int r = 64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1);
-          const int4 rd = rows_b[r];
-          ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x11 : x10)[2 * (q & 1)] : 0;
-          tbc[q] = tab_s + rd.z + 32 * tq;
-          mrow[q] = SS ? rd.w : m0 + r;  // (ss: the record has it)
-        }
-        uint32_t lo[4] = {0u, 0u, 0u, 0u}, hi[4] = {0u, 0u, 0u, 0u};
+          for (int q = 0; q < NQ; ++q) {
+            const int r = 64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1);
+            const int4 rd = rows_b[r];
+            ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x11 : x10)[2 * (q & 1)] : 0;
+            tbc[q] = tab_s + rd.z + 32 * tq;
+            mrow[q] = SS ? rd.w : m0 + r;  // (ss: the record has it)
+          }
+          uint32_t lo[NQ] = {}, hi[NQ] = {};
 #pragma unroll
-        for (int g = 3; g >= 0; --g) {
+          for (int g = 3; g >= 0; --g) {
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
-            const int h = q & 1;
-            const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
-            const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
-            const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
+            for (int q = 0; q < NQ; ++q) {
+              const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
+              const int h = q & 1;
+              const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
+              const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
+              const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
 #pragma unroll
-            for (int e = 3; e >= 0; --e) {
-              const int cl = 4 * g + e, ch = 16 + cl;  // accumulator c: acc[4 (c >> 1) + 2 h + (c & 1)]
-              const int dl = kmul * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
-              const int dh = kmul * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
-              lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
-              hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
+              for (int e = 3; e >= 0; --e) {
+                const int cl = 4 * g + e, ch = 16 + cl;  // accumulator c: acc[4 (c >> 1) + 2 h + (c & 1)]
+                const int dl = kmul * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
+                const int dh = kmul * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
+                lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
+                hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
+              }
             }
           }
-        }
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int m = mrow[q];
-          if (m < a.m && n0 + 32 * tq < a.o)
-            static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
-                __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
-        }
+          for (int q = 0; q < NQ; ++q) {
+            const int m = mrow[q];
+            if (m < a.m && n0 + 32 * tq < a.o)
+              static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
+                  __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
+          }
+        };
+        if (lo_only)
+          thr(std::integral_constant<int, 2>{});
+        else
+          thr(std::integral_constant<int, 4>{});
       } else {
         if (EPI == EPI_FLOAT && split) {
           epi_half(acc0, x10, 16 * wlw, G4{}, 0);
-          epi_half(acc1, x11, 64 + 16 * wlw, G4{}, 0);
+          if (!lo_only) epi_half(acc1, x11, 64 + 16 * wlw, G4{}, 0);
         } else {
           epi_half(acc0, x10, 16 * wlw, G8{}, 0);
-          epi_half(acc1, x11, 64 + 16 * wlw, G8{}, 0);
+          if (!lo_only) epi_half(acc1, x11, 64 + 16 * wlw, G8{}, 0);
         }
       }
       if (j == 0) TLS(8);

@@ -273,6 +273,14 @@ PYBIND11_MODULE(_cuda, m) {
       "are the same). Process-wide.");
   m.def("get_fast_wg_split", []() { return binconv::cuda::fast_wg_split(); });
   m.def(
+      "set_fast_wg_skip_half", [](bool on) { binconv::cuda::set_fast_wg_skip_half(on); },
+      py::arg("on"),
+      "The wgmma kernel's shared-memory form: a tile whose rows 64-127 hold no pixel (7x7 "
+      "at N = 1; the last tile of some calls) issues the MMAs and runs the epilogue of "
+      "rows 0-63 only (default True; a benchmark knob, results are the same). "
+      "Process-wide.");
+  m.def("get_fast_wg_skip_half", []() { return binconv::cuda::fast_wg_skip_half(); });
+  m.def(
       "last_wg_split",
       []() {
         const int v = binconv::cuda::last_wg_split();

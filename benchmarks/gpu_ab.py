@@ -15,7 +15,9 @@ gives the form its last call ran: "ss", "rs" or "" for mma.sync),
 split=1|0 (set_fast_wg_split: with one tile a block and float output, the
 shared-memory form's second warpgroup runs the epilogue of the tile's
 channels 64-127), half=1|0 (set_fast_wg_skip_half: the shared-memory
-form's tiles whose rows 64-127 hold no pixel run rows 0-63 only).
+form's tiles whose rows 64-127 hold no pixel run rows 0-63 only),
+htiles=1|0 (set_fast_wg_half_tiles: that form in tiles of 64 rows where
+twice the tiles fit the SMs).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -39,7 +41,7 @@ from gpu import bench, layer_case  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto", split=1, half=1)
+    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto", split=1, half=1, htiles=1)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
@@ -57,6 +59,7 @@ def apply_variant(mod, v):
     mod.set_fast_wgmma(v["wg"])
     mod.set_fast_wg_split(bool(v["split"]))
     mod.set_fast_wg_skip_half(bool(v["half"]))
+    mod.set_fast_wg_half_tiles(bool(v["htiles"]))
 
 
 def main(argv=None):

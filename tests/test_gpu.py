@@ -730,6 +730,7 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
                                         ("fast_weight_copy", "cp.async"),
                                         ("fast_fused_prep", False), ("fast_wgmma", "on"),
                                         ("fast_wg_split", False), ("fast_wg_skip_half", False),
+                                        ("fast_wg_half_tiles", False),
                                         ("fast_wgmma", "rs"), ("fast_wgmma", "off")])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
@@ -741,7 +742,8 @@ def test_fast_kernel_knobs(knob, value, case):
     (compute capability 9.0) or never, instead of where it pays; with one
     tile a block, the wgmma kernel's whole epilogue on its first warpgroup
     (set_fast_wg_split(False)); tiles whose rows 64-127 hold no pixel
-    running all 128 rows (set_fast_wg_skip_half(False)). Packed and float
+    running all 128 rows (set_fast_wg_skip_half(False)); 128-row tiles
+    where 64-row ones would fit (set_fast_wg_half_tiles(False)). Packed and float
     results still equal the reference."""
     mod = _cuda_mod()
     old = getattr(mod, "get_" + knob)()
@@ -1026,6 +1028,59 @@ def test_fast_wgmma_skip_half(skip):
     finally:
         mod.set_fast_wgmma(old_wg)
         mod.set_fast_wg_skip_half(old_skip)
+        jax.clear_caches()
+
+
+@pytest.mark.parametrize("half_tiles", [True, False])
+def test_fast_wgmma_half_tiles(half_tiles):
+    """The wgmma kernel's shared-memory form in tiles of 64 rows (8 groups
+    of 8 pixels) where twice the tiles still fit the SMs
+    (set_fast_wg_half_tiles, the default; off: 128-row tiles): 14x14 and
+    9x9 at N = 1 (4 and 3 half tiles a channel tile), Wo = 12 (pixels past
+    Wo in every group), 56x56 at N = 1 (98 tiles), with the split float
+    epilogue (few tiles), by thresholds and through the float epilogue;
+    and where it does not apply (7x7 at N = 1: one group short of a half
+    tile either way; N = 300: too many tiles). All exact, and
+    last_wg_half_tiles() as the rule says."""
+    mod = _cuda_mod()
+    old_wg, old_ht = mod.get_fast_wgmma(), mod.get_fast_wg_half_tiles()
+    mod.set_fast_wgmma("on")
+    mod.set_fast_wg_half_tiles(half_tiles)
+    jax.clear_caches()
+    sms = getattr(jax.devices("gpu")[0], "core_count", None)
+    try:
+        # (n, h, w, c, o, type, beta, io, activation; io as in
+        # test_fast_wgmma_split_epilogue)
+        cases = [(1, 14, 14, 256, 256, "xnor", False, "float", None),
+                 (1, 14, 14, 256, 130, "and", True, "float", "sigmoid"),
+                 (1, 14, 14, 256, 256, "xnor", False, "packed-x", None),
+                 (1, 9, 9, 256, 96, "and", False, "packed-x", "relu"),
+                 (2, 16, 12, 256, 200, "xnor", True, "packed", "tanh"),
+                 (2, 16, 12, 256, 200, "and", False, "float", "leaky_relu"),
+                 (1, 56, 56, 256, 256, "xnor", False, "packed-x", None),
+                 (1, 56, 56, 256, 256, "and", False, "float", "relu"),
+                 (1, 7, 7, 512, 512, "xnor", False, "float", None),
+                 (300, 7, 7, 256, 256, "xnor", False, "packed-x", None)]
+        for i, (n, h, w_, c, o, t, beta, io, act) in enumerate(cases):
+            x = np.asarray(rand_x(1400 + i, (n, h, w_, c)))
+            output = "float" if io == "float" else "packed"
+            if io == "packed-x":
+                x = _np(jb.pack_activations(jnp.asarray(x)))
+            w = np.asarray(rand_x(1420 + i, (3, 3, c, o)))
+            check(x, w, type=t, padding="SAME", output=output, beta_scaling=beta,
+                  activation=act, output_scale=rand_vec(1440 + i, o, 0.5, 1.5, signed=True),
+                  output_bias=rand_vec(1460 + i, o, -30, 30))
+            assert mod.last_kernel() == "fast", cases[i]
+            if mod.wgmma_available():
+                assert mod.last_wgmma_form() == "ss", cases[i]
+                groups = n * h * -(-w_ // 8)
+                half, full, ntiles = -(-groups // 8), -(-groups // 16), -(-o // 128)
+                if sms is not None:
+                    want = half_tiles and half > full and half * ntiles <= sms
+                    assert mod.last_wg_half_tiles() == want, (cases[i], sms)
+    finally:
+        mod.set_fast_wgmma(old_wg)
+        mod.set_fast_wg_half_tiles(old_ht)
         jax.clear_caches()
 
 

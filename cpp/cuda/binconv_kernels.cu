@@ -1187,6 +1187,8 @@ std::atomic<int> g_last_dlate{-1};     // last_tile_rounds
 std::atomic<bool> g_wg_split{true};   // set_fast_wg_split
 std::atomic<int> g_last_wg_split{-1};  // last_wg_split
 std::atomic<bool> g_wg_skip_half{true};  // set_fast_wg_skip_half
+std::atomic<bool> g_wg_half_tiles{true};  // set_fast_wg_half_tiles
+std::atomic<int> g_last_half_tiles{-1};   // last_wg_half_tiles
 std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1: A from registers, 2: from shared memory) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1439,6 +1441,7 @@ bool plan_wgmma_ss(const ConvParams& p, FastArgs* a) {
   a->ss_w8 = (int)w8;
   a->ss_rows = (int)rows;
   a->ss_gp = (int)gp;
+  a->ss_gt = 16;
   a->mtiles = (int)((groups + 15) / 16);
   return true;
 }
@@ -1466,6 +1469,17 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
     FastArgs s = g;
     if (wmode != kWgmmaRs && plan_wgmma_ss(p, &s) &&
         (wmode != kWgmmaAuto || few_ss || wgmma_ss_pays(p, s))) {
+      // Half tiles (FastArgs::ss_gt = 8), where twice the tiles still fit
+      // the SMs: each block's K loop and epilogue run 64 rows, on twice as
+      // many SMs (N = 1: L3 4 -> 8 blocks, L7 50 -> 98).
+      const long long half = (s.ss_groups + 7) / 8;
+      // (With wg_skip_half only: the rows past 64 are skipped so.)
+      if (g_wg_half_tiles.load(std::memory_order_relaxed) &&
+          g_wg_skip_half.load(std::memory_order_relaxed) && half > s.mtiles &&
+          half * s.ntiles <= di.sms) {
+        s.ss_gt = 8;
+        s.mtiles = (int)half;
+      }
       const FastSmem Ls = fast_smem(s);
       if (Ls.total <= di.optin) {
         *fa = s;
@@ -1703,6 +1717,7 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
                g_wg_split.load(std::memory_order_relaxed);
   if (WG) g_last_wg_split.store(b.wg_split, std::memory_order_relaxed);
   b.wg_skip_half = WG == 2 && g_wg_skip_half.load(std::memory_order_relaxed);
+  if (WG) g_last_half_tiles.store(WG == 2 && a.ss_gt == 8, std::memory_order_relaxed);
   // Programmatic dependent launch on fast_tables_kernel (see pdl_wait).
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3((unsigned)grid);
@@ -1776,6 +1791,9 @@ bool fast_wg_split() { return g_wg_split.load(std::memory_order_relaxed); }
 int last_wg_split() { return g_last_wg_split.load(std::memory_order_relaxed); }
 void set_fast_wg_skip_half(bool on) { g_wg_skip_half.store(on, std::memory_order_relaxed); }
 bool fast_wg_skip_half() { return g_wg_skip_half.load(std::memory_order_relaxed); }
+void set_fast_wg_half_tiles(bool on) { g_wg_half_tiles.store(on, std::memory_order_relaxed); }
+bool fast_wg_half_tiles() { return g_wg_half_tiles.load(std::memory_order_relaxed); }
+int last_wg_half_tiles() { return g_last_half_tiles.load(std::memory_order_relaxed); }
 void set_debug_weight_delay(int us) { g_dbg_wdelay_us.store(us, std::memory_order_relaxed); }
 int debug_weight_delay() { return g_dbg_wdelay_us.load(std::memory_order_relaxed); }
 void set_debug_tile_rounds(int rounds) { g_dbg_dlate.store(rounds, std::memory_order_relaxed); }

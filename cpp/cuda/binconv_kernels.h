@@ -143,6 +143,13 @@ int last_wg_split();
 // same).
 void set_fast_wg_skip_half(bool on);
 bool fast_wg_skip_half();
+// The shared-memory form's half tiles (8 groups, 64 rows, a tile) where
+// twice the tiles still fit the SMs (FastArgs::ss_gt; default on; a
+// benchmark knob, results are the same); whether the last wgmma-kernel call
+// ran them (1), not (0), or -1: no such call yet.
+void set_fast_wg_half_tiles(bool on);
+bool fast_wg_half_tiles();
+int last_wg_half_tiles();
 // Builds with -DJAX_BINCONV_TIMELINE only (else cudaErrorNotSupported): the
 // fast kernels' timeline records so far (TlRec in fast_conv.cuh, each
 // *record_bytes long) on the current device, after a device sync; the

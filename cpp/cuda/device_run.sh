@@ -181,6 +181,8 @@ LIST
       san_list fast_ 300 sanitize_half <<'LIST'
 memcheck:test_fast_wgmma_skip_half
 racecheck:test_fast_wgmma_skip_half and True
+memcheck:test_fast_wgmma_half_tiles
+racecheck:test_fast_wgmma_half_tiles and True
 LIST
       ;;
     sanc64)

@@ -181,6 +181,10 @@ struct FastArgs {
   // even (a K step's two chunks then have a non-negative address step: the
   // descriptor's LBO).
   int ss_gpr, ss_groups, ss_w8, ss_rows, ss_gp;
+  // Groups a tile (ss): 16, or 8 (half tiles: rows 0-63 only, every tile
+  // then runs as wg_skip_half's; set by the host where twice the tiles
+  // still fit the SMs, set_fast_wg_half_tiles).
+  int ss_gt;
   FastDiv div_gpr;
   // The wgmma kernel's tile order (wg_tile): the first wg_dlate rounds of
   // M tiles go to the first wg_early blocks of each N tile only. The blocks
@@ -957,8 +961,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // of the 4 warps; groups past the last leave their part as it was
       // (their rows are not stored).
       const uint32_t bar = sbar0 + 8 * buf;
-      const int q = (lt & 31) * nwarps + lw, gi = mt * 16 + q;
-      if (q < 16 && gi < a.ss_groups) {
+      const int q = (lt & 31) * nwarps + lw, gi = mt * a.ss_gt + q;
+      if (q < a.ss_gt && gi < a.ss_groups) {
         const int rg = fdiv(gi, a.div_gpr), x0 = 8 * (gi - rg * a.ss_gpr);
         const int img = fdiv(rg, a.div_ho), y = rg - img * a.ho;
         mbar_expect_tx(bar, (uint32_t)(16 * a.ss_w8 * a.p * a.ss_rows));
@@ -1365,7 +1369,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // (FastArgs::wg_skip_half) Rows 64-127 (groups 8-15) hold no pixel:
       // their wgmmas and epilogue are skipped, acc1 / x11 never defined.
       // (The helper's k = 0 is warpgroup 0's tile: the same answer.)
-      const bool lo_only = SS && a.wg_skip_half && mt * 16 + 8 >= a.ss_groups;
+      // Half tiles (ss_gt = 8) always.
+      const bool lo_only = SS && (a.ss_gt == 8 || (a.wg_skip_half && mt * 16 + 8 >= a.ss_groups));
       TTS(0);
       const int buf = helper ? 0 : 2 * wgi + (j & 1);  // (the helper reads wg0's rows[])
       const int m0 = mt * kFastBM;
@@ -1378,11 +1383,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         // row records, the K loop of this form needs none)
       } else if constexpr (SS) {
         // Tile row wlt = 8 q + j: pixel 8 xg + j of output row rg (group mt
-        // 16 + q = rg gpr + xg); .w = its output row m (a.m where none: not
-        // stored).
-        const int gi = mt * 16 + (wlt >> 3);
+        // ss_gt + q = rg gpr + xg, q < ss_gt); .w = its output row m (a.m
+        // where none: not stored).
+        const int gi = mt * a.ss_gt + (wlt >> 3);
         int m = a.m, x = a.wo;
-        if (gi < a.ss_groups) {
+        if ((wlt >> 3) < a.ss_gt && gi < a.ss_groups) {
           const int rg = fdiv(gi, a.div_gpr);
           x = 8 * (gi - rg * a.ss_gpr) + (wlt & 7);
           if (x < a.wo) m = rg * a.wo + x;

@@ -281,6 +281,22 @@ PYBIND11_MODULE(_cuda, m) {
       "Process-wide.");
   m.def("get_fast_wg_skip_half", []() { return binconv::cuda::fast_wg_skip_half(); });
   m.def(
+      "set_fast_wg_half_tiles", [](bool on) { binconv::cuda::set_fast_wg_half_tiles(on); },
+      py::arg("on"),
+      "The wgmma kernel's shared-memory form in tiles of 64 rows (8 groups of 8 pixels) "
+      "instead of 128 where twice the tiles still fit the SMs: each block's MMAs and "
+      "epilogue halve, on twice as many SMs (default True; a benchmark knob, results are "
+      "the same). Process-wide.");
+  m.def("get_fast_wg_half_tiles", []() { return binconv::cuda::fast_wg_half_tiles(); });
+  m.def(
+      "last_wg_half_tiles",
+      []() {
+        const int v = binconv::cuda::last_wg_half_tiles();
+        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
+      },
+      "Whether the most recent wgmma-kernel call ran the shared-memory form in tiles of 64 "
+      "rows (None: no wgmma-kernel call yet).");
+  m.def(
       "last_wg_split",
       []() {
         const int v = binconv::cuda::last_wg_split();

@@ -866,12 +866,14 @@ def test_fast_wgmma_auto_mode():
     epilogue (beta with float x), the mma.sync kernel runs, except for
     packed x to packed output by thresholds with at least 12 K steps, or 9
     with at most half as many tiles as SMs, and float x to float output
-    with at least 12 K steps, or 9 with at least 12 tiles, which run the
+    with at least 12 K steps, or 9 with at least 12 tiles or at most half
+    as many tiles as SMs (half tiles, set_fast_wg_half_tiles), which run the
     wgmma kernel with A from shared memory (packed: C = 256 and 512, 3x3,
     at N = 1; C = 256, 3x3 at 14x14 with 3/4 as many tiles as SMs does not;
     nor C = 128, 5 steps, or float x to packed output. Float: C = 512, 3x3
     at 7x7, N = 1, with beta too, and C = 256, 3x3 at 14x14, N = 4, 14
-    tiles; not N = 1 there, 4 tiles, nor C = 128, 5 steps). Its A operand
+    tiles; N = 1 there, 4 tiles, with half tiles only; not C = 128, 5
+    steps). Its A operand
     comes from shared memory for packed output by thresholds with at least
     12 K steps (C = 512, 3x3: 18), or 9 where Wo is a multiple of 8 (C =
     256, 3x3 at 16x16), else from registers (C = 256, 3x3 at 14x14: 9
@@ -885,6 +887,7 @@ def test_fast_wgmma_auto_mode():
     jax.clear_caches()
     try:
         sms = jax.devices("gpu")[0].core_count
+        ht = mod.get_fast_wg_half_tiles() and mod.get_fast_wg_skip_half()
         big = -(-sms * 64 // (14 * 14)) + 1  # ceil(n 196 / 128) * 2 tiles >= SMs
         big7 = -(-sms * 32 // (7 * 7)) + 1  # ceil(n 49 / 128) * 4 tiles >= SMs
         big16 = -(-sms // 4) + 1  # n 256 / 128 * 2 tiles >= SMs
@@ -909,7 +912,7 @@ def test_fast_wgmma_auto_mode():
                  (1, 7, 512, (3, 3), False, "float", "ss"),
                  (1, 7, 512, (3, 3), True, "float", "ss"),
                  (4, 14, 256, (3, 3), False, "float", "ss"),
-                 (1, 14, 256, (3, 3), False, "float", ""),
+                 (1, 14, 256, (3, 3), False, "float", "ss" if ht else ""),
                  (1, 28, 128, (3, 3), False, "float", "")]
         for n, hw, c, k, beta, output, form in cases:
             x = np.asarray(rand_x(950 + n, (n, hw, hw, c)))

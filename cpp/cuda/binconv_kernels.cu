@@ -1382,6 +1382,10 @@ bool wgmma_pays(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
 //   (S20-1: 0.98x, 0.86x), N = 4, 8, 16, 32 (14-98 tiles): 1.07, 1.07,
 //   1.09, 1.13-1.29x; L7 (9 steps) N = 1, 2 (50, 100 tiles): 1.18x, 1.09x
 //   (S20-1: 1.12x at N = 1); L2 (5 steps) N = 1-16: 0.87-1.00x.
+//   Since session 24 also with 9 steps where twice the tiles fit the SMs:
+//   the form then runs half tiles (plan_fast; S24-4, L3 N = 1: 1.22-1.24x
+//   against the mma.sync kernel; L2, 5 steps, N = 1 and 4: 0.98-1.10x, not
+//   taken).
 // Other combinations (float x to packed output, packed x to float output)
 // were not measured and keep the mma.sync kernel.
 bool wgmma_few_tiles_ss(const ConvParams& p, const FastArgs& a, const DevInfo& di) {
@@ -1389,7 +1393,10 @@ bool wgmma_few_tiles_ss(const ConvParams& p, const FastArgs& a, const DevInfo& d
   if (tiles >= di.sms) return false;
   if (a.thr && p.x_packed && p.out_packed)
     return a.ks >= 12 || (a.ks >= 9 && 2 * tiles <= di.sms);
-  if (!p.x_packed && !p.out_packed) return a.ks >= 12 || (a.ks >= 9 && tiles >= 12);
+  const bool half_tiles = g_wg_half_tiles.load(std::memory_order_relaxed) &&
+                          g_wg_skip_half.load(std::memory_order_relaxed) && 2 * tiles <= di.sms;
+  if (!p.x_packed && !p.out_packed)
+    return a.ks >= 12 || (a.ks >= 9 && (tiles >= 12 || half_tiles));
   return false;
 }
 

@@ -1476,12 +1476,13 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
     FastArgs s = g;
     if (wmode != kWgmmaRs && plan_wgmma_ss(p, &s) &&
         (wmode != kWgmmaAuto || few_ss || wgmma_ss_pays(p, s))) {
-      // Half tiles (FastArgs::ss_gt = 8), where twice the tiles still fit
-      // the SMs: each block's K loop and epilogue run 64 rows, on twice as
-      // many SMs (N = 1: L3 4 -> 8 blocks, L7 50 -> 98).
+      // Half tiles (FastArgs::ss_gt = 8), float output (see wg_skip_half),
+      // where twice the tiles still fit the SMs: each block's K loop and
+      // epilogue run 64 rows, on twice as many SMs (N = 1: L3 4 -> 8
+      // blocks, L7 50 -> 98).
       const long long half = (s.ss_groups + 7) / 8;
       // (With wg_skip_half only: the rows past 64 are skipped so.)
-      if (g_wg_half_tiles.load(std::memory_order_relaxed) &&
+      if (!p.out_packed && g_wg_half_tiles.load(std::memory_order_relaxed) &&
           g_wg_skip_half.load(std::memory_order_relaxed) && half > s.mtiles &&
           half * s.ntiles <= di.sms) {
         s.ss_gt = 8;

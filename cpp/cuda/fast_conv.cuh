@@ -181,10 +181,6 @@ struct FastArgs {
   // even (a K step's two chunks then have a non-negative address step: the
   // descriptor's LBO).
   int ss_gpr, ss_groups, ss_w8, ss_rows, ss_gp;
-  // Groups a tile (ss): 16, or 8 (half tiles: rows 0-63 only, every tile
-  // then runs as wg_skip_half's; set by the host where twice the tiles
-  // still fit the SMs, set_fast_wg_half_tiles).
-  int ss_gt;
   FastDiv div_gpr;
   // The wgmma kernel's tile order (wg_tile): the first wg_dlate rounds of
   // M tiles go to the first wg_early blocks of each N tile only. The blocks
@@ -201,11 +197,6 @@ struct FastArgs {
   // memory once the wgmmas are done), where the weights' region holds the
   // handover (3 K blocks or more).
   int wg_split;
-  // The shared-memory form: a tile whose rows 64-127 hold no pixel (its
-  // groups 8-15 past the last: L4 at N = 1, 7 groups; the last tile of
-  // some calls) issues the wgmmas of rows 0-63 only and runs their
-  // epilogue only (set_fast_wg_skip_half; default on).
-  int wg_skip_half;
   // Test knob (set_debug_weight_delay; 0 in normal use): the wgmma kernel
   // with weights by tensor map poisons their shared memory, and warpgroup 1
   // issues their copies this many microseconds late, so that a K loop that
@@ -215,6 +206,17 @@ struct FastArgs {
   // Experiment switches (builds with -DJAX_BINCONV_SWITCHES only, else 0;
   // results are wrong with any set): see BINCONV_SW.
   int dbg_sw;
+  // (Fields added in session 24 come last: the others keep their offsets,
+  // and the packed-output kernels, which do not use these, their code.)
+  // The shared-memory form, float output: a tile whose rows 64-127 hold no
+  // pixel (its groups 8-15 past the last: L4 at N = 1, 7 groups; the last
+  // tile of some calls) issues the wgmmas of rows 0-63 only and runs their
+  // epilogue only (set_fast_wg_skip_half; default on).
+  int wg_skip_half;
+  // Groups a tile (ss): 16, or 8 (half tiles, float output only: rows 0-63
+  // only, every tile then runs as wg_skip_half's; set by the host where
+  // twice the tiles still fit the SMs, set_fast_wg_half_tiles).
+  int ss_gt;
 };
 
 // BINCONV_SW(bit): an experiment switch of a -DJAX_BINCONV_SWITCHES build
@@ -961,8 +963,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // of the 4 warps; groups past the last leave their part as it was
       // (their rows are not stored).
       const uint32_t bar = sbar0 + 8 * buf;
-      const int q = (lt & 31) * nwarps + lw, gi = mt * a.ss_gt + q;
-      if (q < a.ss_gt && gi < a.ss_groups) {
+      // (ss_gt: half tiles run for float output only; the packed-output
+      // kernels keep their code as it was, S24)
+      const int gt = EPI == EPI_FLOAT ? a.ss_gt : 16;
+      const int q = (lt & 31) * nwarps + lw, gi = mt * gt + q;
+      if (q < gt && gi < a.ss_groups) {
         const int rg = fdiv(gi, a.div_gpr), x0 = 8 * (gi - rg * a.ss_gpr);
         const int img = fdiv(rg, a.div_ho), y = rg - img * a.ho;
         mbar_expect_tx(bar, (uint32_t)(16 * a.ss_w8 * a.p * a.ss_rows));
@@ -1369,8 +1374,12 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // (FastArgs::wg_skip_half) Rows 64-127 (groups 8-15) hold no pixel:
       // their wgmmas and epilogue are skipped, acc1 / x11 never defined.
       // (The helper's k = 0 is warpgroup 0's tile: the same answer.)
-      // Half tiles (ss_gt = 8) always.
-      const bool lo_only = SS && (a.ss_gt == 8 || (a.wg_skip_half && mt * 16 + 8 >= a.ss_groups));
+      // Half tiles (ss_gt = 8) always. Float output only: in the kernels
+      // for packed output the K loop without rows 64-127 made ptxas
+      // serialize every wgmma (C7511, "insufficient register resources":
+      // S24-5, L7 and L4 packed at N = 256 ran 28-35% slower).
+      const bool lo_only =
+          SS && EPI == EPI_FLOAT && (a.ss_gt == 8 || (a.wg_skip_half && mt * 16 + 8 >= a.ss_groups));
       TTS(0);
       const int buf = helper ? 0 : 2 * wgi + (j & 1);  // (the helper reads wg0's rows[])
       const int m0 = mt * kFastBM;
@@ -1385,9 +1394,10 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         // Tile row wlt = 8 q + j: pixel 8 xg + j of output row rg (group mt
         // ss_gt + q = rg gpr + xg, q < ss_gt); .w = its output row m (a.m
         // where none: not stored).
-        const int gi = mt * a.ss_gt + (wlt >> 3);
+        const int gt = EPI == EPI_FLOAT ? a.ss_gt : 16;  // (see load_tile)
+        const int gi = mt * gt + (wlt >> 3);
         int m = a.m, x = a.wo;
-        if ((wlt >> 3) < a.ss_gt && gi < a.ss_groups) {
+        if ((wlt >> 3) < gt && gi < a.ss_groups) {
           const int rg = fdiv(gi, a.div_gpr);
           x = 8 * (gi - rg * a.ss_gpr) + (wlt & 7);
           if (x < a.wo) m = rg * a.wo + x;

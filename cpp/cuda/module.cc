@@ -275,18 +275,18 @@ PYBIND11_MODULE(_cuda, m) {
   m.def(
       "set_fast_wg_skip_half", [](bool on) { binconv::cuda::set_fast_wg_skip_half(on); },
       py::arg("on"),
-      "The wgmma kernel's shared-memory form: a tile whose rows 64-127 hold no pixel (7x7 "
-      "at N = 1; the last tile of some calls) issues the MMAs and runs the epilogue of "
-      "rows 0-63 only (default True; a benchmark knob, results are the same). "
-      "Process-wide.");
+      "The wgmma kernel's shared-memory form with float output: a tile whose rows 64-127 "
+      "hold no pixel (7x7 at N = 1; the last tile of some calls) issues the MMAs and runs "
+      "the epilogue of rows 0-63 only (default True; a benchmark knob, results are the "
+      "same). Process-wide.");
   m.def("get_fast_wg_skip_half", []() { return binconv::cuda::fast_wg_skip_half(); });
   m.def(
       "set_fast_wg_half_tiles", [](bool on) { binconv::cuda::set_fast_wg_half_tiles(on); },
       py::arg("on"),
-      "The wgmma kernel's shared-memory form in tiles of 64 rows (8 groups of 8 pixels) "
-      "instead of 128 where twice the tiles still fit the SMs: each block's MMAs and "
-      "epilogue halve, on twice as many SMs (default True; a benchmark knob, results are "
-      "the same). Process-wide.");
+      "The wgmma kernel's shared-memory form with float output in tiles of 64 rows (8 "
+      "groups of 8 pixels) instead of 128 where twice the tiles still fit the SMs: each "
+      "block's MMAs and epilogue halve, on twice as many SMs (default True; needs "
+      "set_fast_wg_skip_half; a benchmark knob, results are the same). Process-wide.");
   m.def("get_fast_wg_half_tiles", []() { return binconv::cuda::fast_wg_half_tiles(); });
   m.def(
       "last_wg_half_tiles",

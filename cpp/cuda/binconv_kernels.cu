@@ -1482,7 +1482,8 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
       // blocks, L7 50 -> 98).
       const long long half = (s.ss_groups + 7) / 8;
       // (With wg_skip_half only: the rows past 64 are skipped so.)
-      if (!p.out_packed && g_wg_half_tiles.load(std::memory_order_relaxed) &&
+      // (branch s24-packedlo: packed output by thresholds too)
+      if ((!p.out_packed || s.thr) && g_wg_half_tiles.load(std::memory_order_relaxed) &&
           g_wg_skip_half.load(std::memory_order_relaxed) && half > s.mtiles &&
           half * s.ntiles <= di.sms) {
         s.ss_gt = 8;

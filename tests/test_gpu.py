@@ -930,6 +930,27 @@ def test_fast_wgmma_auto_mode():
         jax.clear_caches()
 
 
+def _check_ss_case(mod, seed, step, n, h, w, c, o, t, beta, io, act):
+    """One 3x3 SAME case of the wgmma shared-memory-form tests below, exact
+    against the reference, on the fast kernel and (where wgmma runs) that
+    form. io "float": float x and output; "packed": float x, packed output;
+    "packed-x": packed x and output. Seeds seed + k step. Returns the output
+    kind."""
+    x = np.asarray(rand_x(seed, (n, h, w, c)))
+    output = "float" if io == "float" else "packed"
+    if io == "packed-x":
+        x = _np(jb.pack_activations(jnp.asarray(x)))
+    wt = np.asarray(rand_x(seed + step, (3, 3, c, o)))
+    check(x, wt, type=t, padding="SAME", output=output, beta_scaling=beta, activation=act,
+          output_scale=rand_vec(seed + 2 * step, o, 0.5, 1.5, signed=True),
+          output_bias=rand_vec(seed + 3 * step, o, -30, 30))
+    case = (n, h, w, c, o, t, beta, io, act)
+    assert mod.last_kernel() == "fast", case
+    if mod.wgmma_available():
+        assert mod.last_wgmma_form() == "ss", case
+    return output
+
+
 @pytest.mark.parametrize("split", [True, False])
 def test_fast_wgmma_split_epilogue(split):
     """The wgmma kernel's shared-memory form with one tile a block (fewer
@@ -964,17 +985,8 @@ def test_fast_wgmma_split_epilogue(split):
                  (1, 14, 14, 256, 256, "xnor", True, "packed-x", None),
                  (1, 12, 16, 256, 96, "and", False, "packed-x", "relu")]
         for i, (n, h, w_, c, o, t, beta, io, act) in enumerate(cases):
-            x = np.asarray(rand_x(1200 + i, (n, h, w_, c)))
-            output = "float" if io == "float" else "packed"
-            if io == "packed-x":
-                x = _np(jb.pack_activations(jnp.asarray(x)))
-            w = np.asarray(rand_x(1210 + i, (3, 3, c, o)))
-            check(x, w, type=t, padding="SAME", output=output, beta_scaling=beta,
-                  activation=act, output_scale=rand_vec(1220 + i, o, 0.5, 1.5, signed=True),
-                  output_bias=rand_vec(1230 + i, o, -30, 30))
-            assert mod.last_kernel() == "fast"
+            output = _check_ss_case(mod, 1200 + i, 10, n, h, w_, c, o, t, beta, io, act)
             if mod.wgmma_available():
-                assert mod.last_wgmma_form() == "ss", cases[i]
                 # (C = 128 at 3x3: 2 K blocks, too few for the handover)
                 want = split and output == "float" and c >= 256
                 assert mod.last_wg_split() == want, cases[i]
@@ -1019,17 +1031,7 @@ def test_fast_wgmma_skip_half(skip):
                  (300, 7, 256, 256, "xnor", False, "packed-x", None),
                  (300, 7, 256, 256, "and", False, "float", "leaky_relu")]
         for i, (n, hw, c, o, t, beta, io, act) in enumerate(cases):
-            x = np.asarray(rand_x(1300 + i, (n, hw, hw, c)))
-            output = "float" if io == "float" else "packed"
-            if io == "packed-x":
-                x = _np(jb.pack_activations(jnp.asarray(x)))
-            w = np.asarray(rand_x(1320 + i, (3, 3, c, o)))
-            check(x, w, type=t, padding="SAME", output=output, beta_scaling=beta,
-                  activation=act, output_scale=rand_vec(1340 + i, o, 0.5, 1.5, signed=True),
-                  output_bias=rand_vec(1360 + i, o, -30, 30))
-            assert mod.last_kernel() == "fast", cases[i]
-            if mod.wgmma_available():
-                assert mod.last_wgmma_form() == "ss", cases[i]
+            _check_ss_case(mod, 1300 + i, 20, n, hw, hw, c, o, t, beta, io, act)
     finally:
         mod.set_fast_wgmma(old_wg)
         mod.set_fast_wg_skip_half(old_skip)
@@ -1067,17 +1069,8 @@ def test_fast_wgmma_half_tiles(half_tiles):
                  (1, 7, 7, 512, 512, "xnor", False, "float", None),
                  (300, 7, 7, 256, 256, "xnor", False, "packed-x", None)]
         for i, (n, h, w_, c, o, t, beta, io, act) in enumerate(cases):
-            x = np.asarray(rand_x(1400 + i, (n, h, w_, c)))
-            output = "float" if io == "float" else "packed"
-            if io == "packed-x":
-                x = _np(jb.pack_activations(jnp.asarray(x)))
-            w = np.asarray(rand_x(1420 + i, (3, 3, c, o)))
-            check(x, w, type=t, padding="SAME", output=output, beta_scaling=beta,
-                  activation=act, output_scale=rand_vec(1440 + i, o, 0.5, 1.5, signed=True),
-                  output_bias=rand_vec(1460 + i, o, -30, 30))
-            assert mod.last_kernel() == "fast", cases[i]
+            output = _check_ss_case(mod, 1400 + i, 20, n, h, w_, c, o, t, beta, io, act)
             if mod.wgmma_available():
-                assert mod.last_wgmma_form() == "ss", cases[i]
                 groups = n * h * -(-w_ // 8)
                 half, full, ntiles = -(-groups // 8), -(-groups // 16), -(-o // 128)
                 if sms is not None:

@@ -9,6 +9,7 @@ XNOR/AND must be equal exactly; full results within 1e-5 relative.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -725,6 +726,23 @@ def test_fast_kernel_packed_io(kernel_policy, t, case):
     _expect_path(kernel_policy, case)
 
 
+@contextlib.contextmanager
+def _fast_knobs(mod, **values):
+    """The _cuda knobs set_<name>(value) for the block, restored after it;
+    XLA's caches cleared on both sides (no executable whose CUDA graph was
+    captured with other knobs)."""
+    old = {name: getattr(mod, "get_" + name)() for name in values}
+    for name, value in values.items():
+        getattr(mod, "set_" + name)(value)
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            getattr(mod, "set_" + name)(value)
+        jax.clear_caches()
+
+
 @pytest.mark.parametrize("case", [1, 2, 8])
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
                                         ("fast_weight_copy", "cp.async"),
@@ -746,10 +764,7 @@ def test_fast_kernel_knobs(knob, value, case):
     where 64-row ones would fit (set_fast_wg_half_tiles(False)). Packed and float
     results still equal the reference."""
     mod = _cuda_mod()
-    old = getattr(mod, "get_" + knob)()
-    getattr(mod, "set_" + knob)(value)
-    jax.clear_caches()  # no executable whose CUDA graph was captured with other knobs
-    try:
+    with _fast_knobs(mod, **{knob: value}):
         c, o, hw, n, k, s, d, pad = FAST_CASES[case]
         x = np.asarray(rand_x(530 + case, (n,) + hw + (c,)))
         w = np.asarray(rand_x(630 + case, k + (c, o)))
@@ -767,9 +782,6 @@ def test_fast_kernel_knobs(knob, value, case):
                 # (cases 1, 2, 8: A from shared memory where "on")
                 assert mod.last_wgmma_form() == (("ss" if value == "on" else "rs") if wg else "")
         assert getattr(mod, "get_" + knob)() == value
-    finally:
-        getattr(mod, "set_" + knob)(old)
-        jax.clear_caches()
 
 
 @pytest.mark.parametrize("form", ["rs", "ss"])
@@ -967,11 +979,7 @@ def test_fast_wgmma_split_epilogue(split):
     no handover). Packed output (by thresholds, or through the float
     epilogue: float x with beta) never splits. All exact."""
     mod = _cuda_mod()
-    old_wg, old_split = mod.get_fast_wgmma(), mod.get_fast_wg_split()
-    mod.set_fast_wgmma("on")
-    mod.set_fast_wg_split(split)
-    jax.clear_caches()
-    try:
+    with _fast_knobs(mod, fast_wgmma="on", fast_wg_split=split):
         # (n, h, w, c, o, type, beta, io, activation; io "packed-x": packed x
         # and output, by thresholds; "packed": float x with beta, packed
         # output through the float epilogue)
@@ -990,10 +998,6 @@ def test_fast_wgmma_split_epilogue(split):
                 # (C = 128 at 3x3: 2 K blocks, too few for the handover)
                 want = split and output == "float" and c >= 256
                 assert mod.last_wg_split() == want, cases[i]
-    finally:
-        mod.set_fast_wgmma(old_wg)
-        mod.set_fast_wg_split(old_split)
-        jax.clear_caches()
 
 
 @pytest.mark.parametrize("skip", [True, False])
@@ -1011,11 +1015,7 @@ def test_fast_wgmma_skip_half(skip):
     output with beta and activations, packed output by thresholds and
     through the float epilogue, O = 130 and 96. All exact."""
     mod = _cuda_mod()
-    old_wg, old_skip = mod.get_fast_wgmma(), mod.get_fast_wg_skip_half()
-    mod.set_fast_wgmma("on")
-    mod.set_fast_wg_skip_half(skip)
-    jax.clear_caches()
-    try:
+    with _fast_knobs(mod, fast_wgmma="on", fast_wg_skip_half=skip):
         # (n, hw, c, o, type, beta, io, activation; io as in
         # test_fast_wgmma_split_epilogue)
         cases = [(1, 7, 512, 512, "xnor", False, "float", None),
@@ -1032,10 +1032,6 @@ def test_fast_wgmma_skip_half(skip):
                  (300, 7, 256, 256, "and", False, "float", "leaky_relu")]
         for i, (n, hw, c, o, t, beta, io, act) in enumerate(cases):
             _check_ss_case(mod, 1300 + i, 20, n, hw, hw, c, o, t, beta, io, act)
-    finally:
-        mod.set_fast_wgmma(old_wg)
-        mod.set_fast_wg_skip_half(old_skip)
-        jax.clear_caches()
 
 
 @pytest.mark.parametrize("half_tiles", [True, False])
@@ -1050,12 +1046,8 @@ def test_fast_wgmma_half_tiles(half_tiles):
     (7 groups: one tile either way) or N = 300 (too many tiles). All
     exact, and last_wg_half_tiles() as the rule says."""
     mod = _cuda_mod()
-    old_wg, old_ht = mod.get_fast_wgmma(), mod.get_fast_wg_half_tiles()
-    mod.set_fast_wgmma("on")
-    mod.set_fast_wg_half_tiles(half_tiles)
-    jax.clear_caches()
     sms = getattr(jax.devices("gpu")[0], "core_count", None)
-    try:
+    with _fast_knobs(mod, fast_wgmma="on", fast_wg_half_tiles=half_tiles):
         # (n, h, w, c, o, type, beta, io, activation; io as in
         # test_fast_wgmma_split_epilogue)
         cases = [(1, 14, 14, 256, 256, "xnor", False, "float", None),
@@ -1079,10 +1071,6 @@ def test_fast_wgmma_half_tiles(half_tiles):
                     want = (half_tiles and (output == "float" or io == "packed-x") and
                             half > full and half * ntiles <= sms)
                     assert mod.last_wg_half_tiles() == want, (cases[i], sms)
-    finally:
-        mod.set_fast_wgmma(old_wg)
-        mod.set_fast_wg_half_tiles(old_ht)
-        jax.clear_caches()
 
 
 def test_fast_weight_copy_knob_rejects_unknown_mode():

@@ -1189,6 +1189,12 @@ std::atomic<int> g_last_wg_split{-1};  // last_wg_split
 std::atomic<bool> g_wg_skip_half{true};  // set_fast_wg_skip_half
 std::atomic<bool> g_wg_half_tiles{true};  // set_fast_wg_half_tiles
 std::atomic<int> g_last_half_tiles{-1};   // last_wg_half_tiles
+// Half tiles are allowed: their knob, and wg_skip_half's (a half tile's
+// rows 64-127 are skipped by that path).
+bool half_tiles_on() {
+  return g_wg_half_tiles.load(std::memory_order_relaxed) &&
+         g_wg_skip_half.load(std::memory_order_relaxed);
+}
 std::atomic<int> g_last_wgmma{-1};    // the last fast call ran the wgmma kernel (1: A from registers, 2: from shared memory) or not (0)
 
 // Per-device attributes the fast path reads on every call, queried once per
@@ -1393,8 +1399,7 @@ bool wgmma_few_tiles_ss(const ConvParams& p, const FastArgs& a, const DevInfo& d
   if (tiles >= di.sms) return false;
   if (a.thr && p.x_packed && p.out_packed)
     return a.ks >= 12 || (a.ks >= 9 && 2 * tiles <= di.sms);
-  const bool half_tiles = g_wg_half_tiles.load(std::memory_order_relaxed) &&
-                          g_wg_skip_half.load(std::memory_order_relaxed) && 2 * tiles <= di.sms;
+  const bool half_tiles = half_tiles_on() && 2 * tiles <= di.sms;
   if (!p.x_packed && !p.out_packed)
     return a.ks >= 12 || (a.ks >= 9 && (tiles >= 12 || half_tiles));
   return false;
@@ -1481,10 +1486,8 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
       // epilogue run 64 rows, on twice as many SMs (N = 1: L3 4 -> 8
       // blocks, L7 50 -> 98).
       const long long half = (s.ss_groups + 7) / 8;
-      // (With wg_skip_half only: the rows past 64 are skipped so.)
       // (branch s24-packedlo: packed output by thresholds too)
-      if ((!p.out_packed || s.thr) && g_wg_half_tiles.load(std::memory_order_relaxed) &&
-          g_wg_skip_half.load(std::memory_order_relaxed) && half > s.mtiles &&
+      if ((!p.out_packed || s.thr) && half_tiles_on() && half > s.mtiles &&
           half * s.ntiles <= di.sms) {
         s.ss_gt = 8;
         s.mtiles = (int)half;

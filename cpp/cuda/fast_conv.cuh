@@ -1642,6 +1642,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           for (int c = 0; c < 32; ++c) h0[c] = hand[c * 128 + wlt];
 #pragma unroll
           for (int c = 0; c < 4; ++c) hx0[c] = hand[(64 + c) * 128 + wlt];
+          // (Rows 64-127 empty: a path of its own; h1 loaded and used under
+          // !lo_only tests instead spilled 28 bytes, S24.)
           if (lo_only) {
             if (!BINCONV_SW(a, 32)) mbar_wait(tbar, 0);  // the table (see below)
             if (!BINCONV_SW(a, 4)) epi_half(h0, hx0, 16 * wlw, G4{}, 64);

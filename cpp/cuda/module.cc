@@ -37,6 +37,25 @@ void def_int_knob(py::module_& m, const std::string& name, const char* arg, int 
       py::arg(arg), doc);
   m.def(("get_" + name).c_str(), [get]() { return get(); });
 }
+
+// A bool knob: set_<name>(on) and get_<name>().
+void def_bool_knob(py::module_& m, const std::string& name, void (*set)(bool), bool (*get)(),
+                   const char* doc) {
+  m.def(("set_" + name).c_str(), [set](bool on) { set(on); }, py::arg("on"), doc);
+  m.def(("get_" + name).c_str(), [get]() { return get(); });
+}
+
+// What the most recent call did, reported by `get` as 1 / 0, or -1 before
+// any such call: True / False, or None.
+void def_last_bool(py::module_& m, const char* name, int (*get)(), const char* doc) {
+  m.def(
+      name,
+      [get]() {
+        const int v = get();
+        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
+      },
+      doc);
+}
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -166,16 +185,14 @@ PYBIND11_MODULE(_cuda, m) {
         }
       },
       "The kernel the most recent call ran: 'fast', 'general', 'binary_weights' or 'none'.");
-  m.def(
-      "set_tma_slots", [](bool on) { binconv::cuda::set_tma_slots(on); }, py::arg("on"),
+  def_bool_knob(
+      m, "tma_slots", binconv::cuda::set_tma_slots, binconv::cuda::tma_slots,
       "Fast kernel input copies: tensor maps on sm_90 (True, the default) or cp.async "
       "(False; what older GPUs run). Process-wide, read at every call.");
-  m.def("get_tma_slots", []() { return binconv::cuda::tma_slots(); });
-  m.def(
-      "set_fast_pdl", [](bool on) { binconv::cuda::set_fast_pdl(on); }, py::arg("on"),
+  def_bool_knob(
+      m, "fast_pdl", binconv::cuda::set_fast_pdl, binconv::cuda::fast_pdl,
       "Programmatic dependent launch of the fast kernel's tables and convolution kernels "
       "(default True; a benchmark knob, results are the same). Process-wide.");
-  m.def("get_fast_pdl", []() { return binconv::cuda::fast_pdl(); });
   static const char* const kWeightCopies[] = {"cp.async", "bulk", "tensor_map"};
   m.def(
       "set_fast_weight_copy",
@@ -191,13 +208,11 @@ PYBIND11_MODULE(_cuda, m) {
       "are the same. Process-wide.");
   m.def("get_fast_weight_copy",
         []() { return std::string(kWeightCopies[binconv::cuda::fast_weight_copy()]); });
-  m.def(
-      "set_fast_fused_prep", [](bool on) { binconv::cuda::set_fast_fused_prep(on); },
-      py::arg("on"),
+  def_bool_knob(
+      m, "fast_fused_prep", binconv::cuda::set_fast_fused_prep, binconv::cuda::fast_fused_prep,
       "Float x on the fast kernel: its packing and the epilogue tables in one kernel (True, "
       "the default, where that grid has at most 8192 blocks) or two kernels in turn (False). "
       "A benchmark knob, results are the same. Process-wide.");
-  m.def("get_fast_fused_prep", []() { return binconv::cuda::fast_fused_prep(); });
   static const char* const kWgmmaModes[] = {"off", "on", "auto", "rs"};
   static const char* const kWgmmaDoc =
       "The fast kernel's K loop on Hopper's warpgroup MMAs (wgmma) or on mma.sync. wgmma "
@@ -227,12 +242,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("get_fast_wgmma",
         []() { return std::string(kWgmmaModes[binconv::cuda::fast_wgmma()]); },
         "The set_fast_wgmma mode: 'auto', 'on', 'off' or 'rs'.");
-  m.def(
-      "last_wgmma",
-      []() {
-        const int v = binconv::cuda::last_wgmma();
-        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
-      },
+  def_last_bool(
+      m, "last_wgmma", binconv::cuda::last_wgmma,
       "Whether the most recent fast-kernel call ran the wgmma kernel (None: no fast call yet).");
   m.def(
       "last_wgmma_form",
@@ -265,43 +276,32 @@ PYBIND11_MODULE(_cuda, m) {
       },
       "The early rounds (set_debug_tile_rounds) the most recent wgmma-kernel call ran with "
       "(None: no such call yet).");
-  m.def(
-      "set_fast_wg_split", [](bool on) { binconv::cuda::set_fast_wg_split(on); }, py::arg("on"),
+  def_bool_knob(
+      m, "fast_wg_split", binconv::cuda::set_fast_wg_split, binconv::cuda::fast_wg_split,
       "The wgmma kernel's shared-memory form with one tile a block (at most a quarter as "
       "many tiles as SMs) and float output: its second warpgroup, which has no tile, runs "
       "the epilogue of the tile's channels 64-127 (default True; a benchmark knob, results "
       "are the same). Process-wide.");
-  m.def("get_fast_wg_split", []() { return binconv::cuda::fast_wg_split(); });
-  m.def(
-      "set_fast_wg_skip_half", [](bool on) { binconv::cuda::set_fast_wg_skip_half(on); },
-      py::arg("on"),
+  def_bool_knob(
+      m, "fast_wg_skip_half", binconv::cuda::set_fast_wg_skip_half,
+      binconv::cuda::fast_wg_skip_half,
       "The wgmma kernel's shared-memory form with float output: a tile whose rows 64-127 "
       "hold no pixel (7x7 at N = 1; the last tile of some calls) issues the MMAs and runs "
       "the epilogue of rows 0-63 only (default True; a benchmark knob, results are the "
       "same). Process-wide.");
-  m.def("get_fast_wg_skip_half", []() { return binconv::cuda::fast_wg_skip_half(); });
-  m.def(
-      "set_fast_wg_half_tiles", [](bool on) { binconv::cuda::set_fast_wg_half_tiles(on); },
-      py::arg("on"),
+  def_bool_knob(
+      m, "fast_wg_half_tiles", binconv::cuda::set_fast_wg_half_tiles,
+      binconv::cuda::fast_wg_half_tiles,
       "The wgmma kernel's shared-memory form with float output in tiles of 64 rows (8 "
       "groups of 8 pixels) instead of 128 where twice the tiles still fit the SMs: each "
       "block's MMAs and epilogue halve, on twice as many SMs (default True; needs "
       "set_fast_wg_skip_half; a benchmark knob, results are the same). Process-wide.");
-  m.def("get_fast_wg_half_tiles", []() { return binconv::cuda::fast_wg_half_tiles(); });
-  m.def(
-      "last_wg_half_tiles",
-      []() {
-        const int v = binconv::cuda::last_wg_half_tiles();
-        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
-      },
+  def_last_bool(
+      m, "last_wg_half_tiles", binconv::cuda::last_wg_half_tiles,
       "Whether the most recent wgmma-kernel call ran the shared-memory form in tiles of 64 "
       "rows (None: no wgmma-kernel call yet).");
-  m.def(
-      "last_wg_split",
-      []() {
-        const int v = binconv::cuda::last_wg_split();
-        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
-      },
+  def_last_bool(
+      m, "last_wg_split", binconv::cuda::last_wg_split,
       "Whether the most recent wgmma-kernel call ran the shared-memory form with at most a "
       "quarter as many tiles as SMs, float output, weights of 3 K blocks or more (at 3x3, C "
       ">= 256) and the split allowed (None: no wgmma-kernel call yet; False for the "
@@ -331,12 +331,8 @@ PYBIND11_MODULE(_cuda, m) {
         return v < 0 ? py::object(py::none()) : py::object(py::str(kWeightCopies[v]));
       },
       "How the most recent fast-kernel call copied its weights (None: no fast call yet).");
-  m.def(
-      "last_tma_slots",
-      []() {
-        const int v = binconv::cuda::last_tma_slots();
-        return v < 0 ? py::object(py::none()) : py::object(py::bool_(v != 0));
-      },
+  def_last_bool(
+      m, "last_tma_slots", binconv::cuda::last_tma_slots,
       "Whether the most recent fast-kernel call copied its input by tensor map (None: no "
       "fast call yet).");
   m.def(

@@ -1486,7 +1486,9 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
       // epilogue run 64 rows, on twice as many SMs (N = 1: L3 4 -> 8
       // blocks, L7 50 -> 98).
       const long long half = (s.ss_groups + 7) / 8;
-      if (!p.out_packed && half_tiles_on() && half > s.mtiles && half * s.ntiles <= di.sms) {
+      // (branch s24-packedlo: packed output by thresholds too)
+      if ((!p.out_packed || s.thr) && half_tiles_on() && half > s.mtiles &&
+          half * s.ntiles <= di.sms) {
         s.ss_gt = 8;
         s.mtiles = (int)half;
       }

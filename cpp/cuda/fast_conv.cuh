@@ -965,7 +965,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       const uint32_t bar = sbar0 + 8 * buf;
       // (ss_gt: half tiles run for float output only; the packed-output
       // kernels keep their code as it was, S24)
-      const int gt = EPI == EPI_FLOAT ? a.ss_gt : 16;
+      const int gt = EPI != EPI_PACKED ? a.ss_gt : 16;
       const int q = (lt & 31) * nwarps + lw, gi = mt * gt + q;
       if (q < gt && gi < a.ss_groups) {
         const int rg = fdiv(gi, a.div_gpr), x0 = 8 * (gi - rg * a.ss_gpr);
@@ -1380,6 +1380,10 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // S24-5, L7 and L4 packed at N = 256 ran 28-35% slower).
       const bool lo_only =
           SS && EPI == EPI_FLOAT && (a.ss_gt == 8 || (a.wg_skip_half && mt * 16 + 8 >= a.ss_groups));
+      // (branch s24-packedlo) Packed output by thresholds: such a tile runs
+      // a path of its own below (lo_thr), with accumulators of its own.
+      const bool lo_thr =
+          SS && EPI == EPI_THR && (a.ss_gt == 8 || (a.wg_skip_half && mt * 16 + 8 >= a.ss_groups));
       TTS(0);
       const int buf = helper ? 0 : 2 * wgi + (j & 1);  // (the helper reads wg0's rows[])
       const int m0 = mt * kFastBM;
@@ -1394,7 +1398,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         // Tile row wlt = 8 q + j: pixel 8 xg + j of output row rg (group mt
         // ss_gt + q = rg gpr + xg, q < ss_gt); .w = its output row m (a.m
         // where none: not stored).
-        const int gt = EPI == EPI_FLOAT ? a.ss_gt : 16;  // (see load_tile)
+        const int gt = EPI != EPI_PACKED ? a.ss_gt : 16;  // (see load_tile)
         const int gi = mt * gt + (wlt >> 3);
         int m = a.m, x = a.wo;
         if ((wlt >> 3) < gt && gi < a.ss_groups) {
@@ -1520,6 +1524,107 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       };
       using G4 = std::integral_constant<int, 4>;
       using G8 = std::integral_constant<int, 8>;
+      if constexpr (SS && EPI == EPI_THR) {
+        if (lo_thr) {
+          // Rows 64-127 hold no pixel (branch s24-packedlo): the rows-0-63
+          // wgmmas and their epilogue only, in registers of this path's
+          // own (the same K loop as a variant of the one below, joined to
+          // it, made ptxas serialize every wgmma of this kernel: C7511,
+          // S24-5). X1 always (an m64n8 wgmma; unused for AND).
+          int l0[64], lx[4];
+          const uint64_t adesc = wg_desc(as_addr, 0, a.ss_gp);
+          if (wtmap && j == 0 && !BINCONV_SW(a, 2))
+            for (int b = 0; b < min(a.wg_kblocks, kWgWbars); ++b) mbar_wait(wbar + 8 * b, 0);
+          if (k >= 1) named_sync(3 + wgi, 256);  // tile k - 1's wgmmas are issued
+          if (j == 0) TLS(5);
+          TTS(1);
+          auto lstep = [&](int i, int e, auto first_const) {
+            constexpr bool F = decltype(first_const)::value;
+            const uint64_t ad = adesc + (uint64_t)(uint32_t)e;
+            const uint64_t bd = bdesc + (uint64_t)((i >> 2) * (kFastBN * 8) + 2 * (i & 3));
+            wgmma_n128_ss<F>(l0, ad, bd);
+            wgmma_n8_ss<F>(lx, ad, 2 * i + 1 < a.kc ? x1full : x1last);
+          };
+          wg_fence();
+          int e_next = ktab[1];
+          lstep(0, ktab[0], std::true_type{});
+#pragma unroll 1
+          for (int i = 1; i < a.ks; ++i) {
+            const int e = e_next;
+            e_next = ktab[i + 1];
+            lstep(i, e, std::false_type{});
+          }
+          wg_commit();
+          if (k + 1 < ntile) named_arrive(3 + (wgi ^ 1), 256);  // tile k + 1 may issue
+          if (prefetch && prefetch_late) {
+            load_tile(buf ^ 1, mt_next, wlt, 128, wlw, 4);
+            cp_async_commit();
+          }
+          wg_wait<0>();
+          TTS(2);
+          if (j == 0 && !BINCONV_SW(a, 32)) {
+            TLS(6);
+            if (!a.x_late && !tab_wg1 && warp == 0) load_tab_wg();
+            mbar_wait(tbar, 0);
+            TLS(7);
+#pragma unroll
+            for (int t = 0; t < 4; ++t) {
+              const uint32_t f =
+                  __ballot_sync(kFull, tab_s[ncls * kFastBN + wg_tab_at<EPI>(32 * t + lane)] != 0);
+              if (t == tq) flipw = f;
+            }
+          }
+          if (BINCONV_SW(a, 4)) continue;
+          // The epilogue by thresholds (as below) of the thread's 2 rows of
+          // rows 0-63.
+          int ex[2], mrow[2];
+          const int* tbc[2];
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int4 rd = rows_b[16 * wlw + gq + 8 * q];
+            ex[q] = need_x1 ? rd.x - 2 * lx[2 * q] : 0;
+            tbc[q] = tab_s + rd.z + 32 * tq;
+            mrow[q] = rd.w;
+          }
+          uint32_t lo[2] = {0u, 0u}, hi[2] = {0u, 0u};
+#pragma unroll
+          for (int g = 3; g >= 0; --g) {
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
+              const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
+              const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
+#pragma unroll
+              for (int e = 3; e >= 0; --e) {
+                const int cl = 4 * g + e, ch = 16 + cl;
+                const int dl = kmul * l0[4 * (cl >> 1) + 2 * q + (cl & 1)] + (ex[q] - bndl[e]);
+                const int dh = kmul * l0[4 * (ch >> 1) + 2 * q + (ch & 1)] + (ex[q] - bndh[e]);
+                lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
+                hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
+              }
+            }
+          }
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int m = mrow[q];
+            if (m < a.m && n0 + 32 * tq < a.o)
+              static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
+                  __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
+          }
+          if (j == 0) TLS(8);
+#ifdef JAX_BINCONV_TIMELINE
+          TTS(3);
+          if (j == 1) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) tj1_[q] = tt_[q];
+          } else if (j == 2) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) tj2_[q] = tt_[q];
+          }
+#endif
+          continue;
+        }
+      }
       int acc0[64], acc1[64], x10[4], x11[4];  // (set by the first K step: accumulate flag 0)
       const bool wfirst = wtmap && j == 0 && !BINCONV_SW(a, 2);  // the weights may still be landing
       if constexpr (EPI == EPI_FLOAT) {

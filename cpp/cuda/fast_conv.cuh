@@ -1524,6 +1524,73 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       };
       using G4 = std::integral_constant<int, 4>;
       using G8 = std::integral_constant<int, 8>;
+      // The table, before the first tile's epilogue: copied by warp 0 after
+      // its first tile's wgmmas (which so overlap the tables kernel); with
+      // thresholds, each thread's flip word from it.
+      auto first_table = [&]() {
+        TLS(6);
+        if (!a.x_late && !tab_wg1 && warp == 0) load_tab_wg();
+        mbar_wait(tbar, 0);
+        TLS(7);
+        if (EPI == EPI_THR) {
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+            const uint32_t f =
+                __ballot_sync(kFull, tab_s[ncls * kFastBN + wg_tab_at<EPI>(32 * t + lane)] != 0);
+            if (t == tq) flipw = f;
+          }
+        }
+      };
+      // The epilogue by thresholds: the thread's NQ rows (NQ = 4: 2 per
+      // half, rows 0-63 from r0 / x0, rows 64-127 from r1 / x1; NQ = 2:
+      // rows 0-63 only) at once, channel groups in the outer loop, each
+      // word as two 16-bit chains (channels 16-31, 0-15) merged at the end:
+      // 8 independent funnel-shift chains and the table loads of 4 rows in
+      // flight (one row and one 32-step chain at a time left the warp
+      // waiting on each load and shift: with the other warpgroup in its K
+      // loop, a scheduler has one warp here). One body for the 128-row path
+      // and the rows-0-63 path (lo_thr), each passing its own accumulators.
+      auto thr_epi = [&](auto nq_const, const int(&r0)[64], const int(&r1)[64], const int(&x0)[4],
+                         const int(&x1)[4]) {
+        constexpr int NQ = decltype(nq_const)::value;
+        int ex[NQ], mrow[NQ];
+        const int* tbc[NQ];
+#pragma unroll
+        for (int q = 0; q < NQ; ++q) {
+          const int r = 64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1);
+          const int4 rd = rows_b[r];
+          ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x1 : x0)[2 * (q & 1)] : 0;
+          tbc[q] = tab_s + rd.z + 32 * tq;
+          mrow[q] = SS ? rd.w : m0 + r;  // (ss: the record has it)
+        }
+        uint32_t lo[NQ] = {}, hi[NQ] = {};
+#pragma unroll
+        for (int g = 3; g >= 0; --g) {
+#pragma unroll
+          for (int q = 0; q < NQ; ++q) {
+            const int(&acc)[64] = (q >> 1) ? r1 : r0;
+            const int h = q & 1;
+            const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
+            const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
+            const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
+#pragma unroll
+            for (int e = 3; e >= 0; --e) {
+              const int cl = 4 * g + e, ch = 16 + cl;  // accumulator c: acc[4 (c >> 1) + 2 h + (c & 1)]
+              const int dl = kmul * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
+              const int dh = kmul * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
+              lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
+              hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
+            }
+          }
+        }
+#pragma unroll
+        for (int q = 0; q < NQ; ++q) {
+          const int m = mrow[q];
+          if (m < a.m && n0 + 32 * tq < a.o)
+            static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
+                __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
+        }
+      };
       if constexpr (SS && EPI == EPI_THR) {
         if (lo_thr) {
           // Rows 64-127 hold no pixel (branch s24-packedlo): the rows-0-63
@@ -1562,55 +1629,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           }
           wg_wait<0>();
           TTS(2);
-          if (j == 0 && !BINCONV_SW(a, 32)) {
-            TLS(6);
-            if (!a.x_late && !tab_wg1 && warp == 0) load_tab_wg();
-            mbar_wait(tbar, 0);
-            TLS(7);
-#pragma unroll
-            for (int t = 0; t < 4; ++t) {
-              const uint32_t f =
-                  __ballot_sync(kFull, tab_s[ncls * kFastBN + wg_tab_at<EPI>(32 * t + lane)] != 0);
-              if (t == tq) flipw = f;
-            }
-          }
+          if (j == 0 && !BINCONV_SW(a, 32)) first_table();
           if (BINCONV_SW(a, 4)) continue;
-          // The epilogue by thresholds (as below) of the thread's 2 rows of
-          // rows 0-63.
-          int ex[2], mrow[2];
-          const int* tbc[2];
-#pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const int4 rd = rows_b[16 * wlw + gq + 8 * q];
-            ex[q] = need_x1 ? rd.x - 2 * lx[2 * q] : 0;
-            tbc[q] = tab_s + rd.z + 32 * tq;
-            mrow[q] = rd.w;
-          }
-          uint32_t lo[2] = {0u, 0u}, hi[2] = {0u, 0u};
-#pragma unroll
-          for (int g = 3; g >= 0; --g) {
-#pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
-              const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
-              const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
-#pragma unroll
-              for (int e = 3; e >= 0; --e) {
-                const int cl = 4 * g + e, ch = 16 + cl;
-                const int dl = kmul * l0[4 * (cl >> 1) + 2 * q + (cl & 1)] + (ex[q] - bndl[e]);
-                const int dh = kmul * l0[4 * (ch >> 1) + 2 * q + (ch & 1)] + (ex[q] - bndh[e]);
-                lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
-                hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
-              }
-            }
-          }
-#pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const int m = mrow[q];
-            if (m < a.m && n0 + 32 * tq < a.o)
-              static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
-                  __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
-          }
+          thr_epi(std::integral_constant<int, 2>{}, l0, l0, lx, lx);  // rows 0-63
           if (j == 0) TLS(8);
 #ifdef JAX_BINCONV_TIMELINE
           TTS(3);
@@ -1795,75 +1816,13 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         named_arrive(5, 256);
       }
       TTS(2);
-      if (j == 0 && !BINCONV_SW(a, 32)) {
-        TLS(6);
-        // The table, before the first epilogue: copied by warp 0 after its
-        // first tile's wgmmas (which so overlap the tables kernel).
-        if (!a.x_late && !tab_wg1 && warp == 0) load_tab_wg();
-        mbar_wait(tbar, 0);
-        TLS(7);
-        if (EPI == EPI_THR) {
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            const uint32_t f =
-                __ballot_sync(kFull, tab_s[ncls * kFastBN + wg_tab_at<EPI>(32 * t + lane)] != 0);
-            if (t == tq) flipw = f;
-          }
-        }
-      }
+      if (j == 0 && !BINCONV_SW(a, 32)) first_table();
       if (BINCONV_SW(a, 4)) continue;
       if constexpr (EPI == EPI_THR) {
-        // The thread's 4 rows (2 per half) at once, channel groups in the
-        // outer loop, each word as two 16-bit chains (channels 16-31, 0-15)
-        // merged at the end: 8 independent funnel-shift chains and the
-        // table loads of 4 rows in flight (one row and one 32-step chain
-        // at a time left the warp waiting on each load and shift: with
-        // the other warpgroup in its K loop, a scheduler has one warp here).
-        // NQ = 2 (lo_only): the rows of acc0 only.
-        auto thr = [&](auto nq_const) {
-          constexpr int NQ = decltype(nq_const)::value;
-          int ex[NQ], mrow[NQ];
-          const int* tbc[NQ];
-#pragma unroll
-          for (int q = 0; q < NQ; ++q) {
-            const int r = 64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1);
-            const int4 rd = rows_b[r];
-            ex[q] = need_x1 ? rd.x - 2 * ((q >> 1) ? x11 : x10)[2 * (q & 1)] : 0;
-            tbc[q] = tab_s + rd.z + 32 * tq;
-            mrow[q] = SS ? rd.w : m0 + r;  // (ss: the record has it)
-          }
-          uint32_t lo[NQ] = {}, hi[NQ] = {};
-#pragma unroll
-          for (int g = 3; g >= 0; --g) {
-#pragma unroll
-            for (int q = 0; q < NQ; ++q) {
-              const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
-              const int h = q & 1;
-              const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
-              const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
-              const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
-#pragma unroll
-              for (int e = 3; e >= 0; --e) {
-                const int cl = 4 * g + e, ch = 16 + cl;  // accumulator c: acc[4 (c >> 1) + 2 h + (c & 1)]
-                const int dl = kmul * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
-                const int dh = kmul * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
-                lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
-                hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
-              }
-            }
-          }
-#pragma unroll
-          for (int q = 0; q < NQ; ++q) {
-            const int m = mrow[q];
-            if (m < a.m && n0 + 32 * tq < a.o)
-              static_cast<uint32_t*>(a.out)[(long long)m * ow + n0 / 32 + tq] =
-                  __byte_perm(lo[q], hi[q], 0x5410) ^ flipw;
-          }
-        };
         if (lo_only)
-          thr(std::integral_constant<int, 2>{});
+          thr_epi(std::integral_constant<int, 2>{}, acc0, acc1, x10, x11);
         else
-          thr(std::integral_constant<int, 4>{});
+          thr_epi(std::integral_constant<int, 4>{}, acc0, acc1, x10, x11);
       } else {
         if (EPI == EPI_FLOAT && split) {
           epi_half(acc0, x10, 16 * wlw, G4{}, 0);

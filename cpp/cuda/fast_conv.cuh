@@ -1527,6 +1527,20 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // The table, before the first tile's epilogue: copied by warp 0 after
       // its first tile's wgmmas (which so overlap the tables kernel); with
       // thresholds, each thread's flip word from it.
+      // (timeline builds: the tile's end marks)
+      auto tile_marks = [&]() {
+        if (j == 0) TLS(8);
+#ifdef JAX_BINCONV_TIMELINE
+        TTS(3);
+        if (j == 1) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) tj1_[q] = tt_[q];
+        } else if (j == 2) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) tj2_[q] = tt_[q];
+        }
+#endif
+      };
       auto first_table = [&]() {
         TLS(6);
         if (!a.x_late && !tab_wg1 && warp == 0) load_tab_wg();
@@ -1632,17 +1646,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           if (j == 0 && !BINCONV_SW(a, 32)) first_table();
           if (BINCONV_SW(a, 4)) continue;
           thr_epi(std::integral_constant<int, 2>{}, l0, l0, lx, lx);  // rows 0-63
-          if (j == 0) TLS(8);
-#ifdef JAX_BINCONV_TIMELINE
-          TTS(3);
-          if (j == 1) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q) tj1_[q] = tt_[q];
-          } else if (j == 2) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q) tj2_[q] = tt_[q];
-          }
-#endif
+          tile_marks();
           continue;
         }
       }
@@ -1832,17 +1836,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
           if (!lo_only) epi_half(acc1, x11, 64 + 16 * wlw, G8{}, 0);
         }
       }
-      if (j == 0) TLS(8);
-#ifdef JAX_BINCONV_TIMELINE
-      TTS(3);
-      if (j == 1) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) tj1_[q] = tt_[q];
-      } else if (j == 2) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) tj2_[q] = tt_[q];
-      }
-#endif
+      tile_marks();
     }
     if (BINCONV_SW(a, 8192) && a.m < 0) static_cast<uint32_t*>(a.out)[tid] = sink;
   } else {

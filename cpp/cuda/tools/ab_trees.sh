@@ -5,8 +5,10 @@
 #   here:    mkdir -p build/ab/old && git archive <rev> | tar -x -C build/ab/old
 #   device:  bash cpp/cuda/tools/ab_trees.sh old [more names under build/ab]
 #            (run's carry: ["build/ab"]; AB_BENCH: gpu.py's arguments;
-#            ROUNDS: rounds of runs, default 2; AB_REUSE=1: a warm
-#            machine's earlier builds, rebuilt only where changed)
+#            ROUNDS: rounds of runs, default 2, the trees' order reversed
+#            in every second round; AB_REUSE=1: a warm machine's earlier
+#            builds, rebuilt only where changed; AB_TAG: a suffix for
+#            this call's result files)
 #
 # Each tree (the working tree is "cur") is built with CMake (sm_90a only:
 # the production path on an H100; "90" would leave out the wgmma kernel;
@@ -43,11 +45,19 @@ for v in cur "$@"; do
   (cd /tmp && PYTHONPATH=/tmp/pkg_$v python3 -c "import jax_binconv as j, jax_binconv._cuda as c, os; print('$v', os.path.dirname(j.__file__), 'wgmma', c.wgmma_available())" 2>&1 | tail -1)
 done
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+# The trees' order turns each round (the first: cur first, the second: last,
+# ...): in S25-2, with cur always first, rows the trees share ran 7-50%
+# slower at N = 1 in cur. Files: ab_<tree>_<round>[_<AB_TAG>].txt (AB_TAG
+# keeps a second call on a warm machine from overwriting the first's).
+trees=(cur "$@")
 for r in $(seq "${ROUNDS:-2}"); do
-  for v in cur "$@"; do
+  order=("${trees[@]}")
+  if [ $((r % 2)) -eq 0 ]; then order=(); for ((i = ${#trees[@]} - 1; i >= 0; i--)); do order+=("${trees[$i]}"); done; fi
+  for v in "${order[@]}"; do
+    f="$OUT/ab_${v}_$r${AB_TAG:+_$AB_TAG}.txt"
     PYTHONPATH=/tmp/pkg_$v timeout "${AB_T:-150}" python3 benchmarks/gpu.py \
-      ${AB_BENCH:---layers L2,L3,L4,L7 --batches 1,256 --reps 10} >"$OUT/ab_${v}_$r.txt" 2>&1
+      ${AB_BENCH:---layers L2,L3,L4,L7 --batches 1,256 --reps 10} >"$f" 2>&1
     echo "== $v round $r"
-    grep -E "^L[0-9]" "$OUT/ab_${v}_$r.txt" | awk '{printf "%s/%s/%s %s  ", $1, $2, $3, $4} END {print ""}'
+    grep -E "^L[0-9]" "$f" | awk '{printf "%s/%s/%s %s  ", $1, $2, $3, $4} END {print ""}'
   done
 done

@@ -1,0 +1,403 @@
+// Probe (not part of the build; written in session 25, compiled here, NOT
+// yet run on a GPU): would a warp-specialized block lift packed L2-L4 at
+// N = 256? (NOTES-gpu.md, S25-7: in L2 a warpgroup's tile takes 3.1-3.2 us,
+// ~1 us of it before the K loop, issuing the next tile's copies and writing
+// row records; the tensor core is busy ~1.8 us of every 3.2.)
+//
+// Two block designs run the same synthetic work, 132 blocks (one an SM),
+// T tiles a block of 128 rows x 128 channels x ks K steps of 256 bits, A
+// and B from shared memory (wgmma m64n128k256 .b1 and.popc, two 64-row
+// halves, plus the two m64n8 X1 wgmmas of XNOR), then an epilogue of the
+// packed-output kind (per output: multiply-add, subtract the bound, funnel
+// shift; a 16-byte table load per 4 outputs; a word stored per 32):
+//  - "pp": today's kernel's shape: 256 threads, two warpgroups that take
+//    tiles in turn; each writes its tile's row records and issues its next
+//    tile's copy (one bulk copy of the A tile) itself; their K loops
+//    alternate on the tensor core through named barriers.
+//  - "ws": 384 threads: a producer warpgroup (setmaxnreg down to 40)
+//    issues every copy and writes every row record into a ring of S
+//    stages (full / empty mbarriers); the two consumer warpgroups
+//    (setmaxnreg up to 232) only wait, issue wgmmas, run the epilogue.
+// Each prints us per launch (min of 20), the tensor rate as % of 5.1e15
+// binary MACs/s, and us per tile per block. Data are arbitrary (the
+// results are not checked): only the time is measured. Epilogue 0 skips
+// the epilogue (MMA and copies only); 2 doubles it.
+//
+// nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -o ws_probe ws_probe.cu
+// ./ws_probe            (all cases)
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <type_traits>
+#include <cuda_runtime.h>
+
+#define CK(x)                                                                       \
+  do {                                                                              \
+    cudaError_t e_ = (x);                                                           \
+    if (e_ != cudaSuccess) {                                                        \
+      std::printf("%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                 \
+    }                                                                               \
+  } while (0)
+
+__device__ __forceinline__ uint32_t su32(const void* p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+// K-major descriptor without swizzle (as fast_conv.cuh's wg_desc).
+__device__ __forceinline__ uint64_t desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
+         ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32);
+}
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void bsync(int id, int n) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void barrive(int id, int n) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void mb_init(uint32_t b, int n) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(b), "r"(n) : "memory");
+}
+__device__ __forceinline__ void mb_arrive(uint32_t b) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(b) : "memory");
+}
+__device__ __forceinline__ void mb_arrive_tx(uint32_t b, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mb_wait(uint32_t b, uint32_t parity) {
+  asm volatile(
+      "{\n .reg .pred p;\n"
+      "WSP_WAIT_%=:\n"
+      " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      " @!p bra WSP_WAIT_%=;\n}\n" ::"r"(b),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void bulk(uint32_t dst, const void* src, uint32_t bytes, uint32_t b) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+      "l"(src), "r"(bytes), "r"(b)
+      : "memory");
+}
+
+#define W8(c, i) c(d[i]), c(d[i + 1]), c(d[i + 2]), c(d[i + 3]), c(d[i + 4]), c(d[i + 5]), c(d[i + 6]), c(d[i + 7])
+#define W64(c) W8(c, 0), W8(c, 8), W8(c, 16), W8(c, 24), W8(c, 32), W8(c, 40), W8(c, 48), W8(c, 56)
+#define D64                                                            \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"            \
+  "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"   \
+  "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"   \
+  "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+// FIRST: d = popc(A AND B) (d write-only: no other instruction defines the
+// accumulators, or ptxas serializes the wgmmas); else d += popc(A AND B).
+template <bool FIRST>
+__device__ __forceinline__ void mma128(int (&d)[64], uint64_t a, uint64_t b) {
+  if constexpr (FIRST)
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 0, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc " D64 ", %64, %65, p;\n}\n"
+        : W64("=r")
+        : "l"(a), "l"(b));
+  else
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k256.s32.b1.b1.and.popc " D64 ", %64, %65, 1;\n"
+                 : W64("+r")
+                 : "l"(a), "l"(b));
+}
+template <bool FIRST>
+__device__ __forceinline__ void mma8(int (&d)[4], uint64_t a, uint64_t b) {
+  if constexpr (FIRST)
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 0, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k256.s32.b1.b1.and.popc {%0,%1,%2,%3}, %4, %5, p;\n}\n"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "l"(a), "l"(b));
+  else
+    asm volatile("wgmma.mma_async.sync.aligned.m64n8k256.s32.b1.b1.and.popc {%0,%1,%2,%3}, %4, %5, 1;\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "l"(a), "l"(b));
+}
+
+// Shared-memory layout, per K step 4 KB for 128 rows: [16 row groups][2
+// chunks][8 rows][16 bytes] (LBO 128: the second chunk; SBO 256: the next
+// group). A stage: min(ks, 6) steps of A (step i reads step i % 6: the real
+// kernel's slots hold each input row once and its taps are shifted
+// descriptors, so a tile's copy is a third of its K steps' bytes or less),
+// then 128 row records (int4).
+struct Geo {
+  int ks, tiles, stages, epi;
+  __host__ __device__ int a_steps() const { return ks < 6 ? ks : 6; }
+  __host__ __device__ uint32_t a_bytes() const { return 4096u * a_steps(); }
+  __host__ __device__ uint32_t stage_bytes() const { return a_bytes() + 128 * 16; }
+};
+constexpr int kTabInts = 16 * 128;  // the table: 16 classes x 128 channels
+// smem: [B: 4 KB ks][X1 ones: 256 B ks][table 8 KB][stages][mbarriers]
+__host__ __device__ inline uint32_t off_x1(int ks) { return 4096u * ks; }
+__host__ __device__ inline uint32_t off_tab(int ks) { return off_x1(ks) + 256u * ks; }
+__host__ __device__ inline uint32_t off_stage(int ks) { return off_tab(ks) + 4u * kTabInts; }
+__host__ __device__ inline uint32_t smem_bytes(const Geo& g) {
+  return off_stage(g.ks) + g.stages * g.stage_bytes() + 16 * 8 + 1024;
+}
+
+// The row record of tile row r (.x row term, .z the row's class offset in
+// the table, .w its output row), with the divisions a real record needs.
+__device__ __forceinline__ int4 record(int m, int wo, int ho) {
+  const int img = m / (wo * ho), y = (m / wo) % ho, x = m % wo;
+  const int cy = y == 0 ? 0 : (y == ho - 1 ? 2 : 1), cx = x == 0 ? 0 : (x == wo - 1 ? 2 : 1);
+  return make_int4(3 * cy + cx - img, 0, (3 * cy + cx) * 128, m);
+}
+
+// The epilogue of one warpgroup's tile (fast_conv.cuh's thr_epi, NQ = 4):
+// rec: the thread's 4 rows' records.
+__device__ __forceinline__ void epilogue(const int (&acc0)[64], const int (&acc1)[64], const int (&x0)[4],
+                                         const int (&x1)[4], const int4 (&rec)[4], const int* tab,
+                                         uint32_t* out, int wlw, int lane) {
+  const int gq = lane >> 2, tq = lane & 3;
+  int ex[4];
+  const int* tbc[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    ex[q] = rec[q].x - 2 * ((q >> 1) ? x1 : x0)[2 * (q & 1)];
+    tbc[q] = tab + rec[q].z + 32 * tq;
+  }
+  uint32_t lo[4] = {}, hi[4] = {};
+#pragma unroll
+  for (int g = 3; g >= 0; --g) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
+      const int h = q & 1;
+      const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
+      const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
+      const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
+#pragma unroll
+      for (int e = 3; e >= 0; --e) {
+        const int cl = 4 * g + e, ch = 16 + cl;
+        const int dl = 4 * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
+        const int dh = 4 * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
+        lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
+        hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    out[(long long)rec[q].w * 4 + tq] = __byte_perm(lo[q], hi[q], 0x5410);
+  (void)wlw;
+  (void)gq;
+}
+
+// The K loop of one warpgroup's tile: A (stage) x B, both halves and X1.
+__device__ __forceinline__ void kloop(int (&acc0)[64], int (&acc1)[64], int (&x0)[4], int (&x1)[4],
+                                      uint32_t a_base, uint32_t b_base, uint32_t x1_base, int ks,
+                                      int a_steps) {
+  fence();
+  auto step = [&](int i, auto first) {
+    constexpr bool F = decltype(first)::value;
+    const uint32_t ai = a_base + 4096u * (uint32_t)(i % a_steps);
+    const uint64_t a0 = desc(ai, 128, 256), a1 = desc(ai + 2048, 128, 256);
+    const uint64_t b = desc(b_base + 4096u * i, 128, 256), xb = desc(x1_base + 256u * i, 128, 256);
+    mma128<F>(acc0, a0, b);
+    mma128<F>(acc1, a1, b);
+    mma8<F>(x0, a0, xb);
+    mma8<F>(x1, a1, xb);
+  };
+  step(0, std::true_type{});
+#pragma unroll 1
+  for (int i = 1; i < ks; ++i) step(i, std::false_type{});
+  commit();
+}
+
+// Kernel-wide setup: B, X1 ones and the table in shared memory; the
+// mbarriers. (Not timed apart: part of each launch, as the real prologue.)
+__device__ __forceinline__ void setup(unsigned char* sm, const Geo& g, int nthreads) {
+  uint4* b = reinterpret_cast<uint4*>(sm);
+  for (int q = threadIdx.x; q < 256 * g.ks; q += nthreads) b[q] = make_uint4(q * 2654435761u, q, ~q, q ^ 0x5bd1e995);
+  uint4* x1 = reinterpret_cast<uint4*>(sm + off_x1(g.ks));
+  for (int q = threadIdx.x; q < 16 * g.ks; q += nthreads) x1[q] = make_uint4(~0u, ~0u, ~0u, ~0u);
+  int* tab = reinterpret_cast<int*>(sm + off_tab(g.ks));
+  for (int q = threadIdx.x; q < kTabInts; q += nthreads) tab[q] = (q * 37) % 700 - 350;
+}
+
+// "pp": two warpgroups, each its own copies and records (buffers 2 c and
+// 2 c + 1 of the stages: stages must be 4).
+__global__ void __launch_bounds__(256, 1)
+    pp_kernel(const uint4* __restrict__ gA, uint32_t* out, int nsrc, Geo g) {
+  extern __shared__ __align__(1024) unsigned char smraw[];
+  unsigned char* sm = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smraw) + 1023) & ~uintptr_t(1023));
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wlt = tid & 127, wlw = warp & 3;
+  // (the warpgroup by a shuffle, which ptxas knows to be warp-uniform: the
+  // descriptors derive from it; from the thread index, ptxas serialized the
+  // wgmmas, C7520, as in fast_conv.cuh)
+  const int wg = __shfl_sync(0xffffffffu, warp >> 2, 0);
+  const uint32_t bars = su32(sm + off_stage(g.ks) + g.stages * g.stage_bytes());
+  setup(sm, g, 256);
+  if (tid == 0)
+    for (int s = 0; s < 4; ++s) mb_init(bars + 8 * s, 1);
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+  const uint32_t b_base = su32(sm), x1_base = su32(sm + off_x1(g.ks));
+  const int* tab = reinterpret_cast<const int*>(sm + off_tab(g.ks));
+  auto stage = [&](int s) { return sm + off_stage(g.ks) + s * g.stage_bytes(); };
+  auto issue = [&](int t, int s) {  // tile t's A into stage s (thread wlt 0)
+    const long long src = (long long)((blockIdx.x * g.tiles + t) % nsrc) * (g.a_bytes() / 16);
+    mb_arrive_tx(bars + 8 * s, g.a_bytes());
+    bulk(su32(stage(s)), gA + src, g.a_bytes(), bars + 8 * s);
+  };
+  if (wlt == 0 && wg < g.tiles) issue(wg, 2 * wg);
+  int acc0[64], acc1[64], x0[4], x1[4];
+  for (int k = wg, j = 0; k < g.tiles; k += 2, ++j) {
+    const int s = 2 * wg + (j & 1);
+    int4* recs = reinterpret_cast<int4*>(stage(s) + g.a_bytes());
+    const int m0 = (blockIdx.x * g.tiles + k) * 128;
+    recs[wlt] = record(m0 + wlt, 28, 28);
+    mb_wait(bars + 8 * s, (j >> 1) & 1);
+    bsync(1 + wg, 128);  // records visible; the other buffer's last tile is done
+    if (k >= 1) bsync(3 + wg, 256);  // tile k - 1's wgmmas are issued
+    kloop(acc0, acc1, x0, x1, su32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
+    if (k + 1 < g.tiles) barrive(3 + (wg ^ 1), 256);
+    if (wlt == 0 && k + 2 < g.tiles) issue(k + 2, 2 * wg + ((j + 1) & 1));
+    wait0();
+    if (g.epi) {
+      const int gq = lane >> 2;
+      int4 rec[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) rec[q] = recs[64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1)];
+      for (int r = 0; r < g.epi; ++r) epilogue(acc0, acc1, x0, x1, rec, tab, out, wlw, lane);
+    } else if (acc0[0] + acc1[63] + x0[0] + x1[3] == 0x7fffffff) {
+      out[tid] = 1;  // (the accumulators are used)
+    }
+  }
+}
+
+// "ws": a producer warpgroup (warpgroup 0) and two consumers (1, 2) over a
+// ring of g.stages stages: full[s] (128 producer arrivals, the copy's
+// bytes), empty[s] (128 consumer arrivals).
+__global__ void __launch_bounds__(384, 1)
+    ws_kernel(const uint4* __restrict__ gA, uint32_t* out, int nsrc, Geo g) {
+  extern __shared__ __align__(1024) unsigned char smraw[];
+  unsigned char* sm = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smraw) + 1023) & ~uintptr_t(1023));
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wlt = tid & 127, wlw = warp & 3;
+  // (the warpgroup by a shuffle, which ptxas knows to be warp-uniform: the
+  // descriptors derive from it; from the thread index, ptxas serialized the
+  // wgmmas, C7520, as in fast_conv.cuh)
+  const int wg = __shfl_sync(0xffffffffu, warp >> 2, 0);
+  const uint32_t full = su32(sm + off_stage(g.ks) + g.stages * g.stage_bytes()), empty = full + 8 * 8;
+  setup(sm, g, 384);
+  if (tid == 0)
+    for (int s = 0; s < g.stages; ++s) {
+      mb_init(full + 8 * s, 128);
+      mb_init(empty + 8 * s, 128);
+    }
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+  auto stage = [&](int s) { return sm + off_stage(g.ks) + s * g.stage_bytes(); };
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    for (int t = 0; t < g.tiles; ++t) {
+      const int s = t % g.stages, r = t / g.stages;
+      if (r > 0) mb_wait(empty + 8 * s, (r - 1) & 1);
+      int4* recs = reinterpret_cast<int4*>(stage(s) + g.a_bytes());
+      recs[wlt] = record((blockIdx.x * g.tiles + t) * 128 + wlt, 28, 28);
+      if (wlt == 0) {
+        const long long src = (long long)((blockIdx.x * g.tiles + t) % nsrc) * (g.a_bytes() / 16);
+        mb_arrive_tx(full + 8 * s, g.a_bytes());
+        bulk(su32(stage(s)), gA + src, g.a_bytes(), full + 8 * s);
+      } else {
+        mb_arrive(full + 8 * s);  // (release: this thread's record is visible to the waiters)
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  const int c = wg - 1;
+  const uint32_t b_base = su32(sm), x1_base = su32(sm + off_x1(g.ks));
+  const int* tab = reinterpret_cast<const int*>(sm + off_tab(g.ks));
+  int acc0[64], acc1[64], x0[4], x1[4];
+  for (int k = c; k < g.tiles; k += 2) {
+    const int s = k % g.stages, r = k / g.stages;
+    mb_wait(full + 8 * s, r & 1);
+    if (k >= 1) bsync(3 + c, 256);  // tile k - 1's wgmmas are issued (the consumers only)
+    kloop(acc0, acc1, x0, x1, su32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
+    if (k + 1 < g.tiles) barrive(3 + (c ^ 1), 256);
+    const int4* recs = reinterpret_cast<const int4*>(stage(s) + g.a_bytes());
+    int4 rec[4];
+    const int gq = lane >> 2;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) rec[q] = recs[64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1)];
+    wait0();
+    mb_arrive(empty + 8 * s);  // A and the records of stage s are read
+    if (g.epi) {
+      for (int rr = 0; rr < g.epi; ++rr) epilogue(acc0, acc1, x0, x1, rec, tab, out, wlw, lane);
+    } else if (acc0[0] + acc1[63] + x0[0] + x1[3] + rec[0].x == 0x7fffffff) {
+      out[tid] = 1;  // (the accumulators are used)
+    }
+  }
+}
+
+int main() {
+  int dev = 0, sms = 0, optin = 0;
+  CK(cudaGetDevice(&dev));
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, dev));
+  std::printf("%s, %d SMs, %d bytes of shared memory a block\n", prop.name, sms, optin);
+  const int nsrc = 64;  // distinct A tiles in global memory (L2-resident)
+  uint4* gA = nullptr;
+  uint32_t* out = nullptr;
+  const size_t abytes_max = 4096ull * 6 * nsrc;
+  CK(cudaMalloc(&gA, abytes_max));
+  CK(cudaMemset(gA, 0x5a, abytes_max));
+  const long long outw = (long long)sms * 48 * 128 * 4 + 1024;  // the most tiles below
+  CK(cudaMalloc(&out, outw * 4));
+  CK(cudaFuncSetAttribute(pp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  CK(cudaFuncSetAttribute(ws_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  const double peak = 5.1e15;
+  std::printf("%-4s %3s %5s %3s %6s %3s %10s %8s %12s\n", "form", "ks", "tiles", "epi", "stages", "",
+              "us/launch", "% b1", "us/tile/blk");
+  // (ks, tiles): L2 (5 steps, 12 tiles a block), L3 (9, 6), L4 (18, 3), and
+  // L2's ks with more tiles (the steady state alone).
+  const int cases[][2] = {{5, 12}, {9, 6}, {18, 3}, {5, 48}, {9, 24}};
+  for (auto& cs : cases) {
+    for (int epi = 0; epi <= 2; ++epi) {
+      for (int form = 0; form < 2; ++form) {
+        Geo g{cs[0], cs[1], 4, epi};
+        if (form == 1) {  // ws: as many stages as fit, 2 to 8
+          g.stages = 8;
+          while (g.stages > 2 && smem_bytes(g) > (uint32_t)optin) --g.stages;
+        }
+        if (smem_bytes(g) > (uint32_t)optin) {
+          std::printf("%-4s %3d %5d %3d: does not fit (%u bytes)\n", form ? "ws" : "pp", g.ks, g.tiles,
+                      epi, smem_bytes(g));
+          continue;
+        }
+        float best = 1e30f;
+        for (int rep = 0; rep < 21; ++rep) {
+          CK(cudaEventRecord(e0));
+          if (form == 0)
+            pp_kernel<<<sms, 256, smem_bytes(g)>>>(gA, out, nsrc, g);
+          else
+            ws_kernel<<<sms, 384, smem_bytes(g)>>>(gA, out, nsrc, g);
+          CK(cudaEventRecord(e1));
+          CK(cudaEventSynchronize(e1));
+          CK(cudaGetLastError());
+          float ms = 0;
+          CK(cudaEventElapsedTime(&ms, e0, e1));
+          if (rep > 0 && ms < best) best = ms;
+        }
+        const double macs = (double)sms * g.tiles * 128.0 * 128.0 * 256.0 * g.ks;
+        const double us = best * 1e3;
+        std::printf("%-4s %3d %5d %3d %6d %3s %10.2f %8.1f %12.3f\n", form ? "ws" : "pp", g.ks, g.tiles, epi,
+                    g.stages, "", us, 100.0 * macs / (us * 1e-6) / peak, us / g.tiles);
+      }
+    }
+  }
+  CK(cudaFree(gA));
+  CK(cudaFree(out));
+  return 0;
+}

@@ -296,6 +296,14 @@ PY
       echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
       grep -E "^(FAILED|ERROR)|Error|error:" "$OUT/pytest.log" | head -20
       ;;
+    wsprobe)
+      # cpp/cuda/tools/ws_probe.cu (session 25's Next): today's two-warpgroup
+      # tile loop against a warp-specialized one, synthetic tiles, ~10 s.
+      stamp wsprobe
+      nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -o /tmp/ws_probe \
+        cpp/cuda/tools/ws_probe.cu >"$OUT/wsprobe_build.log" 2>&1 || { tail -20 "$OUT/wsprobe_build.log"; continue; }
+      timeout 120 /tmp/ws_probe 2>&1 | tee "$OUT/wsprobe.txt"
+      ;;
   esac
 done
 stamp done

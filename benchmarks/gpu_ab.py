@@ -16,8 +16,9 @@ split=1|0 (set_fast_wg_split: with one tile a block and float output, the
 shared-memory form's second warpgroup runs the epilogue of the tile's
 channels 64-127), half=1|0 (set_fast_wg_skip_half: the shared-memory
 form's tiles whose rows 64-127 hold no pixel run rows 0-63 only; float
-output), htiles=1|0 (set_fast_wg_half_tiles: that form in tiles of 64 rows
-where twice the tiles fit the SMs; float output).
+output or packed output by thresholds), htiles=1|0
+(set_fast_wg_half_tiles: that form in tiles of 64 rows where twice the
+tiles fit the SMs; the same outputs).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in

@@ -1066,8 +1066,8 @@ def test_fast_wgmma_half_tiles(half_tiles):
                 groups = n * h * -(-w_ // 8)
                 half, full, ntiles = -(-groups // 8), -(-groups // 16), -(-o // 128)
                 if sms is not None:
-                    # (branch s24-packedlo: by thresholds too, i.e. packed x
-                    # without beta here)
+                    # (packed output by thresholds too: packed x without
+                    # beta here)
                     want = (half_tiles and (output == "float" or io == "packed-x") and
                             half > full and half * ntiles <= sms)
                     assert mod.last_wg_half_tiles() == want, (cases[i], sms)

@@ -1481,12 +1481,11 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
     FastArgs s = g;
     if (wmode != kWgmmaRs && plan_wgmma_ss(p, &s) &&
         (wmode != kWgmmaAuto || few_ss || wgmma_ss_pays(p, s))) {
-      // Half tiles (FastArgs::ss_gt = 8), float output (see wg_skip_half),
-      // where twice the tiles still fit the SMs: each block's K loop and
-      // epilogue run 64 rows, on twice as many SMs (N = 1: L3 4 -> 8
-      // blocks, L7 50 -> 98).
+      // Half tiles (FastArgs::ss_gt = 8), float output or packed output by
+      // thresholds (see wg_skip_half), where twice the tiles still fit the
+      // SMs: each block's K loop and epilogue run 64 rows, on twice as many
+      // SMs (N = 1: L3 4 -> 8 blocks, L7 50 -> 98).
       const long long half = (s.ss_groups + 7) / 8;
-      // (branch s24-packedlo: packed output by thresholds too)
       if ((!p.out_packed || s.thr) && half_tiles_on() && half > s.mtiles &&
           half * s.ntiles <= di.sms) {
         s.ss_gt = 8;

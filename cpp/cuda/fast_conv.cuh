@@ -207,13 +207,14 @@ struct FastArgs {
   // results are wrong with any set): see BINCONV_SW.
   int dbg_sw;
   // (Fields added in session 24 come last: the others keep their offsets,
-  // and the packed-output kernels, which do not use these, their code.)
-  // The shared-memory form, float output: a tile whose rows 64-127 hold no
-  // pixel (its groups 8-15 past the last: L4 at N = 1, 7 groups; the last
-  // tile of some calls) issues the wgmmas of rows 0-63 only and runs their
-  // epilogue only (set_fast_wg_skip_half; default on).
+  // and EPI_PACKED's kernels, which do not use these, their code.)
+  // The shared-memory form, float output or packed output by thresholds:
+  // a tile whose rows 64-127 hold no pixel (its groups 8-15 past the last:
+  // L4 at N = 1, 7 groups; the last tile of some calls) issues the wgmmas
+  // of rows 0-63 only and runs their epilogue only (set_fast_wg_skip_half;
+  // default on).
   int wg_skip_half;
-  // Groups a tile (ss): 16, or 8 (half tiles, float output only: rows 0-63
+  // Groups a tile (ss): 16, or 8 (half tiles, the same outputs: rows 0-63
   // only, every tile then runs as wg_skip_half's; set by the host where
   // twice the tiles still fit the SMs, set_fast_wg_half_tiles).
   int ss_gt;
@@ -963,8 +964,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // of the 4 warps; groups past the last leave their part as it was
       // (their rows are not stored).
       const uint32_t bar = sbar0 + 8 * buf;
-      // (ss_gt: half tiles run for float output only; the packed-output
-      // kernels keep their code as it was, S24)
+      // (ss_gt: half tiles run for float output and packed output by
+      // thresholds; EPI_PACKED's kernels keep their code as it was, S24)
       const int gt = EPI != EPI_PACKED ? a.ss_gt : 16;
       const int q = (lt & 31) * nwarps + lw, gi = mt * gt + q;
       if (q < gt && gi < a.ss_groups) {
@@ -1374,16 +1375,16 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       // (FastArgs::wg_skip_half) Rows 64-127 (groups 8-15) hold no pixel:
       // their wgmmas and epilogue are skipped, acc1 / x11 never defined.
       // (The helper's k = 0 is warpgroup 0's tile: the same answer.)
-      // Half tiles (ss_gt = 8) always. Float output only: in the kernels
-      // for packed output the K loop without rows 64-127 made ptxas
-      // serialize every wgmma (C7511, "insufficient register resources":
-      // S24-5, L7 and L4 packed at N = 256 ran 28-35% slower).
-      const bool lo_only =
-          SS && EPI == EPI_FLOAT && (a.ss_gt == 8 || (a.wg_skip_half && mt * 16 + 8 >= a.ss_groups));
-      // (branch s24-packedlo) Packed output by thresholds: such a tile runs
-      // a path of its own below (lo_thr), with accumulators of its own.
-      const bool lo_thr =
-          SS && EPI == EPI_THR && (a.ss_gt == 8 || (a.wg_skip_half && mt * 16 + 8 >= a.ss_groups));
+      // Half tiles (ss_gt = 8) always. Float output (lo_only) takes the
+      // 128-row path's K loop without rows 64-127; in the kernels for
+      // packed output that K loop made ptxas serialize every wgmma (C7511,
+      // "insufficient register resources": S24-5, L7 and L4 packed at N =
+      // 256 ran 28-35% slower), so packed output by thresholds runs a path
+      // of its own below (lo_thr), with accumulators of its own (session
+      // 25), and EPI_PACKED none.
+      const bool rows_lo = SS && (a.ss_gt == 8 || (a.wg_skip_half && mt * 16 + 8 >= a.ss_groups));
+      const bool lo_only = EPI == EPI_FLOAT && rows_lo;
+      const bool lo_thr = EPI == EPI_THR && rows_lo;
       TTS(0);
       const int buf = helper ? 0 : 2 * wgi + (j & 1);  // (the helper reads wg0's rows[])
       const int m0 = mt * kFastBM;
@@ -1607,7 +1608,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       };
       if constexpr (SS && EPI == EPI_THR) {
         if (lo_thr) {
-          // Rows 64-127 hold no pixel (branch s24-packedlo): the rows-0-63
+          // Rows 64-127 hold no pixel: the rows-0-63
           // wgmmas and their epilogue only, in registers of this path's
           // own (the same K loop as a variant of the one below, joined to
           // it, made ptxas serialize every wgmma of this kernel: C7511,

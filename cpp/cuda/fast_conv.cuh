@@ -1525,9 +1525,6 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       };
       using G4 = std::integral_constant<int, 4>;
       using G8 = std::integral_constant<int, 8>;
-      // The table, before the first tile's epilogue: copied by warp 0 after
-      // its first tile's wgmmas (which so overlap the tables kernel); with
-      // thresholds, each thread's flip word from it.
       // (timeline builds: the tile's end marks)
       auto tile_marks = [&]() {
         if (j == 0) TLS(8);
@@ -1542,6 +1539,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
         }
 #endif
       };
+      // The table, before the first tile's epilogue: copied by warp 0 after
+      // its first tile's wgmmas (which so overlap the tables kernel); with
+      // thresholds, each thread's flip word from it.
       auto first_table = [&]() {
         TLS(6);
         if (!a.x_late && !tab_wg1 && warp == 0) load_tab_wg();

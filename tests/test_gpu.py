@@ -800,11 +800,7 @@ def test_fast_wgmma_waits_for_weights(form, shape):
     with pytest.raises(ValueError, match="us"):
         mod.set_debug_weight_delay(-1)
     c, o, hw, n = shape
-    old = mod.get_fast_wgmma()
-    mod.set_fast_wgmma("rs" if form == "rs" else "on")
-    mod.set_debug_weight_delay(200)
-    jax.clear_caches()  # (CUDA graphs captured with other knobs)
-    try:
+    with _fast_knobs(mod, fast_wgmma="rs" if form == "rs" else "on", debug_weight_delay=200):
         x = np.asarray(rand_x(1500 + c, (n,) + hw + (c,)))
         w = np.asarray(rand_x(1600 + c, (3, 3, c, o)))
         for output in ("float", "packed"):
@@ -813,10 +809,6 @@ def test_fast_wgmma_waits_for_weights(form, shape):
             assert mod.last_wgmma_form() == form
             assert mod.last_weight_copy() == "tensor_map"
         assert mod.get_debug_weight_delay() == 200
-    finally:
-        mod.set_debug_weight_delay(0)
-        mod.set_fast_wgmma(old)
-        jax.clear_caches()
 
 
 @pytest.mark.parametrize("form", ["rs", "ss"])
@@ -844,11 +836,7 @@ def test_fast_wgmma_tile_rounds(form, rounds):
     grid = (sms // ntiles) * ntiles
     # (fast_tables_kernel: a block per 32 channels, its SMs the late ones)
     early, mstep = (grid - min(-(-o // 32), grid)) // ntiles, grid // ntiles
-    old = mod.get_fast_wgmma()
-    mod.set_fast_wgmma("rs" if form == "rs" else "on")
-    mod.set_debug_tile_rounds(rounds)
-    jax.clear_caches()  # (CUDA graphs captured with other knobs)
-    try:
+    with _fast_knobs(mod, fast_wgmma="rs" if form == "rs" else "on", debug_tile_rounds=rounds):
         # (packed x: with float x the convolution waits for the tables kernel
         # that packs it, every block alike, and the plain order runs)
         x = _np(jb.pack_activations(jnp.asarray(rand_x(1800 + rounds, (n, hw, hw, c)))))
@@ -864,10 +852,6 @@ def test_fast_wgmma_tile_rounds(form, rounds):
             else:
                 assert got >= 0
         assert mod.get_debug_tile_rounds() == rounds
-    finally:
-        mod.set_debug_tile_rounds(-1)
-        mod.set_fast_wgmma(old)
-        jax.clear_caches()
 
 
 def test_fast_wgmma_auto_mode():
@@ -895,9 +879,7 @@ def test_fast_wgmma_auto_mode():
     with pytest.raises(ValueError, match="auto"):
         mod.set_fast_wgmma("fast")
     assert mod.get_fast_wgmma() == old
-    mod.set_fast_wgmma("auto")
-    jax.clear_caches()
-    try:
+    with _fast_knobs(mod, fast_wgmma="auto"):
         sms = jax.devices("gpu")[0].core_count
         ht = mod.get_fast_wg_half_tiles() and mod.get_fast_wg_skip_half()
         big = -(-sms * 64 // (14 * 14)) + 1  # ceil(n 196 / 128) * 2 tiles >= SMs
@@ -937,9 +919,6 @@ def test_fast_wgmma_auto_mode():
             want = form if mod.wgmma_available() else ""
             assert mod.last_wgmma() == bool(want), (n, c, k, beta, output)
             assert mod.last_wgmma_form() == want, (n, c, k, beta, output)
-    finally:
-        mod.set_fast_wgmma(old)
-        jax.clear_caches()
 
 
 def _check_ss_case(mod, seed, step, n, h, w, c, o, t, beta, io, act):
@@ -1005,9 +984,9 @@ def test_fast_wgmma_skip_half(skip):
     """The wgmma kernel's shared-memory form on tiles whose rows 64-127
     (groups 8-15 of 8 pixels) hold no pixel: with set_fast_wg_skip_half
     (the default) such a tile issues the MMAs and runs the epilogue of
-    rows 0-63 only where the output is float; off, and for packed output
-    (whose kernels it made ptxas serialize, S24-5), it runs all 128 (the
-    packed cases check those tiles too). 7x7 at N = 1 (7 groups: the only
+    rows 0-63 only where the output is float or packed by thresholds; off,
+    and for packed output through the float epilogue (whose kernels it made
+    ptxas serialize, S24-5), it runs all 128. 7x7 at N = 1 (7 groups: the only
     tile, with the split float epilogue, by thresholds, through the float
     epilogue), the last of 2-3 tiles (7x7 N = 3 and 5, 9x9 N = 1: 5, 3, 2
     groups in it), a tile that is not (7x7 N = 2: 14 groups), and blocks
@@ -1041,8 +1020,8 @@ def test_fast_wgmma_half_tiles(half_tiles):
     (set_fast_wg_half_tiles, the default; off: 128-row tiles): 14x14 and
     9x9 at N = 1 (4 and 3 half tiles a channel tile), Wo = 12 (pixels past
     Wo in every group), 56x56 at N = 1 (98 tiles), with the split float
-    epilogue (few tiles); packed output (by thresholds and through the
-    float epilogue) keeps 128-row tiles; nor does it apply at 7x7 at N = 1
+    epilogue (few tiles), and packed output by thresholds; packed output
+    through the float epilogue keeps 128-row tiles; nor does it apply at 7x7 at N = 1
     (7 groups: one tile either way) or N = 300 (too many tiles). All
     exact, and last_wg_half_tiles() as the rule says."""
     mod = _cuda_mod()

@@ -148,12 +148,19 @@ __device__ __forceinline__ int4 record(int m, int wo, int ho) {
   return make_int4(3 * cy + cx - img, 0, (3 * cy + cx) * 128, m);
 }
 
+// The thread's 4 rows' records (rows gq + 8 h of each 16-row slice of its
+// warp, both 64-row halves) from a stage's 128.
+__device__ __forceinline__ void load_recs(int4 (&rec)[4], const int4* recs, int wlw, int lane) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) rec[q] = recs[64 * (q >> 1) + 16 * wlw + (lane >> 2) + 8 * (q & 1)];
+}
+
 // The epilogue of one warpgroup's tile (fast_conv.cuh's thr_epi, NQ = 4):
 // rec: the thread's 4 rows' records.
 __device__ __forceinline__ void epilogue(const int (&acc0)[64], const int (&acc1)[64], const int (&x0)[4],
                                          const int (&x1)[4], const int4 (&rec)[4], const int* tab,
-                                         uint32_t* out, int wlw, int lane) {
-  const int gq = lane >> 2, tq = lane & 3;
+                                         uint32_t* out, int lane) {
+  const int tq = lane & 3;
   int ex[4];
   const int* tbc[4];
 #pragma unroll
@@ -184,8 +191,16 @@ __device__ __forceinline__ void epilogue(const int (&acc0)[64], const int (&acc1
 #pragma unroll
   for (int q = 0; q < 4; ++q)
     out[(long long)rec[q].w * 4 + tq] = __byte_perm(lo[q], hi[q], 0x5410);
-  (void)wlw;
-  (void)gq;
+}
+
+// A tile's end: the epilogue g.epi times, or with g.epi = 0 only a use of
+// the accumulators (so that nothing is optimized away).
+__device__ __forceinline__ void finish(const int (&acc0)[64], const int (&acc1)[64], const int (&x0)[4],
+                                       const int (&x1)[4], const int4 (&rec)[4], const int* tab,
+                                       uint32_t* out, int epi, int lane) {
+  for (int r = 0; r < epi; ++r) epilogue(acc0, acc1, x0, x1, rec, tab, out, lane);
+  if (epi == 0 && acc0[0] + acc1[63] + x0[0] + x1[3] + rec[0].x == 0x7fffffff)
+    out[threadIdx.x] = 1;
 }
 
 // The K loop of one warpgroup's tile: A (stage) x B, both halves and X1.
@@ -259,15 +274,9 @@ __global__ void __launch_bounds__(256, 1)
     if (k + 1 < g.tiles) barrive(3 + (wg ^ 1), 256);
     if (wlt == 0 && k + 2 < g.tiles) issue(k + 2, 2 * wg + ((j + 1) & 1));
     wait0();
-    if (g.epi) {
-      const int gq = lane >> 2;
-      int4 rec[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) rec[q] = recs[64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1)];
-      for (int r = 0; r < g.epi; ++r) epilogue(acc0, acc1, x0, x1, rec, tab, out, wlw, lane);
-    } else if (acc0[0] + acc1[63] + x0[0] + x1[3] == 0x7fffffff) {
-      out[tid] = 1;  // (the accumulators are used)
-    }
+    int4 rec[4];
+    load_recs(rec, recs, wlw, lane);
+    finish(acc0, acc1, x0, x1, rec, tab, out, g.epi, lane);
   }
 }
 
@@ -321,18 +330,11 @@ __global__ void __launch_bounds__(384, 1)
     if (k >= 1) bsync(3 + c, 256);  // tile k - 1's wgmmas are issued (the consumers only)
     kloop(acc0, acc1, x0, x1, su32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
     if (k + 1 < g.tiles) barrive(3 + (c ^ 1), 256);
-    const int4* recs = reinterpret_cast<const int4*>(stage(s) + g.a_bytes());
-    int4 rec[4];
-    const int gq = lane >> 2;
-#pragma unroll
-    for (int q = 0; q < 4; ++q) rec[q] = recs[64 * (q >> 1) + 16 * wlw + gq + 8 * (q & 1)];
+    int4 rec[4];  // (read before the stage is released)
+    load_recs(rec, reinterpret_cast<const int4*>(stage(s) + g.a_bytes()), wlw, lane);
     wait0();
     mb_arrive(empty + 8 * s);  // A and the records of stage s are read
-    if (g.epi) {
-      for (int rr = 0; rr < g.epi; ++rr) epilogue(acc0, acc1, x0, x1, rec, tab, out, wlw, lane);
-    } else if (acc0[0] + acc1[63] + x0[0] + x1[3] + rec[0].x == 0x7fffffff) {
-      out[tid] = 1;  // (the accumulators are used)
-    }
+    finish(acc0, acc1, x0, x1, rec, tab, out, g.epi, lane);
   }
 }
 

@@ -297,12 +297,13 @@ PY
       grep -E "^(FAILED|ERROR)|Error|error:" "$OUT/pytest.log" | head -20
       ;;
     wsprobe)
-      # cpp/cuda/tools/ws_probe.cu (session 25's Next): today's two-warpgroup
-      # tile loop against a warp-specialized one, synthetic tiles, ~10 s.
+      # cpp/cuda/tools/ws_probe.cu: today's two-warpgroup tile loop against
+      # other block shapes and epilogue forms, synthetic tiles, ~15 s
+      # (NOTES-gpu.md S26-1..S26-7). WSPROBE_ARGS: "ws" or "all" for more forms.
       stamp wsprobe
       nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -o /tmp/ws_probe \
         cpp/cuda/tools/ws_probe.cu >"$OUT/wsprobe_build.log" 2>&1 || { tail -20 "$OUT/wsprobe_build.log"; continue; }
-      timeout 120 /tmp/ws_probe 2>&1 | tee "$OUT/wsprobe.txt"
+      timeout 120 /tmp/ws_probe ${WSPROBE_ARGS:-} 2>&1 | tee "$OUT/wsprobe.txt"
       ;;
   esac
 done

@@ -1,30 +1,37 @@
-// Probe (not part of the build; written in session 25, compiled here, NOT
-// yet run on a GPU): would a warp-specialized block lift packed L2-L4 at
-// N = 256? (NOTES-gpu.md, S25-7: in L2 a warpgroup's tile takes 3.1-3.2 us,
-// ~1 us of it before the K loop, issuing the next tile's copies and writing
-// row records; the tensor core is busy ~1.8 us of every 3.2.)
+// Probe (not part of the build; written in session 25, run and extended in
+// session 26, NOTES-gpu.md S26-1..S26-7): would another block shape or
+// epilogue form lift packed L2-L4 at N = 256? (S25-7: in L2 a warpgroup's
+// tile takes 3.1-3.2 us, ~1 us of it before the K loop, issuing the next
+// tile's copies and writing row records; the tensor core is busy ~1.8 us
+// of every 3.2.) Answer on the H100: no shape, and no epilogue form that
+// fits the register file, is more than ~4% faster than today's.
 //
-// Two block designs run the same synthetic work, 132 blocks (one an SM),
-// T tiles a block of 128 rows x 128 channels x ks K steps of 256 bits, A
-// and B from shared memory (wgmma m64n128k256 .b1 and.popc, two 64-row
-// halves, plus the two m64n8 X1 wgmmas of XNOR), then an epilogue of the
-// packed-output kind (per output: multiply-add, subtract the bound, funnel
-// shift; a 16-byte table load per 4 outputs; a word stored per 32):
-//  - "pp": today's kernel's shape: 256 threads, two warpgroups that take
-//    tiles in turn; each writes its tile's row records and issues its next
-//    tile's copy (one bulk copy of the A tile) itself; their K loops
-//    alternate on the tensor core through named barriers.
+// Every form runs the same synthetic work, 132 blocks (one an SM), tiles
+// of 128 rows x 128 channels x ks K steps of 256 bits (or 64-row tiles,
+// twice as many), A and B from shared memory (wgmma m64n128k256 .b1
+// and.popc a 64-row half, plus the m64n8 X1 wgmma of XNOR), then an
+// epilogue of the packed-output kind (per output: multiply-add, subtract
+// the bound, funnel shift; a 16-byte table load per 4 outputs; a word
+// stored per 32). Forms:
+//  - "mw<NWG, ROWS>": NWG warpgroups that take tiles of ROWS rows in turn;
+//    each writes its tiles' row records and issues its next tile's copy
+//    (one bulk copy of the A tile) itself; their K loops take the tensor
+//    core in tile order through named barriers (order 1) or as they come
+//    (order 0). "pp" = mw<2, 128>, today's kernel's shape; "ppE" the same
+//    with the epilogue form fixed at compile time; "2x64", "3x64", "4x64",
+//    "3x128".
 //  - "ws": 384 threads: a producer warpgroup (setmaxnreg down to 40)
 //    issues every copy and writes every row record into a ring of S
 //    stages (full / empty mbarriers); the two consumer warpgroups
 //    (setmaxnreg up to 232) only wait, issue wgmmas, run the epilogue.
 // Each prints us per launch (min of 20), the tensor rate as % of 5.1e15
-// binary MACs/s, and us per tile per block. Data are arbitrary (the
-// results are not checked): only the time is measured. Epilogue 0 skips
-// the epilogue (MMA and copies only); 2 doubles it.
+// binary MACs/s, and us per 128-row tile per block. Data are arbitrary
+// (the results are not checked): only the time is measured. Epilogue
+// forms: see finish().
 //
 // nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -O3 -o ws_probe ws_probe.cu
-// ./ws_probe            (all cases)
+// ./ws_probe       (pp, ppE and the 64-row shapes, both orders; ~15 s)
+// ./ws_probe ws    (and ws)      ./ws_probe all   (and ws and 3x128)
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -119,17 +126,18 @@ __device__ __forceinline__ void mma8(int (&d)[4], uint64_t a, uint64_t b) {
                  : "l"(a), "l"(b));
 }
 
-// Shared-memory layout, per K step 4 KB for 128 rows: [16 row groups][2
-// chunks][8 rows][16 bytes] (LBO 128: the second chunk; SBO 256: the next
-// group). A stage: min(ks, 6) steps of A (step i reads step i % 6: the real
-// kernel's slots hold each input row once and its taps are shifted
-// descriptors, so a tile's copy is a third of its K steps' bytes or less),
-// then 128 row records (int4).
+// Shared-memory layout, per K step 32 bytes a row (4 KB for 128 rows):
+// [row groups of 8][2 chunks][8 rows][16 bytes] (LBO 128: the second
+// chunk; SBO 256: the next group). A stage: min(ks, 6) steps of A (step i
+// reads step i % 6: the real kernel's slots hold each input row once and
+// its taps are shifted descriptors, so a tile's copy is a third of its K
+// steps' bytes or less). Row records (int4) apart from the stages.
 struct Geo {
-  int ks, tiles, stages, epi;
+  int ks, tiles, stages, epi, rows, nbuf;  // tiles of `rows` rows; nbuf: A stages a warpgroup (mw)
+  int order;  // mw: 1, the K loops take the tensor core in tile order; 0, as they come
   __host__ __device__ int a_steps() const { return ks < 6 ? ks : 6; }
-  __host__ __device__ uint32_t a_bytes() const { return 4096u * a_steps(); }
-  __host__ __device__ uint32_t stage_bytes() const { return a_bytes() + 128 * 16; }
+  __host__ __device__ uint32_t a_bytes() const { return 32u * rows * a_steps(); }
+  __host__ __device__ uint32_t stage_bytes() const { return a_bytes() + 128 * 16; }  // (ws: A + records)
 };
 constexpr int kTabInts = 16 * 128;  // the table: 16 classes x 128 channels
 // smem: [B: 4 KB ks][X1 ones: 256 B ks][table 8 KB][stages][mbarriers]
@@ -139,6 +147,14 @@ __host__ __device__ inline uint32_t off_stage(int ks) { return off_tab(ks) + 4u 
 __host__ __device__ inline uint32_t smem_bytes(const Geo& g) {
   return off_stage(g.ks) + g.stages * g.stage_bytes() + 16 * 8 + 1024;
 }
+// mw: [..table][nwg x nbuf A stages][nwg x 2 x rows records][mbarriers]
+__host__ __device__ inline uint32_t mw_recs(const Geo& g, int nwg) {
+  return off_stage(g.ks) + nwg * g.nbuf * g.a_bytes();
+}
+__host__ __device__ inline uint32_t mw_bars(const Geo& g, int nwg) {
+  return mw_recs(g, nwg) + nwg * 2 * g.rows * 16;
+}
+__host__ __device__ inline uint32_t mw_smem(const Geo& g, int nwg) { return mw_bars(g, nwg) + 8 * 16 + 1024; }
 
 // The row record of tile row r (.x row term, .z the row's class offset in
 // the table, .w its output row), with the divisions a real record needs.
@@ -148,75 +164,196 @@ __device__ __forceinline__ int4 record(int m, int wo, int ho) {
   return make_int4(3 * cy + cx - img, 0, (3 * cy + cx) * 128, m);
 }
 
-// The thread's 4 rows' records (rows gq + 8 h of each 16-row slice of its
-// warp, both 64-row halves) from a stage's 128.
+// The thread's NQ rows' records (rows gq + 8 h of each 16-row slice of its
+// warp; NQ = 4: both 64-row halves, 2: rows 0-63) from a tile's records.
+template <int NQ>
 __device__ __forceinline__ void load_recs(int4 (&rec)[4], const int4* recs, int wlw, int lane) {
 #pragma unroll
-  for (int q = 0; q < 4; ++q) rec[q] = recs[64 * (q >> 1) + 16 * wlw + (lane >> 2) + 8 * (q & 1)];
+  for (int q = 0; q < NQ; ++q) rec[q] = recs[64 * (q >> 1) + 16 * wlw + (lane >> 2) + 8 * (q & 1)];
 }
 
-// The epilogue of one warpgroup's tile (fast_conv.cuh's thr_epi, NQ = 4):
-// rec: the thread's 4 rows' records.
+// The epilogue of one warpgroup's tile (fast_conv.cuh's thr_epi; NQ = 4:
+// 128 rows, acc1 / x1 rows 64-127; NQ = 2: 64 rows): rec: the thread's NQ
+// rows' records. FORM 0: today's, 3 instructions an output (the bound
+// subtracted from the row term, a multiply-add, the funnel shift); 1: 2
+// (one IADD3 of accumulator, row term and bound; the funnel shift: session
+// 8's two-instruction form, which needs two table rows a class in the real
+// kernel); 2: today's with the bounds from registers (no table loads); 3:
+// today's with the table read from global memory (__ldg, L1-resident); 4:
+// today's with a table of 16-bit bounds in shared memory (half the bytes,
+// 8-byte loads); 5: 16-bit bounds, a chunk's 4 low and 4 high channels'
+// side by side, one 16-byte load for both (half the loads).
+template <int NQ, int FORM>
 __device__ __forceinline__ void epilogue(const int (&acc0)[64], const int (&acc1)[64], const int (&x0)[4],
                                          const int (&x1)[4], const int4 (&rec)[4], const int* tab,
                                          uint32_t* out, int lane) {
+  const int* gtab = reinterpret_cast<const int*>(out) + (1 << 22);  // (main: a table there)
+  const short* tab16 = reinterpret_cast<const short*>(tab);
   const int tq = lane & 3;
-  int ex[4];
-  const int* tbc[4];
+  int ex[NQ];
+  const int* tbc[NQ];
 #pragma unroll
-  for (int q = 0; q < 4; ++q) {
+  for (int q = 0; q < NQ; ++q) {
     ex[q] = rec[q].x - 2 * ((q >> 1) ? x1 : x0)[2 * (q & 1)];
-    tbc[q] = tab + rec[q].z + 32 * tq;
+    tbc[q] = (FORM == 3 ? gtab : tab) + rec[q].z + 32 * tq;
   }
-  uint32_t lo[4] = {}, hi[4] = {};
+  uint32_t lo[NQ] = {}, hi[NQ] = {};
 #pragma unroll
   for (int g = 3; g >= 0; --g) {
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
+    for (int q = 0; q < NQ; ++q) {
       const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
       const int h = q & 1;
-      const int4 bl = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
-      const int4 bh = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
+      auto bound4 = [&](int c) {  // the 4 bounds of chunk c
+        if constexpr (FORM == 2) return make_int4(g + c, 2 * g, tq, g + tq);
+        if constexpr (FORM == 3) return __ldg(reinterpret_cast<const int4*>(tbc[q] + 4 * c));
+        if constexpr (FORM == 4) {
+          const int2 v = *reinterpret_cast<const int2*>(tab16 + rec[q].z + 32 * tq + 4 * c);
+          return make_int4((v.x << 16) >> 16, v.x >> 16, (v.y << 16) >> 16, v.y >> 16);
+        }
+        return *reinterpret_cast<const int4*>(tbc[q] + 4 * c);
+      };
+      int4 bl, bh;
+      if constexpr (FORM == 5) {
+        const int4 v = *reinterpret_cast<const int4*>(tab16 + rec[q].z + 32 * tq + 8 * (g ^ tq));
+        bl = make_int4((v.x << 16) >> 16, v.x >> 16, (v.y << 16) >> 16, v.y >> 16);
+        bh = make_int4((v.z << 16) >> 16, v.z >> 16, (v.w << 16) >> 16, v.w >> 16);
+      } else {
+        bl = bound4(g ^ tq);
+        bh = bound4((4 + g) ^ tq);
+      }
       const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
 #pragma unroll
       for (int e = 3; e >= 0; --e) {
         const int cl = 4 * g + e, ch = 16 + cl;
-        const int dl = 4 * acc[4 * (cl >> 1) + 2 * h + (cl & 1)] + (ex[q] - bndl[e]);
-        const int dh = 4 * acc[4 * (ch >> 1) + 2 * h + (ch & 1)] + (ex[q] - bndh[e]);
+        const int al = acc[4 * (cl >> 1) + 2 * h + (cl & 1)], ah = acc[4 * (ch >> 1) + 2 * h + (ch & 1)];
+        const int dl = FORM == 1 ? al + ex[q] - bndl[e] : 4 * al + (ex[q] - bndl[e]);
+        const int dh = FORM == 1 ? ah + ex[q] - bndh[e] : 4 * ah + (ex[q] - bndh[e]);
         lo[q] = __funnelshift_l((uint32_t)dl, lo[q], 1);
         hi[q] = __funnelshift_l((uint32_t)dh, hi[q], 1);
       }
     }
   }
 #pragma unroll
-  for (int q = 0; q < 4; ++q)
+  for (int q = 0; q < NQ; ++q)
     out[(long long)rec[q].w * 4 + tq] = __byte_perm(lo[q], hi[q], 0x5410);
 }
 
-// A tile's end: the epilogue g.epi times, or with g.epi = 0 only a use of
-// the accumulators (so that nothing is optimized away).
+// Forms 0 (W16 false) and 5 (W16 true) with the table loads one channel
+// group ahead: group g - 1's bounds are in flight while group g computes.
+// (Written to test whether the loads' latency, four round trips in a row,
+// is what form 2 saves; S26-7: neither is faster than form 0.)
+template <int NQ, bool W16>
+__device__ __forceinline__ void epilogue_pipe(const int (&acc0)[64], const int (&acc1)[64], const int (&x0)[4],
+                                              const int (&x1)[4], const int4 (&rec)[4], const int* tab,
+                                              uint32_t* out, int lane) {
+  const int tq = lane & 3;
+  constexpr int NV = W16 ? 1 : 2;  // 16-byte loads a row and group
+  int ex[NQ];
+  const int* tbc[NQ];
+#pragma unroll
+  for (int q = 0; q < NQ; ++q) {
+    ex[q] = rec[q].x - 2 * ((q >> 1) ? x1 : x0)[2 * (q & 1)];
+    tbc[q] = W16 ? reinterpret_cast<const int*>(reinterpret_cast<const short*>(tab) + rec[q].z + 32 * tq)
+                 : tab + rec[q].z + 32 * tq;
+  }
+  auto load = [&](int4 (&v)[NQ][NV], int g) {
+#pragma unroll
+    for (int q = 0; q < NQ; ++q) {
+      if constexpr (W16) {
+        v[q][0] = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));  // 8 shorts = 4 ints
+      } else {
+        v[q][0] = *reinterpret_cast<const int4*>(tbc[q] + 4 * (g ^ tq));
+        v[q][NV - 1] = *reinterpret_cast<const int4*>(tbc[q] + 4 * ((4 + g) ^ tq));
+      }
+    }
+  };
+  int4 nxt[NQ][NV];
+  load(nxt, 3);
+  uint32_t lo[NQ] = {}, hi[NQ] = {};
+#pragma unroll
+  for (int g = 3; g >= 0; --g) {
+    int4 cur[NQ][NV];
+#pragma unroll
+    for (int q = 0; q < NQ; ++q)
+#pragma unroll
+      for (int v = 0; v < NV; ++v) cur[q][v] = nxt[q][v];
+    if (g > 0) load(nxt, g - 1);
+#pragma unroll
+    for (int q = 0; q < NQ; ++q) {
+      const int(&acc)[64] = (q >> 1) ? acc1 : acc0;
+      const int h = q & 1;
+      int4 bl, bh;
+      if constexpr (W16) {
+        const int4 v = cur[q][0];
+        bl = make_int4((v.x << 16) >> 16, v.x >> 16, (v.y << 16) >> 16, v.y >> 16);
+        bh = make_int4((v.z << 16) >> 16, v.z >> 16, (v.w << 16) >> 16, v.w >> 16);
+      } else {
+        bl = cur[q][0];
+        bh = cur[q][NV - 1];
+      }
+      const int bndl[4] = {bl.x, bl.y, bl.z, bl.w}, bndh[4] = {bh.x, bh.y, bh.z, bh.w};
+#pragma unroll
+      for (int e = 3; e >= 0; --e) {
+        const int cl = 4 * g + e, ch = 16 + cl;
+        const int al = acc[4 * (cl >> 1) + 2 * h + (cl & 1)], ah = acc[4 * (ch >> 1) + 2 * h + (ch & 1)];
+        lo[q] = __funnelshift_l((uint32_t)(4 * al + (ex[q] - bndl[e])), lo[q], 1);
+        hi[q] = __funnelshift_l((uint32_t)(4 * ah + (ex[q] - bndh[e])), hi[q], 1);
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < NQ; ++q)
+    out[(long long)rec[q].w * 4 + tq] = __byte_perm(lo[q], hi[q], 0x5410);
+}
+
+// A tile's end (g.epi, the "epi" of the output and of NOTES-gpu.md): 1 /
+// 2, form 0 once / twice; 3 to 7, forms 1 to 5 once; 8, form 0; 9 and 10,
+// forms 0 and 5 pipelined (epilogue_pipe); 8 to 10 with the records loaded
+// before wgmma's wait (mw_kernel); 0, only a use of the accumulators (so
+// that nothing is optimized away).
+template <int NQ>
 __device__ __forceinline__ void finish(const int (&acc0)[64], const int (&acc1)[64], const int (&x0)[4],
                                        const int (&x1)[4], const int4 (&rec)[4], const int* tab,
                                        uint32_t* out, int epi, int lane) {
-  for (int r = 0; r < epi; ++r) epilogue(acc0, acc1, x0, x1, rec, tab, out, lane);
+  if (epi == 3)
+    epilogue<NQ, 1>(acc0, acc1, x0, x1, rec, tab, out, lane);
+  else if (epi == 4)
+    epilogue<NQ, 2>(acc0, acc1, x0, x1, rec, tab, out, lane);
+  else if (epi == 5)
+    epilogue<NQ, 3>(acc0, acc1, x0, x1, rec, tab, out, lane);
+  else if (epi == 6)
+    epilogue<NQ, 4>(acc0, acc1, x0, x1, rec, tab, out, lane);
+  else if (epi == 7)
+    epilogue<NQ, 5>(acc0, acc1, x0, x1, rec, tab, out, lane);
+  else if (epi == 8)  // (8 to 10: the kernel loads the records before wgmma's wait)
+    epilogue<NQ, 0>(acc0, acc1, x0, x1, rec, tab, out, lane);
+  else if (epi == 9)
+    epilogue_pipe<NQ, false>(acc0, acc1, x0, x1, rec, tab, out, lane);
+  else if (epi == 10)
+    epilogue_pipe<NQ, true>(acc0, acc1, x0, x1, rec, tab, out, lane);
+  else
+    for (int r = 0; r < epi; ++r) epilogue<NQ, 0>(acc0, acc1, x0, x1, rec, tab, out, lane);
   if (epi == 0 && acc0[0] + acc1[63] + x0[0] + x1[3] + rec[0].x == 0x7fffffff)
     out[threadIdx.x] = 1;
 }
 
-// The K loop of one warpgroup's tile: A (stage) x B, both halves and X1.
+// The K loop of one warpgroup's tile: A (stage) x B and X1, both 64-row
+// halves (H = 2: acc1 / x1 rows 64-127) or rows 0-63 only (H = 1).
+template <int H>
 __device__ __forceinline__ void kloop(int (&acc0)[64], int (&acc1)[64], int (&x0)[4], int (&x1)[4],
                                       uint32_t a_base, uint32_t b_base, uint32_t x1_base, int ks,
                                       int a_steps) {
   fence();
   auto step = [&](int i, auto first) {
     constexpr bool F = decltype(first)::value;
-    const uint32_t ai = a_base + 4096u * (uint32_t)(i % a_steps);
+    const uint32_t ai = a_base + 2048u * H * (uint32_t)(i % a_steps);
     const uint64_t a0 = desc(ai, 128, 256), a1 = desc(ai + 2048, 128, 256);
     const uint64_t b = desc(b_base + 4096u * i, 128, 256), xb = desc(x1_base + 256u * i, 128, 256);
     mma128<F>(acc0, a0, b);
-    mma128<F>(acc1, a1, b);
+    if constexpr (H == 2) mma128<F>(acc1, a1, b);
     mma8<F>(x0, a0, xb);
-    mma8<F>(x1, a1, xb);
+    if constexpr (H == 2) mma8<F>(x1, a1, xb);
   };
   step(0, std::true_type{});
 #pragma unroll 1
@@ -235,10 +372,21 @@ __device__ __forceinline__ void setup(unsigned char* sm, const Geo& g, int nthre
   for (int q = threadIdx.x; q < kTabInts; q += nthreads) tab[q] = (q * 37) % 700 - 350;
 }
 
-// "pp": two warpgroups, each its own copies and records (buffers 2 c and
-// 2 c + 1 of the stages: stages must be 4).
-__global__ void __launch_bounds__(256, 1)
-    pp_kernel(const uint4* __restrict__ gA, uint32_t* out, int nsrc, Geo g) {
+// "mw" (NWG warpgroups, tiles of ROWS rows; mw<2, 128> is session 25's
+// "pp", today's kernel's shape): warpgroup w takes tiles w, w + NWG, ...;
+// each writes its tiles' row records (two buffers a warpgroup) and issues
+// its next tile's copy (one bulk copy of the A tile; g.nbuf stages a
+// warpgroup: with 2 the next copy goes out once this tile's wgmmas are
+// issued, with 1 once they are done). Their K loops take the tensor core
+// in tile order through named barriers. __launch_bounds__ gives each
+// thread 65536 / (128 NWG) registers at most: 255, 168 (3), 128 (4).
+// EPI >= 0: the epilogue fixed at compile time (it replaces g.epi), so
+// that the other forms' code does not raise this one's register pressure.
+template <int NWG, int ROWS, int EPI = -1>
+__global__ void __launch_bounds__(NWG * 128, 1)
+    mw_kernel(const uint4* __restrict__ gA, uint32_t* out, int nsrc, Geo g) {
+  if constexpr (EPI >= 0) g.epi = EPI;
+  constexpr int H = ROWS / 64, NQ = 2 * H;
   extern __shared__ __align__(1024) unsigned char smraw[];
   unsigned char* sm = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smraw) + 1023) & ~uintptr_t(1023));
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wlt = tid & 127, wlw = warp & 3;
@@ -246,37 +394,45 @@ __global__ void __launch_bounds__(256, 1)
   // descriptors derive from it; from the thread index, ptxas serialized the
   // wgmmas, C7520, as in fast_conv.cuh)
   const int wg = __shfl_sync(0xffffffffu, warp >> 2, 0);
-  const uint32_t bars = su32(sm + off_stage(g.ks) + g.stages * g.stage_bytes());
-  setup(sm, g, 256);
+  const uint32_t bars = su32(sm + mw_bars(g, NWG));
+  setup(sm, g, NWG * 128);
   if (tid == 0)
-    for (int s = 0; s < 4; ++s) mb_init(bars + 8 * s, 1);
+    for (int s = 0; s < NWG * g.nbuf; ++s) mb_init(bars + 8 * s, 1);
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   __syncthreads();
   const uint32_t b_base = su32(sm), x1_base = su32(sm + off_x1(g.ks));
   const int* tab = reinterpret_cast<const int*>(sm + off_tab(g.ks));
-  auto stage = [&](int s) { return sm + off_stage(g.ks) + s * g.stage_bytes(); };
+  auto stage = [&](int s) { return sm + off_stage(g.ks) + s * g.a_bytes(); };
   auto issue = [&](int t, int s) {  // tile t's A into stage s (thread wlt 0)
     const long long src = (long long)((blockIdx.x * g.tiles + t) % nsrc) * (g.a_bytes() / 16);
     mb_arrive_tx(bars + 8 * s, g.a_bytes());
     bulk(su32(stage(s)), gA + src, g.a_bytes(), bars + 8 * s);
   };
-  if (wlt == 0 && wg < g.tiles) issue(wg, 2 * wg);
+  if (wlt == 0 && wg < g.tiles) issue(wg, g.nbuf * wg);
   int acc0[64], acc1[64], x0[4], x1[4];
-  for (int k = wg, j = 0; k < g.tiles; k += 2, ++j) {
-    const int s = 2 * wg + (j & 1);
-    int4* recs = reinterpret_cast<int4*>(stage(s) + g.a_bytes());
-    const int m0 = (blockIdx.x * g.tiles + k) * 128;
-    recs[wlt] = record(m0 + wlt, 28, 28);
-    mb_wait(bars + 8 * s, (j >> 1) & 1);
-    bsync(1 + wg, 128);  // records visible; the other buffer's last tile is done
-    if (k >= 1) bsync(3 + wg, 256);  // tile k - 1's wgmmas are issued
-    kloop(acc0, acc1, x0, x1, su32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
-    if (k + 1 < g.tiles) barrive(3 + (wg ^ 1), 256);
-    if (wlt == 0 && k + 2 < g.tiles) issue(k + 2, 2 * wg + ((j + 1) & 1));
-    wait0();
+  for (int k = wg, j = 0; k < g.tiles; k += NWG, ++j) {
+    const int s = g.nbuf * wg + (g.nbuf == 2 ? (j & 1) : 0);
+    int4* recs = reinterpret_cast<int4*>(sm + mw_recs(g, NWG)) + (2 * wg + (j & 1)) * ROWS;
+    const int m0 = (blockIdx.x * g.tiles + k) * ROWS;
+    if (wlt < ROWS) recs[wlt] = record(m0 + wlt, 28, 28);
+    mb_wait(bars + 8 * s, (j / g.nbuf) & 1);
+    bsync(1 + wg, 128);  // records visible; this buffer's tile j - 2 is done
+    if (g.order && k >= 1) bsync(1 + NWG + wg, 256);  // tile k - 1's wgmmas are issued
+    kloop<H>(acc0, acc1, x0, x1, su32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
+    if (g.order && k + 1 < g.tiles) barrive(1 + NWG + (wg + 1) % NWG, 256);
+    if (g.nbuf == 2 && wlt == 0 && k + NWG < g.tiles) issue(k + NWG, 2 * wg + ((j + 1) & 1));
     int4 rec[4];
-    load_recs(rec, recs, wlw, lane);
-    finish(acc0, acc1, x0, x1, rec, tab, out, g.epi, lane);
+    if (g.epi >= 8) load_recs<NQ>(rec, recs, wlw, lane);
+    wait0();
+    if (g.nbuf == 1 && k + NWG < g.tiles) {
+      bsync(1 + wg, 128);  // the warpgroup's wgmmas have read the stage
+      if (wlt == 0) issue(k + NWG, wg);
+    }
+    if (g.epi < 8) load_recs<NQ>(rec, recs, wlw, lane);
+    if constexpr (H == 2)
+      finish<NQ>(acc0, acc1, x0, x1, rec, tab, out, g.epi, lane);
+    else
+      finish<NQ>(acc0, acc0, x0, x0, rec, tab, out, g.epi, lane);
   }
 }
 
@@ -328,17 +484,25 @@ __global__ void __launch_bounds__(384, 1)
     const int s = k % g.stages, r = k / g.stages;
     mb_wait(full + 8 * s, r & 1);
     if (k >= 1) bsync(3 + c, 256);  // tile k - 1's wgmmas are issued (the consumers only)
-    kloop(acc0, acc1, x0, x1, su32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
+    kloop<2>(acc0, acc1, x0, x1, su32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
     if (k + 1 < g.tiles) barrive(3 + (c ^ 1), 256);
     int4 rec[4];  // (read before the stage is released)
-    load_recs(rec, reinterpret_cast<const int4*>(stage(s) + g.a_bytes()), wlw, lane);
+    load_recs<4>(rec, reinterpret_cast<const int4*>(stage(s) + g.a_bytes()), wlw, lane);
     wait0();
     mb_arrive(empty + 8 * s);  // A and the records of stage s are read
-    finish(acc0, acc1, x0, x1, rec, tab, out, g.epi, lane);
+    finish<4>(acc0, acc1, x0, x1, rec, tab, out, g.epi, lane);
   }
 }
 
-int main() {
+// One form's launcher: the kernel, its threads, how it sizes its stages.
+struct Form {
+  const char* name;
+  int nwg, rows;  // nwg 0: ws
+  void (*kern)(const uint4*, uint32_t*, int, Geo);
+};
+
+int main(int argc, char** argv) {
+  const bool with_ws = argc > 1 && argv[1][0] == 'w';  // "ws": also the warp-specialized form
   int dev = 0, sms = 0, optin = 0;
   CK(cudaGetDevice(&dev));
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
@@ -352,39 +516,62 @@ int main() {
   const size_t abytes_max = 4096ull * 6 * nsrc;
   CK(cudaMalloc(&gA, abytes_max));
   CK(cudaMemset(gA, 0x5a, abytes_max));
-  const long long outw = (long long)sms * 48 * 128 * 4 + 1024;  // the most tiles below
-  CK(cudaMalloc(&out, outw * 4));
-  CK(cudaFuncSetAttribute(pp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-  CK(cudaFuncSetAttribute(ws_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  const long long outw = (long long)sms * 48 * 128 * 4 + 1024;  // the most rows below, 4 words a row
+  CK(cudaMalloc(&out, ((1 << 22) + kTabInts) * 4));  // out, then the global table (epilogue form 3)
+  if (outw > (1 << 22)) std::printf("out too small\n"), std::exit(1);
+  CK(cudaMemset(out + (1 << 22), 0x11, kTabInts * 4));
+  // pp with its epilogue fixed at compile time, one kernel an epilogue
+  void (*pp_fixed[])(const uint4*, uint32_t*, int, Geo) = {
+      mw_kernel<2, 128, 0>, mw_kernel<2, 128, 1>, mw_kernel<2, 128, 2>, mw_kernel<2, 128, 3>,
+      mw_kernel<2, 128, 4>, mw_kernel<2, 128, 5>, mw_kernel<2, 128, 6>, mw_kernel<2, 128, 7>,
+      mw_kernel<2, 128, 8>, mw_kernel<2, 128, 9>, mw_kernel<2, 128, 10>};
+  for (auto k : pp_fixed) CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  const Form forms[] = {{"pp", 2, 128, mw_kernel<2, 128>}, {"ppE", 2, 128, nullptr}, {"ws", 0, 128, ws_kernel},
+                        {"2x64", 2, 64, mw_kernel<2, 64>},  {"3x64", 3, 64, mw_kernel<3, 64>},
+                        {"4x64", 4, 64, mw_kernel<4, 64>},  {"3x128", 3, 128, mw_kernel<3, 128>}};
+  // ("3x128" spills at 168 registers: 304 bytes, S26-2; run only with "all")
+  const bool all = argc > 1 && argv[1][0] == 'a';
+  for (const Form& f : forms) {
+    if (!f.kern) continue;
+    CK(cudaFuncSetAttribute(f.kern, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    cudaFuncAttributes fa;
+    CK(cudaFuncGetAttributes(&fa, f.kern));
+    std::printf("%-5s: %d registers, %zu bytes of local memory\n", f.name, fa.numRegs, fa.localSizeBytes);
+  }
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
   const double peak = 5.1e15;
-  std::printf("%-4s %3s %5s %3s %6s %3s %10s %8s %12s\n", "form", "ks", "tiles", "epi", "stages", "",
-              "us/launch", "% b1", "us/tile/blk");
-  // (ks, tiles): L2 (5 steps, 12 tiles a block), L3 (9, 6), L4 (18, 3), and
-  // L2's ks with more tiles (the steady state alone).
+  std::printf("%-5s %3s %5s %3s %6s %5s %10s %8s %12s\n", "form", "ks", "tiles", "epi", "stages", "order",
+              "us/launch", "% b1", "us/t128/blk");
+  // (ks, tiles of 128 rows): L2 (5 steps, 12 tiles a block), L3 (9, 6), L4
+  // (18, 3), and L2's / L3's ks with more tiles (the steady state alone).
   const int cases[][2] = {{5, 12}, {9, 6}, {18, 3}, {5, 48}, {9, 24}};
   for (auto& cs : cases) {
-    for (int epi = 0; epi <= 2; ++epi) {
-      for (int form = 0; form < 2; ++form) {
-        Geo g{cs[0], cs[1], 4, epi};
-        if (form == 1) {  // ws: as many stages as fit, 2 to 8
+    for (int epi = 0; epi <= 10; ++epi) {
+      for (const Form& f : forms) {
+        if ((f.nwg == 0 && !with_ws && !all) || (f.nwg == 3 && f.rows == 128 && !all)) continue;
+        for (int order = 1; order >= (f.nwg == 0 ? 1 : 0); --order) {
+        Geo g{cs[0], cs[1] * 128 / f.rows, 4, epi, f.rows, 2, order};
+        uint32_t bytes;
+        if (f.nwg == 0) {  // ws: as many stages as fit, 2 to 8
           g.stages = 8;
           while (g.stages > 2 && smem_bytes(g) > (uint32_t)optin) --g.stages;
+          bytes = smem_bytes(g);
+        } else {  // mw: two A stages a warpgroup, else one
+          if (mw_smem(g, f.nwg) > (uint32_t)optin) g.nbuf = 1;
+          g.stages = g.nbuf * f.nwg;
+          bytes = mw_smem(g, f.nwg);
         }
-        if (smem_bytes(g) > (uint32_t)optin) {
-          std::printf("%-4s %3d %5d %3d: does not fit (%u bytes)\n", form ? "ws" : "pp", g.ks, g.tiles,
-                      epi, smem_bytes(g));
+        if (bytes > (uint32_t)optin) {
+          std::printf("%-5s %3d %5d %3d: does not fit (%u bytes)\n", f.name, g.ks, g.tiles, epi, bytes);
           continue;
         }
+        const int threads = f.nwg == 0 ? 384 : 128 * f.nwg;
         float best = 1e30f;
         for (int rep = 0; rep < 21; ++rep) {
           CK(cudaEventRecord(e0));
-          if (form == 0)
-            pp_kernel<<<sms, 256, smem_bytes(g)>>>(gA, out, nsrc, g);
-          else
-            ws_kernel<<<sms, 384, smem_bytes(g)>>>(gA, out, nsrc, g);
+          (f.kern ? f.kern : pp_fixed[epi])<<<sms, threads, bytes>>>(gA, out, nsrc, g);
           CK(cudaEventRecord(e1));
           CK(cudaEventSynchronize(e1));
           CK(cudaGetLastError());
@@ -392,10 +579,11 @@ int main() {
           CK(cudaEventElapsedTime(&ms, e0, e1));
           if (rep > 0 && ms < best) best = ms;
         }
-        const double macs = (double)sms * g.tiles * 128.0 * 128.0 * 256.0 * g.ks;
+        const double macs = (double)sms * cs[1] * 128.0 * 128.0 * 256.0 * g.ks;
         const double us = best * 1e3;
-        std::printf("%-4s %3d %5d %3d %6d %3s %10.2f %8.1f %12.3f\n", form ? "ws" : "pp", g.ks, g.tiles, epi,
-                    g.stages, "", us, 100.0 * macs / (us * 1e-6) / peak, us / g.tiles);
+        std::printf("%-5s %3d %5d %3d %6d %5d %10.2f %8.1f %12.3f\n", f.name, g.ks, g.tiles, epi, g.stages,
+                    order, us, 100.0 * macs / (us * 1e-6) / peak, us / cs[1]);
+        }
       }
     }
   }

@@ -7,7 +7,8 @@ change results), so that run-to-run and card-to-card spread cancels out.
 Knobs (default first): tma=1|0 (input slots by tensor map or cp.async),
 pdl=1|0 (programmatic dependent launch), wcopy=2|1|0 (weights by one
 tensor-map box, bulk row copies or cp.async), fprep=1|0 (float x: packing
-and tables in one kernel or two), rounds=-1|r (the wgmma kernel's first r
+and tables in one kernel or two), tfirst=0|1 (that one kernel's tables
+blocks after the packing's or before them), rounds=-1|r (the wgmma kernel's first r
 rounds of M tiles to the blocks that start on time: -1 the per-call
 estimate, set_debug_tile_rounds), wg=auto|on|off|rs (set_fast_wgmma: "on"
 takes A from shared memory wherever that form runs; each variant's line
@@ -42,7 +43,8 @@ from gpu import bench, layer_case  # noqa: E402
 
 
 def parse_variant(text):
-    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto", split=1, half=1, htiles=1)
+    v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto", split=1, half=1, htiles=1,
+             tfirst=0)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
@@ -56,6 +58,7 @@ def apply_variant(mod, v):
     mod.set_fast_pdl(bool(v["pdl"]))
     mod.set_fast_weight_copy(["cp.async", "bulk", "tensor_map"][v["wcopy"]])
     mod.set_fast_fused_prep(bool(v["fprep"]))
+    mod.set_fast_fused_tables_first(bool(v["tfirst"]))
     mod.set_debug_tile_rounds(v["rounds"])
     mod.set_fast_wgmma(v["wg"])
     mod.set_fast_wg_split(bool(v["split"]))

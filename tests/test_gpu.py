@@ -746,7 +746,8 @@ def _fast_knobs(mod, **values):
 @pytest.mark.parametrize("case", [1, 2, 8])
 @pytest.mark.parametrize("knob,value", [("fast_pdl", False), ("fast_weight_copy", "bulk"),
                                         ("fast_weight_copy", "cp.async"),
-                                        ("fast_fused_prep", False), ("fast_wgmma", "on"),
+                                        ("fast_fused_prep", False),
+                                        ("fast_fused_tables_first", True), ("fast_wgmma", "on"),
                                         ("fast_wg_split", False), ("fast_wg_skip_half", False),
                                         ("fast_wg_half_tiles", False),
                                         ("fast_wgmma", "rs"), ("fast_wgmma", "off")])
@@ -756,7 +757,8 @@ def test_fast_kernel_knobs(knob, value, case):
     of drivers that refuse it) and the weights by one bulk copy per channel
     row or by 16-byte cp.async (what GPUs before sm_90 run) instead of one
     tensor-map box; float x packed by a kernel of its own before the tables
-    kernel instead of both in one; the K loop on wgmma wherever it can run
+    kernel instead of both in one, or in one with the tables' blocks first;
+    the K loop on wgmma wherever it can run
     (compute capability 9.0) or never, instead of where it pays; with one
     tile a block, the wgmma kernel's whole epilogue on its first warpgroup
     (set_fast_wg_split(False)); tiles whose rows 64-127 hold no pixel

@@ -64,6 +64,7 @@ struct PrepArgs {
   int c, g, cg, wg;
   int ppw;  // mode 3: pixels per warp (1, or 64 / (C / 4) where C / 4 divides 32)
   int xblocks;
+  int tfirst;  // fast_tables_kernel with x packing: the tables' blocks before the packing's
   // weight section
   int wblocks;
   const uint32_t* w;
@@ -1179,6 +1180,7 @@ std::atomic<bool> g_pdl{true};        // set_fast_pdl
 std::atomic<int> g_wcopy{kWeightsTensorMap};  // set_fast_weight_copy: the most wanted
 std::atomic<int> g_last_wcopy{-1};             // what the last fast call ran
 std::atomic<bool> g_fused_prep{true};          // set_fast_fused_prep
+std::atomic<bool> g_fused_tables_first{false};  // set_fast_fused_tables_first
 std::atomic<int> g_last_tma{-1};      // the last fast call copied slots by tensor map (1) or not (0)
 std::atomic<int> g_wgmma{kWgmmaAuto};  // set_fast_wgmma
 std::atomic<int> g_dbg_wdelay_us{0};  // set_debug_weight_delay (a test knob)
@@ -1792,6 +1794,10 @@ int fast_weight_copy() { return g_wcopy.load(std::memory_order_relaxed); }
 int last_weight_copy() { return g_last_wcopy.load(std::memory_order_relaxed); }
 void set_fast_fused_prep(bool on) { g_fused_prep.store(on, std::memory_order_relaxed); }
 bool fast_fused_prep() { return g_fused_prep.load(std::memory_order_relaxed); }
+void set_fast_fused_tables_first(bool on) {
+  g_fused_tables_first.store(on, std::memory_order_relaxed);
+}
+bool fast_fused_tables_first() { return g_fused_tables_first.load(std::memory_order_relaxed); }
 bool tma_slots() { return g_tma_slots.load(std::memory_order_relaxed); }
 int last_tma_slots() { return g_last_tma.load(std::memory_order_relaxed); }
 void set_fast_wgmma(int mode) { g_wgmma.store(mode, std::memory_order_relaxed); }
@@ -2009,6 +2015,7 @@ cudaError_t launch_conv(const ConvParams& p, const ConvBuffers& b, void* scratch
 #ifdef JAX_BINCONV_SWITCHES
     if (const char* sw = std::getenv("JAX_BINCONV_SW")) fa.dbg_sw = std::atoi(sw);
 #endif
+    if (fused_prep) pa.tfirst = g_fused_tables_first.load(std::memory_order_relaxed) ? 1 : 0;
     if (!BINCONV_SW(fa, 1)) {
       err = launch_fast_tables(fused_prep ? pa : PrepArgs{}, fa, stream);
       if (err != cudaSuccess) return err;

@@ -92,6 +92,8 @@ int last_weight_copy();
 // Process-wide, read at every call.
 void set_fast_fused_prep(bool on);
 bool fast_fused_prep();
+void set_fast_fused_tables_first(bool on);
+bool fast_fused_tables_first();
 // The fast kernel's K loop on wgmma (warpgroup MMAs, sm_90a code) or on
 // mma.sync. wgmma runs only where the current GPU is compute capability 9.0,
 // the build has sm_90a code, C != 64 and its shared memory fits; there

@@ -717,10 +717,13 @@ __global__ void __launch_bounds__(1024) fast_tables_kernel(PrepArgs pa, FastArgs
 #else
   unsigned long long* const tlm = nullptr;
 #endif
-  if ((int)blockIdx.x < pa.xblocks)
-    prep_x(pa, blockIdx.x);
+  // The tables' blocks after the packing's (blocks are dispatched in index
+  // order), or before them with pa.tfirst (set_fast_fused_tables_first).
+  const int b = (int)blockIdx.x, ntab = (int)gridDim.x - pa.xblocks;
+  if (pa.tfirst ? b >= ntab : b < pa.xblocks)
+    prep_x(pa, pa.tfirst ? b - ntab : b);
   else
-    fast_tables_block<HALF>(a, (int)blockIdx.x - pa.xblocks, tlm);
+    fast_tables_block<HALF>(a, pa.tfirst ? b : b - pa.xblocks, tlm);
 #ifdef JAX_BINCONV_TIMELINE
   __syncthreads();
   tl[2] = tl_now();

@@ -213,6 +213,13 @@ PYBIND11_MODULE(_cuda, m) {
       "Float x on the fast kernel: its packing and the epilogue tables in one kernel (True, "
       "the default, where that grid has at most 8192 blocks) or two kernels in turn (False). "
       "A benchmark knob, results are the same. Process-wide.");
+  def_bool_knob(
+      m, "fast_fused_tables_first", binconv::cuda::set_fast_fused_tables_first,
+      binconv::cuda::fast_fused_tables_first,
+      "Float x on the fast kernel, packing and tables in one kernel: the tables' blocks "
+      "dispatched before the packing's (True) instead of after them (False, the default), so "
+      "that their chain of dependent steps overlaps the packing instead of following its last "
+      "wave. A benchmark knob, results are the same. Process-wide.");
   static const char* const kWgmmaModes[] = {"off", "on", "auto", "rs"};
   static const char* const kWgmmaDoc =
       "The fast kernel's K loop on Hopper's warpgroup MMAs (wgmma) or on mma.sync. wgmma "

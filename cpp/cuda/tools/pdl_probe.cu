@@ -25,41 +25,29 @@
 #include <cstdlib>
 #include <vector>
 #include <cuda_runtime.h>
+#include "probe_util.cuh"
 
-#define CK(x)                                                                       \
-  do {                                                                              \
-    cudaError_t e_ = (x);                                                           \
-    if (e_ != cudaSuccess) {                                                        \
-      std::printf("%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                 \
-    }                                                                               \
-  } while (0)
 
-__device__ __forceinline__ unsigned long long now() {
-  unsigned long long v;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(v)::"memory");
-  return v;
-}
 
 __global__ void primary(unsigned long long* ends, uint4* sink, int wait_ns, int words) {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  const unsigned long long t0 = now();
-  while (now() - t0 < (unsigned long long)wait_ns) {
+  const unsigned long long t0 = gtimer();
+  while (gtimer() - t0 < (unsigned long long)wait_ns) {
   }
   uint4* dst = sink + (long long)blockIdx.x * words;
   for (int i = threadIdx.x; i < words; i += blockDim.x) dst[i] = make_uint4(i, blockIdx.x, 1, 2);
   __syncthreads();
-  if (threadIdx.x == 0) ends[blockIdx.x] = now();
+  if (threadIdx.x == 0) ends[blockIdx.x] = gtimer();
 }
 
 __global__ void secondary(unsigned long long* t) {
   extern __shared__ unsigned char sm[];
   if (threadIdx.x == 0) {
-    t[2 * blockIdx.x] = now();
+    t[2 * blockIdx.x] = gtimer();
     sm[0] = 1;
   }
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  if (threadIdx.x == 0) t[2 * blockIdx.x + 1] = now() + sm[0] - 1;
+  if (threadIdx.x == 0) t[2 * blockIdx.x + 1] = gtimer() + sm[0] - 1;
 }
 
 int main() {

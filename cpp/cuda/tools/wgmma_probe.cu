@@ -29,14 +29,8 @@
 #include <type_traits>
 #include <vector>
 #include <cuda_runtime.h>
+#include "probe_util.cuh"
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
-         ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32);
-}
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -126,7 +120,7 @@ __global__ void check_kernel(const uint4* A, const uint4* B, int* C, int ksteps,
     const int row = warp * 16 + (lane & 15), chunk = 2 * i + (lane >> 4);
     ldsm4(a, smem_u32(as + row * kc + chunk));
     wg_fence();
-    wgmma128(d, a, make_desc(smem_u32(bs + 2 * i * 8), lbo, sbo));
+    wgmma128(d, a, wg_desc(smem_u32(bs + 2 * i * 8), lbo, sbo));
     wg_commit();
     wg_wait<0>();
   }
@@ -143,7 +137,7 @@ __global__ void tput_wgmma(int* out, int iters) {
   int d[64];
   for (int i = 0; i < 64; ++i) d[i] = 0;
   uint32_t a[4] = {tid * 7u, tid * 13u, tid * 17u, tid * 19u};
-  const uint64_t desc = make_desc(smem_u32(sm), 128, 256);
+  const uint64_t desc = wg_desc(smem_u32(sm), 128, 256);
   wg_fence();
   for (int i = 0; i < iters; ++i) {
     wgmma128(d, a, desc);
@@ -186,8 +180,8 @@ __global__ void tput_rs_loop(int* out, int tiles, int steps) {
   int d[64], x1[4] = {0, 0, 0, 0};
   for (int i = 0; i < 64; ++i) d[i] = 0;
   const uint32_t abase = smem_u32(sm + 16384) + (lane & 15) * 32 + (lane >> 4) * 16 + (tid >> 5) * 512;
-  const uint64_t desc = make_desc(smem_u32(sm), 128, 256 * 2);
-  const uint64_t ones = make_desc(smem_u32(sm + 40000), 128, 256);
+  const uint64_t desc = wg_desc(smem_u32(sm), 128, 256 * 2);
+  const uint64_t ones = wg_desc(smem_u32(sm + 40000), 128, 256);
   for (int t = 0; t < tiles; ++t) {
     uint32_t a0[4], a1[4];
     ldsm4(a0, abase);
@@ -230,8 +224,8 @@ __global__ void tput_kernel_loop(int* out, int tiles, int steps) {
   const uint32_t ones = base + 155648;
   const uint32_t arow0 = abase + (16 * warp + (lane & 15)) * 256 + (lane >> 4) * 16;
   const uint32_t arow1 = arow0 + 64 * 256;
-  const uint64_t bdesc = SWZ ? (make_desc(bbase, 16, 1024) | (1ull << 62)) : make_desc(bbase, 128, 256);
-  const uint64_t x1d = make_desc(ones, 128, 256);
+  const uint64_t bdesc = SWZ ? (wg_desc(bbase, 16, 1024) | (1ull << 62)) : wg_desc(bbase, 128, 256);
+  const uint64_t x1d = wg_desc(ones, 128, 256);
   int d0[64], d1[64], x0[4] = {0, 0, 0, 0}, x1v[4] = {0, 0, 0, 0};
   for (int i = 0; i < 64; ++i) d0[i] = d1[i] = 0;
   for (int t = 0; t < tiles; ++t) {
@@ -288,8 +282,8 @@ __global__ void check_ss_kernel(const uint4* S, int nunits, const uint4* B, int*
   for (int i = 0; i < 64; ++i) d[i] = 0;
   wg_fence();
   for (int i = 0; i < ksteps; ++i)
-    wgmma128ss(d, make_desc(smem_u32(ss + i * step), lbo * 16, sbo * 16),
-               make_desc(smem_u32(bs + 2 * i * 8), 128, 8 * 16 * kc), i);
+    wgmma128ss(d, wg_desc(smem_u32(ss + i * step), lbo * 16, sbo * 16),
+               wg_desc(smem_u32(bs + 2 * i * 8), 128, 8 * 16 * kc), i);
   wg_commit();
   wg_wait<0>();
   store_c(C, d);
@@ -315,9 +309,9 @@ __global__ void check_sw64_kernel(const uint4* A, const uint4* B, int* C, int dx
   wg_fence();
   // K-major, 64-byte swizzle (bits 62-63 = 2), SBO 512 (8 rows of 64
   // bytes), LBO unused (1), base offset bo.
-  const uint64_t ad = make_desc(smem_u32(as) + dx * 64 + s * 32, 16, 512) | (2ull << 62) |
+  const uint64_t ad = wg_desc(smem_u32(as) + dx * 64 + s * 32, 16, 512) | (2ull << 62) |
                       ((uint64_t)(bo & 7) << 49);
-  wgmma128ss(d, ad, make_desc(smem_u32(bs), 128, 8 * 16 * 2), 0);
+  wgmma128ss(d, ad, wg_desc(smem_u32(bs), 128, 8 * 16 * 2), 0);
   wg_commit();
   wg_wait<0>();
   store_c(C, d);
@@ -335,15 +329,15 @@ __global__ void tput_ss_loop(int* out, int tiles, int steps) {
   const uint32_t base = (smem_u32(sm) + 1023u) & ~1023u;
   const uint32_t bbase = base;                      // 80 KB of B, 128-byte swizzle
   const uint32_t abase = base + 81920 + wg * 40960;  // per warpgroup: 2 halves x 20 KB
-  const uint64_t bdesc = make_desc(bbase, 16, 1024) | (1ull << 62);
-  const uint64_t ones = make_desc(base + 81920 + 2 * 40960, 128, 256);
+  const uint64_t bdesc = wg_desc(bbase, 16, 1024) | (1ull << 62);
+  const uint64_t ones = wg_desc(base + 81920 + 2 * 40960, 128, 256);
   int d0[64], d1[64], x0[4] = {0, 0, 0, 0}, x1v[4] = {0, 0, 0, 0};
   for (int i = 0; i < 64; ++i) d0[i] = d1[i] = 0;
   for (int t = 0; t < tiles; ++t) {
     wg_fence();
     for (int i = 0; i < steps; ++i) {
       // A of step i: 16 groups x ~1.2 KB (SBO 1280), chunks 16 bytes apart
-      const uint64_t ad = make_desc(abase + 32 * i, 16, 1280);
+      const uint64_t ad = wg_desc(abase + 32 * i, 16, 1280);
       const uint64_t bd = bdesc + (uint64_t)(((i >> 2) % 5) * 1024 + 2 * (i & 3));
       wgmma128ss(d0, ad, bd, i | t);
       if (HALVES == 2) wgmma128ss(d1, ad + (20480 >> 4), bd, i | t);
@@ -390,9 +384,9 @@ __global__ void tput_ss_kernel_layout(int* out, int tiles, SsTab tab, int sbo, i
   __syncthreads();
   const uint32_t base = (smem_u32(sm) + 1023u) & ~1023u;
   const uint32_t abase = base + 81920;
-  const uint64_t bdesc = make_desc(base, 16, 1024) | (1ull << 62);
-  const uint64_t ones = make_desc(base + 81920 + 2 * 40960 + 16384, 128, 256);
-  const uint64_t adesc0 = make_desc(abase, 0, sbo);
+  const uint64_t bdesc = wg_desc(base, 16, 1024) | (1ull << 62);
+  const uint64_t ones = wg_desc(base + 81920 + 2 * 40960 + 16384, 128, 256);
+  const uint64_t adesc0 = wg_desc(abase, 0, sbo);
   const uint64_t ahalf = (uint64_t)((8 * sbo) >> 4);
   int d0[64], d1[64], x0[4] = {0, 0, 0, 0}, x1v[4] = {0, 0, 0, 0};
   for (int i = 0; i < 64; ++i) d0[i] = d1[i] = 0;

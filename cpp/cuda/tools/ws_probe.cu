@@ -37,24 +37,9 @@
 #include <cstdlib>
 #include <type_traits>
 #include <cuda_runtime.h>
+#include "probe_util.cuh"
 
-#define CK(x)                                                                       \
-  do {                                                                              \
-    cudaError_t e_ = (x);                                                           \
-    if (e_ != cudaSuccess) {                                                        \
-      std::printf("%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                 \
-    }                                                                               \
-  } while (0)
 
-__device__ __forceinline__ uint32_t su32(const void* p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-// K-major descriptor without swizzle (as fast_conv.cuh's wg_desc).
-__device__ __forceinline__ uint64_t desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
-         ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32);
-}
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
@@ -63,25 +48,6 @@ __device__ __forceinline__ void bsync(int id, int n) {
 }
 __device__ __forceinline__ void barrive(int id, int n) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
-}
-__device__ __forceinline__ void mb_init(uint32_t b, int n) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(b), "r"(n) : "memory");
-}
-__device__ __forceinline__ void mb_arrive(uint32_t b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(b) : "memory");
-}
-__device__ __forceinline__ void mb_arrive_tx(uint32_t b, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void mb_wait(uint32_t b, uint32_t parity) {
-  asm volatile(
-      "{\n .reg .pred p;\n"
-      "WSP_WAIT_%=:\n"
-      " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      " @!p bra WSP_WAIT_%=;\n}\n" ::"r"(b),
-      "r"(parity)
-      : "memory");
 }
 __device__ __forceinline__ void bulk(uint32_t dst, const void* src, uint32_t bytes, uint32_t b) {
   asm volatile(
@@ -348,8 +314,8 @@ __device__ __forceinline__ void kloop(int (&acc0)[64], int (&acc1)[64], int (&x0
   auto step = [&](int i, auto first) {
     constexpr bool F = decltype(first)::value;
     const uint32_t ai = a_base + 2048u * H * (uint32_t)(i % a_steps);
-    const uint64_t a0 = desc(ai, 128, 256), a1 = desc(ai + 2048, 128, 256);
-    const uint64_t b = desc(b_base + 4096u * i, 128, 256), xb = desc(x1_base + 256u * i, 128, 256);
+    const uint64_t a0 = wg_desc(ai, 128, 256), a1 = wg_desc(ai + 2048, 128, 256);
+    const uint64_t b = wg_desc(b_base + 4096u * i, 128, 256), xb = wg_desc(x1_base + 256u * i, 128, 256);
     mma128<F>(acc0, a0, b);
     if constexpr (H == 2) mma128<F>(acc1, a1, b);
     mma8<F>(x0, a0, xb);
@@ -394,19 +360,19 @@ __global__ void __launch_bounds__(NWG * 128, 1)
   // descriptors derive from it; from the thread index, ptxas serialized the
   // wgmmas, C7520, as in fast_conv.cuh)
   const int wg = __shfl_sync(0xffffffffu, warp >> 2, 0);
-  const uint32_t bars = su32(sm + mw_bars(g, NWG));
+  const uint32_t bars = smem_u32(sm + mw_bars(g, NWG));
   setup(sm, g, NWG * 128);
   if (tid == 0)
-    for (int s = 0; s < NWG * g.nbuf; ++s) mb_init(bars + 8 * s, 1);
+    for (int s = 0; s < NWG * g.nbuf; ++s) mbar_init(bars + 8 * s, 1);
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   __syncthreads();
-  const uint32_t b_base = su32(sm), x1_base = su32(sm + off_x1(g.ks));
+  const uint32_t b_base = smem_u32(sm), x1_base = smem_u32(sm + off_x1(g.ks));
   const int* tab = reinterpret_cast<const int*>(sm + off_tab(g.ks));
   auto stage = [&](int s) { return sm + off_stage(g.ks) + s * g.a_bytes(); };
   auto issue = [&](int t, int s) {  // tile t's A into stage s (thread wlt 0)
     const long long src = (long long)((blockIdx.x * g.tiles + t) % nsrc) * (g.a_bytes() / 16);
-    mb_arrive_tx(bars + 8 * s, g.a_bytes());
-    bulk(su32(stage(s)), gA + src, g.a_bytes(), bars + 8 * s);
+    mbar_expect(bars + 8 * s, g.a_bytes());
+    bulk(smem_u32(stage(s)), gA + src, g.a_bytes(), bars + 8 * s);
   };
   if (wlt == 0 && wg < g.tiles) issue(wg, g.nbuf * wg);
   int acc0[64], acc1[64], x0[4], x1[4];
@@ -415,10 +381,10 @@ __global__ void __launch_bounds__(NWG * 128, 1)
     int4* recs = reinterpret_cast<int4*>(sm + mw_recs(g, NWG)) + (2 * wg + (j & 1)) * ROWS;
     const int m0 = (blockIdx.x * g.tiles + k) * ROWS;
     if (wlt < ROWS) recs[wlt] = record(m0 + wlt, 28, 28);
-    mb_wait(bars + 8 * s, (j / g.nbuf) & 1);
+    mbar_wait(bars + 8 * s, (j / g.nbuf) & 1);
     bsync(1 + wg, 128);  // records visible; this buffer's tile j - 2 is done
     if (g.order && k >= 1) bsync(1 + NWG + wg, 256);  // tile k - 1's wgmmas are issued
-    kloop<H>(acc0, acc1, x0, x1, su32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
+    kloop<H>(acc0, acc1, x0, x1, smem_u32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
     if (g.order && k + 1 < g.tiles) barrive(1 + NWG + (wg + 1) % NWG, 256);
     if (g.nbuf == 2 && wlt == 0 && k + NWG < g.tiles) issue(k + NWG, 2 * wg + ((j + 1) & 1));
     int4 rec[4];
@@ -448,12 +414,12 @@ __global__ void __launch_bounds__(384, 1)
   // descriptors derive from it; from the thread index, ptxas serialized the
   // wgmmas, C7520, as in fast_conv.cuh)
   const int wg = __shfl_sync(0xffffffffu, warp >> 2, 0);
-  const uint32_t full = su32(sm + off_stage(g.ks) + g.stages * g.stage_bytes()), empty = full + 8 * 8;
+  const uint32_t full = smem_u32(sm + off_stage(g.ks) + g.stages * g.stage_bytes()), empty = full + 8 * 8;
   setup(sm, g, 384);
   if (tid == 0)
     for (int s = 0; s < g.stages; ++s) {
-      mb_init(full + 8 * s, 128);
-      mb_init(empty + 8 * s, 128);
+      mbar_init(full + 8 * s, 128);
+      mbar_init(empty + 8 * s, 128);
     }
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   __syncthreads();
@@ -462,34 +428,34 @@ __global__ void __launch_bounds__(384, 1)
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     for (int t = 0; t < g.tiles; ++t) {
       const int s = t % g.stages, r = t / g.stages;
-      if (r > 0) mb_wait(empty + 8 * s, (r - 1) & 1);
+      if (r > 0) mbar_wait(empty + 8 * s, (r - 1) & 1);
       int4* recs = reinterpret_cast<int4*>(stage(s) + g.a_bytes());
       recs[wlt] = record((blockIdx.x * g.tiles + t) * 128 + wlt, 28, 28);
       if (wlt == 0) {
         const long long src = (long long)((blockIdx.x * g.tiles + t) % nsrc) * (g.a_bytes() / 16);
-        mb_arrive_tx(full + 8 * s, g.a_bytes());
-        bulk(su32(stage(s)), gA + src, g.a_bytes(), full + 8 * s);
+        mbar_expect(full + 8 * s, g.a_bytes());
+        bulk(smem_u32(stage(s)), gA + src, g.a_bytes(), full + 8 * s);
       } else {
-        mb_arrive(full + 8 * s);  // (release: this thread's record is visible to the waiters)
+        mbar_arrive(full + 8 * s);  // (release: this thread's record is visible to the waiters)
       }
     }
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   const int c = wg - 1;
-  const uint32_t b_base = su32(sm), x1_base = su32(sm + off_x1(g.ks));
+  const uint32_t b_base = smem_u32(sm), x1_base = smem_u32(sm + off_x1(g.ks));
   const int* tab = reinterpret_cast<const int*>(sm + off_tab(g.ks));
   int acc0[64], acc1[64], x0[4], x1[4];
   for (int k = c; k < g.tiles; k += 2) {
     const int s = k % g.stages, r = k / g.stages;
-    mb_wait(full + 8 * s, r & 1);
+    mbar_wait(full + 8 * s, r & 1);
     if (k >= 1) bsync(3 + c, 256);  // tile k - 1's wgmmas are issued (the consumers only)
-    kloop<2>(acc0, acc1, x0, x1, su32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
+    kloop<2>(acc0, acc1, x0, x1, smem_u32(stage(s)), b_base, x1_base, g.ks, g.a_steps());
     if (k + 1 < g.tiles) barrive(3 + (c ^ 1), 256);
     int4 rec[4];  // (read before the stage is released)
     load_recs<4>(rec, reinterpret_cast<const int4*>(stage(s) + g.a_bytes()), wlw, lane);
     wait0();
-    mb_arrive(empty + 8 * s);  // A and the records of stage s are read
+    mbar_arrive(empty + 8 * s);  // A and the records of stage s are read
     finish<4>(acc0, acc1, x0, x1, rec, tab, out, g.epi, lane);
   }
 }

@@ -51,13 +51,8 @@ __global__ void secondary(unsigned long long* t) {
 }
 
 int main() {
-  int dev = 0, sms = 0, optin = 0;
-  CK(cudaGetDevice(&dev));
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  cudaDeviceProp prop;
-  CK(cudaGetDeviceProperties(&prop, dev));
-  std::printf("%s, %d SMs\n", prop.name, sms);
+  const ProbeDevice pd = probe_device();
+  const int sms = pd.sms, optin = pd.optin;
   CK(cudaFuncSetAttribute(secondary, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
   const int gmax = 8192;
   unsigned long long *ends = nullptr, *st = nullptr;

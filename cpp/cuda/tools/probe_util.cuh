@@ -56,3 +56,20 @@ __device__ __forceinline__ unsigned long long gtimer() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(v)::"memory");
   return v;
 }
+
+// The current device: its SM count and the shared memory a block may opt
+// into; prints its name and those two numbers.
+struct ProbeDevice {
+  int sms, optin;
+};
+inline ProbeDevice probe_device() {
+  int dev = 0;
+  ProbeDevice d{};
+  CK(cudaGetDevice(&dev));
+  CK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev));
+  CK(cudaDeviceGetAttribute(&d.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, dev));
+  std::printf("%s, %d SMs, %d bytes of shared memory a block\n", prop.name, d.sms, d.optin);
+  return d;
+}

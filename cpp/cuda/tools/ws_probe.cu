@@ -469,13 +469,8 @@ struct Form {
 
 int main(int argc, char** argv) {
   const bool with_ws = argc > 1 && argv[1][0] == 'w';  // "ws": also the warp-specialized form
-  int dev = 0, sms = 0, optin = 0;
-  CK(cudaGetDevice(&dev));
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  cudaDeviceProp prop;
-  CK(cudaGetDeviceProperties(&prop, dev));
-  std::printf("%s, %d SMs, %d bytes of shared memory a block\n", prop.name, sms, optin);
+  const ProbeDevice pd = probe_device();
+  const int sms = pd.sms, optin = pd.optin;
   const int nsrc = 64;  // distinct A tiles in global memory (L2-resident)
   uint4* gA = nullptr;
   uint32_t* out = nullptr;

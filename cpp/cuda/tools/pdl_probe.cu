@@ -1,9 +1,11 @@
 // Probe (not part of the build; session 26): how long after a primary
 // grid's last block ends does griddepcontrol.wait return in its
-// programmatic dependent? NOTES-gpu.md S26-9: in float L4 at N = 256 the
-// convolution's wait returned 3.9-4.1 us after the fused packing + tables
-// launch's last block ended (L3: 2.0-2.3 us). Is that PDL itself, and does
-// it grow with the primary's blocks, threads or writes?
+// programmatic dependent, and does that grow with the primary's blocks,
+// threads or writes? (Written when a timeline mark placed after the float
+// convolution's first copies were issued put its wait at 3.9-4.1 us after
+// the fused packing launch; a mark right after the wait put it at ~1 us.
+// This probe: 0.5-0.8 us where the dependent's blocks are resident.
+// NOTES-gpu.md S26-10 to S26-12.)
 //
 // The primary: G blocks of T threads; each calls launch_dependents at its
 // start, spins W ns, writes B bytes a block (coalesced), and records its

@@ -25,7 +25,9 @@ For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
 effect then; the knobs are also set before every timing in case it
 re-records). Prints per variant the min per-application time over rounds
-and its ratio to the first variant. XNOR; packed input and output, or
+and its ratio to the first variant, then the median over rounds (where
+the two orders disagree, or a variant's min and median lie far apart, the
+difference is noise). XNOR; packed input and output, or
 float32 (--io float).
 """
 
@@ -85,19 +87,21 @@ def main(argv=None):
     for name in args.layers.split(","):
         ours, ours_args, _, _ = layer_case(name, args.batch, args.io, gpu, rng)
 
-        best = [float("inf")] * len(variants)
+        times = [[] for _ in variants]  # per variant, a time a round
         picked = [None] * len(variants)  # the tile rounds the last call ran
         forms = [None] * len(variants)  # and its wgmma form
         for _ in range(args.rounds):
             for i, v in enumerate(variants):
                 apply_variant(mod, v)
                 t = bench(ours, ours_args, args.reps)[0]
-                best[i] = min(best[i], t)
+                times[i].append(t)
                 picked[i], forms[i] = mod.last_tile_rounds(), mod.last_wgmma_form()
-        base = best[0]
-        for v, t, r, f in zip(variants, best, picked, forms):
-            print(f"  {name} {v}: {t * 1e3:8.2f} us  ({base / t:5.3f}x of the first)"
-                  f"  tile rounds {r}, wgmma form {f!r}", flush=True)
+        best = [min(ts) for ts in times]
+        med = [float(np.median(ts)) for ts in times]
+        for v, t, m, r, f in zip(variants, best, med, picked, forms):
+            print(f"  {name} {v}: {t * 1e3:8.2f} us  ({best[0] / t:5.3f}x of the first; median "
+                  f"{m * 1e3:.2f} us, {med[0] / m:5.3f}x)  tile rounds {r}, wgmma form {f!r}",
+                  flush=True)
     apply_variant(mod, parse_variant(""))
 
 

@@ -8,11 +8,12 @@ Knobs (default first): tma=1|0 (input slots by tensor map or cp.async),
 pdl=1|0 (programmatic dependent launch), wcopy=2|1|0 (weights by one
 tensor-map box, bulk row copies or cp.async), fprep=1|0 (float x: packing
 and tables in one kernel or two), tfirst=0|1 (that one kernel's tables
-blocks after the packing's or before them), rounds=-1|r (the wgmma kernel's first r
-rounds of M tiles to the blocks that start on time: -1 the per-call
-estimate, set_debug_tile_rounds), wg=auto|on|off|rs (set_fast_wgmma: "on"
-takes A from shared memory wherever that form runs; each variant's line
-gives the form its last call ran: "ss", "rs" or "" for mma.sync),
+blocks after the packing's or before them), rounds=-1|r (the wgmma
+kernel's first r rounds of M tiles to the blocks that start on time: -1
+the per-call estimate, set_debug_tile_rounds), wg=auto|on|off|rs
+(set_fast_wgmma: "on" takes A from shared memory wherever that form runs;
+each variant's line gives the form its last call ran: "ss", "rs" or ""
+for mma.sync),
 split=1|0 (set_fast_wg_split: with one tile a block and float output, the
 shared-memory form's second warpgroup runs the epilogue of the tile's
 channels 64-127), half=1|0 (set_fast_wg_skip_half: the shared-memory

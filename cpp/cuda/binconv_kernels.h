@@ -141,16 +141,15 @@ bool fast_wg_split();
 int last_wg_split();
 // The wgmma kernel's shared-memory form, float output or packed output by
 // thresholds: a tile whose rows 64-127 hold no pixel issues the MMAs and
-// the epilogue of rows 0-63 only
-// (FastArgs::wg_skip_half; default on; a benchmark knob, results are the
-// same).
+// the epilogue of rows 0-63 only (FastArgs::wg_skip_half; default on; a
+// benchmark knob, results are the same).
 void set_fast_wg_skip_half(bool on);
 bool fast_wg_skip_half();
 // The shared-memory form's half tiles (8 groups, 64 rows, a tile; float
 // output or packed output by thresholds) where twice the tiles still fit
-// the SMs (FastArgs::ss_gt; default on; a
-// benchmark knob, results are the same); whether the last wgmma-kernel call
-// ran them (1), not (0), or -1: no such call yet.
+// the SMs (FastArgs::ss_gt; default on; a benchmark knob, results are the
+// same); whether the last wgmma-kernel call ran them (1), not (0), or -1:
+// no such call yet.
 void set_fast_wg_half_tiles(bool on);
 bool fast_wg_half_tiles();
 int last_wg_half_tiles();

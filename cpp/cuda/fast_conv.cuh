@@ -1827,10 +1827,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
       if (j == 0 && !BINCONV_SW(a, 32)) first_table();
       if (BINCONV_SW(a, 4)) continue;
       if constexpr (EPI == EPI_THR) {
-        if (lo_only)
-          thr_epi(std::integral_constant<int, 2>{}, acc0, acc1, x10, x11);
-        else
-          thr_epi(std::integral_constant<int, 4>{}, acc0, acc1, x10, x11);
+        // (all 128 rows: a tile of rows 0-63 only took lo_thr above)
+        thr_epi(std::integral_constant<int, 4>{}, acc0, acc1, x10, x11);
       } else {
         if (EPI == EPI_FLOAT && split) {
           epi_half(acc0, x10, 16 * wlw, G4{}, 0);

@@ -293,16 +293,17 @@ PYBIND11_MODULE(_cuda, m) {
       m, "fast_wg_skip_half", binconv::cuda::set_fast_wg_skip_half,
       binconv::cuda::fast_wg_skip_half,
       "The wgmma kernel's shared-memory form with float output or packed output by "
-      "thresholds: a tile whose rows 64-127 hold no pixel (7x7 at N = 1; the last tile of some calls) issues the MMAs and runs "
-      "the epilogue of rows 0-63 only (default True; a benchmark knob, results are the "
-      "same). Process-wide.");
+      "thresholds: a tile whose rows 64-127 hold no pixel (7x7 at N = 1; the last tile of "
+      "some calls) issues the MMAs and runs the epilogue of rows 0-63 only (default True; a "
+      "benchmark knob, results are the same). Process-wide.");
   def_bool_knob(
       m, "fast_wg_half_tiles", binconv::cuda::set_fast_wg_half_tiles,
       binconv::cuda::fast_wg_half_tiles,
       "The wgmma kernel's shared-memory form with float output or packed output by "
       "thresholds in tiles of 64 rows (8 groups of 8 pixels) instead of 128 where twice the "
-      "tiles still fit the SMs: each block's MMAs and epilogue halve, on twice as many SMs (default True; needs "
-      "set_fast_wg_skip_half; a benchmark knob, results are the same). Process-wide.");
+      "tiles still fit the SMs: each block's MMAs and epilogue halve, on twice as many SMs "
+      "(default True; needs set_fast_wg_skip_half; a benchmark knob, results are the same). "
+      "Process-wide.");
   def_last_bool(
       m, "last_wg_half_tiles", binconv::cuda::last_wg_half_tiles,
       "Whether the most recent wgmma-kernel call ran the shared-memory form in tiles of 64 "

@@ -750,6 +750,7 @@ def _fast_knobs(mod, **values):
                                         ("fast_fused_tables_first", True), ("fast_wgmma", "on"),
                                         ("fast_wg_split", False), ("fast_wg_skip_half", False),
                                         ("fast_wg_half_tiles", False),
+                                        ("fast_wg_half_tiles_always", True),
                                         ("fast_wgmma", "rs"), ("fast_wgmma", "off")])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
@@ -1015,8 +1016,8 @@ def test_fast_wgmma_skip_half(skip):
             _check_ss_case(mod, 1300 + i, 20, n, hw, hw, c, o, t, beta, io, act)
 
 
-@pytest.mark.parametrize("half_tiles", [True, False])
-def test_fast_wgmma_half_tiles(half_tiles):
+@pytest.mark.parametrize("half_tiles,always", [(True, False), (False, False), (True, True)])
+def test_fast_wgmma_half_tiles(half_tiles, always):
     """The wgmma kernel's shared-memory form in tiles of 64 rows (8 groups
     of 8 pixels) where twice the tiles still fit the SMs
     (set_fast_wg_half_tiles, the default; off: 128-row tiles): 14x14 and
@@ -1024,11 +1025,15 @@ def test_fast_wgmma_half_tiles(half_tiles):
     Wo in every group), 56x56 at N = 1 (98 tiles), with the split float
     epilogue (few tiles), and packed output by thresholds; packed output
     through the float epilogue keeps 128-row tiles; nor does it apply at 7x7 at N = 1
-    (7 groups: one tile either way) or N = 300 (too many tiles). All
-    exact, and last_wg_half_tiles() as the rule says."""
+    (7 groups: one tile either way) or N = 300 (too many tiles). With
+    set_fast_wg_half_tiles_always also where they do not fit the SMs at
+    once (N = 300 and N = 40 at 14x14: blocks loop over several 64-row
+    tiles, with the other warpgroup's). All exact, and last_wg_half_tiles()
+    as the rule says."""
     mod = _cuda_mod()
     sms = getattr(jax.devices("gpu")[0], "core_count", None)
-    with _fast_knobs(mod, fast_wgmma="on", fast_wg_half_tiles=half_tiles):
+    with _fast_knobs(mod, fast_wgmma="on", fast_wg_half_tiles=half_tiles,
+                     fast_wg_half_tiles_always=always):
         # (n, h, w, c, o, type, beta, io, activation; io as in
         # test_fast_wgmma_split_epilogue)
         cases = [(1, 14, 14, 256, 256, "xnor", False, "float", None),
@@ -1041,6 +1046,10 @@ def test_fast_wgmma_half_tiles(half_tiles):
                  (1, 56, 56, 256, 256, "and", False, "float", "relu"),
                  (1, 7, 7, 512, 512, "xnor", False, "float", None),
                  (300, 7, 7, 256, 256, "xnor", False, "packed-x", None)]
+        if always:
+            cases += [(300, 7, 7, 512, 200, "and", True, "float", "tanh"),
+                      (40, 14, 14, 256, 256, "xnor", False, "float", None),
+                      (40, 14, 14, 256, 130, "xnor", False, "packed-x", "relu")]
         for i, (n, h, w_, c, o, t, beta, io, act) in enumerate(cases):
             output = _check_ss_case(mod, 1400 + i, 20, n, h, w_, c, o, t, beta, io, act)
             if mod.wgmma_available():
@@ -1050,7 +1059,7 @@ def test_fast_wgmma_half_tiles(half_tiles):
                     # (packed output by thresholds too: packed x without
                     # beta here)
                     want = (half_tiles and (output == "float" or io == "packed-x") and
-                            half > full and half * ntiles <= sms)
+                            half > full and (always or half * ntiles <= sms))
                     assert mod.last_wg_half_tiles() == want, (cases[i], sms)
 
 

@@ -1190,6 +1190,7 @@ std::atomic<bool> g_wg_split{true};   // set_fast_wg_split
 std::atomic<int> g_last_wg_split{-1};  // last_wg_split
 std::atomic<bool> g_wg_skip_half{true};  // set_fast_wg_skip_half
 std::atomic<bool> g_wg_half_tiles{true};  // set_fast_wg_half_tiles
+std::atomic<bool> g_wg_half_always{false};  // set_fast_wg_half_tiles_always
 std::atomic<int> g_last_half_tiles{-1};   // last_wg_half_tiles
 // Half tiles are allowed: their knob, and wg_skip_half's (a half tile's
 // rows 64-127 are skipped by that path).
@@ -1489,7 +1490,7 @@ bool plan_fast(const ConvParams& p, const void* x, const void* w, FastArgs* fa, 
       // SMs (N = 1: L3 4 -> 8 blocks, L7 50 -> 98).
       const long long half = (s.ss_groups + 7) / 8;
       if ((!p.out_packed || s.thr) && half_tiles_on() && half > s.mtiles &&
-          half * s.ntiles <= di.sms) {
+          (half * s.ntiles <= di.sms || g_wg_half_always.load(std::memory_order_relaxed))) {
         s.ss_gt = 8;
         s.mtiles = (int)half;
       }
@@ -1809,6 +1810,10 @@ int last_wg_split() { return g_last_wg_split.load(std::memory_order_relaxed); }
 void set_fast_wg_skip_half(bool on) { g_wg_skip_half.store(on, std::memory_order_relaxed); }
 bool fast_wg_skip_half() { return g_wg_skip_half.load(std::memory_order_relaxed); }
 void set_fast_wg_half_tiles(bool on) { g_wg_half_tiles.store(on, std::memory_order_relaxed); }
+void set_fast_wg_half_tiles_always(bool on) {
+  g_wg_half_always.store(on, std::memory_order_relaxed);
+}
+bool fast_wg_half_tiles_always() { return g_wg_half_always.load(std::memory_order_relaxed); }
 bool fast_wg_half_tiles() { return g_wg_half_tiles.load(std::memory_order_relaxed); }
 int last_wg_half_tiles() { return g_last_half_tiles.load(std::memory_order_relaxed); }
 void set_debug_weight_delay(int us) { g_dbg_wdelay_us.store(us, std::memory_order_relaxed); }

@@ -152,6 +152,8 @@ bool fast_wg_skip_half();
 // no such call yet.
 void set_fast_wg_half_tiles(bool on);
 bool fast_wg_half_tiles();
+void set_fast_wg_half_tiles_always(bool on);
+bool fast_wg_half_tiles_always();
 int last_wg_half_tiles();
 // Builds with -DJAX_BINCONV_TIMELINE only (else cudaErrorNotSupported): the
 // fast kernels' timeline records so far (TlRec in fast_conv.cuh, each

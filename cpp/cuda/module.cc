@@ -304,6 +304,13 @@ PYBIND11_MODULE(_cuda, m) {
       "tiles still fit the SMs: each block's MMAs and epilogue halve, on twice as many SMs "
       "(default True; needs set_fast_wg_skip_half; a benchmark knob, results are the same). "
       "Process-wide.");
+  def_bool_knob(
+      m, "fast_wg_half_tiles_always", binconv::cuda::set_fast_wg_half_tiles_always,
+      binconv::cuda::fast_wg_half_tiles_always,
+      "With set_fast_wg_half_tiles: tiles of 64 rows wherever the shared-memory form runs "
+      "them, also where twice the tiles do not fit the SMs (blocks then loop over more, "
+      "smaller tiles; default False; a benchmark knob, results are the same). "
+      "Process-wide.");
   def_last_bool(
       m, "last_wg_half_tiles", binconv::cuda::last_wg_half_tiles,
       "Whether the most recent wgmma-kernel call ran the shared-memory form in tiles of 64 "

@@ -100,6 +100,8 @@ def main(argv=None):
                 t = bench(ours, ours_args, args.reps)[0]
                 times[i].append(t)
                 picked[i], forms[i] = mod.last_tile_rounds(), mod.last_wgmma_form()
+                if mod.last_wg_half_tiles():
+                    forms[i] += ", 64-row tiles"
         best = [min(ts) for ts in times]
         med = [float(np.median(ts)) for ts in times]
         for v, t, m, r, f in zip(variants, best, med, picked, forms):

@@ -148,7 +148,7 @@ def ours_fn(name, io, type="xnor"):
 def xla_pass(name):
     """XLA's cheapest kernel over layer `name`'s float bytes: reads all of x
     (N, H, W, C) once and writes a float32 tensor of the result's shape (N,
-    Ho, Wo, O); one fusion. Stride 1, C = O: -x. Otherwise x's s x s blocks
+    Ho, Wo, O). Stride 1, C = O: -x (one fusion). Otherwise x's s x s blocks
     summed (H, W multiples of s here), their C channels repeated to O."""
     h, w, c, o, k, s = LAYERS[name]
     if o % c:

@@ -1810,11 +1810,11 @@ int last_wg_split() { return g_last_wg_split.load(std::memory_order_relaxed); }
 void set_fast_wg_skip_half(bool on) { g_wg_skip_half.store(on, std::memory_order_relaxed); }
 bool fast_wg_skip_half() { return g_wg_skip_half.load(std::memory_order_relaxed); }
 void set_fast_wg_half_tiles(bool on) { g_wg_half_tiles.store(on, std::memory_order_relaxed); }
+bool fast_wg_half_tiles() { return g_wg_half_tiles.load(std::memory_order_relaxed); }
 void set_fast_wg_half_tiles_always(bool on) {
   g_wg_half_always.store(on, std::memory_order_relaxed);
 }
 bool fast_wg_half_tiles_always() { return g_wg_half_always.load(std::memory_order_relaxed); }
-bool fast_wg_half_tiles() { return g_wg_half_tiles.load(std::memory_order_relaxed); }
 int last_wg_half_tiles() { return g_last_half_tiles.load(std::memory_order_relaxed); }
 void set_debug_weight_delay(int us) { g_dbg_wdelay_us.store(us, std::memory_order_relaxed); }
 int debug_weight_delay() { return g_dbg_wdelay_us.load(std::memory_order_relaxed); }

@@ -75,8 +75,24 @@ def _run(cmd, log):
 
 @functools.lru_cache(None)
 def build(build_dir: str = DEFAULT_BUILD_DIR, jobs: int = 2) -> dict:
-    """Configure (once) and build the sanitized modules; {target: .so path}."""
+    """Configure (once) and build the sanitized modules; {target: .so path}.
+
+    Processes that build the same directory at once (pytest -n: one per
+    worker) take turns on a lock file beside it; the later ones find the
+    build up to date."""
     runtime_libs()
+    os.makedirs(os.path.dirname(os.path.abspath(build_dir)), exist_ok=True)
+    with open(os.path.abspath(build_dir) + ".lock", "w") as lock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no sanitizer runtime there either
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(build_dir, jobs)
+
+
+def _build_locked(build_dir: str, jobs: int) -> dict:
     for tool in ("cmake", "ninja"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is not on PATH: install it (pip install {tool}) to build "

@@ -4,15 +4,28 @@ comparisons of a kernel path against the reference (integer parts exact)."""
 from __future__ import annotations
 
 import functools
+import os
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+# Workers of `pytest -n` share a GPU where there is one: each takes GPU
+# memory as it needs it instead of XLA's default 75% at start.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax_binconv as jb
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import jax_binconv as jb  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """`pytest -n auto`: a worker per core, at most 8 (each holds its own
+    JAX runtime and compilation caches, ~1 GB)."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else (os.cpu_count() or 1), 8))
 
 
 def rand_x(seed, shape, dtype=jnp.float32, zero_frac=0.1):

@@ -44,43 +44,54 @@ import jax_binconv as jb
 from jax_binconv._bench_layers import LAYERS  # id: (H, W, C, O, k, stride)
 
 
-def _timed_loop(apply, inner, loop):
+def _timed_loop(apply, inner, loop, chain=False):
     """jit of `inner` applications of `apply(x, *rest)`.
 
     loop="unrolled" (default): the applications are written out one after the
     other in one XLA computation, so nothing but the kernels runs between
     them. loop="fori": a ``lax.fori_loop``, which on the GPU adds XLA's
     per-iteration loop overhead (a predicate round trip) to every application.
-    The optimization barrier ties x to the carry, so XLA can neither hoist the
-    loop-invariant convolution out of the loop nor merge the unrolled copies;
-    one output element is folded into the carry so the result is used.
-    Neither costs memory traffic.
+
+    chain=False (default): every application reads the same x. The
+    optimization barrier ties x to the carry, so XLA's GPU compiler can
+    neither hoist the loop-invariant convolution out of the loop nor merge
+    the unrolled copies (its CPU compiler drops the barrier and keeps one
+    copy: this loop is for the GPU); one output element is folded into the
+    carry so the result is used. That fold is a small XLA kernel of its own
+    after every application, between two of ours.
+    chain=True: each application's result is the next one's x (as layers
+    follow each other in a network; it needs a result of x's shape and
+    type), and one element of the last result is returned: no kernel
+    runs between two applications but theirs. Neither costs memory traffic.
     """
 
     def body(_, carry):
         xx, rest, acc = carry
         xx, acc = lax.optimization_barrier((xx, acc))
         y = jax.tree.leaves(apply(xx, *rest))[0]  # PackedActivations: its words
+        if chain:
+            return y, rest, acc
         return xx, rest, acc + y.reshape(-1)[0].astype(jnp.float32)
 
     @jax.jit
     def run(xx, *rest):
         carry = (xx, rest, jnp.float32(0))
         if loop == "fori":
-            return lax.fori_loop(0, inner, body, carry)[2]
-        for i in range(inner):
-            carry = body(i, carry)
-        return carry[2]
+            carry = lax.fori_loop(0, inner, body, carry)
+        else:
+            for i in range(inner):
+                carry = body(i, carry)
+        return carry[0].reshape(-1)[0].astype(jnp.float32) + carry[2] if chain else carry[2]
 
     return run
 
 
-def prepare(apply, args, loop="unrolled", target_ms=4.0):
+def prepare(apply, args, loop="unrolled", target_ms=4.0, chain=False):
     """The timed loop of apply(*args) (see _timed_loop), compiled and warmed
     up, with as many applications as make a repetition last about target_ms:
     (run, inner). args[0] is tied to the loop carry."""
     inner = 8
-    run = _timed_loop(apply, inner, loop)
+    run = _timed_loop(apply, inner, loop, chain)
     run(*args).block_until_ready()
     t0 = time.perf_counter()
     run(*args).block_until_ready()
@@ -89,12 +100,12 @@ def prepare(apply, args, loop="unrolled", target_ms=4.0):
     # most 128 unrolled copies: compile time grows with them).
     cap = 128 if loop == "unrolled" else 5000
     inner = int(max(4, min(cap, target_ms / max(per, 1e-4))))
-    run = _timed_loop(apply, inner, loop)
+    run = _timed_loop(apply, inner, loop, chain)
     run(*args).block_until_ready()
     return run, inner
 
 
-def bench_interleaved(cases, reps, loop="unrolled", target_ms=4.0):
+def bench_interleaved(cases, reps, loop="unrolled", target_ms=4.0, chain=False):
     """[(min, median) ms per application] for cases [(apply, args), ...]:
     each is prepared first (compiled, calibrated), then every repetition
     times each case once, in turn (BENCH.md: baselines interleaved with
@@ -103,8 +114,9 @@ def bench_interleaved(cases, reps, loop="unrolled", target_ms=4.0):
     knobs that differ between them (a knob's effect is fixed when XLA
     captures its launches, and identical computations may share one
     executable): time such variants one after the other, with
-    jax.clear_caches() between them, as gpu_ab.py and --also do."""
-    runs = [prepare(apply, args, loop, target_ms) for apply, args in cases]
+    jax.clear_caches() between them, as gpu_ab.py and --also do. chain:
+    see _timed_loop (every case then needs a result of its x's shape)."""
+    runs = [prepare(apply, args, loop, target_ms, chain) for apply, args in cases]
     times = [[] for _ in cases]
     for _ in range(reps):
         for (run, inner), (_, args), ts in zip(runs, cases, times):
@@ -114,10 +126,10 @@ def bench_interleaved(cases, reps, loop="unrolled", target_ms=4.0):
     return [(min(ts), statistics.median(ts)) for ts in times]
 
 
-def bench(apply, args, reps, loop="unrolled", target_ms=4.0):
+def bench(apply, args, reps, loop="unrolled", target_ms=4.0, chain=False):
     """(min, median) ms per application of apply(*args) (one case of
     bench_interleaved)."""
-    return bench_interleaved([(apply, args)], reps, loop, target_ms)[0]
+    return bench_interleaved([(apply, args)], reps, loop, target_ms, chain)[0]
 
 
 def layer_data(name, n, gpu, rng):
@@ -193,6 +205,11 @@ def main(argv=None):
     ap.add_argument("--also", default="",
                     help="comma list of set_fast_wgmma modes (off, rs, on, auto) whose rows "
                          "are timed too, in the same run: rows 'float-<mode>', 'packed-<mode>'")
+    ap.add_argument("--chain", action="store_true",
+                    help="each application's result is the next one's input (layers with C = O "
+                         "and stride 1; the others as without it), instead of every application "
+                         "reading the same x and folding an element of its result into a carry "
+                         "(an XLA kernel after each; see _timed_loop)")
     ap.add_argument("--no-pass", action="store_true",
                     help="skip the float rows' reference (XLA's own pass over the same bytes)")
     args = ap.parse_args(argv)
@@ -217,7 +234,8 @@ def main(argv=None):
     elif args.wgmma in ("on", "both"):
         sys.exit("--wgmma: this build of jax_binconv._cuda has no wgmma kernel")
     print(f"device: {gpu.device_kind}; jax {jax.__version__}; loop {args.loop}; "
-          f"kernel policy {args.kernel}; wgmma {args.wgmma} "
+          f"kernel policy {args.kernel}; wgmma {args.wgmma}; "
+          f"{'chained applications' if args.chain else 'an element of each result folded'} "
           f"(available: {has_wg and _cuda.wgmma_available()})")
     ceil = _cuda.measure_ceilings(1 << 30)
     mma_rate, copy_bw = ceil["mma_macs_per_s"], ceil["copy_bytes_per_s"]
@@ -226,8 +244,12 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     rows = []
+    unchained = []
     for name in args.layers.split(","):
         h, w, c, o, k, s = LAYERS[name]
+        chain = args.chain and c == o and s == 1
+        if args.chain and not chain:
+            unchained.append(name)
         ours_f, ours_p = ours_fn(name, "float", args.type), ours_fn(name, "packed", args.type)
         for n in [int(b) for b in args.batches.split(",")]:
             x, wf, wpk = layer_data(name, n, gpu, rng)
@@ -250,7 +272,8 @@ def main(argv=None):
                      (cudnn, (x, w32))]
             if not args.no_pass:
                 cases.append((xla_pass(name), (x,)))
-            t_of, t_op, t_16, t_32, *t_pass = bench_interleaved(cases, args.reps, args.loop)
+            t_of, t_op, t_16, t_32, *t_pass = bench_interleaved(cases, args.reps, args.loop,
+                                                                chain=chain)
             wg_ran = has_wg and _cuda.last_wgmma()
             form = (getattr(_cuda, "last_wgmma_form", lambda: "")() or "") if wg_ran else ""
             extra = []
@@ -261,8 +284,10 @@ def main(argv=None):
                 set_wg(mode)
                 jax.clear_caches()
                 tag = "mma" if mode == "off" else mode
-                extra += [(f"float-{tag}", bench(ours_f, (x, wpk), args.reps, args.loop)),
-                          (f"packed-{tag}", bench(ours_p, (xp.words, wpk), args.reps, args.loop))]
+                extra += [(f"float-{tag}", bench(ours_f, (x, wpk), args.reps, args.loop,
+                                                 chain=chain)),
+                          (f"packed-{tag}", bench(ours_p, (xp.words, wpk), args.reps, args.loop,
+                                                  chain=chain))]
             if also:
                 set_wg(main_mode)
                 jax.clear_caches()
@@ -300,7 +325,10 @@ def main(argv=None):
     print(f"\n%MMA: of the measured b1 MMA rate {mma_rate:.3e} MAC/s; %memfl: memory floor "
           f"(x read + result written at {copy_bw / 1e9:.0f} GB/s, a 1 GiB copy) over our time "
           "(100 = at floor). Float rows: pass = XLA's own kernel over the same bytes (xla_pass), "
-          "x pass = its time over ours. Times: min over repetitions, per application.")
+          "x pass = its time over ours. Times: min over repetitions, per application" +
+          (f"; chained applications (--chain), but {', '.join(unchained)} (C != O or "
+           "stride 2): an element of each result folded." if unchained else
+           "; chained applications (--chain)." if args.chain else "."))
 
 
 if __name__ == "__main__":

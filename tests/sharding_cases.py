@@ -1,6 +1,12 @@
-"""Sharding scenarios, each run in its own process with 8 forced host devices
-(XLA_FLAGS must be set before JAX starts). Used by tests/test_sharding.py:
-``python tests/sharding_cases.py CASE`` exits 0 when every check holds."""
+"""Sharding scenarios, each run in its own process. Used by
+tests/test_sharding.py: ``python tests/sharding_cases.py CASE`` exits 0 when
+every check holds.
+
+By default on 8 forced host devices (XLA_FLAGS must be set before JAX
+starts). With ``JAX_BINCONV_SHARDING_PLATFORM=gpu`` on every GPU of the
+machine instead (two or more; the CUDA kernel's custom call is the one
+checked): the meshes then have len(GPUs) devices, the 2-D one
+(len / 2, 2)."""
 
 from __future__ import annotations
 
@@ -8,8 +14,13 @@ import os
 import re
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+PLATFORM = os.environ.get("JAX_BINCONV_SHARDING_PLATFORM", "cpu")
+if PLATFORM == "cpu":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=8").strip()
+else:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # (NVLink multicast: see KINDS.md)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -18,6 +29,19 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jax_binconv as jb  # noqa: E402
+
+DEVICES = jax.devices(PLATFORM)
+NDEV = min(len(DEVICES), 8)
+DEVICES = DEVICES[:NDEV]
+TARGET = jb.TARGETS["cuda" if PLATFORM == "gpu" else "cpu"]
+# A 1-D mesh over every device; a 2-D one (batch, model), model axis of 2.
+MESH_1D = (NDEV,)
+MESH_2D = (NDEV // 2, 2)
+
+
+def make_mesh(shape, names, axis_types):
+    return jax.make_mesh(shape, names, axis_types=axis_types, devices=DEVICES)
+
 
 OPTS = dict(type="xnor", beta_scaling=True, activation="hard_tanh")
 
@@ -35,7 +59,7 @@ def collectives(compiled_text):
 
 def kernel_shapes(compiled_text):
     """Operand-0 shapes of our custom calls in the compiled (per-device) HLO."""
-    return re.findall(r"= \(?f32\[([\d,]+)\][^\n]*custom_call_target=\"" + jb.TARGETS["cpu"] + r"\"",
+    return re.findall(r"= \(?f32\[([\d,]+)\][^\n]*custom_call_target=\"" + TARGET + r"\"",
                       compiled_text)
 
 
@@ -59,21 +83,23 @@ def check_forward(mesh, x_spec, w_spec, expect_out_spec, expect_local):
 
 def case_data_parallel():
     for at in (AxisType.Auto, AxisType.Explicit):
-        mesh = jax.make_mesh((8,), ("b",), axis_types=(at,))
+        mesh = make_mesh(MESH_1D, ("b",), (at,))
         check_forward(mesh, P("b"), P(None, None, None, None), ("b", None, None, None),
-                      "1,10,10,64")
+                      f"{8 // NDEV},10,10,64")
 
 
 def case_model_parallel():
     for at in (AxisType.Auto, AxisType.Explicit):
-        mesh = jax.make_mesh((8,), ("m",), axis_types=(at,))
-        check_forward(mesh, P(), P(None, None, None, "m"), (None, None, None, "m"), "8,10,10,8")
+        mesh = make_mesh(MESH_1D, ("m",), (at,))
+        check_forward(mesh, P(), P(None, None, None, "m"), (None, None, None, "m"),
+                      f"8,10,10,{64 // NDEV}")
 
 
 def case_two_d():
     for at in (AxisType.Auto, AxisType.Explicit):
-        mesh = jax.make_mesh((4, 2), ("b", "m"), axis_types=(at, at))
-        check_forward(mesh, P("b"), P(None, None, None, "m"), ("b", None, None, "m"), "2,10,10,32")
+        mesh = make_mesh(MESH_2D, ("b", "m"), (at, at))
+        check_forward(mesh, P("b"), P(None, None, None, "m"), ("b", None, None, "m"),
+                      f"{8 // MESH_2D[0]},10,10,32")
 
 
 def case_grads():
@@ -85,7 +111,7 @@ def case_grads():
 
     want = jax.grad(loss, (0, 1, 2))(x, w, s)
     for at in (AxisType.Auto, AxisType.Explicit):
-        mesh = jax.make_mesh((4, 2), ("b", "m"), axis_types=(at, at))
+        mesh = make_mesh(MESH_2D, ("b", "m"), (at, at))
         xs = jax.device_put(x, NamedSharding(mesh, P("b")))
         ws = jax.device_put(w, NamedSharding(mesh, P(None, None, None, "m")))
         ss = jax.device_put(s, NamedSharding(mesh, P("m")))
@@ -99,12 +125,12 @@ def case_grads():
         assert tuple(got[1].sharding.spec)[3] == "m", got[1].sharding.spec
         assert not collectives(text), collectives(text)
         # The forward kernel ran on the local shard only.
-        assert kernel_shapes(text) == ["2,10,10,32"], kernel_shapes(text)
+        assert kernel_shapes(text) == [f"{8 // MESH_2D[0]},10,10,32"], kernel_shapes(text)
 
 
 def case_shard_map():
     x, w, s = data()
-    mesh = jax.make_mesh((8,), ("b",), axis_types=(AxisType.Auto,))
+    mesh = make_mesh(MESH_1D, ("b",), (AxisType.Auto,))
 
     def local(x, w):
         return jb.binary_conv2d(x, w, **OPTS)
@@ -127,7 +153,7 @@ def case_packed_chain():
     """A data-parallel chain on packed activations stays sharded, 1 bit per value."""
     x, w, s = data(c=64, o=64)
     w2 = jax.random.normal(jax.random.PRNGKey(3), (3, 3, 64, 64))
-    mesh = jax.make_mesh((4, 2), ("b", "m"), axis_types=(AxisType.Auto, AxisType.Auto))
+    mesh = make_mesh(MESH_2D, ("b", "m"), (AxisType.Auto, AxisType.Auto))
 
     def chain(x, w, w2):
         p = jb.binary_conv2d(x, w, type="xnor", output="packed")
@@ -153,6 +179,10 @@ def case_packed_chain():
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
 
 if __name__ == "__main__":
-    assert len(jax.devices()) == 8, jax.devices()
+    if PLATFORM == "cpu":
+        assert NDEV == 8, DEVICES
+    else:
+        assert NDEV >= 2 and NDEV % 2 == 0, f"needs an even number of GPUs (2 or more): {DEVICES}"
+        assert "cuda" in jb.lowering.available, jb.lowering.load_errors
     CASES[sys.argv[1]]()
-    print("ok", sys.argv[1])
+    print("ok", sys.argv[1], f"on {NDEV} {PLATFORM} devices")

@@ -1,7 +1,8 @@
 """binary_conv2d under jax.jit with sharded inputs (8 forced host devices, in
 subprocesses since the device count is fixed when JAX starts): results equal
 the unsharded op, the compiled HLO has no all-gather/all-to-all, the kernel
-runs on local shards, gradients match. See tests/sharding_cases.py."""
+runs on local shards, gradients match. See tests/sharding_cases.py. The same
+cases run on a machine's GPUs where it has two or more (skipped otherwise)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,46 @@ import jax_binconv as jb
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.parametrize("case", ["data_parallel", "model_parallel", "two_d", "grads",
-                                  "shard_map", "packed_chain"])
-def test_sharding_case(case, tmp_path):
-    env = dict(os.environ)
+CASES = ["data_parallel", "model_parallel", "two_d", "grads", "shard_map", "packed_chain"]
+
+
+def _run_case(case, tmp_path, **env_extra):
+    env = dict(os.environ, **env_extra)
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(os.path.dirname(jb.__file__)), env.get("PYTHONPATH", "")])
     r = subprocess.run([sys.executable, os.path.join(HERE, "sharding_cases.py"), case],
                        capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     assert f"ok {case}" in r.stdout
+    return r.stdout
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sharding_case(case, tmp_path):
+    _run_case(case, tmp_path)
+
+
+def _gpu_count():
+    import jax
+    try:
+        return len(jax.devices("gpu"))
+    except RuntimeError:
+        return 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES)
+def test_sharding_case_on_gpus(case, tmp_path):
+    """The same scenarios on the machine's GPUs (issue 9): our CUDA call on
+    the local shards, no all-gather / all-to-all, results equal the
+    unsharded op on one GPU."""
+    n = _gpu_count()
+    if n < 2 or n % 2:
+        pytest.skip(f"needs an even number (2 or more) of GPUs; this machine has {n}")
+    if "cuda" not in jb.lowering.available:
+        pytest.skip(f"jax_binconv was built without CUDA: {jb.lowering.load_errors.get('_cuda')}")
+    out = _run_case(case, tmp_path, JAX_BINCONV_SHARDING_PLATFORM="gpu")
+    assert f"on {min(n, 8)} gpu devices" in out, out
 
 
 def test_compat_hooks():

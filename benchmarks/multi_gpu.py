@@ -10,7 +10,8 @@ Checks, on a 1-D mesh over the GPUs (Auto and Explicit axes):
     contains no all-gather / all-to-all (activations are never gathered);
   * a packed chain stays batch-sharded.
 Then times a data-parallel step of four BENCH.md L3 layers (14x14, 256->256)
-at batch N on one GPU and on all of them: the forward chain with packed links
+at batch N on one GPU and on all of them (and at N / GPUs on one GPU: each
+GPU's own share): the forward chain with packed links
 and a training step (gradients of a loss with respect to the four latent
 weights, float links). Timed with benchmarks/gpu.py's loop (steps written out
 inside one jit); min and median ms per step over the repetitions. The
@@ -86,12 +87,20 @@ def check(ndev):
                 got = g(xs, ws, ss)
             np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
             for a, b in zip(got, want_g):
-                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+                # The weight gradients are float32 sums over the batch that XLA
+                # adds up per device and then across devices (another order
+                # than one GPU's: 4 H100s gave 2.6e-5 on elements of 0.07,
+                # in an array whose elements reach ~10): tolerance relative
+                # to the array's largest element.
+                a, b = np.asarray(a), np.asarray(b)
+                np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(b).max()))
             assert not collectives(text), (name, collectives(text))
             assert not collectives(gtext), (name, collectives(gtext))
             assert kernel_shapes(text) == [local], (name, kernel_shapes(text))
-            print(f"  {name} parallel ({at.name}): forward equal, gradients within 2e-5, "
-                  f"kernel result {kernel_shapes(text)[0]} per device, no all-gather/all-to-all")
+            gmax = ", ".join(f"{float(np.abs(np.asarray(b)).max()):.3g}" for b in want_g)
+            print(f"  {name} parallel ({at.name}): forward equal, gradients within 2e-5 of "
+                  f"each array's largest element ({gmax}), kernel result "
+                  f"{kernel_shapes(text)[0]} per device, no all-gather/all-to-all")
     mesh = jax.make_mesh((ndev,), ("d",), axis_types=(AxisType.Auto,))
     w2 = jnp.asarray(rng.standard_normal((3, 3, o, 64), np.float32))
 
@@ -130,22 +139,29 @@ def bench_steps(ndev, n, reps):
         return jax.grad(loss, (1, 2, 3, 4))(x, w0, w1, w2, w3)
 
     rows = []
-    for k in (1, ndev):
+    # (devices, batch): one device, all of them, and one device with one
+    # device's share of the batch (what each device runs in the second: how
+    # far the speed-up is the kernels' own time at the smaller batch).
+    for k, nb in ((1, n), (ndev, n), (1, n // ndev)):
         mesh = jax.make_mesh((k,), ("d",), axis_types=(AxisType.Auto,),
                              devices=jax.devices(PLATFORM)[:k])
-        xs = jax.device_put(x, NamedSharding(mesh, P("d")))
+        xs = jax.device_put(x[:nb], NamedSharding(mesh, P("d")))
         wr = [jax.device_put(w, NamedSharding(mesh, P())) for w in ws]
         with jax.set_mesh(mesh):
             t_f = bench(fwd, [xs] + wr, reps)
             t_c = bench(fwd, [xs] + wr, reps, chain=True)
             t_s = bench(step, [xs] + wr, reps)
         rows.append((k, t_f, t_c, t_s))
-        print(f"  {k} GPU(s): forward {t_f[0]:.4f} ms (median {t_f[1]:.4f}), chained "
+        print(f"  {k} GPU(s), N={nb}: forward {t_f[0]:.4f} ms (median {t_f[1]:.4f}), chained "
               f"{t_c[0]:.4f} ms (median {t_c[1]:.4f}), training step {t_s[0]:.4f} ms "
               f"(median {t_s[1]:.4f})", flush=True)
-    (_, f1, c1, s1), (_, fk, ck, sk) = rows[0], rows[-1]
+    (_, f1, c1, s1), (_, fk, ck, sk), (_, fh, ch, sh) = rows
     print(f"speed-up on {ndev} GPUs: forward {f1[0] / fk[0]:.2f}x, chained forward "
           f"{c1[0] / ck[0]:.2f}x, training step {s1[0] / sk[0]:.2f}x (min over min)")
+    print(f"one GPU at N={n // ndev} over {ndev} GPUs at N={n} (1.00: no cost of the "
+          f"sharding itself): forward {fh[0] / fk[0]:.2f}, chained forward {ch[0] / ck[0]:.2f}, "
+          f"training step {sh[0] / sk[0]:.2f}; one GPU, N={n} over N={n // ndev}: forward "
+          f"{f1[0] / fh[0]:.2f}x, chained {c1[0] / ch[0]:.2f}x, training step {s1[0] / sh[0]:.2f}x")
 
 
 def main():

@@ -81,12 +81,16 @@ def main(argv=None):
     ap.add_argument("--variants", default="tma=1,pdl=1;tma=0;pdl=0")
     ap.add_argument("--io", choices=["packed", "float"], default="packed",
                     help="input and output: packed words or float32")
+    ap.add_argument("--chain", action="store_true",
+                    help="each application's result is the next one's input (gpu.py --chain; "
+                         "layers with C = O and stride 1)")
     args = ap.parse_args(argv)
     from jax_binconv import _cuda as mod
 
     variants = [parse_variant(t) for t in args.variants.split(";")]
     gpu = jax.devices("gpu")[0]
-    print(f"device: {gpu.device_kind}; jax {jax.__version__}; N={args.batch}; io={args.io}")
+    print(f"device: {gpu.device_kind}; jax {jax.__version__}; N={args.batch}; io={args.io}"
+          + ("; chained applications" if args.chain else ""))
     rng = np.random.default_rng(0)
     for name in args.layers.split(","):
         ours, ours_args, _, _ = layer_case(name, args.batch, args.io, gpu, rng)
@@ -97,7 +101,7 @@ def main(argv=None):
         for _ in range(args.rounds):
             for i, v in enumerate(variants):
                 apply_variant(mod, v)
-                t = bench(ours, ours_args, args.reps)[0]
+                t = bench(ours, ours_args, args.reps, chain=args.chain)[0]
                 times[i].append(t)
                 picked[i], forms[i] = mod.last_tile_rounds(), mod.last_wgmma_form()
                 if mod.last_wg_half_tiles():

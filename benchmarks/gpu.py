@@ -81,7 +81,7 @@ def _timed_loop(apply, inner, loop, chain=False):
         else:
             for i in range(inner):
                 carry = body(i, carry)
-        return carry[0].reshape(-1)[0].astype(jnp.float32) + carry[2] if chain else carry[2]
+        return carry[0].reshape(-1)[0].astype(jnp.float32) if chain else carry[2]
 
     return run
 

@@ -28,6 +28,21 @@ def pytest_xdist_auto_num_workers(config):
                       else (os.cpu_count() or 1), 8))
 
 
+def cuda_gpus():
+    """(the GPUs JAX sees, None) where jax_binconv's CUDA kernels loaded, else
+    ([], why not): the skip reason of GPU-only tests."""
+    try:
+        devs = jax.devices("gpu")
+    except RuntimeError as e:
+        return [], f"no GPU visible to JAX ({e})"
+    if not devs:
+        return [], "no GPU visible to JAX"
+    if "cuda" not in jb.lowering.available:
+        return [], ("jax_binconv._cuda did not load: "
+                    f"{jb.lowering.load_errors.get('_cuda', 'not built')}")
+    return devs, None
+
+
 def rand_x(seed, shape, dtype=jnp.float32, zero_frac=0.1):
     """Normal values with exact zeros and -0.0 sprinkled in (bin(0) = bin(-0.0) = +1)."""
     rng = np.random.default_rng(seed)

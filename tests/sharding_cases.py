@@ -63,9 +63,11 @@ def kernel_shapes(compiled_text):
                       compiled_text)
 
 
-def unit_axes_dropped(spec, mesh):
-    """spec with the names of size-1 mesh axes as None (JAX may leave them out
-    of a result's sharding: a 2-D mesh over two GPUs is (1, 2))."""
+def unit_axes_dropped(spec, mesh, ndim):
+    """spec padded with None to ndim entries, the names of size-1 mesh axes
+    as None too (JAX may leave them out of a result's sharding: a 2-D mesh
+    over two GPUs is (1, 2))."""
+    spec = tuple(spec) + (None,) * (ndim - len(tuple(spec)))
     return tuple(None if name is not None and mesh.shape[name] == 1 else name for name in spec)
 
 
@@ -80,9 +82,8 @@ def check_forward(mesh, x_spec, w_spec, expect_out_spec, expect_local):
         y = f(xs, ws, ss)
         text = f.lower(xs, ws, ss).compile().as_text()
     np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-6, atol=1e-6)
-    spec = tuple(y.sharding.spec) + (None,) * (4 - len(tuple(y.sharding.spec)))
-    assert unit_axes_dropped(spec, mesh) == unit_axes_dropped(expect_out_spec, mesh), \
-        y.sharding.spec
+    assert unit_axes_dropped(y.sharding.spec, mesh, 4) == \
+        unit_axes_dropped(expect_out_spec, mesh, 4), y.sharding.spec
     assert not collectives(text), collectives(text)
     shapes = kernel_shapes(text)
     assert shapes == [expect_local], shapes
@@ -128,8 +129,8 @@ def case_grads():
             text = g.lower(xs, ws, ss).compile().as_text()
         for a, b in zip(got, want):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-        assert unit_axes_dropped(tuple(got[0].sharding.spec)[:1], mesh) == \
-            unit_axes_dropped(("b",), mesh), got[0].sharding.spec
+        assert unit_axes_dropped(got[0].sharding.spec, mesh, 4)[0] == \
+            unit_axes_dropped(("b",), mesh, 1)[0], got[0].sharding.spec
         assert tuple(got[1].sharding.spec)[3] == "m", got[1].sharding.spec
         assert not collectives(text), collectives(text)
         # The forward kernel ran on the local shard only.

@@ -16,26 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, INTEGER_KEYS, pad_values,
-                      rand_vec, rand_x)
+from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, INTEGER_KEYS, cuda_gpus,
+                      pad_values, rand_vec, rand_x)
 
 import jax_binconv as jb
 
 
-def _gpu_or_reason():
-    try:
-        devs = jax.devices("gpu")
-    except RuntimeError as e:
-        return None, f"no GPU visible to JAX ({e})"
-    if not devs:
-        return None, "no GPU visible to JAX"
-    if "cuda" not in jb.lowering.available:
-        return None, ("jax_binconv._cuda did not load: "
-                      f"{jb.lowering.load_errors.get('_cuda', 'not built')}")
-    return devs[0], None
-
-
-GPU, _REASON = _gpu_or_reason()
+_GPUS, _REASON = cuda_gpus()
+GPU = _GPUS[0] if _GPUS else None
 CPU = jax.devices("cpu")[0]
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(GPU is None, reason=_REASON or "")]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import cuda_gpus
 
 import jax_binconv as jb
 
@@ -36,25 +37,18 @@ def test_sharding_case(case, tmp_path):
     _run_case(case, tmp_path)
 
 
-def _gpu_count():
-    import jax
-    try:
-        return len(jax.devices("gpu"))
-    except RuntimeError:
-        return 0
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", CASES)
 def test_sharding_case_on_gpus(case, tmp_path):
     """The same scenarios on the machine's GPUs (issue 9): our CUDA call on
     the local shards, no all-gather / all-to-all, results equal the
     unsharded op on one GPU."""
-    n = _gpu_count()
+    gpus, reason = cuda_gpus()
+    if reason:
+        pytest.skip(reason)
+    n = len(gpus)
     if n < 2 or n % 2:
         pytest.skip(f"needs an even number (2 or more) of GPUs; this machine has {n}")
-    if "cuda" not in jb.lowering.available:
-        pytest.skip(f"jax_binconv was built without CUDA: {jb.lowering.load_errors.get('_cuda')}")
     out = _run_case(case, tmp_path, JAX_BINCONV_SHARDING_PLATFORM="gpu")
     assert f"on {min(n, 8)} gpu devices" in out, out
 

@@ -145,11 +145,6 @@ int last_wg_split();
 // benchmark knob, results are the same).
 void set_fast_wg_skip_half(bool on);
 bool fast_wg_skip_half();
-// The fast kernel's float-output stores (FastArgs::ostore): 0 streaming
-// (evict-first; the default), 1 the default cache policy, 2 an L2
-// evict-last hint (a benchmark knob, results are the same).
-void set_fast_out_stores(int mode);
-int fast_out_stores();
 // The shared-memory form's half tiles (8 groups, 64 rows, a tile; float
 // output or packed output by thresholds) where twice the tiles still fit
 // the SMs (FastArgs::ss_gt; default on; a benchmark knob, results are the

@@ -218,28 +218,7 @@ struct FastArgs {
   // only, every tile then runs as wg_skip_half's; set by the host where
   // twice the tiles still fit the SMs, set_fast_wg_half_tiles).
   int ss_gt;
-  // The float epilogue's stores (set_fast_out_stores; session 29):
-  // 0 streaming (st.global.cs, evict-first: the default), 1 the default
-  // policy, 2 an L2 evict-last hint (in a chain of layers the next layer's
-  // packing reads this output; its lines may then still be in L2).
-  int ostore;
 };
-
-// A 16-byte store of the float epilogue, by FastArgs::ostore.
-__device__ __forceinline__ void store_out4(float* p, float4 v, int mode) {
-  if (mode == 0) {
-    __stcs(reinterpret_cast<float4*>(p), v);
-  } else if (mode == 1) {
-    *reinterpret_cast<float4*>(p) = v;
-  } else {
-    asm volatile(
-        "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_last.b64 pol, 1.0;\n"
-        " st.global.L2::cache_hint.v4.f32 [%0], {%1, %2, %3, %4}, pol;\n}\n" ::"l"(
-            __cvta_generic_to_global(p)),
-        "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
-        : "memory");
-  }
-}
 
 // BINCONV_SW(bit): an experiment switch of a -DJAX_BINCONV_SWITCHES build
 // (env JAX_BINCONV_SW, read by launch_conv): 1 no tables kernel, 2 no weight
@@ -1533,7 +1512,7 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
                 sink ^= __float_as_uint(v[0]) ^ __float_as_uint(v[1]) ^ __float_as_uint(v[2]) ^
                         __float_as_uint(v[3]);
               } else if ((a.o & 3) == 0 && o + 4 <= a.o) {
-                store_out4(dst + 16 * g, make_float4(v[0], v[1], v[2], v[3]), a.ostore);
+                __stcs(reinterpret_cast<float4*>(dst + 16 * g), make_float4(v[0], v[1], v[2], v[3]));
               } else {
 #pragma unroll
                 for (int q = 0; q < 4; ++q)
@@ -2101,8 +2080,8 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
             }
             if (m < a.m) {
               float* dst = static_cast<float*>(a.out) + (long long)m * a.o + o;
-              store_out4(dst, make_float4(val[0], val[1], val[2], val[3]), a.ostore);
-              store_out4(dst + 16, make_float4(val[4], val[5], val[6], val[7]), a.ostore);
+              __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
+              __stcs(reinterpret_cast<float4*>(dst + 16), make_float4(val[4], val[5], val[6], val[7]));
             }
           }
         } else {
@@ -2119,8 +2098,9 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
               if ((a.o & 3) == 0 && o + 20 <= a.o) {  // o + 19 = n0 + chan(7)
                 // Streaming stores: the result is not read again by this
                 // kernel, and kept out of L2 it leaves room for x and weights.
-                store_out4(dst, make_float4(val[0], val[1], val[2], val[3]), a.ostore);
-                store_out4(dst + 16, make_float4(val[4], val[5], val[6], val[7]), a.ostore);
+                __stcs(reinterpret_cast<float4*>(dst), make_float4(val[0], val[1], val[2], val[3]));
+                __stcs(reinterpret_cast<float4*>(dst + 16),
+                       make_float4(val[4], val[5], val[6], val[7]));
               } else {
 #pragma unroll
                 for (int c = 0; c < 8; ++c) {

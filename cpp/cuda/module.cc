@@ -296,20 +296,6 @@ PYBIND11_MODULE(_cuda, m) {
       "thresholds: a tile whose rows 64-127 hold no pixel (7x7 at N = 1; the last tile of "
       "some calls) issues the MMAs and runs the epilogue of rows 0-63 only (default True; a "
       "benchmark knob, results are the same). Process-wide.");
-  static const char* const kOutStores[] = {"stream", "normal", "keep"};
-  m.def(
-      "set_fast_out_stores",
-      [](const std::string& mode) {
-        binconv::cuda::set_fast_out_stores(mode_index(
-            mode, kOutStores, "set_fast_out_stores: mode must be 'stream', 'normal' or 'keep'"));
-      },
-      py::arg("mode"),
-      "How the fast kernel stores float output: 'stream' (the default: evict-first), "
-      "'normal' (the default cache policy) or 'keep' (an L2 evict-last hint, so that the "
-      "next layer's packing may read it from L2). A benchmark knob, results are the same. "
-      "Process-wide.");
-  m.def("get_fast_out_stores",
-        []() { return std::string(kOutStores[binconv::cuda::fast_out_stores()]); });
   def_bool_knob(
       m, "fast_wg_half_tiles", binconv::cuda::set_fast_wg_half_tiles,
       binconv::cuda::fast_wg_half_tiles,

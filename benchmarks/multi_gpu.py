@@ -23,7 +23,6 @@ the next one's x, as in gpu.py --chain).
 from __future__ import annotations
 
 import argparse
-import re
 
 import jax
 import jax.numpy as jnp
@@ -32,19 +31,16 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jax_binconv as jb
+from jax_binconv._hlo import collectives, custom_call_lines, custom_call_shapes
 from gpu import bench  # benchmarks/gpu.py: the timed loop of every GPU benchmark
 
 TARGET = jb.TARGETS["cuda"]  # --platform cpu (a dry run on forced host devices) swaps it
 OPTS = dict(type="xnor", beta_scaling=True, activation="hard_tanh")
 
 
-def collectives(text):
-    return re.findall(r"\b(all-gather|all-to-all)\b", text)
-
-
 def kernel_shapes(text):
     """Result shapes of our custom calls in the compiled (per-device) program."""
-    return re.findall(r"= \(?f32\[([\d,]+)\][^\n]*custom_call_target=\"" + TARGET + "\"", text)
+    return custom_call_shapes(text, TARGET)
 
 
 PLATFORM = "gpu"
@@ -80,8 +76,7 @@ def check(ndev):
                 g = jax.jit(jax.grad(loss, (0, 1, 2)))
                 gtext = g.lower(xs, ws, ss).compile().as_text()
                 for t in (text, gtext):
-                    bad = [ln.strip()[:300] for ln in t.splitlines()
-                           if 'custom_call_target="Sharding"' in ln]
+                    bad = [ln.strip()[:300] for ln in custom_call_lines(t, "Sharding")]
                     assert not bad, (name, at.name, "leftover Sharding custom calls", bad[:3])
                 y = f(xs, ws, ss)
                 got = g(xs, ws, ss)

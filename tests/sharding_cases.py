@@ -11,7 +11,6 @@ checked): the meshes then have len(GPUs) devices, the 2-D one
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 PLATFORM = os.environ.get("JAX_BINCONV_SHARDING_PLATFORM", "cpu")
@@ -29,6 +28,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jax_binconv as jb  # noqa: E402
+from jax_binconv._hlo import collectives, custom_call_shapes  # noqa: E402
 
 DEVICES = jax.devices(PLATFORM)
 NDEV = min(len(DEVICES), 8)
@@ -53,14 +53,9 @@ def data(n=8, c=64, o=64, hw=10):
     return x, w, s
 
 
-def collectives(compiled_text):
-    return re.findall(r"\b(all-gather|all-to-all)\b", compiled_text)
-
-
 def kernel_shapes(compiled_text):
-    """Operand-0 shapes of our custom calls in the compiled (per-device) HLO."""
-    return re.findall(r"= \(?f32\[([\d,]+)\][^\n]*custom_call_target=\"" + TARGET + r"\"",
-                      compiled_text)
+    """Result shapes of our custom calls in the compiled (per-device) HLO."""
+    return custom_call_shapes(compiled_text, TARGET)
 
 
 def unit_axes_dropped(spec, mesh, ndim):
@@ -183,6 +178,22 @@ def case_packed_chain():
         p = jax.jit(lambda x, w: jb.binary_conv2d(x, w, output="packed").words)(xs, ws)
     np.testing.assert_array_equal(np.asarray(p), np.asarray(
         jb.binary_conv2d(x, w, output="packed").words))
+
+
+def case_checks_can_fail():
+    """The HLO checks above find what they look for: a program that gathers
+    a batch-sharded array has an all-gather, and the unsharded op's call
+    has the whole batch as its result shape."""
+    x, w, s = data()
+    mesh = make_mesh(MESH_1D, ("b",), (AxisType.Auto,))
+    xs = jax.device_put(x, NamedSharding(mesh, P("b")))
+    with jax.set_mesh(mesh):
+        gather = jax.jit(lambda x: x * 2, out_shardings=NamedSharding(mesh, P()))
+        text = gather.lower(xs).compile().as_text()
+    assert collectives(text), "no all-gather found in a program that gathers"
+    xr = jax.device_put(x, DEVICES[0])
+    text = jax.jit(lambda x, w: jb.binary_conv2d(x, w, **OPTS)).lower(xr, w).compile().as_text()
+    assert kernel_shapes(text) == ["8,10,10,64"], kernel_shapes(text)
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}

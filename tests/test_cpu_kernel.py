@@ -26,6 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 
 jb = pytest.importorskip("jax_binconv")
 from jax_binconv import reference  # noqa: E402
+from jax_binconv._hlo import custom_call_lines  # noqa: E402
 from conftest import rand_x  # noqa: E402
 
 try:
@@ -469,7 +470,7 @@ def test_default_vectors_are_one_constant():
     x = jnp.asarray(rand_x(34, (1, 8, 8, 64)))
     w = jb.pack_weights(np.asarray(rand_x(35, (3, 3, 64, 32))))
     text = jax.jit(lambda x, w: jb.binary_conv2d(x, w, padding="SAME")).lower(x, w).compile().as_text()
-    call = [ln for ln in text.splitlines() if "custom_call_target=\"" + TARGET_V2 in ln]
+    call = custom_call_lines(text, TARGET_V2)
     assert len(call) == 1, text
     assert "fusion" not in call[0].split("custom-call(")[1].split(")")[0], call[0]
     assert re.search(r"f32\[192\]\{0\} constant\(", text), text

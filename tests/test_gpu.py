@@ -20,6 +20,7 @@ from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, INTEGER_KEYS, 
                       pad_values, rand_vec, rand_x)
 
 import jax_binconv as jb
+from jax_binconv._hlo import custom_call_lines
 
 
 _GPUS, _REASON = cuda_gpus()
@@ -427,7 +428,7 @@ def test_default_vectors_are_one_constant_on_gpu():
     x = jax.device_put(np.asarray(rand_x(79, (1, 8, 8, 128))), GPU)
     w = jax.device_put(jb.pack_weights(np.asarray(rand_x(80, (3, 3, 128, 32)))), GPU)
     text = jax.jit(lambda x, w: jb.binary_conv2d(x, w, padding="SAME")).lower(x, w).compile().as_text()
-    call = [ln for ln in text.splitlines() if 'custom_call_target="jax_binconv_conv2d_cuda_v3' in ln]
+    call = custom_call_lines(text, jb.TARGETS["cuda"])
     assert len(call) == 1, text
     assert "fusion" not in call[0].split("custom-call(")[1].split(")")[0], call[0]
     assert re.search(r"f32\[320\]\{0\} constant\(", text), text

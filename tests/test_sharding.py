@@ -18,7 +18,8 @@ import jax_binconv as jb
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-CASES = ["data_parallel", "model_parallel", "two_d", "grads", "shard_map", "packed_chain"]
+CASES = ["data_parallel", "model_parallel", "two_d", "grads", "shard_map", "packed_chain",
+         "checks_can_fail"]
 
 
 def _run_case(case, tmp_path, **env_extra):

@@ -1189,7 +1189,6 @@ std::atomic<int> g_last_dlate{-1};     // last_tile_rounds
 std::atomic<bool> g_wg_split{true};   // set_fast_wg_split
 std::atomic<int> g_last_wg_split{-1};  // last_wg_split
 std::atomic<bool> g_wg_skip_half{true};  // set_fast_wg_skip_half
-std::atomic<bool> g_tab_early{true};     // set_fast_table_early (FastArgs::tab_early)
 std::atomic<bool> g_wg_half_tiles{true};  // set_fast_wg_half_tiles
 std::atomic<bool> g_wg_half_always{false};  // set_fast_wg_half_tiles_always
 std::atomic<int> g_last_half_tiles{-1};   // last_wg_half_tiles
@@ -1732,7 +1731,6 @@ cudaError_t launch_fast_epi(const FastArgs& a, const CUtensorMap& map, const CUt
                g_wg_split.load(std::memory_order_relaxed);
   if (WG) g_last_wg_split.store(b.wg_split, std::memory_order_relaxed);
   b.wg_skip_half = WG == 2 && g_wg_skip_half.load(std::memory_order_relaxed);
-  b.tab_early = WG && g_tab_early.load(std::memory_order_relaxed);
   if (WG) g_last_half_tiles.store(WG == 2 && a.ss_gt == 8, std::memory_order_relaxed);
   // Programmatic dependent launch on fast_tables_kernel (see pdl_wait).
   cudaLaunchConfig_t cfg{};
@@ -1811,8 +1809,6 @@ bool fast_wg_split() { return g_wg_split.load(std::memory_order_relaxed); }
 int last_wg_split() { return g_last_wg_split.load(std::memory_order_relaxed); }
 void set_fast_wg_skip_half(bool on) { g_wg_skip_half.store(on, std::memory_order_relaxed); }
 bool fast_wg_skip_half() { return g_wg_skip_half.load(std::memory_order_relaxed); }
-void set_fast_table_early(bool on) { g_tab_early.store(on, std::memory_order_relaxed); }
-bool fast_table_early() { return g_tab_early.load(std::memory_order_relaxed); }
 void set_fast_wg_half_tiles(bool on) { g_wg_half_tiles.store(on, std::memory_order_relaxed); }
 bool fast_wg_half_tiles() { return g_wg_half_tiles.load(std::memory_order_relaxed); }
 void set_fast_wg_half_tiles_always(bool on) {

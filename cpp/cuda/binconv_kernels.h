@@ -145,12 +145,6 @@ int last_wg_split();
 // benchmark knob, results are the same).
 void set_fast_wg_skip_half(bool on);
 bool fast_wg_skip_half();
-// The wgmma kernel with packed x and more than one tile a block: the
-// epilogue table's copies issued by warpgroup 1 before its first tile
-// (FastArgs::tab_early; default on) instead of by warpgroup 0 after its
-// first tile's wgmmas (a benchmark knob, results are the same).
-void set_fast_table_early(bool on);
-bool fast_table_early();
 // The shared-memory form's half tiles (8 groups, 64 rows, a tile; float
 // output or packed output by thresholds) where twice the tiles still fit
 // the SMs (FastArgs::ss_gt; default on; a benchmark knob, results are the

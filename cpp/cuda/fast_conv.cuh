@@ -218,12 +218,6 @@ struct FastArgs {
   // only, every tile then runs as wg_skip_half's; set by the host where
   // twice the tiles still fit the SMs, set_fast_wg_half_tiles).
   int ss_gt;
-  // The wgmma kernel with more than one tile a block and packed x: the
-  // table's copies issued by warpgroup 1's first warp before its first K
-  // loop (whose wgmmas follow warpgroup 0's anyway), as with one tile a
-  // block, instead of by warp 0 after its first tile's wgmmas
-  // (set_fast_table_early; session 29).
-  int tab_early;
 };
 
 // BINCONV_SW(bit): an experiment switch of a -DJAX_BINCONV_SWITCHES build
@@ -1348,14 +1342,11 @@ __global__ void __launch_bounds__(kFastThreads, WG ? 1 : 2)
     // none, so its first warp copies the table for warpgroup 0's epilogue,
     // its pdl_wait overlapping warpgroup 0's K loop instead of following
     // it (S22-7, L4 N = 1: the table landed 0.55 us after that K loop). It
-    // waits for its copies before it exits. With more tiles (a.tab_early)
-    // it issues them as well, before its own first tile, whose wgmmas wait
-    // for warpgroup 0's to be issued (S29-3: the copy landed ~1 us after
-    // warpgroup 0's first K loop, which it now overlaps).
-    const bool tab_wg1 = !a.x_late && (ntile == 1 || a.tab_early) && !BINCONV_SW(a, 32);
+    // waits for its copies before it exits.
+    const bool tab_wg1 = !a.x_late && ntile == 1 && !BINCONV_SW(a, 32);
     if (tab_wg1 && warp == 4) {
       load_tab_wg();
-      if (ntile == 1) mbar_wait(tbar, 0);
+      mbar_wait(tbar, 0);
     }
     // The split epilogue (FastArgs::wg_split; float output only: packed
     // output by thresholds, ~3 instructions an output, was no faster split

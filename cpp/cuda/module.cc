@@ -297,13 +297,6 @@ PYBIND11_MODULE(_cuda, m) {
       "some calls) issues the MMAs and runs the epilogue of rows 0-63 only (default True; a "
       "benchmark knob, results are the same). Process-wide.");
   def_bool_knob(
-      m, "fast_table_early", binconv::cuda::set_fast_table_early,
-      binconv::cuda::fast_table_early,
-      "The wgmma kernel with packed x and more than one tile a block: the epilogue table's "
-      "copies issued by the second warpgroup before its first tile (True, the default) "
-      "instead of by the first warpgroup after its first tile's MMAs (False). A benchmark "
-      "knob, results are the same. Process-wide.");
-  def_bool_knob(
       m, "fast_wg_half_tiles", binconv::cuda::set_fast_wg_half_tiles,
       binconv::cuda::fast_wg_half_tiles,
       "The wgmma kernel's shared-memory form with float output or packed output by "

@@ -22,9 +22,7 @@ output or packed output by thresholds), htiles=1|0
 (set_fast_wg_half_tiles: that form in tiles of 64 rows where twice the
 tiles fit the SMs; the same outputs), hall=0|1
 (set_fast_wg_half_tiles_always: those 64-row tiles also where they do not
-fit the SMs at once, blocks looping over more of them), tshort=1|0
-(set_fast_tables_short: the tables kernel's shorter chain, or session
-28's).
+fit the SMs at once, blocks looping over more of them).
 
 For each layer the variants are timed in turn, --rounds times, each time as
 a fresh jit (XLA captures our launches into a CUDA graph with the knobs in
@@ -51,7 +49,7 @@ from gpu import bench, layer_case  # noqa: E402
 
 def parse_variant(text):
     v = dict(tma=1, pdl=1, wcopy=2, fprep=1, rounds=-1, wg="auto", split=1, half=1, htiles=1,
-             tfirst=0, hall=0, tshort=1)
+             tfirst=0, hall=0)
     for part in filter(None, text.split(",")):
         key, val = part.split("=")
         if key not in v:
@@ -72,7 +70,6 @@ def apply_variant(mod, v):
     mod.set_fast_wg_skip_half(bool(v["half"]))
     mod.set_fast_wg_half_tiles(bool(v["htiles"]))
     mod.set_fast_wg_half_tiles_always(bool(v["hall"]))
-    mod.set_fast_tables_short(bool(v["tshort"]))
 
 
 def main(argv=None):

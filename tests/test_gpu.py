@@ -740,8 +740,7 @@ def _fast_knobs(mod, **values):
                                         ("fast_wg_split", False), ("fast_wg_skip_half", False),
                                         ("fast_wg_half_tiles", False),
                                         ("fast_wg_half_tiles_always", True),
-                                        ("fast_wgmma", "rs"), ("fast_wgmma", "off"),
-                                        ("fast_tables_short", False)])
+                                        ("fast_wgmma", "rs"), ("fast_wgmma", "off")])
 def test_fast_kernel_knobs(knob, value, case):
     """The fast kernel's benchmark knobs away from their defaults:
     programmatic dependent launch off (set_fast_pdl(False), the launch path
@@ -754,8 +753,7 @@ def test_fast_kernel_knobs(knob, value, case):
     tile a block, the wgmma kernel's whole epilogue on its first warpgroup
     (set_fast_wg_split(False)); tiles whose rows 64-127 hold no pixel
     running all 128 rows (set_fast_wg_skip_half(False)); 128-row tiles
-    where 64-row ones would fit (set_fast_wg_half_tiles(False)); the tables
-    kernel's longer form (set_fast_tables_short(False)). Packed and float
+    where 64-row ones would fit (set_fast_wg_half_tiles(False)). Packed and float
     results still equal the reference."""
     mod = _cuda_mod()
     with _fast_knobs(mod, **{knob: value}):

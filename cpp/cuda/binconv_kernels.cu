@@ -1189,7 +1189,6 @@ std::atomic<int> g_last_dlate{-1};     // last_tile_rounds
 std::atomic<bool> g_wg_split{true};   // set_fast_wg_split
 std::atomic<int> g_last_wg_split{-1};  // last_wg_split
 std::atomic<bool> g_wg_skip_half{true};  // set_fast_wg_skip_half
-std::atomic<bool> g_tab_short{true};     // set_fast_tables_short
 std::atomic<bool> g_wg_half_tiles{true};  // set_fast_wg_half_tiles
 std::atomic<bool> g_wg_half_always{false};  // set_fast_wg_half_tiles_always
 std::atomic<int> g_last_half_tiles{-1};   // last_wg_half_tiles
@@ -1651,11 +1650,8 @@ cudaError_t launch_fast_tables(const PrepArgs& pa, const FastArgs& a, cudaStream
   cfg.gridDim = dim3((unsigned)(pa.xblocks + fast_tables_blocks(a, wide)));
   cfg.blockDim = dim3(wide ? 1024 : kThreads);
   cfg.stream = stream;
-  if (g_tab_short.load(std::memory_order_relaxed))
-    return a.half ? launch_pdl(cfg, fast_tables_kernel<true, true>, pa, a)
-                  : launch_pdl(cfg, fast_tables_kernel<false, true>, pa, a);
-  return a.half ? launch_pdl(cfg, fast_tables_kernel<true, false>, pa, a)
-                : launch_pdl(cfg, fast_tables_kernel<false, false>, pa, a);
+  return a.half ? launch_pdl(cfg, fast_tables_kernel<true>, pa, a)
+                : launch_pdl(cfg, fast_tables_kernel<false>, pa, a);
 }
 
 template <int EPI, bool HALF, int WG>
@@ -1813,8 +1809,6 @@ bool fast_wg_split() { return g_wg_split.load(std::memory_order_relaxed); }
 int last_wg_split() { return g_last_wg_split.load(std::memory_order_relaxed); }
 void set_fast_wg_skip_half(bool on) { g_wg_skip_half.store(on, std::memory_order_relaxed); }
 bool fast_wg_skip_half() { return g_wg_skip_half.load(std::memory_order_relaxed); }
-void set_fast_tables_short(bool on) { g_tab_short.store(on, std::memory_order_relaxed); }
-bool fast_tables_short() { return g_tab_short.load(std::memory_order_relaxed); }
 void set_fast_wg_half_tiles(bool on) { g_wg_half_tiles.store(on, std::memory_order_relaxed); }
 bool fast_wg_half_tiles() { return g_wg_half_tiles.load(std::memory_order_relaxed); }
 void set_fast_wg_half_tiles_always(bool on) {

@@ -145,10 +145,6 @@ int last_wg_split();
 // benchmark knob, results are the same).
 void set_fast_wg_skip_half(bool on);
 bool fast_wg_skip_half();
-// fast_tables_kernel's shorter chain per channel (its SHORT form; default
-// on) or session 28's (a benchmark knob, results are the same).
-void set_fast_tables_short(bool on);
-bool fast_tables_short();
 // The shared-memory form's half tiles (8 groups, 64 rows, a tile; float
 // output or packed output by thresholds) where twice the tiles still fit
 // the SMs (FastArgs::ss_gt; default on; a benchmark knob, results are the

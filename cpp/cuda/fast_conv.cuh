@@ -562,11 +562,6 @@ constexpr bool kFastTma = false;
 // packed_threshold's interval, with the warp splitting each search range in
 // 32 (a few rounds instead of one bisection step per round). Same bit
 // function f, same answer: f is monotone on [amin, amax] (see there).
-// SHORT (set_fast_tables_short): the division that seeds the search by
-// __fdividef (any value is a valid seed: it is clamped to the range, NaN to
-// its low end), not IEEE division, whose slow path (a call) was taken with
-// bias 0 (S29-5).
-template <bool SHORT>
 __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, int amin,
                                       int amax, int lane) {
   auto f = [&](int v) { return bin_bit(epilogue((float)v, sc, 1.0f, bi, act, slope)) != 0; };
@@ -583,8 +578,7 @@ __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, 
   // bi = 0 at v = -bi / sc), where the edge of most activations lies: one
   // round finds it there, else narrows the range to one side of them.
   {
-    const float c = fminf(fmaxf(SHORT ? __fdividef(-bi, sc) : -bi / sc, (float)l),
-                          (float)h);  // (NaN: l)
+    const float c = fminf(fmaxf(-bi / sc, (float)l), (float)h);  // (NaN: l)
     const int v0 = max(l, min((int)c - 15, h));
     const int v = min(v0 + lane, h);
     const bool g = v > amax || f(v) == up;
@@ -611,20 +605,8 @@ __device__ int2 packed_threshold_warp(float sc, float bi, int act, float slope, 
   return up ? make_int2(l, 0x7fffffff) : make_int2(-0x7fffffff - 1, l - 1);
 }
 
-// n / d for 0 <= n < 4096 and 1 <= d <= 64, by a float product: (n + 0.5) / d
-// lies at least 0.5 / d >= 1 / 128 from an integer, and the product's
-// relative error (2^-23) is below 2^-11 there. rd = __frcp_rn(d).
-__device__ __forceinline__ int small_div(int n, float rd) {
-  return (int)(((float)n + 0.5f) * rd);
-}
-
-// Block `block` of the tables: a channel per warp (up to 32 warps). SHORT
-// (set_fast_tables_short, session 29): the same values by a shorter chain
-// of dependent instructions (each warp's chain is the kernel's time, S29-5):
-// the search's seed by __fdividef, tap and class indices by small_div
-// instead of integer divisions, the class bounds by uniform loads and
-// selects instead of loads at lane-dependent addresses.
-template <bool HALF, bool SHORT>
+// Block `block` of the tables: a channel per warp (up to 32 warps).
+template <bool HALF>
 __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
                                                   unsigned long long* tlm = nullptr) {
   __shared__ int sp[32][kFastMaxTaps];
@@ -661,8 +643,8 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
   // empty or everything (monotone activations only, see packed_by_threshold).
   int bound = a.amax + 2, flip = 1;  // empty: acc >= amax + 2 never holds
   if (a.thr && real) {
-    const int2 t2 = packed_threshold_warp<SHORT>(a.osc[o], a.obias[o], a.act, a.slope, a.amin,
-                                                 a.amax, lane);
+    const int2 t2 = packed_threshold_warp(a.osc[o], a.obias[o], a.act, a.slope, a.amin, a.amax,
+                                          lane);
     if (t2.x <= t2.y) {
       if (t2.y >= a.amax) {
         bound = max(t2.x, a.amin - 1);  // [lo, +inf), or everything
@@ -681,13 +663,12 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
       ps[tap] = __popc(h.x) + __popc(h.y);
     }
   } else if (real) {
-    const float rp = __frcp_rn((float)a.p);
     for (int q0 = lane; q0 < a.kc; q0 += 4 * 32) {
       if (q0 != lane) load4(q0);
 #pragma unroll
       for (int j = 0; j < 4; ++j)
         if (q0 + 32 * j < a.kc)
-          atomicAdd(&ps[SHORT ? small_div(q0 + 32 * j, rp) : (q0 + 32 * j) / a.p],
+          atomicAdd(&ps[(q0 + 32 * j) / a.p],
                     __popc(v[j].x) + __popc(v[j].y) + __popc(v[j].z) + __popc(v[j].w));
     }
   }
@@ -697,23 +678,11 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
 #endif
   int w1all = 0;
   for (int tap = 0; tap < a.t; ++tap) w1all += ps[tap];
-  const float rncx = __frcp_rn((float)a.ncx);
   for (int cls = lane; cls < ncls; cls += 32) {
-    const int cy = SHORT ? small_div(cls, rncx) : cls / a.ncx, cx = cls - cy * a.ncx;
-    int ya, yb, xc, xd;
-    if (SHORT) {
-      ya = yb = xc = xd = 0;
-#pragma unroll
-      for (int i = 0; i < kMaxCls; ++i) {
-        if (i == cy) ya = a.cy_a[i], yb = a.cy_b[i];
-        if (i == cx) xc = a.cx_c[i], xd = a.cx_d[i];
-      }
-    } else {
-      ya = a.cy_a[cy], yb = a.cy_b[cy], xc = a.cx_c[cx], xd = a.cx_d[cx];
-    }
+    const int cy = cls / a.ncx, cx = cls - cy * a.ncx;
     int w1v = 0;
-    for (int dy = ya; dy < yb; ++dy)
-      for (int dx = xc; dx < xd; ++dx) w1v += ps[dy * a.kw + dx];
+    for (int dy = a.cy_a[cy]; dy < a.cy_b[cy]; ++dy)
+      for (int dx = a.cx_c[cx]; dx < a.cx_d[cx]; ++dx) w1v += ps[dy * a.kw + dx];
     const int term = !real ? 0
                      : a.type == XNOR ? 2 * a.pv * w1all - (2 + 2 * a.pv) * w1v
                                       : a.pv * (w1all - w1v);
@@ -732,7 +701,7 @@ __device__ __forceinline__ void fast_tables_block(const FastArgs& a, int block,
 // written w, x or the vectors) ends, so it waits for that kernel's
 // completion before anything else, and only then lets the convolution start
 // (whose prologue reads w, and x unless x_late).
-template <bool HALF, bool SHORT>
+template <bool HALF>
 __global__ void __launch_bounds__(1024) fast_tables_kernel(PrepArgs pa, FastArgs a) {
 #ifdef JAX_BINCONV_TIMELINE
   unsigned long long tl[5] = {tl_now(), 0, 0, 0, 0};
@@ -754,7 +723,7 @@ __global__ void __launch_bounds__(1024) fast_tables_kernel(PrepArgs pa, FastArgs
   if (pa.tfirst ? b >= ntab : b < pa.xblocks)
     prep_x(pa, pa.tfirst ? b - ntab : b);
   else
-    fast_tables_block<HALF, SHORT>(a, pa.tfirst ? b : b - pa.xblocks, tlm);
+    fast_tables_block<HALF>(a, pa.tfirst ? b : b - pa.xblocks, tlm);
 #ifdef JAX_BINCONV_TIMELINE
   __syncthreads();
   tl[2] = tl_now();

@@ -297,13 +297,6 @@ PYBIND11_MODULE(_cuda, m) {
       "some calls) issues the MMAs and runs the epilogue of rows 0-63 only (default True; a "
       "benchmark knob, results are the same). Process-wide.");
   def_bool_knob(
-      m, "fast_tables_short", binconv::cuda::set_fast_tables_short,
-      binconv::cuda::fast_tables_short,
-      "The fast kernel's tables kernel in its shorter form (True, the default: each "
-      "channel's chain of dependent instructions without integer divisions or loads at "
-      "lane-dependent constant addresses) or session 28's (False). A benchmark knob, "
-      "results are the same. Process-wide.");
-  def_bool_knob(
       m, "fast_wg_half_tiles", binconv::cuda::set_fast_wg_half_tiles,
       binconv::cuda::fast_wg_half_tiles,
       "The wgmma kernel's shared-memory form with float output or packed output by "

@@ -6,6 +6,7 @@ cases run on a machine's GPUs where it has two or more (skipped otherwise)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -18,8 +19,17 @@ import jax_binconv as jb
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-CASES = ["data_parallel", "model_parallel", "two_d", "grads", "shard_map", "packed_chain",
-         "checks_can_fail"]
+def _case_names():
+    """The case_* functions of sharding_cases.py, read from its source (the
+    module itself cannot be imported here: it sets XLA_FLAGS and picks its
+    devices when imported), so that a new case cannot be left out."""
+    with open(os.path.join(HERE, "sharding_cases.py")) as f:
+        tree = ast.parse(f.read())
+    return [node.name[5:] for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("case_")]
+
+
+CASES = _case_names()
 
 
 def _run_case(case, tmp_path, **env_extra):

@@ -71,6 +71,26 @@ for stage in "$@"; do
       echo "pytest rc=$?"; grep -E "passed|failed|error" "$OUT/fast.log" | tail -3
       grep -E "^(FAILED|ERROR)" "$OUT/fast.log" | head -20
       ;;
+    fuzz)
+      # tests/test_gpu_fuzz.py: its default draws, and FUZZ_PROCS more
+      # processes of FUZZ_EXAMPLES draws each with seeds 1.. (CPU-bound:
+      # the reference and the compiles), in parallel on the one GPU.
+      stamp fuzz
+      export JAX_BINCONV_GPU_FUZZ_VERBOSE=1
+      timeout ${FUZZ_TIMEOUT:-420} python3 -m pytest tests/test_gpu_fuzz.py -q -s -p no:xdist \
+        >"$OUT/fuzz_0.log" 2>&1 &
+      for s in $(seq 1 ${FUZZ_PROCS:-3}); do
+        JAX_BINCONV_GPU_FUZZ_SEED=$s JAX_BINCONV_GPU_FUZZ_EXAMPLES=${FUZZ_EXAMPLES:-150} \
+          timeout ${FUZZ_TIMEOUT:-420} python3 -m pytest tests/test_gpu_fuzz.py -q -s -p no:xdist \
+          -k random >"$OUT/fuzz_$s.log" 2>&1 &
+      done
+      wait
+      for f in "$OUT"/fuzz_*.log; do
+        echo "$(basename "$f"): $(grep -c '^draw:' "$f") draws; $(grep -E 'passed|failed' "$f" | tail -1)"
+        grep -E "kernels run|Falsifying|Error|assert" "$f" | head -8
+      done
+      unset JAX_BINCONV_GPU_FUZZ_VERBOSE
+      ;;
     test)
       stamp test
       timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/test_gpu.py -q -n 8 -rs --timeout 240 \

@@ -141,7 +141,9 @@ def test_random_configurations_match_the_reference(cfg):
         RAN[kernel] += 1
         if kernel == "fast":
             RAN["fast/" + (mod.last_wgmma_form() or "mma")] += 1
-        if policy == "general" or t == "binary_weights" or groups > 1 or c not in FAST_C:
+        if t == "binary_weights":
+            assert kernel == "binary_weights", (policy, kernel, cfg)
+        elif policy == "general" or groups > 1 or c not in FAST_C:
             assert kernel == "general", (policy, kernel, cfg)
         # (else the fast kernel where its shared memory fits: large C with
         # large windows runs the general one)

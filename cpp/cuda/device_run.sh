@@ -90,6 +90,26 @@ for stage in "$@"; do
       done
       unset JAX_BINCONV_GPU_FUZZ_VERBOSE
       ;;
+    sanfuzz)
+      # compute-sanitizer (memcheck, racecheck) on our kernels over fuzz
+      # draws: SANFUZZ_EXAMPLES draws of seeds 3.. in parallel processes,
+      # two per tool.
+      stamp sanfuzz
+      export XLA_PYTHON_CLIENT_ALLOCATOR=platform
+      i=0
+      for tool in memcheck memcheck racecheck racecheck; do
+        i=$((i + 1))
+        JAX_BINCONV_GPU_FUZZ_SEED=$((i + 2)) JAX_BINCONV_GPU_FUZZ_EXAMPLES=${SANFUZZ_EXAMPLES:-12} \
+          timeout ${SANFUZZ_TIMEOUT:-400} compute-sanitizer --tool $tool --kernel-name kns=binconv \
+          --print-limit 20 python3 -m pytest tests/test_gpu_fuzz.py -q -p no:xdist -k random \
+          >"$OUT/sanfuzz_$i.log" 2>&1 &
+      done
+      wait
+      for i in 1 2 3 4; do
+        echo "sanfuzz_$i: $(grep -E 'passed|failed' "$OUT/sanfuzz_$i.log" | tail -1) | $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanfuzz_$i.log" | tail -1)"
+      done
+      unset XLA_PYTHON_CLIENT_ALLOCATOR
+      ;;
     test)
       stamp test
       timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests/test_gpu.py -q -n 8 -rs --timeout 240 \

@@ -2,7 +2,7 @@
 (seeded draws), aimed at the fast kernel's geometry: its slot rows,
 image boundaries inside tiles, box classes of valid taps, odd channel
 counts, both wgmma forms and the mma.sync kernel, float and packed x and
-output, every activation, beta and the pad values.
+output, every activation, beta, the pad values, low-precision x and NCHW.
 
 tests/test_gpu.py checks a fixed grid; this draws the cases between its
 points. Integer accumulators are compared exactly and packed words bit for
@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import pad_values, rand_vec, rand_x
@@ -110,7 +111,10 @@ def configuration(index):
         shape=(n, h, w), padding=pad, pv=pick(pad_values(t)),
         x_packed=t != "binary_weights" and rng.random() < 0.5, output=output,
         activation=pick(acts), beta=rng.random() < 0.4, input_affine=rng.random() < 0.5,
-        policy=pick(POLICIES), seed=int(rng.integers(0, 2**20)))
+        policy=pick(POLICIES), seed=int(rng.integers(0, 2**20)),
+        # (drawn last: the draws before them are those of the first version)
+        dtype=pick(["float32"] * 4 + ["bfloat16", "float16"]),
+        nchw=rng.random() < 0.2)
 
 
 @pytest.mark.parametrize("index", range(EXAMPLES))
@@ -120,8 +124,12 @@ def test_random_configurations_match_the_reference(index):
         print("draw:", cfg, flush=True)
     t, c, o, groups, seed = cfg["t"], cfg["c"], cfg["o"], cfg["groups"], cfg["seed"]
     n, h, w = cfg["shape"]
-    x = np.asarray(rand_x(seed, (n, h, w, c)))
+    # float x in float32, bfloat16 or float16; NCHW / OIHW for float x and
+    # output (packed activations are NHWC words)
+    low = cfg["dtype"] != "float32" and not cfg["x_packed"]
+    x = np.asarray(rand_x(seed, (n, h, w, c), getattr(jnp, cfg["dtype"]) if low else jnp.float32))
     wt = np.asarray(rand_x(seed + 1, cfg["k"] + (c // groups, o)))
+    nchw = cfg["nchw"] and not cfg["x_packed"] and cfg["output"] == "float"
     k = cfg["k"][0] * cfg["k"][1] * (c // groups)
     # Output biases of the accumulators' size, so that packed output's
     # thresholds and the activations' bends fall among the values.
@@ -131,6 +139,9 @@ def test_random_configurations_match_the_reference(index):
               output_scale=rand_vec(seed + 2, o, 0.25, 2.0, signed=True),
               output_bias=rand_vec(seed + 3, o, -0.3, 0.3) * (np.sqrt(k) if not cfg["beta"]
                                                              else 1.0))
+    if nchw:
+        x, wt = x.transpose(0, 3, 1, 2), wt.transpose(3, 2, 0, 1)
+        kw["dimension_numbers"] = ("NCHW", "OIHW", "NCHW")
     if cfg["x_packed"]:
         x = _np(jb.pack_activations(x))
     elif cfg["input_affine"]:

@@ -92,14 +92,14 @@ for stage in "$@"; do
       ;;
     sanfuzz)
       # compute-sanitizer (memcheck, racecheck) on our kernels over fuzz
-      # draws: SANFUZZ_EXAMPLES draws of seeds 3.. in parallel processes,
+      # draws: SANFUZZ_EXAMPLES draws of seeds SANFUZZ_SEED0 (3).. in parallel processes,
       # two per tool.
       stamp sanfuzz
       export XLA_PYTHON_CLIENT_ALLOCATOR=platform
       i=0
       for tool in memcheck memcheck racecheck racecheck; do
         i=$((i + 1))
-        JAX_BINCONV_GPU_FUZZ_SEED=$((i + 2)) JAX_BINCONV_GPU_FUZZ_EXAMPLES=${SANFUZZ_EXAMPLES:-12} \
+        JAX_BINCONV_GPU_FUZZ_SEED=$((i + ${SANFUZZ_SEED0:-3} - 1)) JAX_BINCONV_GPU_FUZZ_EXAMPLES=${SANFUZZ_EXAMPLES:-12} \
           timeout ${SANFUZZ_TIMEOUT:-400} compute-sanitizer --tool $tool --kernel-name kns=binconv \
           --print-limit 20 python3 -m pytest tests/test_gpu_fuzz.py -q -p no:xdist -k random \
           >"$OUT/sanfuzz_$i.log" 2>&1 &

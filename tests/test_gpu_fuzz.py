@@ -183,6 +183,9 @@ def _check_float_sum_bits(x, w, **kw):
         # or +1 everywhere), whose rounding decides the bit.
         r = np.asarray(_ref(x, w, **{**kw, "output": "float", "activation": None}), np.float32)
         tol = 1e-4 * max(1.0, float(np.max(np.abs(r))))
+        if VERBOSE:
+            print(f"bits off by float order: {int(diff.sum())}, |pre| <= "
+                  f"{float(np.abs(r[diff]).max()):.3g} (tolerance {tol:.3g})", flush=True)
         assert np.all(np.abs(r[diff]) <= tol), (int(diff.sum()), np.abs(r[diff]).max(), tol)
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, assert_conv_matches,
-                      pad_values, rand_vec, rand_x)
+                      assert_steps_near_zero, pad_values, rand_vec, rand_x)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -304,6 +304,27 @@ def test_hypothesis_random_configurations(t, n, h, w, c, o, kh, kw, sh, sw, dh, 
                         groups=groups, pad_value=pv, beta_scaling=beta, activation=act,
                         output_scale=rand_vec(seed, o, 0.1, 1.0, signed=True),
                         output_bias=rand_vec(seed + 2, o, -1, 1))
+
+
+def test_binary_weights_steps_may_differ_only_near_zero():
+    """BINARY_WEIGHTS' packed bits and sign() values step at 0 over a float
+    sum in each kernel's order (semantics section 9). The comparison every
+    kernel test uses for them (conftest.assert_steps_near_zero) lets a
+    result differ where the pre-activation is within rounding of 0, and
+    fails it anywhere else."""
+    pre = np.array([3.0, -2.0, 1e-7, 5.0, -4.0], np.float32).reshape(1, 1, 1, 5)
+    ref = np.where(pre < 0, -1.0, 1.0).astype(np.float32)       # sign(), bin()
+    near, far = ref.copy(), ref.copy()
+    near[..., 2], far[..., 1] = -1.0, 1.0
+    assert_steps_near_zero(ref, ref, pre)
+    assert_steps_near_zero(near, ref, pre)
+    with pytest.raises(AssertionError, match="1 results differ"):
+        assert_steps_near_zero(far, ref, pre)
+    pref = jb.pack_activations(jnp.asarray(pre))
+    pnear, pfar = (jb.PackedActivations(pref.words ^ np.uint32(1 << c), 5) for c in (2, 4))
+    assert_steps_near_zero(pnear, pref, pre)
+    with pytest.raises(AssertionError, match="1 results differ"):
+        assert_steps_near_zero(pfar, pref, pre)
 
 
 @pytest.mark.parametrize("t", ["xnor", "and"])

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, INTEGER_KEYS, cuda_gpus,
-                      pad_values, rand_vec, rand_x)
+from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, INTEGER_KEYS,
+                      assert_steps_near_zero, cuda_gpus, float_steps, pad_values, rand_vec,
+                      rand_x)
 
 import jax_binconv as jb
 from jax_binconv._hlo import custom_call_lines
@@ -52,7 +53,8 @@ def _words(y):
 
 
 def check(x, w, **kw):
-    """Integer parts exact (XNOR/AND), results within tolerance, packed words equal."""
+    """Integer parts exact (XNOR/AND), results within tolerance, packed words
+    equal (BINARY_WEIGHTS' steps at 0: conftest.assert_steps_near_zero)."""
     kw = {k: (np.asarray(v) if isinstance(v, jax.Array) else v) for k, v in kw.items()}
     ctype = jb.options.conv_type(kw.get("type", "xnor"))
     if ctype != jb.BinaryConvType.BINARY_WEIGHTS:
@@ -60,6 +62,11 @@ def check(x, w, **kw):
         a = np.asarray(_ours(x, w, **ikw), np.float32)
         b = np.asarray(_ref(x, w, **ikw), np.float32)
         np.testing.assert_array_equal(a, b, err_msg=f"integer accumulators differ for {ikw}")
+    if float_steps(kw):
+        _, pre = check(x, w, **{**kw, "output": "float", "activation": None})
+        ours, ref = _ours(x, w, **kw), _ref(x, w, **kw)
+        assert_steps_near_zero(ours, ref, pre)
+        return ours, ref
     ours, ref = _ours(x, w, **kw), _ref(x, w, **kw)
     if kw.get("output") == "packed":
         np.testing.assert_array_equal(_words(ours), _words(ref), err_msg=str(kw))

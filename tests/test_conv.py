@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, assert_conv_matches,
                       assert_steps_near_zero, pad_values, rand_vec, rand_x)
+from fuzz_cases import case_inputs, configuration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -304,6 +305,16 @@ def test_hypothesis_random_configurations(t, n, h, w, c, o, kh, kw, sh, sw, dh, 
                         groups=groups, pad_value=pv, beta_scaling=beta, activation=act,
                         output_scale=rand_vec(seed, o, 0.1, 1.0, signed=True),
                         output_bias=rand_vec(seed + 2, o, -1, 1))
+
+
+@pytest.mark.parametrize("index", range(24))
+def test_fuzz_draws_on_the_cpu_kernel(index):
+    """The CUDA fuzz test's first draws (tests/fuzz_cases.py: the fast GPU
+    kernel's channel counts up to 1024, many images or many rows, packed
+    x and output, bfloat16 / float16 x, NCHW) through the CPU kernel
+    against the reference."""
+    x, w, kw = case_inputs(configuration(index))
+    assert_conv_matches(x, w, **kw)
 
 
 def test_binary_weights_steps_may_differ_only_near_zero():

@@ -11,6 +11,7 @@ import numpy as np
 from conftest import pad_values, rand_vec, rand_x
 
 import jax_binconv as jb
+from jax_binconv.conv import _resolve_padding
 
 # Binary MACs of a drawn case at most: the reference runs on the CPU.
 MAX_MACS = 4e8
@@ -23,13 +24,12 @@ POLICIES = ["auto", "auto", "off", "rs", "on", "on", "on", "general"]
 FAST_C = [64, 128, 256, 384, 512, 640, 768, 1024]
 
 
-def _out_size(size, k, s, d, pad):
-    eff = (k - 1) * d + 1
-    if pad == "SAME":
-        return -(-size // s)
-    if pad == "VALID":
-        return (size - eff) // s + 1 if size >= eff else 0
-    return (size + pad[0] + pad[1] - eff) // s + 1 if size + pad[0] + pad[1] >= eff else 0
+def _out_hw(h, w, eff, strides, pad):
+    """Output rows and columns (0 where the padded input is smaller than the
+    window), with binary_conv2d's own reading of `pad`."""
+    pt, pb, pl, pr = _resolve_padding(pad, (h, w), eff, strides)
+    return (max(0, (h + pt + pb - eff[0]) // strides[0] + 1),
+            max(0, (w + pl + pr - eff[1]) // strides[1] + 1))
 
 
 def configuration(index, seed=0):
@@ -64,14 +64,13 @@ def configuration(index, seed=0):
            tuple(tuple(int(v) for v in rng.integers(0, 5, 2)) for _ in range(2)))
     eff_h, eff_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     h, w = max(h, eff_h), max(w, eff_w)  # (VALID: at least one output pixel)
-    ho = _out_size(h, kh, sh, dh, pad if isinstance(pad, str) else pad[0])
-    wo = _out_size(w, kw, sw, dw, pad if isinstance(pad, str) else pad[1])
+    ho, wo = _out_hw(h, w, (eff_h, eff_w), (sh, sw), pad)
     per_row = wo * o * kh * kw * (c // groups)
     while n > 1 and n * ho * per_row > MAX_MACS:
         n = max(1, n // 2)
     while h > eff_h and ho * per_row > MAX_MACS:
         h = max(eff_h, h // 2)
-        ho = _out_size(h, kh, sh, dh, pad if isinstance(pad, str) else pad[0])
+        ho = _out_hw(h, w, (eff_h, eff_w), (sh, sw), pad)[0]
     if ho <= 0 or wo <= 0:  # (explicit padding smaller than the window)
         pad = "SAME"
     output = pick(["float", "packed"])

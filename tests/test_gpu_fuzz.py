@@ -7,9 +7,9 @@ output, every activation, beta, the pad values, low-precision x and NCHW.
 tests/test_gpu.py checks a fixed grid; this draws the cases between its
 points (tests/fuzz_cases.py). Integer accumulators are compared exactly
 and packed words bit for bit (test_gpu.check; BINARY_WEIGHTS' float sums
-near a step at 0: conftest.assert_steps_near_zero). JAX_BINCONV_GPU_FUZZ_EXAMPLES sets the number of
-draws (default 60, a few minutes on an H100), JAX_BINCONV_GPU_FUZZ_SEED
-other draws; a longer soak on the GPU: `JAX_BINCONV_GPU_FUZZ_EXAMPLES=600
+near a step at 0: conftest.assert_steps_near_zero).
+JAX_BINCONV_GPU_FUZZ_EXAMPLES sets the number of draws (default 60, a few
+minutes on an H100), JAX_BINCONV_GPU_FUZZ_SEED other draws; a longer soak on the GPU: `JAX_BINCONV_GPU_FUZZ_EXAMPLES=600
 JAX_BINCONV_GPU_FUZZ_SEED=1 pytest tests/test_gpu_fuzz.py -s`.
 Skipped, with the reason, where there is no GPU.
 """

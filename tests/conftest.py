@@ -85,6 +85,12 @@ def float_steps(kw):
                  or jb.options.activation(kw.get("activation")) == jb.options.ACTIVATIONS["sign"]))
 
 
+def pre_activation_kw(kw):
+    """The call whose float result is `kw`'s pre-activation (float output,
+    no activation): what assert_steps_near_zero measures the steps by."""
+    return {**kw, "output": "float", "activation": None}
+
+
 def assert_steps_near_zero(ours, ref, pre):
     """BINARY_WEIGHTS' sum is a float sum in each kernel's own order
     (docs/semantics.md, section 9), so where it lies within rounding of 0 a
@@ -112,36 +118,47 @@ def run_both(x, w, **kw):
     return ours, ref
 
 
-def assert_conv_matches(x, w, **kw):
-    """Integer accumulators exactly equal (XNOR/AND), full results within tolerance."""
-    ctype = jb.options.conv_type(kw.get("type", "xnor"))
-    if ctype != jb.BinaryConvType.BINARY_WEIGHTS:
+def assert_results_match(ours, ref, kw):
+    """One call's full results, ours against the reference's: packed words
+    equal, float results within tolerance (1e-5 relative for float32, two
+    ulps of a narrower dtype; BINARY_WEIGHTS' float sums 8x that, for their
+    summation order)."""
+    if kw.get("output") == "packed":
+        assert isinstance(ours, jb.PackedActivations) and isinstance(ref, jb.PackedActivations)
+        assert ours.channels == ref.channels
+        np.testing.assert_array_equal(np.asarray(ours.words), np.asarray(ref.words),
+                                      err_msg=str(kw))
+        return
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape
+    o, r = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
+    rtol = 1e-5 if ours.dtype == jnp.float32 else 2 * float(jnp.finfo(ours.dtype).eps)
+    finite = np.abs(r[np.isfinite(r)])
+    atol = rtol * max(1.0, float(finite.max()) if finite.size else 1.0)
+    if jb.options.conv_type(kw.get("type", "xnor")) == jb.BinaryConvType.BINARY_WEIGHTS:
+        atol *= 8
+    np.testing.assert_allclose(o, r, rtol=rtol, atol=atol, err_msg=str(kw))
+
+
+def assert_conv_matches(x, w, *, runner=None, **kw):
+    """Integer accumulators exactly equal (XNOR/AND), full results as
+    assert_results_match (BINARY_WEIGHTS' steps at 0: see
+    assert_steps_near_zero). `runner(x, w, **kw)` gives (ours, reference):
+    run_both by default; test_gpu.py passes its own (ours on the GPU, the
+    reference on the CPU). Returns that pair for the full call."""
+    runner = runner or run_both
+    if jb.options.conv_type(kw.get("type", "xnor")) != jb.BinaryConvType.BINARY_WEIGHTS:
         acc_kw = {k: v for k, v in kw.items() if k in INTEGER_KEYS}
-        a, b = run_both(x, w, **acc_kw)
+        a, b = runner(x, w, **acc_kw)
         a32, b32 = np.asarray(a, np.float32), np.asarray(b, np.float32)
         np.testing.assert_array_equal(a32, b32, err_msg=f"integer accumulators differ for {acc_kw}")
         assert np.all(a32 == np.round(a32))
     if float_steps(kw):
-        pre_kw = {**kw, "output": "float", "activation": None}
-        _, pre = assert_conv_matches(x, w, **pre_kw)
-        ours, ref = run_both(x, w, **kw)
+        _, pre = assert_conv_matches(x, w, runner=runner, **pre_activation_kw(kw))
+        ours, ref = runner(x, w, **kw)
         assert_steps_near_zero(ours, ref, pre)
         return ours, ref
-    ours, ref = run_both(x, w, **kw)
-    if kw.get("output") == "packed":
-        np.testing.assert_array_equal(np.asarray(ours.words), np.asarray(ref.words))
-        return ours, ref
-    assert ours.dtype == ref.dtype and ours.shape == ref.shape
-    o, r = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
-    if ours.dtype == jnp.float32:
-        rtol = 1e-5
-    else:
-        rtol = 2 * float(jnp.finfo(ours.dtype).eps)
-    # Float accumulations (BINARY_WEIGHTS) may be summed in another order.
-    atol = rtol * max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
-    if ctype == jb.BinaryConvType.BINARY_WEIGHTS:
-        atol *= 8
-    np.testing.assert_allclose(o, r, rtol=rtol, atol=atol, err_msg=str(kw))
+    ours, ref = runner(x, w, **kw)
+    assert_results_match(ours, ref, kw)
     return ours, ref
 
 

@@ -3,7 +3,6 @@ pure-JAX reference over a grid of shapes and options."""
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

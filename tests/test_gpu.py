@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, INTEGER_KEYS,
-                      assert_steps_near_zero, cuda_gpus, float_steps, pad_values, rand_vec,
-                      rand_x)
+from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, assert_conv_matches, cuda_gpus,
+                      pad_values, rand_vec, rand_x)
 
 import jax_binconv as jb
 from jax_binconv._hlo import custom_call_lines
@@ -48,37 +47,17 @@ def _ref(x, w, **kw):
     return f(jax.device_put(_np(x), CPU), jax.device_put(_np(w), CPU))
 
 
-def _words(y):
-    return np.asarray(y.words if isinstance(y, jb.PackedActivations) else y)
+def _run_gpu(x, w, **kw):
+    """(ours on the GPU, the reference on the CPU)."""
+    return _ours(x, w, **kw), _ref(x, w, **kw)
 
 
 def check(x, w, **kw):
-    """Integer parts exact (XNOR/AND), results within tolerance, packed words
-    equal (BINARY_WEIGHTS' steps at 0: conftest.assert_steps_near_zero)."""
+    """conftest.assert_conv_matches with ours on the GPU and the reference on
+    the CPU: integer parts exact (XNOR/AND), results within tolerance, packed
+    words equal (BINARY_WEIGHTS' steps at 0: conftest.assert_steps_near_zero)."""
     kw = {k: (np.asarray(v) if isinstance(v, jax.Array) else v) for k, v in kw.items()}
-    ctype = jb.options.conv_type(kw.get("type", "xnor"))
-    if ctype != jb.BinaryConvType.BINARY_WEIGHTS:
-        ikw = {k: v for k, v in kw.items() if k in INTEGER_KEYS}
-        a = np.asarray(_ours(x, w, **ikw), np.float32)
-        b = np.asarray(_ref(x, w, **ikw), np.float32)
-        np.testing.assert_array_equal(a, b, err_msg=f"integer accumulators differ for {ikw}")
-    if float_steps(kw):
-        _, pre = check(x, w, **{**kw, "output": "float", "activation": None})
-        ours, ref = _ours(x, w, **kw), _ref(x, w, **kw)
-        assert_steps_near_zero(ours, ref, pre)
-        return ours, ref
-    ours, ref = _ours(x, w, **kw), _ref(x, w, **kw)
-    if kw.get("output") == "packed":
-        np.testing.assert_array_equal(_words(ours), _words(ref), err_msg=str(kw))
-        return ours, ref
-    assert ours.shape == ref.shape and ours.dtype == ref.dtype
-    o, r = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
-    rtol = 1e-5 if ours.dtype == jnp.float32 else 2 * float(jnp.finfo(ours.dtype).eps)
-    atol = rtol * max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
-    if ctype == jb.BinaryConvType.BINARY_WEIGHTS:
-        atol *= 8  # float sums in another order
-    np.testing.assert_allclose(o, r, rtol=rtol, atol=atol, err_msg=str(kw))
-    return ours, ref
+    return assert_conv_matches(x, w, runner=_run_gpu, **kw)
 
 
 def _case(t, c=33, o=20, k=(3, 3), hw=(9, 8), n=2, seed=0, groups=1, **kw):

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import pad_values, rand_vec, rand_x
+from conftest import (INTEGER_KEYS, assert_results_match, assert_steps_near_zero, float_steps,
+                      pad_values, pre_activation_kw, rand_vec, rand_x)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,56 +35,36 @@ pytestmark = pytest.mark.skipif(
 TARGET = "jax_binconv_conv2d_metalshim_v1"
 TYPES = ["binary_weights", "xnor", "and"]
 ACTIVATIONS = [None, "relu", "relu6", "leaky_relu", "sigmoid", "tanh", "hard_tanh", "sign"]
-INTEGER_KEYS = ("input_bias", "input_scale", "type", "strides", "padding", "dilation", "groups",
-                "pad_value", "dimension_numbers")
 METAL_DIR = Path(__file__).resolve().parent.parent / "metal"
 
 
-def _words(v):
-    return np.asarray(v.words if isinstance(v, jb.PackedActivations) else v)
-
-
 def check(x, w, **kw):
-    """Shim result vs reference for one configuration; returns the shim result."""
+    """Shim result vs reference for one configuration, compared as
+    conftest.assert_conv_matches does, all in one jit; returns the shim
+    result."""
     bits = jb.options.conv_type(kw.get("type", "xnor")) != jb.BinaryConvType.BINARY_WEIGHTS
     acc_kw = {k: v for k, v in kw.items() if k in INTEGER_KEYS}
+    steps = float_steps(kw)
 
     def both(x, w):
-        out = [jb.binary_conv2d(x, w, **kw), jb.reference.binary_conv2d(x, w, **kw)]
-        if bits:  # the bare accumulator, before any float epilogue
-            out += [jb.binary_conv2d(x, w, **acc_kw), jb.reference.binary_conv2d(x, w, **acc_kw)]
-        if kw.get("output") == "packed":  # the float result the packed bits come from
-            fkw = dict(kw, output="float")
-            out += [jb.reference.binary_conv2d(x, w, **fkw)]
-        return out
+        calls = [kw] + ([acc_kw] if bits else []) + ([pre_activation_kw(kw)] if steps else [])
+        return [(jb.binary_conv2d(x, w, **c), jb.reference.binary_conv2d(x, w, **c))
+                for c in calls]
 
     with jb.config.cpu_kernel_override("metal_shim"):
         f = jax.jit(both)
         assert TARGET in f.lower(x, w).as_text(), "the call did not lower to the Metal shim"
         res = f(x, w)
-    ours, ref = res[0], res[1]
+    ours, ref = res[0]
     if bits:
-        a, b = np.asarray(res[2], np.float32), np.asarray(res[3], np.float32)
+        a, b = np.asarray(res[1][0], np.float32), np.asarray(res[1][1], np.float32)
         np.testing.assert_array_equal(a, b, err_msg=f"integer accumulators differ: {acc_kw}")
         assert np.all(a == np.round(a))
-    if kw.get("output") == "packed":
-        ow, rw = _words(ours), _words(ref)
-        assert ow.shape == rw.shape and ow.dtype == np.uint32
-        if bits:
-            np.testing.assert_array_equal(ow, rw, err_msg=str(kw))
-        else:
-            # A float sum in another order may flip the sign of a result
-            # within rounding of zero; anything else must agree.
-            rf = np.asarray(res[-1], np.float32)
-            diff = np.unpackbits((ow ^ rw).view(np.uint8), bitorder="little").reshape(
-                ow.shape + (32,)).reshape(ow.shape[:-1] + (-1,))[..., :rf.shape[-1]]
-            assert np.all(np.abs(rf[diff.astype(bool)]) < 1e-4 * max(1.0, np.abs(rf).max())), kw
-        return ours
-    o, r = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
-    assert o.shape == r.shape and ours.dtype == ref.dtype
-    scale = max(1.0, float(np.nanmax(np.abs(r)))) if r.size else 1.0
-    atol = 1e-5 * scale * (8 if not bits else 1)
-    np.testing.assert_allclose(o, r, rtol=1e-5, atol=atol, err_msg=str(kw))
+    if steps:
+        assert_results_match(*res[-1], pre_activation_kw(kw))
+        assert_steps_near_zero(ours, ref, res[-1][1])
+    else:
+        assert_results_match(ours, ref, kw)
     return ours
 
 

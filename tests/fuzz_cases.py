@@ -119,3 +119,92 @@ def case_inputs(cfg):
         kw.update(input_bias=np.asarray(rand_vec(seed + 4, c, -0.3, 0.3)),
                   input_scale=np.asarray(rand_vec(seed + 5, c, 0.5, 1.5, signed=True)))
     return x, wt, kw
+
+
+def _fits(cfg):
+    """Whether cfg's window fits its padded input (at least one output pixel)."""
+    n, h, w = cfg["shape"]
+    eff = tuple((k - 1) * d + 1 for k, d in zip(cfg["k"], cfg["dilation"]))
+    ho, wo = _out_hw(h, w, eff, cfg["strides"], cfg["padding"])
+    return ho > 0 and wo > 0
+
+
+def simpler(cfg):
+    """The configurations one step plainer than `cfg`, each changing one
+    field toward the plainest case (no options, float32 NHWC, one small
+    image, few channels); those whose window does not fit are left out.
+    What shrink() walks."""
+    plain = dict(activation=None, beta=False, input_affine=False, output="float",
+                 x_packed=False, dtype="float32", nchw=False, policy="auto",
+                 strides=(1, 1), dilation=(1, 1), padding="VALID", pv=0.0)
+    for key, value in plain.items():
+        if cfg[key] != value:
+            yield {**cfg, key: value}
+    n, h, w = cfg["shape"]
+    for shape in ((1, 1, 1), (1, h, w), (n // 2, h, w), (n, h // 2, w), (n, h, w // 2), (n, h - 1, w),
+                  (n, h, w - 1)):
+        if min(shape) >= 1 and shape != (n, h, w):
+            yield {**cfg, "shape": shape}
+    kh, kw = cfg["k"]
+    for k in ((1, 1), (kh - 1, kw), (kh, kw - 1)):
+        if min(k) >= 1 and k != (kh, kw):
+            yield {**cfg, "k": k}
+    g, c, o = cfg["groups"], cfg["c"], cfg["o"]
+    if g > 1:
+        yield {**cfg, "groups": 1, "c": c // g, "o": max(1, o // g)}
+    # channels: one a group, the next smaller of the fast kernel's counts,
+    # half
+    smaller_c = [v for v in FAST_C if v < c] if c in FAST_C else []
+    for cc in dict.fromkeys([g] + smaller_c[-1:] + [g * max(1, c // g // 2)]):
+        if cc != c:
+            yield {**cfg, "c": cc}
+    for oo in dict.fromkeys((g, g * max(1, o // g // 2))):
+        if oo != o:
+            yield {**cfg, "o": oo}
+
+
+def shrink(cfg, fails, budget=40):
+    """A plainer configuration that still fails: greedily the first of
+    simpler(cfg) for which fails(cfg) is true, from there again, until none
+    is or `budget` calls of `fails` are spent. `fails` returns whether a
+    configuration shows the failure (an error of another kind, e.g. a
+    combination the library rejects, counts as not failing). Returns
+    (configuration, calls made)."""
+    calls = 0
+    while calls < budget:
+        for nxt in simpler(cfg):
+            if not _fits(nxt):
+                continue
+            calls += 1
+            if fails(nxt):
+                cfg = nxt
+                break
+            if calls >= budget:
+                break
+        else:
+            break
+    return cfg, calls
+
+
+def fails_like(check, cfg, error=AssertionError):
+    """Whether check(cfg) raises `error` (the comparison failing); any other
+    exception counts as not failing (see shrink)."""
+    try:
+        check(cfg)
+    except error:
+        return True
+    except Exception:  # noqa: BLE001 (a configuration the library rejects)
+        return False
+    return False
+
+
+def shrink_report(cfg, check, error, budget):
+    """The message of a failed draw: the draw, its error and, unless
+    `budget` is 0, the plainest configuration found that still fails
+    check(configuration) (shrink)."""
+    msg = f"draw {cfg} failed:\n{error}"
+    if budget > 0:
+        small, calls = shrink(cfg, lambda c: fails_like(check, c), budget)
+        msg += (f"\nplainest configuration that still fails ({calls} tries; "
+                f"replay with fuzz_cases.case_inputs): {small}")
+    return msg

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, assert_conv_matches,
                       assert_steps_near_zero, pad_values, rand_vec, rand_x)
-from fuzz_cases import case_inputs, configuration
+from fuzz_cases import _fits, case_inputs, configuration, shrink, shrink_report, simpler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -312,8 +312,52 @@ def test_fuzz_draws_on_the_cpu_kernel(index):
     kernel's channel counts up to 1024, many images or many rows, packed
     x and output, bfloat16 / float16 x, NCHW) through the CPU kernel
     against the reference."""
-    x, w, kw = case_inputs(configuration(index))
+    cfg = configuration(index)
+    try:
+        _check_draw_cpu(cfg)
+    except AssertionError as e:
+        raise AssertionError(shrink_report(cfg, _check_draw_cpu, e, 40)) from None
+
+
+def _check_draw_cpu(cfg):
+    x, w, kw = case_inputs(cfg)
     assert_conv_matches(x, w, **kw)
+
+
+def test_fuzz_shrink_finds_the_plainest_failing_configuration():
+    """fuzz_cases.shrink, on a known failure (a stand-in predicate): every
+    field that does not matter goes to its plainest value, those that do
+    stay, within the budget."""
+    cfg = {**configuration(3), "t": "xnor", "c": 512, "groups": 1, "beta": True,
+           "activation": "tanh", "output": "packed", "x_packed": True, "nchw": False,
+           "shape": (9, 12, 10), "k": (3, 3), "strides": (2, 1), "padding": "SAME"}
+
+    def fails(c):
+        return c["beta"] and c["activation"] == "tanh" and c["c"] >= 128
+
+    small, calls = shrink(cfg, fails, budget=200)
+    assert fails(small) and calls <= 200
+    assert (small["beta"], small["activation"], small["c"]) == (True, "tanh", 128)
+    assert (small["output"], small["x_packed"], small["policy"]) == ("float", False, "auto")
+    assert small["shape"] == (1, 1, 1) and small["k"] == (1, 1) and small["o"] == 1
+    assert small["strides"] == small["dilation"] == (1, 1) and small["padding"] == "VALID"
+    # a budget stops it early; a configuration with no failing neighbour is kept
+    assert shrink(cfg, fails, budget=3)[1] == 3
+    assert shrink(cfg, lambda c: False, budget=500) == (cfg, len([c for c in simpler(cfg)
+                                                                  if _fits(c)]))
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_fuzz_shrink_steps_are_valid_calls(index):
+    """Every step shrink may take from a draw is a call binary_conv2d
+    accepts (shapes only, jax.eval_shape), so that a shrink does not stop at
+    configurations the library rejects."""
+    cfg = configuration(index)
+    steps = [c for c in simpler(cfg) if _fits(c)]
+    assert steps
+    for c in steps:
+        x, w, kw = case_inputs(c)
+        jax.eval_shape(lambda x, w: jb.binary_conv2d(x, w, **kw), x, w)
 
 
 def test_binary_weights_steps_may_differ_only_near_zero():

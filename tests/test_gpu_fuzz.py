@@ -10,7 +10,11 @@ and packed words bit for bit (test_gpu.check; BINARY_WEIGHTS' float sums
 near a step at 0: conftest.assert_steps_near_zero).
 JAX_BINCONV_GPU_FUZZ_EXAMPLES sets the number of draws (default 60, a few
 minutes on an H100), JAX_BINCONV_GPU_FUZZ_SEED other draws; a longer soak on the GPU: `JAX_BINCONV_GPU_FUZZ_EXAMPLES=600
-JAX_BINCONV_GPU_FUZZ_SEED=1 pytest tests/test_gpu_fuzz.py -s`.
+JAX_BINCONV_GPU_FUZZ_SEED=1 pytest tests/test_gpu_fuzz.py -s`. A failing draw is
+shrunk (fuzz_cases.shrink: options off, fewer images, rows and channels,
+one field at a time while it still fails; JAX_BINCONV_GPU_FUZZ_SHRINK
+tries at most, default 40, 0 off) and the message gives the plainest
+configuration found.
 Skipped, with the reason, where there is no GPU.
 """
 
@@ -20,7 +24,7 @@ import collections
 import os
 
 import pytest
-from fuzz_cases import FAST_C, case_inputs, configuration
+from fuzz_cases import FAST_C, case_inputs, configuration, shrink_report
 from test_gpu import _GPUS, _REASON, _cuda_mod, _fast_knobs, check
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _GPUS, reason=_REASON or "")]
@@ -31,6 +35,8 @@ EXAMPLES = int(os.environ.get("JAX_BINCONV_GPU_FUZZ_EXAMPLES", "60"))
 SEED = int(os.environ.get("JAX_BINCONV_GPU_FUZZ_SEED", "0"))
 # Print each draw before it runs (with pytest -s: which case a timeout hit).
 VERBOSE = bool(os.environ.get("JAX_BINCONV_GPU_FUZZ_VERBOSE"))
+# How many configurations a failing draw's shrink may try (0: none).
+SHRINK = int(os.environ.get("JAX_BINCONV_GPU_FUZZ_SHRINK", "40"))
 # Which kernels and forms the draws ran (test_the_fuzz_reached_every_kernel).
 RAN = collections.Counter()
 
@@ -40,7 +46,26 @@ def test_random_configurations_match_the_reference(index):
     cfg = configuration(index, SEED)
     if VERBOSE:
         print("draw:", cfg, flush=True)
-    t, c, groups = cfg["t"], cfg["c"], cfg["groups"]
+    t, c, groups, policy = cfg["t"], cfg["c"], cfg["groups"], cfg["policy"]
+    try:
+        kernel, form = _check_draw(cfg)
+    except AssertionError as e:
+        raise AssertionError(shrink_report(cfg, _check_draw, e, SHRINK)) from None
+    ran = kernel if kernel != "fast" else "fast/" + (form or "mma")
+    RAN[ran] += 1
+    if VERBOSE:
+        print("ran:", ran, flush=True)
+    if t == "binary_weights":
+        assert kernel == "binary_weights", (policy, kernel, cfg)
+    elif policy == "general" or groups > 1 or c not in FAST_C:
+        assert kernel == "general", (policy, kernel, cfg)
+    # (else the fast kernel where its shared memory fits: large C with
+    # large windows runs the general one)
+
+
+def _check_draw(cfg):
+    """test_gpu.check of a drawn configuration under its kernel policy;
+    returns (the kernel that ran, its wgmma form)."""
     x, wt, kw = case_inputs(cfg)
     mod = _cuda_mod()
     policy = cfg["policy"]
@@ -48,17 +73,7 @@ def test_random_configurations_match_the_reference(index):
              {} if policy == "auto" else {"fast_wgmma": policy})
     with _fast_knobs(mod, **knobs):
         check(x, wt, **kw)
-        kernel = mod.last_kernel()
-        ran = kernel if kernel != "fast" else "fast/" + (mod.last_wgmma_form() or "mma")
-        RAN[ran] += 1
-        if VERBOSE:
-            print("ran:", ran, flush=True)
-        if t == "binary_weights":
-            assert kernel == "binary_weights", (policy, kernel, cfg)
-        elif policy == "general" or groups > 1 or c not in FAST_C:
-            assert kernel == "general", (policy, kernel, cfg)
-        # (else the fast kernel where its shared memory fits: large C with
-        # large windows runs the general one)
+        return mod.last_kernel(), mod.last_wgmma_form()
 
 
 def test_the_fuzz_reached_every_kernel():

@@ -2,14 +2,11 @@
 
     NCCL_NVLS_ENABLE=0 python benchmarks/multi_gpu.py [--n 512] [--reps 10]
 
-Checks, on a 1-D mesh over the GPUs (Auto and Explicit axes):
-  * data parallel (x sharded on the batch) and model parallel (weights and
-    the result sharded on output channels), forward and gradients, equal to
-    the same program on one GPU;
-  * the compiled program runs our CUDA custom call on the local shard and
-    contains no all-gather / all-to-all (activations are never gathered);
-  * a packed chain stays batch-sharded.
-Then times a data-parallel step of four BENCH.md L3 layers (14x14, 256->256)
+Checks first: every scenario of tests/sharding_cases.py (data parallel,
+model parallel, a 2-D mesh, Auto and Explicit axes, gradients, shard_map,
+a packed chain; each equal to the unsharded op, our CUDA call on the local
+shard, no all-gather / all-to-all), each in its own process on all the
+GPUs, as tests/test_sharding.py runs them. Then times a data-parallel step of four BENCH.md L3 layers (14x14, 256->256)
 at batch N on one GPU and on all of them (and at N / GPUs on one GPU: each
 GPU's own share): the forward chain with packed links
 and a training step (gradients of a loss with respect to the four latent
@@ -23,6 +20,9 @@ the next one's x, as in gpu.py --chain).
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -31,86 +31,29 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jax_binconv as jb
-from jax_binconv._hlo import collectives, custom_call_lines, custom_call_shapes
 from gpu import bench  # benchmarks/gpu.py: the timed loop of every GPU benchmark
-
-TARGET = jb.TARGETS["cuda"]  # --platform cpu (a dry run on forced host devices) swaps it
-OPTS = dict(type="xnor", beta_scaling=True, activation="hard_tanh")
-
-
-def kernel_shapes(text):
-    """Result shapes of our custom calls in the compiled (per-device) program."""
-    return custom_call_shapes(text, TARGET)
-
 
 PLATFORM = "gpu"
 
 
-def check(ndev):
-    rng = np.random.default_rng(0)
-    n, hw, c, o = 4 * ndev, 10, 128, 64 * ndev
-    x = jnp.asarray(rng.standard_normal((n, hw, hw, c), np.float32))
-    w = jnp.asarray(rng.standard_normal((3, 3, c, o), np.float32))
-    s = jnp.linspace(0.05, 0.1, o)
-
-    def fwd(x, w, s):
-        return jb.binary_conv2d(x, w, output_scale=s, **OPTS)
-
-    def loss(x, w, s):
-        y = jb.binary_conv2d(x, w, output_scale=s, input_estimator="approx_sign", **OPTS)
-        return jnp.sum(y * jnp.cos(y))
-
-    want = jax.jit(fwd)(x, w, s)
-    want_g = jax.jit(jax.grad(loss, (0, 1, 2)))(x, w, s)
-    for at in (AxisType.Auto, AxisType.Explicit):
-        mesh = jax.make_mesh((ndev,), ("d",), axis_types=(at,))
-        for name, xs_spec, w_spec, local in (
-                ("data", P("d"), P(), f"{n // ndev},{hw},{hw},{o}"),
-                ("model", P(), P(None, None, None, "d"), f"{n},{hw},{hw},{o // ndev}")):
-            xs = jax.device_put(x, NamedSharding(mesh, xs_spec))
-            ws = jax.device_put(w, NamedSharding(mesh, w_spec))
-            ss = jax.device_put(s, NamedSharding(mesh, P(w_spec[3] if len(w_spec) == 4 else None)))
-            with jax.set_mesh(mesh):
-                f = jax.jit(fwd)
-                text = f.lower(xs, ws, ss).compile().as_text()
-                g = jax.jit(jax.grad(loss, (0, 1, 2)))
-                gtext = g.lower(xs, ws, ss).compile().as_text()
-                for t in (text, gtext):
-                    bad = [ln.strip()[:300] for ln in custom_call_lines(t, "Sharding")]
-                    assert not bad, (name, at.name, "leftover Sharding custom calls", bad[:3])
-                y = f(xs, ws, ss)
-                got = g(xs, ws, ss)
-            np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
-            for a, b in zip(got, want_g):
-                # The weight gradients are float32 sums over the batch that XLA
-                # adds up per device and then across devices (another order
-                # than one GPU's: 4 H100s gave 2.6e-5 on elements of 0.07,
-                # in an array whose elements reach ~10): tolerance relative
-                # to the array's largest element.
-                a, b = np.asarray(a), np.asarray(b)
-                np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(b).max()))
-            assert not collectives(text), (name, collectives(text))
-            assert not collectives(gtext), (name, collectives(gtext))
-            assert kernel_shapes(text) == [local], (name, kernel_shapes(text))
-            gmax = ", ".join(f"{float(np.abs(np.asarray(b)).max()):.3g}" for b in want_g)
-            print(f"  {name} parallel ({at.name}): forward equal, gradients within 2e-5 of "
-                  f"each array's largest element ({gmax}), kernel result "
-                  f"{kernel_shapes(text)[0]} per device, no all-gather/all-to-all")
-    mesh = jax.make_mesh((ndev,), ("d",), axis_types=(AxisType.Auto,))
-    w2 = jnp.asarray(rng.standard_normal((3, 3, o, 64), np.float32))
-
-    def chain(x, w, w2):
-        return jb.binary_conv2d(jb.binary_conv2d(x, w, output="packed"), w2)
-
-    xs = jax.device_put(x, NamedSharding(mesh, P("d")))
-    with jax.set_mesh(mesh):
-        f = jax.jit(chain)
-        y = f(xs, w, w2)
-        text = f.lower(xs, w, w2).compile().as_text()
-    np.testing.assert_array_equal(np.asarray(y), np.asarray(jax.jit(chain)(x, w, w2)))
-    assert not collectives(text), collectives(text)
-    assert y.sharding.spec[0] == "d", y.sharding.spec
-    print(f"  packed chain: batch-sharded result {y.sharding.spec}, equal, no all-gather")
+def check():
+    """tests/sharding_cases.py's scenarios on PLATFORM's devices, a process
+    each (JAX fixes its devices when it starts)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "tests"))
+    from sharding_case_names import CASES_FILE, case_names
+    env = dict(os.environ, JAX_BINCONV_SHARDING_PLATFORM=PLATFORM)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(jb.__file__)), env.get("PYTHONPATH", "")])
+    failed = []
+    for case in case_names():
+        r = subprocess.run([sys.executable, CASES_FILE, case],
+                           capture_output=True, text=True, timeout=900, env=env)
+        ok = r.returncode == 0 and f"ok {case}" in r.stdout
+        print(f"  {case}: " + (r.stdout.strip().splitlines()[-1] if ok else
+                                "FAILED\n" + r.stdout[-2000:] + r.stderr[-4000:]), flush=True)
+        failed += [] if ok else [case]
+    assert not failed, f"sharding cases failed: {failed}"
 
 
 def bench_steps(ndev, n, reps):
@@ -167,16 +110,14 @@ def main():
     ap.add_argument("--platform", default="gpu", choices=["gpu", "cpu"],
                     help="cpu: a dry run of the script on forced host devices")
     args = ap.parse_args()
-    global PLATFORM, TARGET
+    global PLATFORM
     PLATFORM = args.platform
-    if PLATFORM == "cpu":
-        TARGET = jb.TARGETS["cpu"]
     gpus = jax.devices(PLATFORM)
     assert len(gpus) >= 2, f"needs two or more devices; got {gpus}"
     assert PLATFORM == "cpu" or "cuda" in jb.lowering.available, jb.lowering.load_errors
     print(f"{len(gpus)} x {gpus[0].device_kind}; jax {jax.__version__}")
-    print("checks:")
-    check(len(gpus))
+    print("checks (tests/sharding_cases.py):")
+    check()
     if args.checks_only:
         return
     print(f"timing: four L3 layers, N={args.n}, data parallel")

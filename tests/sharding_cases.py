@@ -28,7 +28,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jax_binconv as jb  # noqa: E402
-from jax_binconv._hlo import collectives, custom_call_shapes  # noqa: E402
+from jax_binconv._hlo import collectives, custom_call_lines, custom_call_shapes  # noqa: E402
 
 DEVICES = jax.devices(PLATFORM)
 NDEV = min(len(DEVICES), 8)
@@ -58,6 +58,14 @@ def kernel_shapes(compiled_text):
     return custom_call_shapes(compiled_text, TARGET)
 
 
+def assert_partitioned(compiled_text):
+    """No all-gather / all-to-all, and no `Sharding` custom call left over
+    (a partitioner that gave up leaves them around the op)."""
+    assert not collectives(compiled_text), collectives(compiled_text)
+    left = [ln.strip()[:300] for ln in custom_call_lines(compiled_text, "Sharding")]
+    assert not left, ("leftover Sharding custom calls", left[:3])
+
+
 def unit_axes_dropped(spec, mesh, ndim):
     """spec padded with None to ndim entries, the names of size-1 mesh axes
     as None too (JAX may leave them out of a result's sharding: a 2-D mesh
@@ -79,7 +87,7 @@ def check_forward(mesh, x_spec, w_spec, expect_out_spec, expect_local):
     np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-6, atol=1e-6)
     assert unit_axes_dropped(y.sharding.spec, mesh, 4) == \
         unit_axes_dropped(expect_out_spec, mesh, 4), y.sharding.spec
-    assert not collectives(text), collectives(text)
+    assert_partitioned(text)
     shapes = kernel_shapes(text)
     assert shapes == [expect_local], shapes
 
@@ -127,7 +135,7 @@ def case_grads():
         assert unit_axes_dropped(got[0].sharding.spec, mesh, 4)[0] == \
             unit_axes_dropped(("b",), mesh, 1)[0], got[0].sharding.spec
         assert tuple(got[1].sharding.spec)[3] == "m", got[1].sharding.spec
-        assert not collectives(text), collectives(text)
+        assert_partitioned(text)
         # The forward kernel ran on the local shard only.
         assert kernel_shapes(text) == [f"{8 // MESH_2D[0]},10,10,32"], kernel_shapes(text)
 
@@ -182,7 +190,8 @@ def case_packed_chain():
 
 def case_checks_can_fail():
     """The HLO checks above find what they look for: a program that gathers
-    a batch-sharded array has an all-gather, and the unsharded op's call
+    a batch-sharded array has an all-gather, a sharding constraint is a
+    Sharding custom call before partitioning, and the unsharded op's call
     has the whole batch as its result shape."""
     x, w, s = data()
     mesh = make_mesh(MESH_1D, ("b",), (AxisType.Auto,))
@@ -191,6 +200,16 @@ def case_checks_can_fail():
         gather = jax.jit(lambda x: x * 2, out_shardings=NamedSharding(mesh, P()))
         text = gather.lower(xs).compile().as_text()
     assert collectives(text), "no all-gather found in a program that gathers"
+    with jax.set_mesh(mesh):
+        constrained = jax.jit(
+            lambda x: jax.lax.with_sharding_constraint(x * 2, NamedSharding(mesh, P("b"))))
+        hlo = constrained.lower(xs).as_text(dialect="hlo")  # before partitioning
+    try:
+        assert_partitioned(hlo)
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("no Sharding custom call found before partitioning")
     xr = jax.device_put(x, DEVICES[0])
     text = jax.jit(lambda x, w: jb.binary_conv2d(x, w, **OPTS)).lower(xr, w).compile().as_text()
     assert kernel_shapes(text) == ["8,10,10,64"], kernel_shapes(text)

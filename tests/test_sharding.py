@@ -6,37 +6,24 @@ cases run on a machine's GPUs where it has two or more (skipped otherwise)."""
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
 
 import pytest
 from conftest import cuda_gpus
+from sharding_case_names import CASES_FILE, case_names
 
 import jax_binconv as jb
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _case_names():
-    """The case_* functions of sharding_cases.py, read from its source (the
-    module itself cannot be imported here: it sets XLA_FLAGS and picks its
-    devices when imported), so that a new case cannot be left out."""
-    with open(os.path.join(HERE, "sharding_cases.py")) as f:
-        tree = ast.parse(f.read())
-    return [node.name[5:] for node in tree.body
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("case_")]
-
-
-CASES = _case_names()
+CASES = case_names()
 
 
 def _run_case(case, tmp_path, **env_extra):
     env = dict(os.environ, **env_extra)
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(os.path.dirname(jb.__file__)), env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, os.path.join(HERE, "sharding_cases.py"), case],
+    r = subprocess.run([sys.executable, CASES_FILE, case],
                        capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     assert f"ok {case}" in r.stdout

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 
 import jax
@@ -41,17 +40,12 @@ def check():
     each (JAX fixes its devices when it starts)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                     "tests"))
-    from sharding_case_names import CASES_FILE, case_names
-    env = dict(os.environ, JAX_BINCONV_SHARDING_PLATFORM=PLATFORM)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(jb.__file__)), env.get("PYTHONPATH", "")])
+    from sharding_case_names import case_names, run_case
     failed = []
     for case in case_names():
-        r = subprocess.run([sys.executable, CASES_FILE, case],
-                           capture_output=True, text=True, timeout=900, env=env)
-        ok = r.returncode == 0 and f"ok {case}" in r.stdout
-        print(f"  {case}: " + (r.stdout.strip().splitlines()[-1] if ok else
-                                "FAILED\n" + r.stdout[-2000:] + r.stderr[-4000:]), flush=True)
+        ok, out, err = run_case(case, PLATFORM, timeout=900)
+        print(f"  {case}: " + (out.strip().splitlines()[-1] if ok else
+                                "FAILED\n" + out[-2000:] + err[-4000:]), flush=True)
         failed += [] if ok else [case]
     assert not failed, f"sharding cases failed: {failed}"
 

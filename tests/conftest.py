@@ -118,6 +118,19 @@ def run_both(x, w, **kw):
     return ours, ref
 
 
+def accumulator_kw(kw):
+    """The call whose result is `kw`'s bare XNOR / AND accumulator (no
+    output scale, bias, beta or activation)."""
+    return {k: v for k, v in kw.items() if k in INTEGER_KEYS}
+
+
+def assert_accumulators_equal(ours, ref, acc_kw):
+    """XNOR / AND accumulators (accumulator_kw's call): equal, and integers."""
+    a, b = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
+    np.testing.assert_array_equal(a, b, err_msg=f"integer accumulators differ for {acc_kw}")
+    assert np.all(a == np.round(a))
+
+
 def assert_results_match(ours, ref, kw):
     """One call's full results, ours against the reference's: packed words
     equal, float results within tolerance (1e-5 relative for float32, two
@@ -147,11 +160,8 @@ def assert_conv_matches(x, w, *, runner=None, **kw):
     reference on the CPU). Returns that pair for the full call."""
     runner = runner or run_both
     if jb.options.conv_type(kw.get("type", "xnor")) != jb.BinaryConvType.BINARY_WEIGHTS:
-        acc_kw = {k: v for k, v in kw.items() if k in INTEGER_KEYS}
-        a, b = runner(x, w, **acc_kw)
-        a32, b32 = np.asarray(a, np.float32), np.asarray(b, np.float32)
-        np.testing.assert_array_equal(a32, b32, err_msg=f"integer accumulators differ for {acc_kw}")
-        assert np.all(a32 == np.round(a32))
+        acc_kw = accumulator_kw(kw)
+        assert_accumulators_equal(*runner(x, w, **acc_kw), acc_kw)
     if float_steps(kw):
         _, pre = assert_conv_matches(x, w, runner=runner, **pre_activation_kw(kw))
         ours, ref = runner(x, w, **kw)

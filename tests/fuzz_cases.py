@@ -198,13 +198,16 @@ def fails_like(check, cfg, error=AssertionError):
     return False
 
 
-def shrink_report(cfg, check, error, budget):
-    """The message of a failed draw: the draw, its error and, unless
-    `budget` is 0, the plainest configuration found that still fails
-    check(configuration) (shrink)."""
-    msg = f"draw {cfg} failed:\n{error}"
-    if budget > 0:
-        small, calls = shrink(cfg, lambda c: fails_like(check, c), budget)
-        msg += (f"\nplainest configuration that still fails ({calls} tries; "
-                f"replay with fuzz_cases.case_inputs): {small}")
-    return msg
+def check_draw(cfg, check, budget):
+    """check(cfg)'s result; if it fails (AssertionError), the same error
+    with the draw and, unless `budget` is 0, the plainest configuration
+    found that still fails check(configuration) (shrink)."""
+    try:
+        return check(cfg)
+    except AssertionError as error:
+        msg = f"draw {cfg} failed:\n{error}"
+        if budget > 0:
+            small, calls = shrink(cfg, lambda c: fails_like(check, c), budget)
+            msg += (f"\nplainest configuration that still fails ({calls} tries; "
+                    f"replay with fuzz_cases.case_inputs): {small}")
+        raise AssertionError(msg) from None

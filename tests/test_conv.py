@@ -3,14 +3,13 @@ pure-JAX reference over a grid of shapes and options."""
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (GRID_CHANNELS, GRID_KERNELS, GRID_PADDINGS, assert_conv_matches,
                       assert_steps_near_zero, pad_values, rand_vec, rand_x)
-from fuzz_cases import _fits, case_inputs, configuration, shrink, shrink_report, simpler
+from fuzz_cases import _fits, case_inputs, check_draw, configuration, shrink, simpler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -312,11 +311,7 @@ def test_fuzz_draws_on_the_cpu_kernel(index):
     kernel's channel counts up to 1024, many images or many rows, packed
     x and output, bfloat16 / float16 x, NCHW) through the CPU kernel
     against the reference."""
-    cfg = configuration(index)
-    try:
-        _check_draw_cpu(cfg)
-    except AssertionError as e:
-        raise AssertionError(shrink_report(cfg, _check_draw_cpu, e, 40)) from None
+    check_draw(configuration(index), _check_draw_cpu, 40)
 
 
 def _check_draw_cpu(cfg):

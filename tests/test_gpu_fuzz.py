@@ -24,7 +24,7 @@ import collections
 import os
 
 import pytest
-from fuzz_cases import FAST_C, case_inputs, configuration, shrink_report
+from fuzz_cases import FAST_C, case_inputs, check_draw, configuration
 from test_gpu import _GPUS, _REASON, _cuda_mod, _fast_knobs, check
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _GPUS, reason=_REASON or "")]
@@ -47,10 +47,7 @@ def test_random_configurations_match_the_reference(index):
     if VERBOSE:
         print("draw:", cfg, flush=True)
     t, c, groups, policy = cfg["t"], cfg["c"], cfg["groups"], cfg["policy"]
-    try:
-        kernel, form = _check_draw(cfg)
-    except AssertionError as e:
-        raise AssertionError(shrink_report(cfg, _check_draw, e, SHRINK)) from None
+    kernel, form = check_draw(cfg, _check_draw, SHRINK)
     ran = kernel if kernel != "fast" else "fast/" + (form or "mma")
     RAN[ran] += 1
     if VERBOSE:

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (INTEGER_KEYS, assert_results_match, assert_steps_near_zero, float_steps,
-                      pad_values, pre_activation_kw, rand_vec, rand_x)
+from conftest import (accumulator_kw, assert_accumulators_equal, assert_results_match,
+                      assert_steps_near_zero, float_steps, pad_values, pre_activation_kw, rand_vec,
+                      rand_x)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,7 +44,7 @@ def check(x, w, **kw):
     conftest.assert_conv_matches does, all in one jit; returns the shim
     result."""
     bits = jb.options.conv_type(kw.get("type", "xnor")) != jb.BinaryConvType.BINARY_WEIGHTS
-    acc_kw = {k: v for k, v in kw.items() if k in INTEGER_KEYS}
+    acc_kw = accumulator_kw(kw)
     steps = float_steps(kw)
 
     def both(x, w):
@@ -57,9 +58,7 @@ def check(x, w, **kw):
         res = f(x, w)
     ours, ref = res[0]
     if bits:
-        a, b = np.asarray(res[1][0], np.float32), np.asarray(res[1][1], np.float32)
-        np.testing.assert_array_equal(a, b, err_msg=f"integer accumulators differ: {acc_kw}")
-        assert np.all(a == np.round(a))
+        assert_accumulators_equal(*res[1], acc_kw)
     if steps:
         assert_results_match(*res[-1], pre_activation_kw(kw))
         assert_steps_near_zero(ours, ref, res[-1][1])

@@ -6,28 +6,19 @@ cases run on a machine's GPUs where it has two or more (skipped otherwise)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from conftest import cuda_gpus
-from sharding_case_names import CASES_FILE, case_names
+from sharding_case_names import case_names, run_case
 
 import jax_binconv as jb
 
 CASES = case_names()
 
 
-def _run_case(case, tmp_path, **env_extra):
-    env = dict(os.environ, **env_extra)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(jb.__file__)), env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, CASES_FILE, case],
-                       capture_output=True, text=True, timeout=600, env=env, cwd=str(tmp_path))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    assert f"ok {case}" in r.stdout
-    return r.stdout
+def _run_case(case, tmp_path, platform="cpu"):
+    ok, out, err = run_case(case, platform, cwd=str(tmp_path))
+    assert ok, out[-3000:] + err[-6000:]
+    return out
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -47,7 +38,7 @@ def test_sharding_case_on_gpus(case, tmp_path):
     n = len(gpus)
     if n < 2 or n % 2:
         pytest.skip(f"needs an even number (2 or more) of GPUs; this machine has {n}")
-    out = _run_case(case, tmp_path, JAX_BINCONV_SHARDING_PLATFORM="gpu")
+    out = _run_case(case, tmp_path, platform="gpu")
     assert f"on {min(n, 8)} gpu devices" in out, out
 
 
